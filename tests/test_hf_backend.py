@@ -1,0 +1,85 @@
+"""The tree-attention label reader against a brute force: one full forward per label, no cache."""
+
+import math
+
+import pytest
+import torch
+
+from reward.backends.hf import HFBackend
+
+PROMPTS = [
+    "Rate it. Score: [",
+    "What is two plus two? It is four. The quick brown fox jumps over the lazy dog. Score: [",
+    "Paris is in France, a b c. Score: [",
+]
+
+
+def brute_force(model, tokenizer, prompt: str, label: str) -> float:
+    """log P(label tokens | prompt) + log P(next token does not continue the label), from full sequences."""
+    base = tokenizer(prompt, add_special_tokens=False).input_ids
+    ids = tokenizer(prompt + label, add_special_tokens=False).input_ids
+    assert ids[: len(base)] == base
+    with torch.no_grad():
+        logp = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    total = sum(float(logp[t - 1, ids[t]]) for t in range(len(base), len(ids)))
+    vocab = logp.shape[-1]
+    ends = [i for i in range(vocab) if not tokenizer.decode([i])[:1].isalnum()]
+    return total + float(logp[-1, ends].logsumexp(-1))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_chained_1_to_100_matches_brute_force(tiny_model_dir, attn):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn, dtype=torch.float32)
+    # A small token budget forces several micro-batches, and prompts of different lengths force left padding.
+    backend = HFBackend(model, tokenizer, max_batch_tokens=64)
+    labels = [str(s) for s in range(1, 101)]
+    assert (
+        len(tokenizer("Score: [47", add_special_tokens=False).input_ids)
+        == len(tokenizer("Score: [", add_special_tokens=False).input_ids) + 2
+    ), "the tiny tokenizer must split digits"
+    got = backend.label_logprobs(PROMPTS, labels)
+    for prompt, row in zip(PROMPTS, got):
+        for label in ("1", "4", "10", "47", "99", "100"):
+            assert row[label] == pytest.approx(brute_force(model, tokenizer, prompt, label), abs=1e-5)
+        total = sum(math.exp(v) for v in row.values())
+        assert 0 < total <= 1 + 1e-6
+    # Not the same numbers for every prompt: the reader really looks at each prompt.
+    assert got[0]["47"] != pytest.approx(got[1]["47"], abs=1e-3)
+
+
+def test_letters_and_bad_slot(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    backend = HFBackend(model, tokenizer)
+    prompt = "Which is better? Verdict: ["
+    got = backend.label_logprobs([prompt], ["A", "B", "C"])[0]
+    for label in "ABC":
+        assert got[label] == pytest.approx(brute_force(model, tokenizer, prompt, label), abs=1e-5)
+    with pytest.raises(ValueError, match="exceed"):
+        HFBackend(model, tokenizer, max_length=10).label_logprobs([prompt * 5], ["A"])
+
+
+def test_generate_returns_logprob_of_its_own_text(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    backend = HFBackend(model, tokenizer)
+    prompts = ["Rate it.", "What is two plus two? It is four."]
+    checked = 0
+    for prompt, (text, lp, n) in zip(prompts, backend.generate(prompts, max_new_tokens=6, stop=["Score:"])):
+        assert 1 <= n <= 6 and lp < 0
+        # Greedy: each generated token is the argmax; its log-prob sum matches a plain forward of the text.
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        new = tokenizer(prompt + text, add_special_tokens=False).input_ids[len(ids) :]
+        if len(new) == n:  # no EOS inside: the text re-tokenises to the same tokens
+            with torch.no_grad():
+                logp = model(torch.tensor([ids + new])).logits[0].log_softmax(-1)
+            assert lp == pytest.approx(sum(float(logp[len(ids) + k - 1, t]) for k, t in enumerate(new)), abs=1e-4)
+            checked += 1
+    assert checked >= 1

@@ -1,0 +1,90 @@
+import pickle
+
+import pytest
+from conftest import answer_in_slot
+
+from trainers import JudgePairwiseReward, JudgeScoreReward, as_text
+
+
+def longer_wins(prompt):
+    """A judge that prefers the longer answer; P(win) grows with the length gap."""
+    a, b = len(answer_in_slot(prompt, "A")), len(answer_in_slot(prompt, "B"))
+    if a == b:
+        return {"A": 0.2, "B": 0.2, "C": 0.6}
+    return {"A": 0.7, "B": 0.2, "C": 0.1} if a > b else {"A": 0.2, "B": 0.7, "C": 0.1}
+
+
+class Log:
+    def __init__(self):
+        self.metrics = {}
+
+    def __call__(self, name, value):
+        self.metrics[name] = value
+
+
+def test_pairwise_group_rewards(fake_judge):
+    reward = JudgePairwiseReward(fake_judge(rule=longer_wins))
+    log = Log()
+    prompts = ["p1"] * 3 + [[{"role": "user", "content": "p2"}]] * 2
+    completions = ["x", "xxx", "xx", [{"role": "assistant", "content": "yy"}], [{"role": "assistant", "content": "y"}]]
+    rewards = reward(
+        prompts=prompts, completions=completions, completion_ids=None, log_metric=log, extra_column=[0] * 5
+    )
+    # Merged: longer vs shorter -> p_long = (0.7 + 0.7) / 2 = 0.7, p_short = 0.2, tie = 0.1 -> win 0.75 vs 0.25.
+    assert rewards == pytest.approx([0.25, 0.75, 0.5, 0.75, 0.25])
+    assert log.metrics["judge/order_consistency"] == 1.0
+    assert log.metrics["judge/failures"] == 0
+    assert reward.__name__ == "judge_pairwise"
+
+
+def test_pairwise_none_is_counted_never_zero(fake_judge):
+    reward = JudgePairwiseReward(fake_judge(rule=longer_wins))
+    log = Log()
+    rewards = reward(prompts=["p", "p", "p", "alone"], completions=["x", "  ", None, "z"], log_metric=log)
+    assert rewards == [None, None, None, None]  # "x" lost its only peers; "alone" has none
+    assert log.metrics["judge/failures"] == 4 and log.metrics["judge/no_peer"] == 2
+    # Equal answers tie: 0.5 each.
+    assert reward(prompts=["p", "p"], completions=["ab", "cd"]) == pytest.approx([0.5, 0.5])
+
+
+def test_pairwise_against_reference(fake_judge):
+    reward = JudgePairwiseReward(fake_judge(rule=longer_wins), reference_column="reference")
+    rewards = reward(prompts=["p", "p"], completions=["xxxx", "x"], reference=["xx", "xx"])
+    assert rewards == pytest.approx([0.75, 0.25])
+
+
+def test_score_reward(fake_judge):
+    reward = JudgeScoreReward(fake_judge(points={"4": 0.3, "5": 0.1}), method="mean")
+    log = Log()
+    rewards = reward(prompts=["p", "p"], completions=["fine", ""], log_metric=log)
+    assert rewards[0] == pytest.approx(4.25) and rewards[1] is None
+    assert log.metrics["judge/valid_mass"] == pytest.approx(0.4)
+    assert log.metrics["judge/failures"] == 1
+
+
+def test_broken_judge_gives_none(fake_judge):
+    def broken(prompt):
+        raise RuntimeError("boom")
+
+    reward = JudgePairwiseReward(fake_judge(rule=broken))
+    assert reward(prompts=["p", "p"], completions=["a", "b"]) == [None, None]
+    assert reward.failures == 2
+
+
+def test_rewards_pickle(tiny_judge):
+    for reward in (JudgeScoreReward(tiny_judge), JudgePairwiseReward(tiny_judge), JudgeScoreReward("embedded")):
+        clone = pickle.loads(pickle.dumps(reward))
+        assert clone.__name__ == reward.__name__
+    clone = pickle.loads(pickle.dumps(JudgeScoreReward(tiny_judge)))
+    assert clone(prompts=["q"], completions=["a"])[0] == pytest.approx(
+        JudgeScoreReward(tiny_judge)(prompts=["q"], completions=["a"])[0], abs=1e-6
+    )
+
+
+def test_as_text():
+    assert as_text("hi") == "hi"
+    assert as_text([{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]) == "q"
+    assert (
+        as_text([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]) == "User: q\n\nAssistant: a"
+    )
+    assert as_text(None) is None and as_text("  ") is None and as_text([{"role": "user"}]) is None

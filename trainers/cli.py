@@ -1,0 +1,96 @@
+"""The `trustreward` console script: `grpo`, `score` and `compare`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+
+USAGE = """usage: trustreward COMMAND [--config FILE.yaml] [--flag value ...]
+
+commands:
+  grpo      train a policy with GRPO, the judge as the reward (recipes/grpo/...)
+  score     add the judge's pointwise scores to a JSONL file of prompt, response rows
+  compare   add bidirectional preferences to a JSONL file of prompt, response_a, response_b rows
+
+`trustreward COMMAND --help` lists a command's flags."""
+
+
+@dataclass
+class JudgeFileArguments:
+    input: str = field(metadata={"help": "JSONL rows: prompt, response (score) or prompt, response_a, response_b."})
+    output: str = field(metadata={"help": "JSONL out: the same rows with the judge's fields added."})
+    judge: str = field(default="embedded", metadata={"help": "'embedded', a model directory or a hub id."})
+    device: str | None = field(default=None, metadata={"help": "Judge device (default: CUDA if available)."})
+    max_length: int | None = field(default=None, metadata={"help": "Most tokens in one judge prompt."})
+    batch_size: int = field(default=16, metadata={"help": "Judge prompts per backend call."})
+    scale: int = field(default=5, metadata={"help": "score: ratings 1..scale."})
+    method: str | None = field(
+        default=None, metadata={"help": "score: trustjudge|mean|geval|argmax; compare: likelihood|ppl|baseline."}
+    )
+    mode: str = field(default="direct", metadata={"help": "direct | rationale."})
+
+
+def _judge_file(command: str, args: JudgeFileArguments) -> int:
+    from reward import load_judge
+
+    from .data import read_jsonl
+    from .rewards import as_text
+
+    columns = ("prompt", "response") if command == "score" else ("prompt", "response_a", "response_b")
+    rows = read_jsonl(args.input)
+    if not rows:
+        raise SystemExit(f"{args.input}: no rows")
+    texts = [[as_text(row.get(c)) for c in columns] for row in rows]
+    ok = [i for i, t in enumerate(texts) if None not in t]
+    judge = load_judge(args.judge, device=args.device, max_length=args.max_length, batch_size=args.batch_size)
+    options = {"mode": args.mode} | ({"method": args.method} if args.method else {})
+    if command == "score":
+        results = judge.score(*zip(*[texts[i] for i in ok]), scale=args.scale, **options) if ok else []
+    else:
+        results = judge.compare(*zip(*[texts[i] for i in ok]), **options) if ok else []
+    fields: list[dict] = [{"judge_error": f"missing or empty text in {', '.join(columns)}"} for _ in rows]
+    for i, result in zip(ok, results):
+        out = asdict(result)
+        if command == "score":
+            out = {
+                "score": out.pop("expected"),
+                "score_probs": {str(k): v for k, v in out.pop("probs").items()},
+                "score_argmax": out.pop("argmax"),
+                **out,
+            }
+        out["judge_error"] = out.pop("error")
+        fields[i] = out
+    with open(args.output, "w") as f:
+        for row, extra in zip(rows, fields):
+            f.write(json.dumps({**row, **extra}) + "\n")
+    failed = sum(x["judge_error"] is not None for x in fields)
+    print(
+        f"{command}: {len(rows) - failed} of {len(rows)} rows judged, {failed} failed -> {args.output}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "grpo":
+        from .grpo import main as grpo_main
+
+        grpo_main(rest)
+        return 0
+    if command in ("score", "compare"):
+        from trl import TrlParser
+
+        (args,) = TrlParser((JudgeFileArguments,)).parse_args_and_config(args=rest)
+        return _judge_file(command, args)
+    print(f"trustreward: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Reward callables for TRL's `GRPOTrainer` / `RLOOTrainer` (`reward_funcs=`), backed by a `reward.Judge`.
+
+TRL calls `reward(prompts=..., completions=..., completion_ids=..., **dataset_columns, log_metric=..., ...)` and
+treats `None` as "no reward for this sample". We never turn a failed judgement into 0: it is `None`, counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from statistics import fmean
+
+from reward import Judge, load_judge
+from reward.scoring import entropy
+
+logger = logging.getLogger(__name__)
+
+
+def as_text(value) -> str | None:
+    """Plain text of a prompt or completion (plain string or conversational messages); `None` if unusable.
+
+    A conversation of one user message (after an optional system message) becomes that message; longer
+    conversations are written out turn by turn so the judge sees the context.
+    """
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        value = [value]
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) for m in value
+    ):
+        return None
+    turns = [m for m in value if m.get("role") != "system"]
+    if len(turns) == 1:
+        text = turns[0]["content"]
+    else:
+        text = "\n\n".join(f"{m.get('role', 'user').capitalize()}: {m['content']}" for m in turns)
+    return text if text.strip() else None
+
+
+class _JudgeReward:
+    """Shared plumbing: a lazily loaded judge, a stable `__name__`, metric logging, failure counting."""
+
+    def __init__(self, judge: Judge | str, name: str):
+        self._judge = judge
+        self.__name__ = name
+        self.failures = 0  # judgements that produced no reward, over the life of this callable
+
+    @property
+    def judge(self) -> Judge:
+        if isinstance(self._judge, str):  # a spec: load in the process that uses it
+            self._judge = load_judge(self._judge, progress=False)
+        return self._judge
+
+    def _finish(self, rewards: list, failures: int, metrics: dict, log_metric) -> list:
+        self.failures += failures
+        metrics["judge/failures"] = failures
+        if log_metric is not None:
+            for key, value in metrics.items():
+                if value is not None:
+                    log_metric(key, float(value))
+        return rewards
+
+
+def _mean(values):
+    return fmean(values) if values else None
+
+
+class JudgeScoreReward(_JudgeReward):
+    """Pointwise reward: the judge's distribution-sensitive expected score of each completion.
+
+    Args:
+        judge: a `reward.Judge`, or a spec for `reward.load_judge` (loaded on first use).
+        scale: ratings 1..scale.
+        method: "trustjudge", "mean", "geval" or "argmax".
+        mode: "direct" or "rationale".
+        name: the reward's name in TRL's logs (`rewards/<name>/mean`).
+
+    Example:
+    ```python
+    >>> from trainers import JudgeScoreReward
+    >>> reward = JudgeScoreReward("embedded")  # doctest: +SKIP
+    >>> reward(prompts=["What is 2+2?"], completions=["4"])  # doctest: +SKIP
+    [1.9...]
+
+    ```
+    """
+
+    def __init__(
+        self, judge: Judge | str = "embedded", *, scale=5, method="trustjudge", mode="direct", name="judge_score"
+    ):
+        super().__init__(judge, name)
+        self.scale, self.method, self.mode = scale, method, mode
+
+    def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
+        questions = [as_text(p) for p in prompts]
+        answers = [as_text(c) for c in completions]
+        ok = [i for i, (q, a) in enumerate(zip(questions, answers)) if q is not None and a is not None]
+        rewards: list[float | None] = [None] * len(completions)
+        scores = []
+        try:
+            scores = self.judge.score(
+                [questions[i] for i in ok],
+                [answers[i] for i in ok],
+                scale=self.scale,
+                method=self.method,
+                mode=self.mode,
+            )
+        except Exception as exc:  # a broken judge costs this batch's rewards, never the training run
+            logger.warning("%s: judge call failed: %s", self.__name__, exc)
+        for i, s in zip(ok, scores):
+            rewards[i] = s.expected
+        good = [s for s in scores if s.error is None]
+        metrics = {
+            "judge/entropy": _mean([s.entropy for s in good]),
+            "judge/valid_mass": _mean([s.valid_mass for s in good]),
+            "judge/truncated": sum(s.truncated for s in scores),
+        }
+        return self._finish(rewards, sum(r is None for r in rewards), metrics, kwargs.get("log_metric"))
+
+
+class JudgePairwiseReward(_JudgeReward):
+    """Pairwise reward: each completion's mean probability of beating its group peers (ties count half).
+
+    Completions that share a prompt form a group (by prompt identity, so groups split across batches or
+    processes still work). Every pair of a group is judged in both orders (`Judge.compare`). If
+    `reference_column` is set and every row of a group has a reference answer, each completion is compared
+    with its reference instead. A completion without peer or reference gets `None` (counted).
+
+    Args:
+        judge: a `reward.Judge`, or a spec for `reward.load_judge` (loaded on first use).
+        method: "likelihood", "ppl" or "baseline" (see `Judge.compare`); the reward uses the merged probabilities.
+        mode: "direct" or "rationale".
+        reference_column: dataset column holding a reference answer, or `None`.
+        name: the reward's name in TRL's logs (`rewards/<name>/mean`).
+    """
+
+    def __init__(
+        self,
+        judge: Judge | str = "embedded",
+        *,
+        method="likelihood",
+        mode="direct",
+        reference_column=None,
+        name="judge_pairwise",
+    ):
+        super().__init__(judge, name)
+        self.method, self.mode, self.reference_column = method, mode, reference_column
+
+    def _pairs(self, prompts, answers, references):
+        """(i, j, b_text) jobs: j is a peer index, or None when comparing with the reference b_text."""
+        groups = defaultdict(list)
+        for i, prompt in enumerate(prompts):
+            if answers[i] is not None:
+                groups[json.dumps(prompt, sort_keys=True, default=str)].append(i)
+        jobs = []
+        for members in groups.values():
+            if references is not None and all(as_text(references[i]) for i in members):
+                jobs += [(i, None, as_text(references[i])) for i in members]
+            else:
+                jobs += [(i, j, answers[j]) for k, i in enumerate(members) for j in members[k + 1 :]]
+        return jobs
+
+    def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
+        questions = [as_text(p) for p in prompts]
+        answers = [as_text(c) if q is not None else None for q, c in zip(questions, completions)]
+        references = kwargs.get(self.reference_column) if self.reference_column else None
+        jobs = self._pairs(prompts, answers, references)
+        prefs = []
+        if jobs:
+            try:
+                prefs = self.judge.compare(
+                    [questions[i] for i, _, _ in jobs],
+                    [answers[i] for i, _, _ in jobs],
+                    [b for _, _, b in jobs],
+                    method=self.method,
+                    mode=self.mode,
+                )
+            except Exception as exc:  # a broken judge costs this batch's rewards, never the training run
+                logger.warning("%s: judge call failed: %s", self.__name__, exc)
+        wins = defaultdict(list)
+        for (i, j, _), pref in zip(jobs, prefs):
+            if pref.error is None:
+                wins[i].append(pref.p_a + 0.5 * pref.p_tie)
+                if j is not None:
+                    wins[j].append(pref.p_b + 0.5 * pref.p_tie)
+        rewards = [_mean(wins[i]) if wins[i] else None for i in range(len(completions))]
+        judged = {i for i, _, _ in jobs} | {j for _, j, _ in jobs if j is not None}
+        good = [p for p in prefs if p.error is None]
+        metrics = {
+            "judge/order_consistency": _mean([float(p.order_consistent) for p in good]),
+            "judge/tie_rate": _mean([float(p.verdict == "tie") for p in good]),
+            "judge/entropy": _mean([entropy({"a": p.p_a, "b": p.p_b, "tie": p.p_tie}) for p in good]),
+            "judge/valid_mass": _mean([p.valid_mass for p in good]),
+            "judge/no_peer": sum(a is not None and i not in judged for i, a in enumerate(answers)),
+            "judge/truncated": sum(p.truncated for p in prefs),
+        }
+        return self._finish(rewards, sum(r is None for r in rewards), metrics, kwargs.get("log_metric"))
