@@ -30,7 +30,8 @@ PAIRWISE_SYSTEM = (
     "appear below. Follow these steps: \n"
     "1. Pros Comparison: Provide three bullet points contrasting the main strengths of Assistant A and "
     "Assistant B. \n"
-    "2. Cons Comparison: Provide three bullet points contrasting the main weaknesses of Assistant A and Assistant B. \n"
+    "2. Cons Comparison: Provide three bullet points contrasting the main weaknesses of Assistant A and "
+    "Assistant B. \n"
     "3. Evaluation Guidelines: Do not let response length, assistant names, or presentation order influence your "
     "decision. Focus strictly on helpfulness, relevance, accuracy, depth, creativity, and clarity. \n"
     '4. Final Verdict: You *must* output the final verdict by strictly following this format: "[A]" if assistant A '
