@@ -1,17 +1,21 @@
-"""A real GRPOTrainer.train() with each reward callable, tiny from-config policy and judge."""
+"""A real GRPOTrainer / RLOOTrainer .train() with each reward callable, tiny from-config policy and judge."""
 
 import math
 
 import pytest
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from trainers import JudgePairwiseReward, JudgeScoreReward
 from trainers.data import prompt_dataset
 from trainers.grpo import PrintRewards
 
 
-@pytest.mark.parametrize("kind", ["score", "pairwise"])
-def test_grpo_trains_with_judge_reward(tmp_path, tiny_model_dir, tiny_judge, kind):
+@pytest.mark.parametrize(
+    "kind, trainer_cls, config_cls",
+    [("score", GRPOTrainer, GRPOConfig), ("pairwise", GRPOTrainer, GRPOConfig), ("pairwise", RLOOTrainer, RLOOConfig)],
+    ids=["grpo-score", "grpo-pairwise", "rloo-pairwise"],
+)
+def test_trains_with_judge_reward(tmp_path, tiny_model_dir, tiny_judge, kind, trainer_cls, config_cls):
     seen = []
 
     class Spy(JudgeScoreReward if kind == "score" else JudgePairwiseReward):
@@ -21,7 +25,7 @@ def test_grpo_trains_with_judge_reward(tmp_path, tiny_model_dir, tiny_judge, kin
             return out
 
     reward = Spy(tiny_judge)
-    args = GRPOConfig(
+    args = config_cls(
         output_dir=str(tmp_path),
         max_steps=2,
         per_device_train_batch_size=4,
@@ -35,7 +39,7 @@ def test_grpo_trains_with_judge_reward(tmp_path, tiny_model_dir, tiny_judge, kin
         save_strategy="no",
         seed=0,
     )
-    trainer = GRPOTrainer(
+    trainer = trainer_cls(
         model=tiny_model_dir,
         reward_funcs=[reward],
         args=args,

@@ -137,3 +137,21 @@ def test_judge_pickles_as_its_recipe(tiny_judge):
     assert clone is not tiny_judge
     a = tiny_judge.score(["q?"], ["answer"])[0].expected
     assert clone.score(["q?"], ["answer"])[0].expected == pytest.approx(a, abs=1e-6)
+
+
+def test_lora_adapter_is_applied(tmp_path, tiny_model_dir, tiny_judge):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    tuned = load_judge(tiny_model_dir, device="cpu", adapter=str(tmp_path / "adapter"), progress=False)
+    got = tuned.score(["q?"], ["answer"])[0]
+    assert got.expected != pytest.approx(tiny_judge.score(["q?"], ["answer"])[0].expected, abs=1e-4)
+    # Same numbers as the adapter applied by hand.
+    by_hand = type(tiny_judge.backend)(lora.merge_and_unload(), tiny_judge.tokenizer)
+    judge = type(tiny_judge)(by_hand, progress=False)
+    assert judge.score(["q?"], ["answer"])[0].expected == pytest.approx(got.expected, abs=1e-5)
