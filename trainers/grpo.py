@@ -46,15 +46,22 @@ class PrintRewards(TrainerCallback):
 def build_rewards(args: JudgeRewardArguments, judge) -> list:
     from .rewards import JudgePairwiseReward, JudgeScoreReward
 
+    # With both rewards, separate metric prefixes keep pointwise and pairwise entropies from being averaged.
+    both = args.reward == "both"
     rewards = []
     if args.reward in ("pairwise", "both"):
+        pairwise_options = {"reference_column": args.reference_column, "mode": args.judge_mode}
+        prefix = "judge/pairwise" if both else "judge"
         rewards.append(
-            JudgePairwiseReward(
-                judge, method=args.preference_method, mode=args.judge_mode, reference_column=args.reference_column
-            )
+            JudgePairwiseReward(judge, method=args.preference_method, metric_prefix=prefix, **pairwise_options)
         )
     if args.reward in ("score", "both"):
-        rewards.append(JudgeScoreReward(judge, scale=args.scale, method=args.score_method, mode=args.judge_mode))
+        prefix = "judge/score" if both else "judge"
+        rewards.append(
+            JudgeScoreReward(
+                judge, scale=args.scale, method=args.score_method, mode=args.judge_mode, metric_prefix=prefix
+            )
+        )
     return rewards
 
 

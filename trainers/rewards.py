@@ -42,9 +42,10 @@ def as_text(value) -> str | None:
 class _JudgeReward:
     """Shared plumbing: a lazily loaded judge, a stable `__name__`, metric logging, failure counting."""
 
-    def __init__(self, judge: Judge | str, name: str):
+    def __init__(self, judge: Judge | str, name: str, metric_prefix: str):
         self._judge = judge
         self.__name__ = name
+        self.metric_prefix = metric_prefix
         self.failures = 0  # judgements that produced no reward, over the life of this callable
 
     @property
@@ -55,11 +56,11 @@ class _JudgeReward:
 
     def _finish(self, rewards: list, failures: int, metrics: dict, log_metric) -> list:
         self.failures += failures
-        metrics["judge/failures"] = failures
+        metrics["failures"] = failures
         if log_metric is not None:
             for key, value in metrics.items():
                 if value is not None:
-                    log_metric(key, float(value))
+                    log_metric(f"{self.metric_prefix}/{key}", float(value))
         return rewards
 
 
@@ -76,6 +77,8 @@ class JudgeScoreReward(_JudgeReward):
         method: "trustjudge", "mean", "geval" or "argmax".
         mode: "direct" or "rationale".
         name: the reward's name in TRL's logs (`rewards/<name>/mean`).
+        metric_prefix: prefix of the judge metrics it logs (`judge/entropy`, ...); give two judge rewards of one
+            trainer different prefixes so their metrics are not averaged together.
 
     Example:
     ```python
@@ -88,9 +91,16 @@ class JudgeScoreReward(_JudgeReward):
     """
 
     def __init__(
-        self, judge: Judge | str = "embedded", *, scale=5, method="trustjudge", mode="direct", name="judge_score"
+        self,
+        judge: Judge | str = "embedded",
+        *,
+        scale=5,
+        method="trustjudge",
+        mode="direct",
+        name="judge_score",
+        metric_prefix="judge",
     ):
-        super().__init__(judge, name)
+        super().__init__(judge, name, metric_prefix)
         self.scale, self.method, self.mode = scale, method, mode
 
     def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
@@ -113,9 +123,9 @@ class JudgeScoreReward(_JudgeReward):
             rewards[i] = s.expected
         good = [s for s in scores if s.error is None]
         metrics = {
-            "judge/entropy": _mean([s.entropy for s in good]),
-            "judge/valid_mass": _mean([s.valid_mass for s in good]),
-            "judge/truncated": sum(s.truncated for s in scores),
+            "entropy": _mean([s.entropy for s in good]),
+            "valid_mass": _mean([s.valid_mass for s in good]),
+            "truncated": sum(s.truncated for s in scores),
         }
         return self._finish(rewards, sum(r is None for r in rewards), metrics, kwargs.get("log_metric"))
 
@@ -134,6 +144,7 @@ class JudgePairwiseReward(_JudgeReward):
         mode: "direct" or "rationale".
         reference_column: dataset column holding a reference answer, or `None`.
         name: the reward's name in TRL's logs (`rewards/<name>/mean`).
+        metric_prefix: prefix of the judge metrics it logs (`judge/order_consistency`, ...).
     """
 
     def __init__(
@@ -144,8 +155,9 @@ class JudgePairwiseReward(_JudgeReward):
         mode="direct",
         reference_column=None,
         name="judge_pairwise",
+        metric_prefix="judge",
     ):
-        super().__init__(judge, name)
+        super().__init__(judge, name, metric_prefix)
         self.method, self.mode, self.reference_column = method, mode, reference_column
 
     def _pairs(self, prompts, answers, references):
@@ -189,11 +201,11 @@ class JudgePairwiseReward(_JudgeReward):
         judged = {i for i, _, _ in jobs} | {j for _, j, _ in jobs if j is not None}
         good = [p for p in prefs if p.error is None]
         metrics = {
-            "judge/order_consistency": _mean([float(p.order_consistent) for p in good]),
-            "judge/tie_rate": _mean([float(p.verdict == "tie") for p in good]),
-            "judge/entropy": _mean([entropy({"a": p.p_a, "b": p.p_b, "tie": p.p_tie}) for p in good]),
-            "judge/valid_mass": _mean([p.valid_mass for p in good]),
-            "judge/no_peer": sum(a is not None and i not in judged for i, a in enumerate(answers)),
-            "judge/truncated": sum(p.truncated for p in prefs),
+            "order_consistency": _mean([float(p.order_consistent) for p in good]),
+            "tie_rate": _mean([float(p.verdict == "tie") for p in good]),
+            "entropy": _mean([entropy({"a": p.p_a, "b": p.p_b, "tie": p.p_tie}) for p in good]),
+            "valid_mass": _mean([p.valid_mass for p in good]),
+            "no_peer": sum(a is not None and i not in judged for i, a in enumerate(answers)),
+            "truncated": sum(p.truncated for p in prefs),
         }
         return self._finish(rewards, sum(r is None for r in rewards), metrics, kwargs.get("log_metric"))
