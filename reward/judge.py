@@ -125,8 +125,8 @@ class Judge:
         cut = self.tokenizer.decode(head) + CUT_MARK.format(n=len(ids) - keep) + self.tokenizer.decode(tail)
         return cut, True
 
-    def _build(self, template: JudgeTemplate, fields: dict, response_keys: tuple[str, ...], mode: str):
-        """Renders one prompt, cutting its responses to fit; returns (prompt or None, truncated, error)."""
+    def _fit(self, template: JudgeTemplate, fields: dict, response_keys: tuple[str, ...], mode: str):
+        """Cleans the fields and cuts the responses to fit the context; returns (fields or None, truncated, error)."""
         fields = {k: self._clean(v) if isinstance(v, str) else v for k, v in fields.items()}
         empty = self._render(template, {**fields, **{k: "" for k in response_keys}})
         reserve = _LABEL_RESERVE + self._count(template.slot) + (self.rationale_tokens if mode == "rationale" else 0)
@@ -137,7 +137,12 @@ class Judge:
         for key in response_keys:
             fields[key], cut = self._cut(fields[key], budget)
             truncated |= cut
-        return self._render(template, fields), truncated, None
+        return fields, truncated, None
+
+    def _build(self, template: JudgeTemplate, fields: dict, response_keys: tuple[str, ...], mode: str):
+        """Renders one prompt, cutting its responses to fit; returns (prompt or None, truncated, error)."""
+        fitted, truncated, error = self._fit(template, fields, response_keys, mode)
+        return (self._render(template, fitted) if fitted else None), truncated, error
 
     # -- running -----------------------------------------------------------------------------------------------
 
@@ -247,17 +252,22 @@ class Judge:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
         keys = ("response_a", "response_b")
-        built = []
+        built = []  # per pair: (prompt a-first, prompt b-first) or None, truncated, error
         for q, a, b in zip(prompts, responses_a, responses_b):
-            ab = self._build(self.pairwise_template, {"question": q, "response_a": a, "response_b": b}, keys, mode)
-            ba = self._build(self.pairwise_template, {"question": q, "response_a": b, "response_b": a}, keys, mode)
-            built.append((ab, ba))
-        ok = [i for i, (ab, ba) in enumerate(built) if ab[0] is not None and ba[0] is not None]
-        flat = [built[i][order][0] for i in ok for order in (0, 1)]
+            # Both orders hold the same texts, so one fit (tokenise, cut) serves both renders.
+            fitted, truncated, error = self._fit(
+                self.pairwise_template, dict(zip(("question", *keys), (q, a, b))), keys, mode
+            )
+            if fitted:
+                swapped = {**fitted, "response_a": fitted["response_b"], "response_b": fitted["response_a"]}
+                fitted = (self._render(self.pairwise_template, fitted), self._render(self.pairwise_template, swapped))
+            built.append((fitted, truncated, error))
+        ok = [i for i, (orders, _, _) in enumerate(built) if orders]
+        flat = [built[i][0][order] for i in ok for order in (0, 1)]
         reads = self._read(flat, self.pairwise_template, list(VERDICTS), mode, "judge compare")
-        results = [Preference(None, None, None, error=ab[2] or ba[2], truncated=ab[1] or ba[1]) for ab, ba in built]
+        results = [Preference(None, None, None, error=error, truncated=truncated) for _, truncated, error in built]
         for k, i in enumerate(ok):
-            truncated = built[i][0][1] or built[i][1][1]
+            truncated = built[i][1]
             read_ab, read_ba = reads[2 * k], reads[2 * k + 1]
             if isinstance(read_ab, str) or isinstance(read_ba, str):
                 results[i].error = read_ab if isinstance(read_ab, str) else read_ba
