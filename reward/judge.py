@@ -22,6 +22,28 @@ def _prob(logprob: float) -> float:
     return 0.0 if logprob == -math.inf else math.exp(logprob)
 
 
+def as_text(value) -> str | None:
+    """Plain text of a prompt or completion (plain string or conversational messages); `None` if unusable.
+
+    A conversation of one user message (after an optional system message) becomes that message; longer
+    conversations are written out turn by turn so the judge sees the context.
+    """
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        value = [value]
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) for m in value
+    ):
+        return None
+    turns = [m for m in value if m.get("role") != "system"]
+    if len(turns) == 1:
+        text = turns[0]["content"]
+    else:
+        text = "\n\n".join(f"{m.get('role', 'user').capitalize()}: {m['content']}" for m in turns)
+    return text if text.strip() else None
+
+
 def check_texts(name: str, values: Sequence, n: int | None = None) -> list[str]:
     """Raises a clear error unless `values` is a sequence of non-empty strings (of length `n`)."""
     if isinstance(values, str) or not isinstance(values, Sequence):

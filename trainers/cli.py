@@ -1,8 +1,7 @@
-"""The `trustreward` console script: `grpo`, `score` and `compare`."""
+"""The `trustreward` console script: `grpo`, `score`, `compare`, `audit` and `clean`."""
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -12,6 +11,8 @@ commands:
   grpo      train a policy with GRPO, the judge as the reward (recipes/grpo/...)
   score     add the judge's pointwise scores to a JSONL file of prompt, response rows
   compare   add bidirectional preferences to a JSONL file of prompt, response_a, response_b rows
+  audit     consistency of a preference file: conflict ratio and non-transitivity (NTR_k), no changes
+  clean     drop cyclic or contradictory preference rows, each with its reason, and report before / after
 
 `trustreward COMMAND --help` lists a command's flags."""
 
@@ -34,7 +35,7 @@ class JudgeFileArguments:
 def _judge_file(command: str, args: JudgeFileArguments) -> int:
     from reward import load_judge
 
-    from .data import read_jsonl
+    from .data import read_jsonl, write_jsonl
     from .rewards import as_text
 
     columns = ("prompt", "response") if command == "score" else ("prompt", "response_a", "response_b")
@@ -61,9 +62,7 @@ def _judge_file(command: str, args: JudgeFileArguments) -> int:
             }
         out["judge_error"] = out.pop("error")
         fields[i] = out
-    with open(args.output, "w") as f:
-        for row, extra in zip(rows, fields):
-            f.write(json.dumps({**row, **extra}) + "\n")
+    write_jsonl(args.output, [{**row, **extra} for row, extra in zip(rows, fields)])
     failed = sum(x["judge_error"] is not None for x in fields)
     print(
         f"{command}: {len(rows) - failed} of {len(rows)} rows judged, {failed} failed -> {args.output}",
@@ -88,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
 
         (args,) = TrlParser((JudgeFileArguments,)).parse_args_and_config(args=rest)
         return _judge_file(command, args)
+    if command in ("audit", "clean"):
+        from trl import TrlParser
+
+        from .consistency import AuditArguments, CleanArguments, run
+
+        dataclass_type = AuditArguments if command == "audit" else CleanArguments
+        (args,) = TrlParser((dataclass_type,)).parse_args_and_config(args=rest)
+        return run(command, args)
     print(f"trustreward: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -1,8 +1,11 @@
-"""Prompt datasets for the recipes: the bundled MT-Bench questions, or the user's own file."""
+"""Data in and out: the bundled MT-Bench prompts, JSONL / Parquet / saved datasets, atomic writes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 MT_BENCH_DIR = Path(__file__).parent / "data" / "mt_bench"
@@ -68,3 +71,94 @@ def prompt_dataset(source: str = "mt_bench", max_prompts: int | None = None, con
         row = {k: v for k, v in row.items() if k not in ("prompt", "question")}
         out.append({"prompt": [{"role": "user", "content": text}] if conversational else text, **row})
     return Dataset.from_list(out)
+
+
+def read_rows(path: str | Path, split: str | None = None):
+    """Reads a JSONL file (a list of dicts), a Parquet file or a `save_to_disk` directory (a `datasets.Dataset`).
+
+    Returns:
+        `(rows, split)`: `split` names the split taken from a saved `DatasetDict` (which needs `split` unless it has
+        only one), else `None`. Errors name the file (and the line, for JSONL).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir():
+        from datasets import DatasetDict, load_from_disk
+
+        try:
+            data = load_from_disk(str(path))
+        except Exception as exc:  # datasets raises several types for "not a saved dataset"
+            raise ValueError(f"{path}: not a dataset saved with save_to_disk ({exc})") from None
+        if isinstance(data, DatasetDict):
+            if split is None and len(data) != 1:
+                raise ValueError(f"{path}: a DatasetDict with splits {list(data)}; pass --split")
+            split = split or next(iter(data))
+            if split not in data:
+                raise ValueError(f"{path}: no split {split!r} (has {list(data)})")
+            return data[split], split
+        return data, None
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        from datasets import Dataset
+
+        try:
+            return Dataset(pq.read_table(path)), None
+        except Exception as exc:
+            raise ValueError(f"{path}: not a readable Parquet file ({exc})") from None
+    return read_jsonl(path), None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yields a temporary path next to `path`; renamed onto `path` only if the block succeeds.
+
+    So an interrupted run never leaves a half-written file (or `save_to_disk` directory) that looks complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        if tmp.is_dir() and path.exists():  # a directory cannot be renamed over a non-empty one
+            aside = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(aside)
+            tmp.rename(path)
+            shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_jsonl(path: str | Path, rows) -> None:
+    """Writes rows as JSONL, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def row_format(path: str | Path) -> str:
+    """`dataset` (a `save_to_disk` directory), `parquet` or `jsonl`: how `read_rows` reads `path`."""
+    path = Path(path)
+    return "dataset" if path.is_dir() else "parquet" if path.suffix == ".parquet" else "jsonl"
+
+
+def write_rows(path: str | Path, rows, fmt: str, split: str | None = None) -> None:
+    """Writes rows (a list of dicts, or a `Dataset`) atomically as `fmt` (see `row_format`).
+
+    `split`: for a `dataset`, save a `DatasetDict` with this one split (the input was a `DatasetDict`).
+    """
+    if fmt == "jsonl":
+        write_jsonl(path, rows)
+        return
+    with atomic_path(path) as tmp:
+        if fmt == "parquet":
+            rows.to_parquet(str(tmp))
+        else:
+            from datasets import DatasetDict
+
+            (DatasetDict({split: rows}) if split else rows).save_to_disk(str(tmp))

@@ -1,0 +1,245 @@
+"""TrustJudge's consistency metrics: conflict ratio (CR) and non-transitivity ratio (NTR_k).
+
+Relations follow TrustJudge's reference code: r(x, y) is +1 when x wins, 0 for a tie, -1 when y wins. A prompt's
+candidates and the relations known between them form a `PreferenceGraph`.
+
+Why vectorised: a dataset has ~100k prompts and a prompt with 10 candidates has 252 five-subsets. Graphs of the
+same size are stacked, each triple gets a status bit (unknown / equal / circle), and a k-subset's status is the
+OR of its triples' bits, gathered through a precomputed subset -> triples index. No Python loop over subsets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+MISSING = 2  # relation code of a pair with no known relation
+UNKNOWN, EQUAL, CIRCLE = 1, 2, 4  # triple / subset status bits; 0 = good
+
+
+def triple_type(op1: int, op2: int, op3: int) -> str:
+    """Classifies a triple i < j < k with op1 = r(i, j), op2 = r(j, k), op3 = r(i, k).
+
+    `"good"` when some ranking with ties agrees with all three relations (13 of the 27 cases); otherwise
+    `"equal"` when op3 is a tie or op1 and op2 are both ties (8 cases), else `"circle"` (6 cases).
+
+    Example:
+
+    ```python
+    >>> triple_type(1, 1, 1), triple_type(1, 1, -1), triple_type(1, -1, 0), triple_type(0, 0, 1)
+    ('good', 'circle', 'good', 'equal')
+
+    ```
+    """
+    for op in (op1, op2, op3):
+        if op not in (-1, 0, 1):
+            raise ValueError(f"relations are -1, 0 or +1, got {(op1, op2, op3)}")
+
+    # Every ranking with ties of 3 items is some assignment of levels 0..2 to (i, j, k).
+    def sign(x):
+        return (x > 0) - (x < 0)
+
+    levels = itertools.product(range(3), repeat=3)
+    if any((sign(a - b), sign(b - c), sign(a - c)) == (op1, op2, op3) for a, b, c in levels):
+        return "good"
+    return "equal" if op3 == 0 or (op1 == 0 and op2 == 0) else "circle"
+
+
+TRIPLE_TABLE = {ops: triple_type(*ops) for ops in itertools.product((1, 0, -1), repeat=3)}
+# Status bits indexed by (op1 + 1) * 9 + (op2 + 1) * 3 + (op3 + 1).
+_BITS = {"good": 0, "equal": EQUAL, "circle": CIRCLE}
+_STATUS = np.array([_BITS[TRIPLE_TABLE[ops]] for ops in itertools.product((-1, 0, 1), repeat=3)], dtype=np.uint8)
+
+
+@dataclass
+class PreferenceGraph:
+    """One prompt's candidates 0..n-1 and the relations known between them.
+
+    Attributes:
+        n: number of candidates.
+        first, second, relation: one known pair per position: r(first, second) in {+1, 0, -1}. One relation per
+            unordered pair (a later one overwrites an earlier one in `matrix`).
+        scores: pointwise score per candidate, NaN where unknown (`None`: no scores at all).
+        category: the prompt's category, for per-category conflict ratios.
+    """
+
+    n: int
+    first: np.ndarray
+    second: np.ndarray
+    relation: np.ndarray
+    scores: np.ndarray | None = None
+    category: str | None = None
+
+    @classmethod
+    def from_edges(cls, n: int, edges, scores=None, category: str | None = None) -> PreferenceGraph:
+        """Builds a graph from `(x, y, r(x, y))` triples.
+
+        ```python
+        >>> g = PreferenceGraph.from_edges(3, [(0, 1, 1), (1, 2, 1), (2, 0, 1)])
+        >>> g.matrix()[0].tolist()  # row 0: r(0, 0) unknown, 0 beats 1, 0 loses to 2
+        [2, 1, -1]
+
+        ```
+        """
+        edges = list(edges)
+        first, second, relation = (np.array(c, dtype=np.int64) for c in zip(*edges)) if edges else ([], [], [])
+        scores = None if scores is None else np.array([math.nan if s is None else s for s in scores], dtype=float)
+        return cls(
+            n,
+            np.asarray(first, np.int64),
+            np.asarray(second, np.int64),
+            np.asarray(relation, np.int8),
+            scores,
+            category,
+        )
+
+    def matrix(self) -> np.ndarray:
+        """The n x n relation matrix R[x, y] = r(x, y), `MISSING` where unknown (and on the diagonal)."""
+        R = np.full((self.n, self.n), MISSING, dtype=np.int8)
+        R[self.first, self.second] = self.relation
+        R[self.second, self.first] = -self.relation
+        return R
+
+
+def _by_size(graphs, min_n: int):
+    groups = defaultdict(list)
+    for g in graphs:
+        if g.n >= min_n:
+            groups[g.n].append(g)
+    return sorted(groups.items())
+
+
+def conflict_ratio(graphs, delta: float = 0.0) -> dict:
+    """Pointwise-vs-pairwise conflicts, pooled over prompts (and per category).
+
+    A pair with both scores and a relation expects a tie when |s_x - s_y| < delta or s_x == s_y, else the score
+    order; any other relation is a conflict (so with continuous scores a pairwise tie is a conflict).
+
+    Returns:
+        `{"ratio", "conflicts", "pairs", "by_category": {category: {"ratio", "conflicts", "pairs"}}}`; a ratio
+        is `None` when no pair has both scores and a relation.
+
+    ```python
+    >>> g = PreferenceGraph.from_edges(3, [(0, 1, 1), (1, 2, -1), (0, 2, 0)], scores=[3.0, 2.0, 1.0])
+    >>> conflict_ratio([g])["conflicts"], conflict_ratio([g])["pairs"]  # 1 < 2 and the tie 0 = 2 conflict
+    (2, 3)
+
+    ```
+    """
+    if delta < 0 or math.isnan(delta):
+        raise ValueError(f"delta must be >= 0, got {delta}")
+    counts = defaultdict(lambda: [0, 0])
+    for g in graphs:
+        if g.scores is None or not len(g.relation):
+            continue
+        sx, sy = g.scores[g.first], g.scores[g.second]
+        known = ~(np.isnan(sx) | np.isnan(sy))
+        diff = (sx - sy)[known]
+        expected = np.where((np.abs(diff) < delta) | (diff == 0), 0, np.sign(diff))
+        c = counts[g.category]
+        c[0] += int((g.relation[known] != expected).sum())
+        c[1] += int(known.sum())
+    conflicts, pairs = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
+
+    def entry(c, p):
+        return {"ratio": c / p if p else None, "conflicts": c, "pairs": p}
+
+    by_category = {k: entry(*v) for k, v in sorted(counts.items(), key=lambda kv: str(kv[0])) if k is not None}
+    return entry(conflicts, pairs) | {"by_category": by_category}
+
+
+@lru_cache(maxsize=256)
+def _subset_triples(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(triples of n as 3 index rows, for each k-subset the indices of its C(k, 3) triples)."""
+    triples = np.array(list(itertools.combinations(range(n), 3)), dtype=np.int64).reshape(-1, 3)
+    index = np.zeros((n, n, n), dtype=np.int64)
+    index[triples[:, 0], triples[:, 1], triples[:, 2]] = np.arange(len(triples))
+    subsets = np.array(list(itertools.combinations(range(n), k)), dtype=np.int64).reshape(-1, k)
+    cols = [index[subsets[:, a], subsets[:, b], subsets[:, c]] for a, b, c in itertools.combinations(range(k), 3)]
+    return triples.T.copy(), np.stack(cols, axis=1)
+
+
+def triple_status(R: np.ndarray) -> np.ndarray:
+    """Status bits of every triple of stacked relation matrices R (G, n, n) -> (G, C(n, 3)) uint8."""
+    (i, j, k), _ = _subset_triples(R.shape[-1], 3)
+    op1, op2, op3 = R[:, i, j].astype(np.int64), R[:, j, k].astype(np.int64), R[:, i, k].astype(np.int64)
+    unknown = (op1 == MISSING) | (op2 == MISSING) | (op3 == MISSING)
+    code = np.where(unknown, 0, (op1 + 1) * 9 + (op2 + 1) * 3 + (op3 + 1))
+    return np.where(unknown, UNKNOWN, _STATUS[code]).astype(np.uint8)
+
+
+def non_transitivity(graphs, k: int = 3, chunk: int = 1 << 22) -> dict:
+    """NTR_k: the fraction of k-subsets (all pairs known) containing a bad triple, pooled over prompts.
+
+    Returns:
+        `{"ratio", "subsets", "bad", "equal", "circle", "equal_ratio", "circle_ratio", "left_out"}`: `subsets`
+        counts the k-subsets with every pair known, `bad` those with at least one bad triple (`equal` / `circle`:
+        with one of that type; a subset can hold both), `left_out` the k-subsets skipped for a missing pair.
+        Ratios are `None` when no subset is complete.
+
+    ```python
+    >>> cycle = PreferenceGraph.from_edges(4, [(0, 1, 1), (1, 2, 1), (2, 0, 1), (0, 3, 1), (1, 3, 1), (2, 3, 1)])
+    >>> r = non_transitivity([cycle], k=3)  # the triple {0, 1, 2} is a circle, the other 3 triples are good
+    >>> r["ratio"], r["circle"], r["subsets"]
+    (0.25, 1, 4)
+
+    ```
+    """
+    if k < 3:
+        raise ValueError(f"k must be >= 3, got {k}")
+    counts = np.zeros(8, dtype=np.int64)
+    for n, group in _by_size(graphs, k):
+        _, cols = _subset_triples(n, k)
+        step = max(1, chunk // (len(cols) * cols.shape[1]))
+        for start in range(0, len(group), step):
+            status = triple_status(np.stack([g.matrix() for g in group[start : start + step]]))
+            flags = status[:, cols[:, 0]]
+            for c in range(1, cols.shape[1]):
+                flags |= status[:, cols[:, c]]
+            counts += np.bincount(flags.ravel(), minlength=8)
+    bits = np.arange(8)
+    known = counts[(bits & UNKNOWN) == 0]
+    subsets, left_out = int(known.sum()), int(counts.sum() - known.sum())
+    bad = int(known[1:].sum())  # known flags are 0, 2, 4, 6 -> any nonzero is bad
+    equal = int(counts[(bits & UNKNOWN == 0) & (bits & EQUAL != 0)].sum())
+    circle = int(counts[(bits & UNKNOWN == 0) & (bits & CIRCLE != 0)].sum())
+
+    def ratio(x):
+        return x / subsets if subsets else None
+
+    return {
+        "ratio": ratio(bad),
+        "subsets": subsets,
+        "bad": bad,
+        "equal": equal,
+        "circle": circle,
+        "equal_ratio": ratio(equal),
+        "circle_ratio": ratio(circle),
+        "left_out": left_out,
+    }
+
+
+def audit_graphs(graphs, ks=(3, 4, 5), delta: float = 0.0) -> dict:
+    """CR and NTR_k of a set of prompts' graphs, in the report layout of `trustreward audit`.
+
+    Returns:
+        `{"prompts", "pairs", "conflict_ratio", "conflict_counts", "conflict_ratio_by_category",
+        "non_transitivity": {"3": ratio, ...}, "non_transitivity_counts": {"3": {...}, ...}}`.
+    """
+    graphs = list(graphs)
+    cr = conflict_ratio(graphs, delta)
+    ntr = {str(k): non_transitivity(graphs, k) for k in ks}
+    return {
+        "prompts": len(graphs),
+        "pairs": int(sum(len(g.relation) for g in graphs)),
+        "conflict_ratio": cr["ratio"],
+        "conflict_counts": {"conflicts": cr["conflicts"], "pairs": cr["pairs"], "delta": delta},
+        "conflict_ratio_by_category": cr["by_category"],
+        "non_transitivity": {k: v["ratio"] for k, v in ntr.items()},
+        "non_transitivity_counts": ntr,
+    }

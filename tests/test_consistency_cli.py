@@ -1,0 +1,126 @@
+import json
+
+import pytest
+from test_cli import read_jsonl, write_jsonl
+
+from trainers.cli import main
+
+ROWS = [
+    {"prompt": "q", "chosen": "a", "rejected": "b", "id": 0},
+    {"prompt": "q", "chosen": "b", "rejected": "c", "id": 1},
+    {"prompt": "q", "chosen": "c", "rejected": "a", "id": 2},
+    {"prompt": "q", "chosen": "a", "rejected": "d", "id": 3},
+    {"prompt": "p", "chosen": "x", "rejected": "x", "id": 4},  # chosen == rejected
+]
+
+
+def test_audit_report(tmp_path):
+    write_jsonl(tmp_path / "in.jsonl", ROWS)
+    assert (
+        main(["audit", "--input", str(tmp_path / "in.jsonl"), "--report", str(tmp_path / "r.json"), "--k", "3", "4"])
+        == 0
+    )
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["non_transitivity"] == {"3": 1.0, "4": None}  # one complete triple, a circle; no complete 4-set
+    assert report["non_transitivity_counts"]["3"] == {
+        "ratio": 1.0,
+        "subsets": 1,
+        "bad": 1,
+        "equal": 0,
+        "circle": 1,
+        "equal_ratio": 0.0,
+        "circle_ratio": 1.0,
+        "left_out": 3,
+    }
+    assert report["conflict_ratio"] is None and report["conflict_counts"]["pairs"] == 0  # no scores in the file
+    assert (report["rows_in"], report["rows_usable"], report["rows_unusable"]) == (5, 4, 1)
+    assert report["rejected_by_reason"] == {"bad-input": 1}
+
+
+def test_clean_jsonl(tmp_path):
+    write_jsonl(tmp_path / "in.jsonl", ROWS)
+    out, rej, rep = tmp_path / "kept.jsonl", tmp_path / "rejects.jsonl", tmp_path / "report.json"
+    args = ["--input", str(tmp_path / "in.jsonl"), "--output", str(out), "--rejects", str(rej), "--report", str(rep)]
+    assert main(["clean", *args, "--policy", "drop-cycles", "--labels-only"]) == 0
+    assert read_jsonl(out) == [ROWS[3]]
+    rejects = read_jsonl(rej)
+    assert [(r["row_index"], r["reason"]) for r in rejects] == [
+        (0, "cycle"),
+        (1, "cycle"),
+        (2, "cycle"),
+        (4, "bad-input"),
+    ]
+    assert rejects[0]["row"] == ROWS[0] and rejects[0]["evidence_rows"] == [0, 1, 2]
+    report = json.loads(rep.read_text())
+    assert report["rows_kept"] + report["rows_rejected"] == report["rows_in"] == 5
+    assert report["before"]["non_transitivity"]["3"] == 1.0 and report["policies"] == ["drop-cycles"]
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_clean_parquet_and_saved_dataset_keep_their_format(tmp_path):
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    rows = [r for r in ROWS if r["id"] != 4]
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "in.parquet"))
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "in_ds"))
+    for src, dst in (("in.parquet", "kept.parquet"), ("in_ds", "kept_ds")):
+        args = [
+            "--input",
+            str(tmp_path / src),
+            "--output",
+            str(tmp_path / dst),
+            "--rejects",
+            str(tmp_path / "r.jsonl"),
+        ]
+        assert main(["clean", *args, "--report", str(tmp_path / "rep.json"), "--policy", "drop-cycles"]) == 0
+    assert Dataset.from_parquet(str(tmp_path / "kept.parquet")).to_list() == [ROWS[3]]
+    saved = load_from_disk(str(tmp_path / "kept_ds"))
+    assert list(saved) == ["train"] and saved["train"].to_list() == [ROWS[3]]
+
+
+def test_clean_errors_leave_no_output(tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": oops}\n')
+    args = [
+        "--output",
+        str(tmp_path / "k.jsonl"),
+        "--rejects",
+        str(tmp_path / "r.jsonl"),
+        "--report",
+        str(tmp_path / "p.json"),
+    ]
+    with pytest.raises(ValueError, match="in.jsonl:2: not valid JSON"):
+        main(["clean", "--input", str(tmp_path / "in.jsonl"), *args])
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        main(["clean", "--input", str(tmp_path / "missing.jsonl"), *args])
+    write_jsonl(tmp_path / "ok.jsonl", ROWS)
+    with pytest.raises(ValueError, match="unknown policy"):
+        main(["clean", "--input", str(tmp_path / "ok.jsonl"), *args, "--policy", "nope"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "ok.jsonl"]
+
+
+def test_clean_with_a_judge(tmp_path, tiny_model_dir):
+    rows = [
+        {"prompt": "Name a colour.", "response_a": "Red.", "response_b": "Blue."},
+        {"prompt": "Name a colour.", "response_a": "Blue.", "response_b": "Green."},
+        {"prompt": "Name a colour.", "response_a": "Green.", "response_b": "Red.", "label": "a"},
+    ]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    out, rej, rep = tmp_path / "kept.jsonl", tmp_path / "rejects.jsonl", tmp_path / "report.json"
+    args = ["--input", str(tmp_path / "in.jsonl"), "--output", str(out), "--rejects", str(rej), "--report", str(rep)]
+    judge = ["--judge", tiny_model_dir, "--device", "cpu", "--relations", "judge"]
+    assert main(["clean", *args, *judge, "--policy", "order-inconsistent", "drop-cycles"]) == 0
+    report = json.loads(rep.read_text())
+    assert report["judged_pairs"] == 3 and report["judge_failures"] == 0 and report["relations"] == "judge"
+    kept, rejects = read_jsonl(out), read_jsonl(rej)
+    assert len(kept) + len(rejects) == 3 == report["rows_in"]
+    assert {r["reason"] for r in rejects} <= {"order-inconsistent", "cycle"}
+    # A judge's verdicts for the same pairs, read directly, say which rows must have gone as order-inconsistent.
+    from reward import load_judge
+
+    prefs = load_judge(tiny_model_dir, device="cpu", progress=False).compare(
+        *zip(*[(r["prompt"], r["response_a"], r["response_b"]) for r in rows])
+    )
+    flipped = {i for i, p in enumerate(prefs) if not p.order_consistent}
+    assert {r["row_index"] for r in rejects if r["reason"] == "order-inconsistent"} == flipped
+    with pytest.raises(SystemExit, match="exclude"):
+        main(["clean", *args, "--labels-only", "--judge", tiny_model_dir])
