@@ -119,3 +119,20 @@ def answer_in_slot(prompt: str, which: str) -> str:
     """The text shown as Assistant A's or B's answer in a rendered pairwise prompt."""
     start = f"[The Start of Assistant {which}'s Answer]\n"
     return prompt.split(start, 1)[1].split(f"\n[The End of Assistant {which}'s Answer]", 1)[0]
+
+
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
+    """W&B in offline mode writing under tmp_path; returns that directory.
+
+    wandb keeps process-wide settings (the run directory among them) from its first use, so it is torn down
+    around each test that uses it.
+    """
+    import wandb
+
+    wandb.teardown()
+    for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
+                       "WANDB_PROJECT": "trustreward-test"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    yield tmp_path
+    wandb.teardown()

@@ -124,3 +124,41 @@ def test_clean_with_a_judge(tmp_path, tiny_model_dir):
     assert {r["row_index"] for r in rejects if r["reason"] == "order-inconsistent"} == flipped
     with pytest.raises(SystemExit, match="exclude"):
         main(["clean", *args, "--labels-only", "--judge", tiny_model_dir])
+
+
+def test_audit_plots_and_wandb(tmp_path, wandb_offline):
+    from wandb_records import read_run
+
+    def pair(a, b, probs, scores=(None, None)):
+        p = dict(zip(("p_a", "p_b", "p_tie"), probs))
+        s = {"score_a": scores[0], "score_b": scores[1]}
+        return {"prompt": "q", "response_a": a, "response_b": b, **p, **s, "category": "math"}
+
+    rows = [
+        pair("a", "b", (0.7, 0.2, 0.1), (4.0, 2.0)),
+        pair("b", "c", (0.6, 0.3, 0.1), (2.0, 3.0)),
+        pair("c", "a", (0.5, 0.4, 0.1)),
+        {"prompt": "r", "chosen": "x", "rejected": "y", "category": "writing"},
+    ]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    args = [
+        "--input",
+        str(tmp_path / "in.jsonl"),
+        "--report",
+        str(tmp_path / "r.json"),
+        "--plots",
+        str(tmp_path / "p"),
+    ]
+    assert main(["audit", *args, "--wandb-project", "trustreward-audit"]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    pngs = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert pngs == ["agreement.png", "categories.png", "entropy.png", "scores.png"]
+    assert all((tmp_path / "p" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
+    # (a, b): scores 4 > 2 and a wins, agreed; (b, c): 2 < 3 but b wins, a conflict; (c, a): the scores come from
+    # the other rows (c = 3, a = 4) and c wins, a conflict.
+    assert report["conflict_counts"]["conflicts"] == 2 and report["conflict_counts"]["pairs"] == 3
+    none = {"3": None, "4": None, "5": None}
+    assert report["non_transitivity_by_category"] == {"math": none | {"3": 1.0}, "writing": none}
+    _, summary = read_run(tmp_path)
+    assert summary["conflict_ratio"] == pytest.approx(2 / 3) and summary["non_transitivity/3"] == 1.0
+    assert summary["agreement/_type"] == "image-file" and summary["rows_in"] == 4

@@ -182,3 +182,19 @@ def test_min_feedback_exact_size_is_a_setting():
     assert methods == {"exact": 1, "eades-lin-smyth": 0} and len(exact) <= len(greedy)
     with pytest.raises(ValueError, match="exact_max_nodes"):
         min_feedback(n, weight, exact_max_nodes=21)
+
+
+def test_audit_agreement_categories_and_histograms():
+    from reward.consistency import audit_graphs
+
+    g = PreferenceGraph.from_edges(4, [(0, 1, -1), (1, 2, 0), (0, 2, 1), (0, 3, 1)], [3.0, 2.0, 2.0, None], "math")
+    h = PreferenceGraph.from_edges(3, [(0, 1, 1), (1, 2, 1), (2, 0, 1)], [1.0, 1.2, 0.5], "code")
+    report = audit_graphs([g, h], ks=(3,))
+    # rows: what the scores expect (+, 0, -); columns: the pairwise relation (+, 0, -).
+    # g: (0,1) expects + got -, (1,2) 0 got 0, (0,2) + got +; h: (0,1) - got +, (1,2) + got +, (2,0) - got +.
+    assert report["agreement"] == [[2, 0, 1], [0, 1, 0], [2, 0, 0]]
+    # math: (0, 1, 2) is case (-, 0, +), a circle; code: a plain 3-cycle. Triples with candidate 3 miss a pair.
+    assert report["non_transitivity_by_category"] == {"code": {"3": 1.0}, "math": {"3": 1.0}}
+    counts = report["non_transitivity_counts"]["3"]
+    assert (counts["subsets"], counts["circle"], counts["left_out"]) == (2, 2, 3)
+    assert sum(report["score_histogram"]["counts"]) == 6 and report["entropy_histogram"] is None

@@ -10,10 +10,13 @@ from reward.consistency import POLICIES, clean_dataset
 from reward.consistency.graphs import EXACT_MAX_NODES
 
 from .data import atomic_path, read_rows, row_format, write_jsonl, write_rows
+from .monitor import require_wandb
 
 
 @dataclass
-class AuditArguments:
+class _FileArguments:
+    """What audit and clean share."""
+
     input: str = field(metadata={"help": "JSONL, Parquet, or a save_to_disk directory of preference rows."})
     report: str = field(metadata={"help": "JSON report to write."})
     k: list[int] = field(default_factory=lambda: [3, 4, 5], metadata={"help": "Subset sizes for NTR_k."})
@@ -31,7 +34,13 @@ class AuditArguments:
 
 
 @dataclass
-class CleanArguments(AuditArguments):
+class AuditArguments(_FileArguments):
+    plots: str | None = field(default=None, metadata={"help": "Write PNG plots of the report into this directory."})
+    wandb_project: str | None = field(default=None, metadata={"help": "Log the report to this W&B project."})
+
+
+@dataclass
+class CleanArguments(_FileArguments):
     output: str = field(default="", metadata={"help": "Kept rows, in the input's format."})
     rejects: str = field(default="", metadata={"help": "JSONL: each rejected row with its reason and evidence."})
     policy: list[str] = field(
@@ -44,12 +53,14 @@ class CleanArguments(AuditArguments):
     )
 
 
-def run(command: str, args: AuditArguments) -> int:
+def run(command: str, args: AuditArguments | CleanArguments) -> int:
     if command == "clean":
         if not args.output or not args.rejects:
             raise SystemExit("clean: --output and --rejects are required")
         if args.labels_only and args.judge:
             raise SystemExit("clean: --labels_only and --judge exclude each other")
+    if command == "audit" and args.wandb_project:
+        require_wandb(["wandb"])  # before any work
     judge = None
     if args.judge:
         from reward import load_judge
@@ -72,6 +83,15 @@ def run(command: str, args: AuditArguments) -> int:
         write_jsonl(args.rejects, rejected)
     with atomic_path(args.report) as tmp:
         tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    if command == "audit" and (args.plots or args.wandb_project):
+        import tempfile
+
+        from .report import log_report, plot_report
+
+        with tempfile.TemporaryDirectory() as scratch:
+            plots = plot_report(report, args.plots or scratch)
+            if args.wandb_project:
+                print(f"audit: logged to W&B ({log_report(report, plots, args.wandb_project)})", file=sys.stderr)
     metrics = report if command == "audit" else report["before"]
     ntr = ", ".join(f"NTR_{k}={v if v is None else round(v, 4)}" for k, v in metrics["non_transitivity"].items())
     cr = metrics["conflict_ratio"]

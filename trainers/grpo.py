@@ -25,10 +25,37 @@ class JudgeRewardArguments:
     reference_column: str | None = field(default=None, metadata={"help": "Compare with this column's answer."})
     dataset: str = field(default="mt_bench", metadata={"help": "'mt_bench' or a JSONL file with a 'prompt' column."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use the first N prompts."})
+    monitor_sample_rate: float = field(
+        default=0.1, metadata={"help": "Fraction of groups checked for consistency (CR, NTR_3) per batch; 0: off."}
+    )
+    monitor_max_groups: int = field(default=4, metadata={"help": "Most groups checked per batch and process."})
+    monitor_table_rows: int = field(default=8, metadata={"help": "Inconsistent cases per step in the W&B table."})
+    min_order_consistency: float | None = field(
+        default=None, metadata={"help": "Guard: warn / stop when checked verdicts agree across orders less often."}
+    )
+    max_non_transitivity: float | None = field(
+        default=None, metadata={"help": "Guard: warn / stop when NTR_3 of the checked groups goes above this."}
+    )
+    on_inconsistency: str = field(default="warn", metadata={"help": "What a guard does: warn | stop."})
 
     def __post_init__(self):
         if self.reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}, got {self.reward!r}")
+
+    def build_monitor(self):
+        """The `JudgeMonitor` these arguments ask for, or `None` when `monitor_sample_rate` is 0."""
+        from .monitor import JudgeMonitor
+
+        if self.monitor_sample_rate == 0:
+            return None
+        return JudgeMonitor(
+            sample_rate=self.monitor_sample_rate,
+            max_groups=self.monitor_max_groups,
+            table_rows=self.monitor_table_rows,
+            min_order_consistency=self.min_order_consistency,
+            max_non_transitivity=self.max_non_transitivity,
+            on_inconsistency=self.on_inconsistency,
+        )
 
 
 class PrintRewards(TrainerCallback):
@@ -43,7 +70,7 @@ class PrintRewards(TrainerCallback):
                 print(f"step {state.global_step}: {shown}", flush=True)
 
 
-def build_rewards(args: JudgeRewardArguments, judge) -> list:
+def build_rewards(args: JudgeRewardArguments, judge, monitor=None) -> list:
     from .rewards import JudgePairwiseReward, JudgeScoreReward
 
     # With both rewards, separate metric prefixes keep pointwise and pairwise entropies from being averaged.
@@ -53,13 +80,20 @@ def build_rewards(args: JudgeRewardArguments, judge) -> list:
         pairwise_options = {"reference_column": args.reference_column, "mode": args.judge_mode}
         prefix = "judge/pairwise" if both else "judge"
         rewards.append(
-            JudgePairwiseReward(judge, method=args.preference_method, metric_prefix=prefix, **pairwise_options)
+            JudgePairwiseReward(
+                judge, method=args.preference_method, metric_prefix=prefix, monitor=monitor, **pairwise_options
+            )
         )
     if args.reward in ("score", "both"):
         prefix = "judge/score" if both else "judge"
         rewards.append(
             JudgeScoreReward(
-                judge, scale=args.scale, method=args.score_method, mode=args.judge_mode, metric_prefix=prefix
+                judge,
+                scale=args.scale,
+                method=args.score_method,
+                mode=args.judge_mode,
+                metric_prefix=prefix,
+                monitor=monitor,
             )
         )
     return rewards
@@ -73,9 +107,12 @@ def main(argv: list[str] | None = None):
     from reward.embedded import embedded_judge_path
 
     from .data import prompt_dataset
+    from .monitor import require_wandb
 
     parser = TrlParser((JudgeRewardArguments, GRPOConfig, ModelConfig))
     args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    require_wandb(training_args.report_to)  # before anything is loaded, not mid-run
+    monitor = args.build_monitor()
     policy = model_args.model_name_or_path or "embedded"
     if policy == "embedded":  # the embedded SmolLM2-135M-Instruct doubles as a small policy
         policy = str(embedded_judge_path())
@@ -88,11 +125,11 @@ def main(argv: list[str] | None = None):
     )
     trainer = GRPOTrainer(
         model=policy,
-        reward_funcs=build_rewards(args, judge),
+        reward_funcs=build_rewards(args, judge, monitor),
         args=training_args,
         train_dataset=prompt_dataset(args.dataset, args.max_prompts),
         processing_class=AutoTokenizer.from_pretrained(policy, padding_side="left"),
-        callbacks=[PrintRewards()],
+        callbacks=[PrintRewards()] + ([monitor] if monitor else []),
     )
     trainer.train()
     if training_args.output_dir and training_args.save_strategy != "no":

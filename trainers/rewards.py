@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import defaultdict
 from statistics import fmean
 
@@ -21,11 +22,14 @@ logger = logging.getLogger(__name__)
 class _JudgeReward:
     """Shared plumbing: a lazily loaded judge, a stable `__name__`, metric logging, failure counting."""
 
-    def __init__(self, judge: Judge | str, name: str, metric_prefix: str):
+    def __init__(self, judge: Judge | str, name: str, metric_prefix: str, monitor=None):
         self._judge = judge
         self.__name__ = name
         self.metric_prefix = metric_prefix
         self.failures = 0  # judgements that produced no reward, over the life of this callable
+        self.monitor = monitor
+        if monitor is not None:
+            monitor.attach(self)
 
     @property
     def judge(self) -> Judge:
@@ -33,13 +37,17 @@ class _JudgeReward:
             self._judge = load_judge(self._judge, progress=False)
         return self._judge
 
-    def _finish(self, rewards: list, failures: int, metrics: dict, log_metric) -> list:
+    def _finish(self, rewards: list, failures: int, metrics: dict, latency: float, kwargs: dict, **results) -> list:
+        """Logs the batch's judge metrics; hands the judgements to the monitor, which never changes `rewards`."""
         self.failures += failures
-        metrics["failures"] = failures
+        metrics |= {"failures": failures, "failure_rate": failures / max(1, len(rewards)), "latency_s": latency}
+        log_metric = kwargs.get("log_metric")
         if log_metric is not None:
             for key, value in metrics.items():
                 if value is not None:
                     log_metric(f"{self.metric_prefix}/{key}", float(value))
+        if self.monitor is not None:
+            self.monitor.observe(self, rewards=rewards, latency=latency, kwargs=kwargs, **results)
         return rewards
 
 
@@ -58,6 +66,7 @@ class JudgeScoreReward(_JudgeReward):
         name: the reward's name in TRL's logs (`rewards/<name>/mean`).
         metric_prefix: prefix of the judge metrics it logs (`judge/entropy`, ...); give two judge rewards of one
             trainer different prefixes so their metrics are not averaged together.
+        monitor: a `trainers.JudgeMonitor` shared by the trainer's judge rewards (consistency checks, W&B).
 
     Example:
     ```python
@@ -78,8 +87,9 @@ class JudgeScoreReward(_JudgeReward):
         mode="direct",
         name="judge_score",
         metric_prefix="judge",
+        monitor=None,
     ):
-        super().__init__(judge, name, metric_prefix)
+        super().__init__(judge, name, metric_prefix, monitor)
         self.scale, self.method, self.mode = scale, method, mode
 
     def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
@@ -88,6 +98,7 @@ class JudgeScoreReward(_JudgeReward):
         ok = [i for i, (q, a) in enumerate(zip(questions, answers)) if q is not None and a is not None]
         rewards: list[float | None] = [None] * len(completions)
         scores = []
+        start = time.perf_counter()
         try:
             scores = self.judge.score(
                 [questions[i] for i in ok],
@@ -106,7 +117,9 @@ class JudgeScoreReward(_JudgeReward):
             "valid_mass": _mean([s.valid_mass for s in good]),
             "truncated": sum(s.truncated for s in scores),
         }
-        return self._finish(rewards, sum(r is None for r in rewards), metrics, kwargs.get("log_metric"))
+        latency = time.perf_counter() - start
+        results = {"prompts": prompts, "questions": questions, "answers": answers, "scores": dict(zip(ok, scores))}
+        return self._finish(rewards, sum(r is None for r in rewards), metrics, latency, kwargs, **results)
 
 
 class JudgePairwiseReward(_JudgeReward):
@@ -124,6 +137,7 @@ class JudgePairwiseReward(_JudgeReward):
         reference_column: dataset column holding a reference answer, or `None`.
         name: the reward's name in TRL's logs (`rewards/<name>/mean`).
         metric_prefix: prefix of the judge metrics it logs (`judge/order_consistency`, ...).
+        monitor: a `trainers.JudgeMonitor` shared by the trainer's judge rewards (consistency checks, W&B).
     """
 
     def __init__(
@@ -135,8 +149,9 @@ class JudgePairwiseReward(_JudgeReward):
         reference_column=None,
         name="judge_pairwise",
         metric_prefix="judge",
+        monitor=None,
     ):
-        super().__init__(judge, name, metric_prefix)
+        super().__init__(judge, name, metric_prefix, monitor)
         self.method, self.mode, self.reference_column = method, mode, reference_column
 
     def _pairs(self, prompts, answers, references):
@@ -159,6 +174,7 @@ class JudgePairwiseReward(_JudgeReward):
         references = kwargs.get(self.reference_column) if self.reference_column else None
         jobs = self._pairs(prompts, answers, references)
         prefs = []
+        start = time.perf_counter()
         if jobs:
             try:
                 prefs = self.judge.compare(
@@ -187,4 +203,7 @@ class JudgePairwiseReward(_JudgeReward):
             "no_peer": sum(a is not None and i not in judged for i, a in enumerate(answers)),
             "truncated": sum(p.truncated for p in prefs),
         }
-        return self._finish(rewards, sum(r is None for r in rewards), metrics, kwargs.get("log_metric"))
+        latency = time.perf_counter() - start
+        peers = {(i, j): p for (i, j, _), p in zip(jobs, prefs) if j is not None}
+        results = {"prompts": prompts, "questions": questions, "answers": answers, "prefs": peers}
+        return self._finish(rewards, sum(r is None for r in rewards), metrics, latency, kwargs, **results)

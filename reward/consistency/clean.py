@@ -19,8 +19,10 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from ..scoring import entropy
 from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_tree, components, min_feedback
 from .metrics import PreferenceGraph, audit_graphs
 
@@ -98,27 +100,27 @@ class _Row:
     category: object = None
     responses: list = field(default_factory=list)
     scores: list = field(default_factory=list)  # per response, None when unknown
-    pairs: list = field(default_factory=list)  # (i, j, relation or None, weight, order_consistent)
+    pairs: list = field(default_factory=list)  # (i, j, relation or None, weight, order_consistent, entropy)
 
 
-def _pairwise_relation(row: dict) -> tuple[int | None, float]:
-    """(relation of a vs b, weight) from `label` / `verdict` and / or `p_a, p_b, p_tie`."""
+def _pairwise_relation(row: dict) -> tuple[int | None, float, float | None]:
+    """(relation of a vs b, weight, entropy) from `label` / `verdict` and / or `p_a, p_b, p_tie`."""
     probs = row.get("p_a"), row.get("p_b"), row.get("p_tie")
-    weight, relation = 1.0, None
+    weight, relation, ent = 1.0, None, None
     if probs != (None, None, None):
         p_a, p_b, p_tie = (_number(p, k) for p, k in zip(probs, ("p_a", "p_b", "p_tie")))
         if min(p_a, p_b, p_tie) < 0:
             raise BadRow(f"negative probability in p_a, p_b, p_tie = {p_a}, {p_b}, {p_tie}")
         if abs(p_a + p_b + p_tie - 1) > _PROB_TOLERANCE:
             raise BadRow(f"p_a + p_b + p_tie = {p_a + p_b + p_tie:.4f}, not 1")
-        weight = abs(p_a - p_b)
+        weight, ent = abs(p_a - p_b), entropy({"a": p_a, "b": p_b, "tie": p_tie})
         relation = 1 if p_a > max(p_b, p_tie) else -1 if p_b > max(p_a, p_tie) else 0
     label = row.get("label", row.get("verdict"))
     if label is not None:
         if label not in LABELS:
             raise BadRow(f"label must be 'a', 'b' or 'tie', got {label!r}")
         relation = LABELS[label]
-    return relation, weight
+    return relation, weight, ent
 
 
 def parse_row(row: dict, need_label: bool = True) -> _Row:
@@ -129,8 +131,8 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
     `order_consistent`); `responses` with `scores` or `ranks` (1 = best); `response` with `score` (pointwise).
 
     ```python
-    >>> parse_row({"prompt": "q", "chosen": "good", "rejected": "bad"}).pairs
-    [(0, 1, 1, 1.0, None)]
+    >>> parse_row({"prompt": "q", "chosen": "good", "rejected": "bad"}).pairs  # (i, j, r, weight, consistent, entropy)
+    [(0, 1, 1, 1.0, None, None)]
 
     ```
     """
@@ -143,10 +145,10 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
             prompt, chosen, rejected = _split_implicit(chosen, rejected)
             if prompt is None:
                 raise BadRow("no prompt column and no shared prompt at the start of chosen and rejected")
-        out = _Row(prompt, row.get("category"), [chosen, rejected], [None, None], [(0, 1, 1, 1.0, None)])
+        out = _Row(prompt, row.get("category"), [chosen, rejected], [None, None], [(0, 1, 1, 1.0, None, None)])
     elif "response_a" in row or "response_b" in row:
         a, b = _text(row, "response_a"), _text(row, "response_b")
-        relation, weight = _pairwise_relation(row)
+        relation, weight, ent = _pairwise_relation(row)
         if relation is None and need_label:
             reason = f" (judge_error: {row['judge_error']})" if row.get("judge_error") else ""
             raise BadRow("no label: needs label, verdict or p_a, p_b, p_tie" + reason)
@@ -157,7 +159,7 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
         ]
         consistent = row.get("order_consistent")
         consistent = consistent if isinstance(consistent, bool) else None
-        out = _Row(prompt, row.get("category"), [a, b], scores, [(0, 1, relation, weight, consistent)])
+        out = _Row(prompt, row.get("category"), [a, b], scores, [(0, 1, relation, weight, consistent, ent)])
     elif "responses" in row:
         responses = row["responses"]
         if not isinstance(responses, list) or len(responses) < 2:
@@ -176,7 +178,7 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
         values = [_number(v, "scores / ranks") for v in values]
         scores = values if scores is None else scores
         pairs = [
-            (i, j, sign * ((values[i] > values[j]) - (values[i] < values[j])), 1.0, None)
+            (i, j, sign * ((values[i] > values[j]) - (values[i] < values[j])), 1.0, None, None)
             for i in range(len(values))
             for j in range(i + 1, len(values))
         ]
@@ -202,7 +204,7 @@ class _Graph:
         self.nodes: dict[str, int] = {}
         self.texts: list = []
         self.scores: list = []
-        self.edges: list[list] = []  # [x, y, relation, weight, order_consistent, row, label_relation]
+        self.edges: list[list] = []  # [x, y, relation, weight, order_consistent, row, label_relation, entropy]
         self.pairs = defaultdict(list)  # (x, y) -> [(row, relation)] of every row that carries the pair
         self.seen: set = set()  # pairs already in `edges`
 
@@ -217,8 +219,11 @@ class _Graph:
         return self.nodes[k]
 
     def preference_graph(self, alive) -> PreferenceGraph:
-        edges = [(e[0], e[1], e[2]) for e in self.edges if alive(e)]
-        return PreferenceGraph.from_edges(len(self.texts), edges, self.scores, self.category)
+        live = [e for e in self.edges if alive(e)]
+        g = PreferenceGraph.from_edges(len(self.texts), [(e[0], e[1], e[2]) for e in live], self.scores, self.category)
+        if any(e[7] is not None for e in live):
+            g.entropy = np.array([math.nan if e[7] is None else e[7] for e in live])
+        return g
 
 
 class _Rejects:
@@ -244,14 +249,14 @@ def _build(rows, need_label: bool, rejects: _Rejects, progress: bool) -> dict:
         g = graphs.get(k) or graphs.setdefault(k, _Graph(p.prompt, p.category))
         ids = [g.node(text, score) for text, score in zip(p.responses, p.scores)]
         edges = []
-        for i, j, relation, weight, consistent in p.pairs:
+        for i, j, relation, weight, consistent, ent in p.pairs:
             x, y = ids[i], ids[j]
             if x == y:
                 rejects.add(r, "bad-input", "the two responses are the same text (a self-loop)")
                 break
             if x > y:
                 x, y, relation = y, x, None if relation is None else -relation
-            edges.append([x, y, relation, weight, consistent, r, relation])
+            edges.append([x, y, relation, weight, consistent, r, relation, ent])
         else:
             parsed.append((r, g, edges))
             for e in edges:
@@ -303,6 +308,7 @@ def _apply_judge(graphs, judge, relations: str, rejects: _Rejects, need_scores: 
             continue
         verdict = LABELS[pref.verdict]
         e[3], e[4] = abs(pref.p_a - pref.p_b), pref.order_consistent
+        e[7] = entropy({"a": pref.p_a, "b": pref.p_b, "tie": pref.p_tie})
         if relations == "judge" or e[6] is None:
             e[2] = verdict
         elif relations == "both" and verdict != 0 and verdict == -e[6] and e[6] != 0:

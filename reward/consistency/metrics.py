@@ -66,6 +66,7 @@ class PreferenceGraph:
             unordered pair (a later one overwrites an earlier one in `matrix`).
         scores: pointwise score per candidate, NaN where unknown (`None`: no scores at all).
         category: the prompt's category, for per-category conflict ratios.
+        entropy: optional entropy (nats) of each relation's A / B / tie probabilities, NaN where unknown.
     """
 
     n: int
@@ -74,6 +75,7 @@ class PreferenceGraph:
     relation: np.ndarray
     scores: np.ndarray | None = None
     category: str | None = None
+    entropy: np.ndarray | None = None
 
     @classmethod
     def from_edges(cls, n: int, edges, scores=None, category: str | None = None) -> PreferenceGraph:
@@ -121,8 +123,9 @@ def conflict_ratio(graphs, delta: float = 0.0) -> dict:
     order; any other relation is a conflict (so with continuous scores a pairwise tie is a conflict).
 
     Returns:
-        `{"ratio", "conflicts", "pairs", "by_category": {category: {"ratio", "conflicts", "pairs"}}}`; a ratio
-        is `None` when no pair has both scores and a relation.
+        `{"ratio", "conflicts", "pairs", "by_category": {category: {"ratio", "conflicts", "pairs"}}, "agreement"}`;
+        a ratio is `None` when no pair has both scores and a relation. `agreement[e][o]` counts pairs whose scores
+        expect relation e and whose pairwise relation is o, both indexed +1, 0, -1 as 0, 1, 2.
 
     ```python
     >>> g = PreferenceGraph.from_edges(3, [(0, 1, 1), (1, 2, -1), (0, 2, 0)], scores=[3.0, 2.0, 1.0])
@@ -134,6 +137,7 @@ def conflict_ratio(graphs, delta: float = 0.0) -> dict:
     if delta < 0 or math.isnan(delta):
         raise ValueError(f"delta must be >= 0, got {delta}")
     counts = defaultdict(lambda: [0, 0])
+    agreement = np.zeros((3, 3), dtype=np.int64)
     for g in graphs:
         if g.scores is None or not len(g.relation):
             continue
@@ -144,13 +148,14 @@ def conflict_ratio(graphs, delta: float = 0.0) -> dict:
         c = counts[g.category]
         c[0] += int((g.relation[known] != expected).sum())
         c[1] += int(known.sum())
+        np.add.at(agreement, (1 - expected.astype(np.int64), 1 - g.relation[known].astype(np.int64)), 1)
     conflicts, pairs = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
 
     def entry(c, p):
         return {"ratio": c / p if p else None, "conflicts": c, "pairs": p}
 
     by_category = {k: entry(*v) for k, v in sorted(counts.items(), key=lambda kv: str(kv[0])) if k is not None}
-    return entry(conflicts, pairs) | {"by_category": by_category}
+    return entry(conflicts, pairs) | {"by_category": by_category, "agreement": agreement.tolist()}
 
 
 @lru_cache(maxsize=256)
@@ -224,22 +229,53 @@ def non_transitivity(graphs, k: int = 3, chunk: int = 1 << 22) -> dict:
     }
 
 
+def _histogram(arrays, bins: int = 20) -> dict | None:
+    values = np.concatenate([np.asarray(a, dtype=float) for a in arrays] or [np.zeros(0)])
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return None
+    counts, edges = np.histogram(values, bins=bins)
+    return {"edges": edges.tolist(), "counts": counts.tolist()}
+
+
+def _add_counts(parts: list[dict]) -> dict:
+    keys = ("subsets", "bad", "equal", "circle", "left_out")
+    total = {k: sum(p[k] for p in parts) for k in keys}
+    n = total["subsets"]
+    ratios = {"ratio": "bad", "equal_ratio": "equal", "circle_ratio": "circle"}
+    return {r: (total[k] / n if n else None) for r, k in ratios.items()} | total
+
+
 def audit_graphs(graphs, ks=(3, 4, 5), delta: float = 0.0) -> dict:
     """CR and NTR_k of a set of prompts' graphs, in the report layout of `trustreward audit`.
 
     Returns:
-        `{"prompts", "pairs", "conflict_ratio", "conflict_counts", "conflict_ratio_by_category",
-        "non_transitivity": {"3": ratio, ...}, "non_transitivity_counts": {"3": {...}, ...}}`.
+        `{"prompts", "pairs", "conflict_ratio", "conflict_counts", "conflict_ratio_by_category", "agreement",
+        "non_transitivity": {"3": ratio, ...}, "non_transitivity_counts": {"3": {...}, ...},
+        "non_transitivity_by_category": {category: {"3": ratio, ...}}, "score_histogram", "entropy_histogram"}`
+        (histograms `{"edges", "counts"}` or `None` without values; `agreement` as in `conflict_ratio`).
     """
     graphs = list(graphs)
     cr = conflict_ratio(graphs, delta)
-    ntr = {str(k): non_transitivity(graphs, k) for k in ks}
+    by_category = defaultdict(list)  # NTR per category; the totals are the sums of the categories' counts
+    for g in graphs:
+        by_category[g.category].append(g)
+    parts = {c: {str(k): non_transitivity(gs, k) for k in ks} for c, gs in by_category.items()}
+    ntr = {str(k): _add_counts([p[str(k)] for p in parts.values()]) for k in ks}
     return {
         "prompts": len(graphs),
         "pairs": int(sum(len(g.relation) for g in graphs)),
         "conflict_ratio": cr["ratio"],
         "conflict_counts": {"conflicts": cr["conflicts"], "pairs": cr["pairs"], "delta": delta},
         "conflict_ratio_by_category": cr["by_category"],
+        "agreement": cr["agreement"],
         "non_transitivity": {k: v["ratio"] for k, v in ntr.items()},
         "non_transitivity_counts": ntr,
+        "non_transitivity_by_category": {
+            c: {k: v["ratio"] for k, v in p.items()}
+            for c, p in sorted(parts.items(), key=lambda kv: str(kv[0]))
+            if c is not None
+        },
+        "score_histogram": _histogram([g.scores for g in graphs if g.scores is not None]),
+        "entropy_histogram": _histogram([g.entropy for g in graphs if g.entropy is not None]),
     }

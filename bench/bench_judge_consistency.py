@@ -1,0 +1,97 @@
+"""How consistent is a real judge? CR and NTR of the embedded judge on MT-Bench, discrete vs TrustJudge readings.
+
+For each of the first N MT-Bench questions with a GPT-4 reference, 4 candidates: the reference, its first
+third, the reference of another question (off-topic) and the reference with its words shuffled. Every pair is
+judged once in both orders and every candidate scored once; the readings below are all taken from those
+same judge calls (so the comparison is side by side):
+
+- single order: the verdict of the order (a, b) alone; both orders agree: TrustJudge's discrete baseline
+  (disagreement is a tie); likelihood: both orders' probabilities merged (TrustJudge);
+- pointwise: the most likely rating (argmax) vs the expected score (TrustJudge), on a 5-point scale.
+
+Low NTR alone is no proof of a good judge: a judge that always picks the first answer shown is perfectly
+transitive. So it also prints how often the reference beats the off-topic answer (`ref>off`).
+
+    python bench/bench_judge_consistency.py [--questions 10] [--judge embedded]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import time
+
+from reward import load_judge
+from reward.consistency import PreferenceGraph, audit_graphs
+from reward.scoring import decide_preference
+from trainers.data import mt_bench_rows
+
+RELATION = {"a": 1, "b": -1, "tie": 0}
+
+
+def candidates(rows, i, rng):
+    ref = rows[i]["reference"]
+    words = ref.split()
+    shuffled = words[:]
+    rng.shuffle(shuffled)
+    other = rows[(i + len(rows) // 2) % len(rows)]["reference"]
+    return [ref, " ".join(words[: max(3, len(words) // 3)]), other, " ".join(shuffled)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=10)
+    parser.add_argument("--judge", default="embedded")
+    parser.add_argument("--max_length", type=int, default=1024)
+    args = parser.parse_args()
+    rng = random.Random(0)
+    rows = [r for r in mt_bench_rows() if r["reference"]]
+    judge = load_judge(args.judge, max_length=args.max_length)
+    start = time.perf_counter()
+    groups = [(rows[i]["question"], candidates(rows, i, rng), rows[i]["category"]) for i in range(args.questions)]
+    pairs = [(q, c, x, y) for q, c, _ in groups for x, y in itertools.combinations(range(len(c)), 2)]
+    prefs = judge.compare([q for q, *_ in pairs], [c[x] for _, c, x, _ in pairs], [c[y] for _, c, _, y in pairs])
+    scores = judge.score([q for q, c, _ in groups for _ in c], [a for _, c, _ in groups for a in c], scale=5)
+    elapsed = time.perf_counter() - start
+    failures = sum(p.error is not None for p in prefs) + sum(s.error is not None for s in scores)
+
+    def single(p):
+        best = max(p.order_ab, key=p.order_ab.get)
+        return {"A": "a", "B": "b", "C": "tie"}[best]
+
+    readings = {
+        "single order": single,
+        "both orders agree": lambda p: decide_preference(p.order_ab, p.order_ba, "baseline").verdict,
+        "likelihood (merged)": lambda p: p.verdict,
+    }
+    print(
+        f"{args.questions} questions x 4 candidates: {len(pairs)} pairs (both orders) and {len(scores)} scores "
+        f"in {elapsed:.0f} s, {failures} failures"
+    )
+    # Pair (0, 2) of each question is reference vs off-topic: the reference should win.
+    print(f"{'pairwise reading':<22} {'pointwise':<9} {'NTR_3':>7} {'NTR_4':>7} {'CR':>7} {'ties':>6} {'ref>off':>8}")
+    for name, read in readings.items():
+        for score_name, pick in (("argmax", lambda s: s.argmax), ("expected", lambda s: s.expected)):
+            graphs, k, n = [], 0, 0
+            for _, cands, category in groups:
+                edges = []
+                for x, y in itertools.combinations(range(len(cands)), 2):
+                    p = prefs[k]
+                    k += 1
+                    if p.error is None:
+                        edges.append((x, y, RELATION[read(p)]))
+                graphs.append(
+                    PreferenceGraph.from_edges(len(cands), edges, [pick(s) for s in scores[n : n + 4]], category)
+                )
+                n += 4
+            report = audit_graphs(graphs, (3, 4))
+            ties = sum(int((g.relation == 0).sum()) for g in graphs) / max(1, sum(len(g.relation) for g in graphs))
+            ntr = report["non_transitivity"]
+            cr = report["conflict_ratio"]
+            ref = sum(read(prefs[6 * i + 1]) == "a" for i in range(len(groups))) / len(groups)
+            print(f"{name:<22} {score_name:<9} {ntr['3']:>7.3f} {ntr['4']:>7.3f} {cr:>7.3f} {ties:>6.2f} {ref:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

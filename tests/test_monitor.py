@@ -1,0 +1,143 @@
+import builtins
+import importlib.util
+import logging
+from types import SimpleNamespace
+
+import pytest
+from conftest import answer_in_slot
+
+from reward.consistency import PreferenceGraph, conflict_ratio, non_transitivity
+from trainers import JudgeMonitor, JudgePairwiseReward, JudgeScoreReward
+from trainers.monitor import require_wandb
+
+# x > y > z > x (a planted cycle); w loses to everyone.
+BEATS = {("x", "y"), ("y", "z"), ("z", "x"), ("x", "w"), ("y", "w"), ("z", "w")}
+ANSWERS = ["w", "x", "y", "z"]
+
+
+def cyclic(prompt):
+    a, b = answer_in_slot(prompt, "A"), answer_in_slot(prompt, "B")
+    return {"A": 0.8, "B": 0.1, "C": 0.1} if (a, b) in BEATS else {"A": 0.1, "B": 0.8, "C": 0.1}
+
+
+POINTS = {"1": 0.1, "2": 0.2, "3": 0.4, "4": 0.2, "5": 0.1}  # the same for every answer: all scores equal
+
+
+class Log:
+    def __init__(self):
+        self.metrics = {}
+
+    def __call__(self, name, value):
+        self.metrics[name] = value
+
+
+def call(rewards, log, step=0, prompts=None):
+    prompts = prompts or ["q"] * 4
+    state = SimpleNamespace(global_step=step)
+    return [
+        r(prompts=prompts, completions=ANSWERS, completion_ids=None, log_metric=log, trainer_state=state)
+        for r in rewards
+    ]
+
+
+def test_consistency_of_a_group_from_the_rewards_own_judgements(fake_judge):
+    judge = fake_judge(rule=cyclic, points=POINTS)
+    monitor = JudgeMonitor(sample_rate=1.0)
+    rewards = [
+        JudgeScoreReward(judge, monitor=monitor),
+        JudgePairwiseReward(judge, monitor=monitor, metric_prefix="judge/p"),
+    ]
+    log = Log()
+    calls_before = len(judge.backend.prompts)
+    call(rewards, log)
+    # Both rewards ran: everything the check needs was judged already, no extra call.
+    assert len(judge.backend.prompts) - calls_before == 4 + 6 * 2
+    # By hand: 6 strict verdicts against 4 equal scores -> CR = 6/6; of the 4 triples only {x, y, z} is bad.
+    assert log.metrics["judge/conflict_ratio"] == 1.0 and log.metrics["judge/non_transitivity"] == 0.25
+    assert log.metrics["judge/monitor_order_consistency"] == 1.0 and log.metrics["judge/monitor_failures"] == 0
+    assert log.metrics["judge/monitor_overhead"] < 0.05 and log.metrics["judge/monitor_groups"] == 1
+    # And with reward.consistency on the same verdicts, independently.
+    edges = [(ANSWERS.index(a), ANSWERS.index(b), 1) for a, b in BEATS]
+    g = PreferenceGraph.from_edges(4, edges, [monitor.rewards[0].judge.score(["q"], ["w"])[0].expected] * 4)
+    assert conflict_ratio([g])["ratio"] == 1.0 and non_transitivity([g], 3)["ratio"] == 0.25
+    cases = monitor._pending["cases"]
+    assert len(cases) == 6 and all("score-conflict" in c[2][-1] for c in cases)
+
+
+def test_missing_judgements_are_made_and_their_cost_reported(fake_judge):
+    judge = fake_judge(rule=cyclic, points=POINTS)
+    monitor = JudgeMonitor(sample_rate=1.0)
+    pairwise = JudgePairwiseReward(judge, monitor=monitor)
+    log = Log()
+    before = len(judge.backend.prompts)
+    (rewards,) = call([pairwise], log)
+    assert len(judge.backend.prompts) - before == 6 * 2 + 4  # the reward's pairs, then 4 extra pointwise scores
+    assert log.metrics["judge/monitor_overhead"] > 0 and log.metrics["judge/non_transitivity"] == 0.25
+    assert rewards == JudgePairwiseReward(judge)(prompts=["q"] * 4, completions=ANSWERS)  # rewards unchanged
+
+
+def test_a_failing_monitor_call_is_counted_and_never_touches_rewards(fake_judge):
+    judge = fake_judge(rule=cyclic, points={"7": 1.0})  # no mass on 1..5: every pointwise judgement fails
+    monitor = JudgeMonitor(sample_rate=1.0)
+    log = Log()
+    (rewards,) = call([JudgePairwiseReward(judge, monitor=monitor)], log)
+    assert log.metrics["judge/monitor_failures"] == 4 and "judge/conflict_ratio" not in log.metrics
+    assert log.metrics["judge/non_transitivity"] == 0.25 and None not in rewards
+
+
+def test_sampling_rate_bounds_the_checks(fake_judge):
+    judge = fake_judge(rule=cyclic, points=POINTS)
+    monitor = JudgeMonitor(sample_rate=0.0)
+    log = Log()
+    call([JudgePairwiseReward(judge, monitor=monitor)], log)
+    assert "judge/monitor_groups" not in log.metrics and monitor.last == {}
+    with pytest.raises(ValueError, match="sample_rate"):
+        JudgeMonitor(sample_rate=2)
+
+
+def test_guards_warn_once_and_stop(fake_judge, caplog):
+    judge = fake_judge(rule=cyclic, points=POINTS)
+    monitor = JudgeMonitor(sample_rate=1.0, max_non_transitivity=0.2)
+    reward = JudgePairwiseReward(judge, monitor=monitor)
+    with caplog.at_level(logging.WARNING, logger="trainers.monitor"):
+        call([reward], Log(), step=0)
+        call([reward], Log(), step=1)
+    warnings = [r for r in caplog.records if "crossed its threshold" in r.getMessage()]
+    assert len(warnings) == 1 and "non_transitivity = 0.250" in warnings[0].getMessage()
+    assert [a["step"] for a in monitor.alerts] == [0, 1]
+
+    stopper = JudgeMonitor(sample_rate=1.0, max_non_transitivity=0.2, on_inconsistency="stop")
+    reward = JudgePairwiseReward(judge, monitor=stopper)
+    with pytest.raises(RuntimeError, match="callbacks"):
+        call([reward], Log())  # not registered with the trainer: it could not stop it
+    args = SimpleNamespace(report_to=["none"])
+    control = SimpleNamespace(should_training_stop=False)
+    stopper.on_train_begin(args, None, control)
+    call([reward], Log())
+    stopper.on_step_end(args, None, control)
+    assert control.should_training_stop is True
+
+
+def test_no_wandb_import_when_not_reporting_to_it(fake_judge, monkeypatch):
+    real_import = builtins.__import__
+
+    def guarded(name, *args, **kwargs):
+        if name == "wandb" or name.startswith("wandb."):
+            raise AssertionError("wandb imported")
+        return real_import(name, *args, **kwargs)
+
+    judge = fake_judge(rule=cyclic, points=POINTS)
+    monitor = JudgeMonitor(sample_rate=1.0)
+    reward = JudgePairwiseReward(judge, monitor=monitor)
+    monkeypatch.setattr(builtins, "__import__", guarded)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=1)
+    monitor.on_train_begin(SimpleNamespace(report_to=["none"]), state, None)
+    call([reward], Log())
+    monitor.on_log(SimpleNamespace(report_to=["none"]), state, None, logs={})
+
+
+def test_require_wandb(monkeypatch):
+    assert require_wandb(["none"]) is False and require_wandb("tensorboard") is False
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else object())
+    with pytest.raises(ImportError, match="trustreward\\[wandb\\]"):
+        require_wandb(["wandb"])
