@@ -19,24 +19,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import random
 import time
 
 from reward import load_judge
 from reward.consistency import PreferenceGraph, audit_graphs
 from reward.scoring import decide_preference
-from trainers.data import mt_bench_rows
+from trainers.data import mt_bench_candidates
 
 RELATION = {"a": 1, "b": -1, "tie": 0}
-
-
-def candidates(rows, i, rng):
-    ref = rows[i]["reference"]
-    words = ref.split()
-    shuffled = words[:]
-    rng.shuffle(shuffled)
-    other = rows[(i + len(rows) // 2) % len(rows)]["reference"]
-    return [ref, " ".join(words[: max(3, len(words) // 3)]), other, " ".join(shuffled)]
 
 
 def main() -> None:
@@ -45,11 +35,11 @@ def main() -> None:
     parser.add_argument("--judge", default="embedded")
     parser.add_argument("--max_length", type=int, default=1024)
     args = parser.parse_args()
-    rng = random.Random(0)
-    rows = [r for r in mt_bench_rows() if r["reference"]]
     judge = load_judge(args.judge, max_length=args.max_length)
     start = time.perf_counter()
-    groups = [(rows[i]["question"], candidates(rows, i, rng), rows[i]["category"]) for i in range(args.questions)]
+    names = ("reference", "truncated", "off_topic", "shuffled")
+    groups = [(c["question"], [c["answers"][n] for n in names], c["category"]) for c in mt_bench_candidates()]
+    groups = groups[: args.questions]
     pairs = [(q, c, x, y) for q, c, _ in groups for x, y in itertools.combinations(range(len(c)), 2)]
     prefs = judge.compare([q for q, *_ in pairs], [c[x] for _, c, x, _ in pairs], [c[y] for _, c, _, y in pairs])
     scores = judge.score([q for q, c, _ in groups for _ in c], [a for _, c, _ in groups for a in c], scale=5)

@@ -13,6 +13,7 @@ commands:
   compare   add bidirectional preferences to a JSONL file of prompt, response_a, response_b rows
   audit     consistency of a preference file: conflict ratio and non-transitivity (NTR_k), no changes
   clean     drop cyclic or contradictory preference rows, each with its reason, and report before / after
+  train-rm  train a reward model on preferences: soft (judge probabilities) or hard Bradley-Terry, LoRA
 
 `trustreward COMMAND --help` lists a command's flags."""
 
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 
         (args,) = TrlParser((JudgeFileArguments,)).parse_args_and_config(args=rest)
         return _judge_file(command, args)
+    if command == "train-rm":
+        from .rm import main as rm_main
+
+        rm_main(rest)
+        return 0
     if command in ("audit", "clean"):
         from trl import TrlParser
 

@@ -31,6 +31,33 @@ def mt_bench_rows() -> list[dict]:
     return rows
 
 
+def mt_bench_candidates(seed: int = 0, max_words: int | None = None) -> list[dict]:
+    """For each MT-Bench question with a GPT-4 reference, 4 answers of known relative quality.
+
+    `reference` (the GPT-4 answer), `truncated` (its first third), `off_topic` (another question's reference),
+    `shuffled` (its words in random order): the reference should beat the three others. `max_words` cuts every
+    answer (keeps sequences short for CPU experiments). Returns `{"question", "category", "answers": {name: text}}`.
+    """
+    import random
+
+    rng = random.Random(seed)
+    rows = [r for r in mt_bench_rows() if r["reference"]]
+    out = []
+    for i, row in enumerate(rows):
+        words = row["reference"].split()
+        shuffled = words[:]
+        rng.shuffle(shuffled)
+        answers = {
+            "reference": words,
+            "truncated": words[: max(3, len(words) // 3)],
+            "off_topic": rows[(i + len(rows) // 2) % len(rows)]["reference"].split(),
+            "shuffled": shuffled,
+        }
+        answers = {k: " ".join(v[:max_words] if max_words else v) for k, v in answers.items()}
+        out.append({"question": row["question"], "category": row["category"], "answers": answers})
+    return out
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Rows of a JSONL file; a line that is not a JSON object is an error naming the line."""
     rows = []

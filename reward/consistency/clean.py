@@ -49,7 +49,8 @@ class BadRow(ValueError):
     """A row that cannot be used; its message is the reason written to the rejects."""
 
 
-def _key(value) -> str:
+def text_key(value) -> str:
+    """A hashable identity for a text or a conversation."""
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
@@ -165,7 +166,7 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
         if not isinstance(responses, list) or len(responses) < 2:
             raise BadRow("responses must be a list of at least 2")
         responses = [_check_text(r, "responses") for r in responses]
-        if len({_key(r) for r in responses}) < len(responses):
+        if len({text_key(r) for r in responses}) < len(responses):
             raise BadRow("the same response appears twice in responses")
         if row.get("scores") is not None:
             values, sign, scores = row["scores"], 1, None
@@ -209,7 +210,7 @@ class _Graph:
         self.seen: set = set()  # pairs already in `edges`
 
     def node(self, text, score) -> int:
-        k = _key(text)
+        k = text_key(text)
         if k not in self.nodes:
             self.nodes[k] = len(self.texts)
             self.texts.append(text)
@@ -245,7 +246,7 @@ def _build(rows, need_label: bool, rejects: _Rejects, progress: bool) -> dict:
         except BadRow as exc:
             rejects.add(r, "bad-input", str(exc))
             continue
-        k = _key(p.prompt)
+        k = text_key(p.prompt)
         g = graphs.get(k) or graphs.setdefault(k, _Graph(p.prompt, p.category))
         ids = [g.node(text, score) for text, score in zip(p.responses, p.scores)]
         edges = []

@@ -1,0 +1,120 @@
+"""Reward models from the embedded judge's preferences: raw vs cleaned data, hard vs soft targets.
+
+1. Preferences: for each MT-Bench question with a GPT-4 reference, 4 answers of known relative quality
+   (`trainers.data.mt_bench_candidates`: the reference beats its first third, an off-topic answer and a word
+   shuffle); every pair judged in both orders by the embedded judge (`Judge.compare`), the order of a and b
+   randomised. Written to runs/rm/judged.jsonl (the `trustreward compare` format).
+2. Held out: the pairs of 20% of the questions (runs/rm/eval.jsonl); the rest is `raw`, and `clean` is raw after
+   `trustreward clean --policy equivalence min-feedback` (runs/rm/{raw,clean}.jsonl).
+3. Four reward models (SmolLM2-135M + LoRA, the same seed and step budget): raw / clean x hard / soft.
+4. Each scored on the same held-out pairs: accuracy against the known quality order (reference vs the others),
+   accuracy against the judge's verdicts, calibration (ECE of sigmoid(d) against the judge's p).
+
+    python bench/bench_rm.py                  # everything (~20-30 min on 2 CPU cores)
+    python bench/bench_rm.py --prepare-only   # steps 1-2: the data the CPU recipe trains on
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import time
+from pathlib import Path
+
+from reward import load_judge
+from reward.consistency import clean_dataset
+from trainers.data import mt_bench_candidates, read_jsonl, write_jsonl
+
+OUT = Path("runs/rm")
+
+
+def prepare(max_words: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    groups = mt_bench_candidates(seed, max_words=max_words)
+    rows = []
+    for q, group in enumerate(groups):
+        for x, y in itertools.combinations(group["answers"], 2):
+            if rng.random() < 0.5:
+                x, y = y, x
+            truth = "a" if x == "reference" else "b" if y == "reference" else None
+            rows.append({"question_id": q, "prompt": group["question"], "category": group["category"], "kind_a": x,
+                         "kind_b": y, "response_a": group["answers"][x], "response_b": group["answers"][y],
+                         "truth": truth})  # fmt: skip
+    judge = load_judge("embedded", max_length=1024)
+    start = time.perf_counter()
+    prefs = judge.compare(
+        [r["prompt"] for r in rows], [r["response_a"] for r in rows], [r["response_b"] for r in rows]
+    )
+    print(f"judged {len(rows)} pairs in both orders in {time.perf_counter() - start:.0f} s")
+    for row, p in zip(rows, prefs):
+        row |= {"p_a": p.p_a, "p_b": p.p_b, "p_tie": p.p_tie, "order_consistent": p.order_consistent,
+                "verdict": p.verdict, "judge_error": p.error}  # fmt: skip
+    rows = [r for r in rows if r["judge_error"] is None]
+    OUT.mkdir(parents=True, exist_ok=True)
+    write_jsonl(OUT / "judged.jsonl", rows)
+    held = set(rng.sample(range(len(groups)), max(1, len(groups) // 5)))
+    # The held-out rows keep the known truth as their label (for accuracy), the training rows the judge's.
+    write_jsonl(
+        OUT / "eval.jsonl", [{**r, "label": r["truth"]} if r["truth"] else r for r in rows if r["question_id"] in held]
+    )
+    train = [{k: v for k, v in r.items() if k != "verdict"} for r in rows if r["question_id"] not in held]
+    write_jsonl(OUT / "raw.jsonl", train)
+    kept, rejected, report = clean_dataset(train, ["equivalence", "min-feedback"], progress=False)
+    write_jsonl(OUT / "clean.jsonl", kept)
+    print(f"raw {len(train)} pairs; clean {len(kept)} ({report['rejected_by_reason']}); eval {len(rows) - len(train)}")
+    print(f"judge agreement with the known order on eval pairs: "
+          f"{_truth_agreement([r for r in rows if r['question_id'] in held]):.2f}")  # fmt: skip
+
+
+def _truth_agreement(rows) -> float:
+    known = [r for r in rows if r["truth"]]
+    return sum(r["verdict"] == r["truth"] for r in known) / max(1, len(known))
+
+
+def evaluate(model_dir: Path, eval_rows: list[dict]) -> dict:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from trainers.rm import pair_metrics, preference_pairs, reward_scores
+
+    pairs, _ = preference_pairs(eval_rows, "soft")  # a vs b as judged, truth as label
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    chosen = reward_scores(model, tok, [p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
+    rejected = reward_scores(model, tok, [p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
+    return pair_metrics([c - r for c, r in zip(chosen, rejected)], pairs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prepare-only", action="store_true")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--max-words", type=int, default=60)
+    args = parser.parse_args()
+    if not (OUT / "judged.jsonl").exists():
+        prepare(args.max_words)
+    if args.prepare_only:
+        return
+    from trainers.rm import main as train_rm
+
+    eval_rows = read_jsonl(OUT / "eval.jsonl")
+    results = {}
+    for data, loss in itertools.product(("raw", "clean"), ("hard", "soft")):
+        out = OUT / f"model-{data}-{loss}"
+        start = time.perf_counter()
+        train_rm(["--config", "recipes/rm/embedded/config_demo.yaml", "--train_file", str(OUT / f"{data}.jsonl"),
+                  "--loss", loss, "--output_dir", str(out), "--max_steps", str(args.steps)])  # fmt: skip
+        results[(data, loss)] = evaluate(out, eval_rows) | {"train_s": time.perf_counter() - start}
+        print(data, loss, results[(data, loss)], flush=True)
+    print(f"\n{'data':<6} {'loss':<5} {'acc vs truth':>12} {'acc vs judge':>12} {'ECE':>6} {'train s':>8}")
+    for (data, loss), m in results.items():
+        print(f"{data:<6} {loss:<5} {m['accuracy_labels']:>12.3f} {m['accuracy_judge']:>12.3f} {m['ece']:>6.3f} "
+              f"{m['train_s']:>8.0f}")  # fmt: skip
+    print(f"(held-out pairs: {results[('raw', 'soft')]['n_judged']}, with a known order: "
+          f"{results[('raw', 'soft')]['n_labelled']})")  # fmt: skip
+    (OUT / "results.json").write_text(json.dumps({f"{d}-{lo}": m for (d, lo), m in results.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

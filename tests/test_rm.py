@@ -1,0 +1,172 @@
+import json
+import math
+
+import pytest
+import torch
+
+from trainers.rm import pair_metrics, preference_pairs, soft_bt_loss
+
+
+def test_soft_loss_by_hand():
+    d = torch.tensor([2.0, -1.0, 0.0])
+    p = torch.tensor([0.9, 0.25, 0.5])
+
+    def ls(x):  # log sigmoid
+        return -math.log1p(math.exp(-x))
+
+    expected = -(0.9 * ls(2) + 0.1 * ls(-2) + 0.25 * ls(-1) + 0.75 * ls(1) + 0.5 * ls(0) + 0.5 * ls(0)) / 3
+    assert soft_bt_loss(d, p).item() == pytest.approx(expected, rel=1e-6)
+    m = torch.tensor([1.0, 0.0, -0.5])  # with a margin the difference is measured from it
+    assert soft_bt_loss(d, p, m).item() == pytest.approx(soft_bt_loss(d - m, p).item(), rel=1e-6)
+
+
+def test_soft_loss_is_trls_loss_at_hard_targets():
+    d = torch.randn(16)
+    ones, zeros = torch.ones(16), torch.zeros(16)
+    assert soft_bt_loss(d, ones).item() == pytest.approx(-torch.nn.functional.logsigmoid(d).mean().item(), rel=1e-6)
+    assert soft_bt_loss(d, zeros).item() == pytest.approx(-torch.nn.functional.logsigmoid(-d).mean().item(), rel=1e-6)
+
+
+def test_trainer_soft_loss_equals_trl_loss_on_hard_targets(tiny_model_dir):
+    """The subclass's loss on p = 1 equals RewardTrainer's own on the same batch; on p = 0.7 it is the soft value."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from trainers.rm import SoftRewardTrainer, TargetCollator
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    from datasets import Dataset
+
+    data = Dataset.from_list(
+        [{"prompt": "What is two plus two?", "chosen": " four", "rejected": " five", "target": 1.0}]
+    )
+    config = RewardConfig(output_dir="/tmp/unused", report_to="none", bf16=False, use_cpu=True)
+    soft = SoftRewardTrainer(model=model, args=config, train_dataset=data, processing_class=tok,
+                             data_collator=TargetCollator(pad_token_id=tok.pad_token_id))  # fmt: skip
+    hard = RewardTrainer(model=model, args=config, train_dataset=data.remove_columns("target"), processing_class=tok)
+    batch = TargetCollator(pad_token_id=tok.pad_token_id)([soft.train_dataset[0] | {"target": 1.0}])
+    loss_soft, out = soft.compute_loss(model, dict(batch), return_outputs=True)
+    loss_hard = hard.compute_loss(model, {k: v for k, v in batch.items() if k != "target"})
+    assert loss_soft.item() == pytest.approx(loss_hard.item(), rel=1e-6)
+    chosen, rejected = out.logits.squeeze(-1).tolist()
+    batch["target"] = torch.tensor([0.7])
+    expected = soft_bt_loss(torch.tensor([chosen - rejected]), torch.tensor([0.7])).item()
+    assert soft.compute_loss(model, dict(batch)).item() == pytest.approx(expected, rel=1e-5)
+
+
+ROWS = [
+    {"prompt": "q", "chosen": "good", "rejected": "bad"},
+    {"prompt": "q", "response_a": "x", "response_b": "y", "p_a": 0.2, "p_b": 0.7, "p_tie": 0.1},
+    {"prompt": "q", "response_a": "x", "response_b": "z", "label": "tie"},
+    {"prompt": "q", "responses": ["r1", "r2", "r3"], "scores": [3, 1, 2]},
+    {"prompt": "q", "chosen": "same", "rejected": "same"},
+    {"prompt": "q", "response_a": "x", "response_b": "y", "p_a": math.nan, "p_b": 0.5, "p_tie": 0.5},
+    {"prompt": "q", "response_a": "x", "response_b": "y", "p_a": 1.2, "p_b": 0.0, "p_tie": 0.0},
+    {"prompt": "q", "response_a": "x", "response_b": "y"},
+    {"prompt": "q", "response": "x", "score": 3},
+]
+
+
+def test_preference_pairs_soft_and_hard_with_reasons():
+    pairs, rejects = preference_pairs(ROWS, "soft")
+    assert [(p["chosen"], p["rejected"], p["target"]) for p in pairs] == [
+        ("good", "bad", 1.0), ("x", "y", pytest.approx(0.25)), ("x", "z", 0.5),
+        ("r1", "r2", 1.0), ("r1", "r3", 1.0), ("r2", "r3", 0.0),
+    ]  # fmt: skip
+    assert pairs[1]["judge_p"] == pytest.approx(0.25) and pairs[1]["label"] is None and pairs[0]["label"] == 1
+    reasons = {r["row_index"]: r["reason"] for r in rejects}
+    assert set(reasons) == {4, 5, 6, 7, 8}
+    assert "same text" in reasons[4] and "finite number" in reasons[5] and "not 1" in reasons[6]
+    assert "no label" in reasons[7] and "pointwise" in reasons[8]
+
+    hard, rejects = preference_pairs(ROWS, "hard")
+    # The hard loss orients every pair to its winner and cannot use ties.
+    assert [(p["chosen"], p["rejected"], p["target"]) for p in hard] == [
+        ("good", "bad", 1.0), ("y", "x", 1.0), ("r1", "r2", 1.0), ("r1", "r3", 1.0), ("r3", "r2", 1.0),
+    ]  # fmt: skip
+    assert hard[1]["judge_p"] == pytest.approx(0.75) and hard[4]["label"] == 1
+    assert "tie" in {r["row_index"]: r["reason"] for r in rejects}[2]
+
+
+def test_pair_metrics_by_hand():
+    pairs = [
+        {"label": 1, "judge_p": 0.9}, {"label": 1, "judge_p": 0.6}, {"label": None, "judge_p": 0.2},
+        {"label": 0, "judge_p": None},
+    ]  # fmt: skip
+    diffs = [2.0, -1.0, 0.0, 5.0]
+    m = pair_metrics(diffs, pairs)
+    assert m["accuracy_labels"] == 0.5 and m["n_labelled"] == 2  # the tie label is left out
+    assert m["accuracy_judge"] == pytest.approx(2 / 3)  # (d > 0) == (p > 0.5): yes, no, yes (both false)
+    s = [1 / (1 + math.exp(-d)) for d in diffs[:3]]  # bins: 0.88 -> 8, 0.27 -> 2, 0.5 -> 5
+    expected = (abs(s[0] - 0.9) + abs(s[1] - 0.6) + abs(s[2] - 0.2)) / 3
+    assert m["ece"] == pytest.approx(expected) and m["n_judged"] == 3
+
+
+def test_train_rm_two_steps_with_lora(tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from trainers.cli import main
+    from trainers.rm import reward_scores
+
+    rows = [
+        {"prompt": f"Question {i}?", "response_a": f"A good answer {i}.", "response_b": "bad",
+         "p_a": 0.8, "p_b": 0.1, "p_tie": 0.1}
+        for i in range(10)
+    ] + [{"prompt": "q", "chosen": "x", "rejected": "x"}]  # fmt: skip
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rm"
+    args = ["--train_file", str(tmp_path / "prefs.jsonl"), "--model_name_or_path", tiny_model_dir, "--output_dir",
+            str(out), "--max_steps", "2", "--per_device_train_batch_size", "2", "--bf16", "false", "--use_cpu",
+            "true", "--report_to", "none", "--lora", "on", "--lora_r", "4", "--eval_fraction", "0.2",
+            "--rejects", str(tmp_path / "rejects.jsonl"), "--save_strategy", "no", "--logging_steps", "1"]  # fmt: skip
+    assert main(["train-rm", *args]) == 0
+    metrics = json.loads((out / "rm_eval.json").read_text())
+    assert metrics["lora"] is True and metrics["pairs_train"] + metrics["pairs_eval"] == 10
+    assert metrics["n_judged"] == metrics["pairs_eval"] == 2 and 0 <= metrics["ece"] <= 1
+    assert [json.loads(line)["row_index"] for line in (tmp_path / "rejects.jsonl").read_text().splitlines()] == [10]
+    # The adapter loads on the base model and scores exactly as the merged model saved next to it.
+    tok = AutoTokenizer.from_pretrained(out)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    base.config.pad_token_id = tok.pad_token_id
+    adapted = PeftModel.from_pretrained(base, out / "adapter")
+    merged = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1)
+    prompts, answers = ["Question 1?", "Question 2?"], ["A good answer 1.", "bad"]
+    assert reward_scores(adapted, tok, prompts, answers) == pytest.approx(
+        reward_scores(merged, tok, prompts, answers), abs=1e-5
+    )
+
+
+def test_train_rm_without_usable_rows_is_an_error(tmp_path, tiny_model_dir):
+    from trainers.cli import main
+
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "q", "chosen": "x", "rejected": "x"}) + "\n")
+    with pytest.raises(SystemExit, match="no usable preference rows"):
+        main(["train-rm", "--train_file", str(tmp_path / "bad.jsonl"), "--output_dir", str(tmp_path / "o"),
+              "--model_name_or_path", tiny_model_dir, "--bf16", "false", "--use_cpu", "true"])  # fmt: skip
+
+
+def test_train_rm_eval_metrics_reach_wandb(tmp_path, wandb_offline, tiny_model_dir):
+    from wandb_records import read_run
+
+    from trainers.cli import main
+
+    rows = [{"prompt": f"Q{i}?", "response_a": f"good {i}", "response_b": "bad", "p_a": 0.7, "p_b": 0.2, "p_tie": 0.1}
+            for i in range(6)]  # fmt: skip
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rm"
+    args = ["--train_file", str(tmp_path / "prefs.jsonl"), "--model_name_or_path", tiny_model_dir, "--output_dir",
+            str(out), "--max_steps", "1", "--bf16", "false", "--use_cpu", "true", "--report_to", "wandb",
+            "--eval_fraction", "0.34", "--save_strategy", "no"]  # fmt: skip
+    assert main(["train-rm", *args]) == 0
+    import wandb
+
+    wandb.finish()
+    metrics = json.loads((out / "rm_eval.json").read_text())
+    assert metrics["lora"] is False  # "auto": a tiny model trains in full
+    _, summary = read_run(wandb_offline)
+    assert summary["eval/rm/accuracy_judge"] == pytest.approx(metrics["accuracy_judge"])
+    assert summary["eval/rm/ece"] == pytest.approx(metrics["ece"])
