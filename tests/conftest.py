@@ -82,7 +82,8 @@ def tiny_judge(tiny_model_dir):
 class FakeBackend:
     """A JudgeBackend whose verdicts come from a rule, for testing what Judge does with them.
 
-    `rule(prompt) -> {"A": p, "B": p, "C": p}` for pairwise prompts; pointwise prompts get `points`.
+    `rule(prompt) -> {"A": p, "B": p, "C": p}` for pairwise prompts; pointwise prompts get `points` (a dict, or
+    a function of the prompt returning one).
     """
 
     max_length = 4096
@@ -98,6 +99,7 @@ class FakeBackend:
         out = []
         for p in prompts:
             probs = self.rule(p) if set(labels) == {"A", "B", "C"} else self.points
+            probs = probs(p) if callable(probs) else probs
             out.append({label: math.log(probs[label]) if probs.get(label, 0) > 0 else -math.inf for label in labels})
         return out
 

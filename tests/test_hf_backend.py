@@ -83,3 +83,35 @@ def test_generate_returns_logprob_of_its_own_text(tiny_model_dir):
             assert lp == pytest.approx(sum(float(logp[len(ids) + k - 1, t]) for k, t in enumerate(new)), abs=1e-4)
             checked += 1
     assert checked >= 1
+
+
+def shared_prefix_prompts():
+    """Pairwise-style prompts: one long instruction, 2 questions, 3 answers each, every ordered pair."""
+    system = "You are a judge. The quick brown fox jumps over the lazy dog. Paris is in France. " * 2
+    questions = ["What is two plus two? Answer the question please, it is helpful.", "Where is Paris? a b c d e f."]
+    answers = ["It is four.", "four 4 4", "The answer is 42, accurate and relevant."]
+    return [
+        f"{system}[User Question] {q} [The Start of Assistant A] {a} [The Start of Assistant B] {b} Verdict: ["
+        for q in questions
+        for a in answers
+        for b in answers
+        if a != b
+    ]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_prefix_cache_equals_uncached(tiny_model_dir, attn):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn, dtype=torch.float32)
+    prompts = shared_prefix_prompts()
+    labels = ["A", "B", "C"] + [str(s) for s in range(1, 101)]
+    cached = HFBackend(model, tokenizer, max_batch_tokens=256, min_prefix=8)
+    plain = HFBackend(model, tokenizer, max_batch_tokens=256, prefix_cache=False)
+    got, want = cached.label_logprobs(prompts, labels), plain.label_logprobs(prompts, labels)
+    diff = max(abs(math.exp(g[k]) - math.exp(w[k])) for g, w in zip(got, want) for k in labels)
+    assert diff <= 1e-5
+    assert got[3]["47"] == pytest.approx(brute_force(model, tokenizer, prompts[3], "47"), abs=1e-5)
+    # The instruction, each question and each first answer ran once: far fewer tokens through the model.
+    assert cached.forward_tokens < 0.5 * plain.forward_tokens

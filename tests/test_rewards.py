@@ -88,3 +88,43 @@ def test_as_text():
         as_text([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]) == "User: q\n\nAssistant: a"
     )
     assert as_text(None) is None and as_text("  ") is None and as_text([{"role": "user"}]) is None
+
+
+def score_by_length(prompt):
+    """Pointwise: answers of 1-2 characters rate 1, of 8+ characters rate 5 (sure of it)."""
+    answer = prompt.split("[The Start of Assistant's Answer]\n", 1)[1].split("\n[The End of Assistant's Answer]")[0]
+    return {"1": 1.0} if len(answer) <= 2 else {"5": 1.0}
+
+
+def test_adaptive_pairing_compares_only_close_scores(fake_judge):
+    judge = fake_judge(rule=longer_wins, points=score_by_length)
+    answers = ["x", "xx", "xxxxxxxx", "xxxxxxxxx"]
+    reward = JudgePairwiseReward(judge, pairing="adaptive", adaptive_margin=0.5)
+    log = Log()
+    before = len(judge.backend.prompts)
+    rewards = reward(prompts=["q"] * 4, completions=answers, log_metric=log)
+    # 4 pointwise prompts, then only (x, xx) and (8x, 9x) are within the margin: 2 pairs x 2 orders.
+    assert len(judge.backend.prompts) - before == 4 + 4
+    assert log.metrics["judge/compared_fraction"] == pytest.approx(2 / 6)
+    # x: its compared pair 0.25, the two score-decided ones 0, 0; xx: 0.75, 0, 0; 8x: 0.25, 1, 1; 9x: 0.75, 1, 1.
+    assert rewards == pytest.approx([0.25 / 3, 0.75 / 3, 2.25 / 3, 2.75 / 3])
+    all_pairs = JudgePairwiseReward(judge)(prompts=["q"] * 4, completions=answers)
+    assert sorted(range(4), key=lambda i: rewards[i]) == sorted(range(4), key=lambda i: all_pairs[i])
+    # A budget of one comparison per group keeps the closest pair only.
+    budget = JudgePairwiseReward(judge, pairing="adaptive", max_pairs_per_group=1)
+    log = Log()
+    budget(prompts=["q"] * 4, completions=answers, log_metric=log)
+    assert log.metrics["judge/compared_fraction"] == pytest.approx(1 / 6)
+
+
+def test_anchor_pairing_needs_a_reference(fake_judge):
+    judge = fake_judge(rule=longer_wins)
+    with pytest.raises(ValueError, match="reference_column"):
+        JudgePairwiseReward(judge, pairing="anchor")
+    with pytest.raises(ValueError, match="pairing"):
+        JudgePairwiseReward(judge, pairing="some")
+    reward = JudgePairwiseReward(judge, pairing="anchor", reference_column="ref")
+    rewards = reward(prompts=["q"] * 2, completions=["x", "xxxx"], ref=["xx", "xx"])
+    assert rewards == pytest.approx([0.25, 0.75])  # shorter / longer than the reference
+    with pytest.raises(ValueError, match="no column 'ref'"):
+        reward(prompts=["q"], completions=["x"])

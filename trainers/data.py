@@ -36,7 +36,8 @@ def mt_bench_candidates(seed: int = 0, max_words: int | None = None) -> list[dic
 
     `reference` (the GPT-4 answer), `truncated` (its first third), `off_topic` (another question's reference),
     `shuffled` (its words in random order): the reference should beat the three others. `max_words` cuts every
-    answer (keeps sequences short for CPU experiments). Returns `{"question", "category", "answers": {name: text}}`.
+    answer (keeps sequences short for CPU experiments); references under 6 words are skipped (their truncation
+    would be the same text). Returns `{"question", "category", "answers": {name: text}}`.
     """
     import random
 
@@ -44,16 +45,18 @@ def mt_bench_candidates(seed: int = 0, max_words: int | None = None) -> list[dic
     rows = [r for r in mt_bench_rows() if r["reference"]]
     out = []
     for i, row in enumerate(rows):
-        words = row["reference"].split()
+        words = row["reference"].split()[:max_words]  # cut first, so the truncated answer stays shorter
+        if len(words) < 6:  # too short to truncate into a different answer ("3", "Yes.")
+            continue
         shuffled = words[:]
         rng.shuffle(shuffled)
         answers = {
             "reference": words,
             "truncated": words[: max(3, len(words) // 3)],
-            "off_topic": rows[(i + len(rows) // 2) % len(rows)]["reference"].split(),
+            "off_topic": rows[(i + len(rows) // 2) % len(rows)]["reference"].split()[:max_words],
             "shuffled": shuffled,
         }
-        answers = {k: " ".join(v[:max_words] if max_words else v) for k, v in answers.items()}
+        answers = {k: " ".join(v) for k, v in answers.items()}
         out.append({"question": row["question"], "category": row["category"], "answers": answers})
     return out
 

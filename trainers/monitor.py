@@ -21,7 +21,7 @@ from collections import defaultdict
 from transformers import TrainerCallback
 
 from reward.consistency import PreferenceGraph, conflict_ratio, non_transitivity
-from reward.scoring import entropy
+from reward.scoring import SCORE_METHODS, entropy
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,9 @@ class JudgeMonitor(TrainerCallback):
         want_pairs = [(i, j) for m in sampled for k, i in enumerate(m) for j in m[k + 1 :] if (i, j) not in prefs]
         failures, start = 0, time.perf_counter()
         if want_scores:
-            options = {"scale": score_reward.scale, "method": score_reward.method} if score_reward else {}
+            options = {"scale": score_reward.scale} if score_reward else {}
+            if score_reward and score_reward.method in SCORE_METHODS:  # a pairwise reward's method is not one
+                options["method"] = score_reward.method
             try:
                 extra = judge.score([questions[i] for i in want_scores], [answers[i] for i in want_scores], **options)
                 scores.update(zip(want_scores, extra))

@@ -122,19 +122,31 @@ class JudgeScoreReward(_JudgeReward):
         return self._finish(rewards, sum(r is None for r in rewards), metrics, latency, kwargs, **results)
 
 
+PAIRINGS = ("all", "adaptive", "anchor")
+
+
 class JudgePairwiseReward(_JudgeReward):
     """Pairwise reward: each completion's mean probability of beating its group peers (ties count half).
 
     Completions that share a prompt form a group (by prompt identity, so groups split across batches or
-    processes still work). Every pair of a group is judged in both orders (`Judge.compare`). If
-    `reference_column` is set and every row of a group has a reference answer, each completion is compared
-    with its reference instead. A completion without peer or reference gets `None` (counted).
+    processes still work). How pairs are judged (`pairing`):
+
+    - `all`: every pair of the group, in both orders (`Judge.compare`); G completions cost G(G-1) judge prompts.
+    - `adaptive`: pointwise expected scores first (G prompts); only pairs whose scores are within
+      `adaptive_margin` are compared in both orders, closest first, at most `max_pairs_per_group` per group;
+      a pair left out counts as won by the higher score (ties half).
+    - `anchor`: each completion against the reference answer in `reference_column` (2 prompts each).
+
+    A completion without peer or reference gets `None` (counted), never 0.
 
     Args:
         judge: a `reward.Judge`, or a spec for `reward.load_judge` (loaded on first use).
         method: "likelihood", "ppl" or "baseline" (see `Judge.compare`); the reward uses the merged probabilities.
         mode: "direct" or "rationale".
-        reference_column: dataset column holding a reference answer, or `None`.
+        pairing: "all", "adaptive" or "anchor" (see above).
+        reference_column: dataset column holding the reference answer (`anchor`; with `all`, groups whose rows
+            all have a reference are compared with it, as before).
+        adaptive_margin, max_pairs_per_group, scale: `adaptive`'s score margin, per-group budget, rating scale.
         name: the reward's name in TRL's logs (`rewards/<name>/mean`).
         metric_prefix: prefix of the judge metrics it logs (`judge/order_consistency`, ...).
         monitor: a `trainers.JudgeMonitor` shared by the trainer's judge rewards (consistency checks, W&B).
@@ -146,24 +158,45 @@ class JudgePairwiseReward(_JudgeReward):
         *,
         method="likelihood",
         mode="direct",
+        pairing="all",
         reference_column=None,
+        adaptive_margin=0.5,
+        max_pairs_per_group=None,
+        scale=5,
         name="judge_pairwise",
         metric_prefix="judge",
         monitor=None,
     ):
+        if pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+        if pairing == "anchor" and not reference_column:
+            raise ValueError("pairing='anchor' needs reference_column (the dataset column with the reference answer)")
         super().__init__(judge, name, metric_prefix, monitor)
-        self.method, self.mode, self.reference_column = method, mode, reference_column
+        self.method, self.mode, self.pairing, self.reference_column = method, mode, pairing, reference_column
+        self.adaptive_margin, self.max_pairs_per_group, self.scale = adaptive_margin, max_pairs_per_group, scale
 
-    def _pairs(self, prompts, answers, references):
-        """(i, j, b_text) jobs: j is a peer index, or None when comparing with the reference b_text."""
+    def _groups(self, prompts, answers) -> list[list[int]]:
         groups = defaultdict(list)
         for i, prompt in enumerate(prompts):
             if answers[i] is not None:
                 groups[json.dumps(prompt, sort_keys=True, default=str)].append(i)
+        return list(groups.values())
+
+    def _pairs(self, groups, answers, references, scores):
+        """(i, j, b_text) jobs: j is a peer index, or None when comparing with the reference b_text."""
         jobs = []
-        for members in groups.values():
+        for members in groups:
             if references is not None and all(as_text(references[i]) for i in members):
                 jobs += [(i, None, as_text(references[i])) for i in members]
+            elif self.pairing == "adaptive":
+                close = [
+                    (abs(scores[i] - scores[j]), i, j)
+                    for k, i in enumerate(members)
+                    for j in members[k + 1 :]
+                    if scores.get(i) is not None and scores.get(j) is not None
+                    and abs(scores[i] - scores[j]) < self.adaptive_margin
+                ]  # fmt: skip
+                jobs += [(i, j, answers[j]) for _, i, j in sorted(close)[: self.max_pairs_per_group]]
             else:
                 jobs += [(i, j, answers[j]) for k, i in enumerate(members) for j in members[k + 1 :]]
         return jobs
@@ -172,11 +205,20 @@ class JudgePairwiseReward(_JudgeReward):
         questions = [as_text(p) for p in prompts]
         answers = [as_text(c) if q is not None else None for q, c in zip(questions, completions)]
         references = kwargs.get(self.reference_column) if self.reference_column else None
-        jobs = self._pairs(prompts, answers, references)
-        prefs = []
-        start = time.perf_counter()
-        if jobs:
-            try:
+        if self.pairing == "anchor" and references is None:
+            raise ValueError(f"pairing='anchor': the batch has no column {self.reference_column!r}")
+        groups = self._groups(prompts, answers)
+        start, prefs, score_results, scores = time.perf_counter(), [], {}, {}
+        jobs = []
+        try:
+            if self.pairing == "adaptive":
+                todo = [i for members in groups for i in members]
+                score_results = dict(zip(todo, self.judge.score(
+                    [questions[i] for i in todo], [answers[i] for i in todo], scale=self.scale, mode=self.mode
+                )))  # fmt: skip
+                scores = {i: s.expected for i, s in score_results.items() if s.error is None}
+            jobs = self._pairs(groups, answers, references, scores)
+            if jobs:
                 prefs = self.judge.compare(
                     [questions[i] for i, _, _ in jobs],
                     [answers[i] for i, _, _ in jobs],
@@ -184,26 +226,40 @@ class JudgePairwiseReward(_JudgeReward):
                     method=self.method,
                     mode=self.mode,
                 )
-            except Exception as exc:  # a broken judge costs this batch's rewards, never the training run
-                logger.warning("%s: judge call failed: %s", self.__name__, exc)
+        except Exception as exc:  # a broken judge costs this batch's rewards, never the training run
+            logger.warning("%s: judge call failed: %s", self.__name__, exc)
         wins = defaultdict(list)
+        compared = set()
         for (i, j, _), pref in zip(jobs, prefs):
             if pref.error is None:
                 wins[i].append(pref.p_a + 0.5 * pref.p_tie)
                 if j is not None:
                     wins[j].append(pref.p_b + 0.5 * pref.p_tie)
+                    compared.add((i, j))
+        if self.pairing == "adaptive":  # pairs not asked about: the higher score wins (a failed one stays out)
+            asked = {(i, j) for i, j, _ in jobs}
+            for members in groups:
+                for k, i in enumerate(members):
+                    for j in members[k + 1 :]:
+                        if (i, j) not in asked and i in scores and j in scores:
+                            win = 0.5 if scores[i] == scores[j] else float(scores[i] > scores[j])
+                            wins[i].append(win)
+                            wins[j].append(1 - win)
         rewards = [_mean(wins[i]) if wins[i] else None for i in range(len(completions))]
-        judged = {i for i, _, _ in jobs} | {j for _, j, _ in jobs if j is not None}
         good = [p for p in prefs if p.error is None]
+        possible = sum(len(m) * (len(m) - 1) // 2 for m in groups)
         metrics = {
             "order_consistency": _mean([float(p.order_consistent) for p in good]),
             "tie_rate": _mean([float(p.verdict == "tie") for p in good]),
             "entropy": _mean([entropy({"a": p.p_a, "b": p.p_b, "tie": p.p_tie}) for p in good]),
             "valid_mass": _mean([p.valid_mass for p in good]),
-            "no_peer": sum(a is not None and i not in judged for i, a in enumerate(answers)),
+            "no_peer": sum(a is not None and not wins[i] for i, a in enumerate(answers)),
             "truncated": sum(p.truncated for p in prefs),
+            "compared_fraction": len(compared) / possible if possible else None,
         }
         latency = time.perf_counter() - start
         peers = {(i, j): p for (i, j, _), p in zip(jobs, prefs) if j is not None}
         results = {"prompts": prompts, "questions": questions, "answers": answers, "prefs": peers}
+        if score_results:
+            results["scores"] = score_results
         return self._finish(rewards, sum(r is None for r in rewards), metrics, latency, kwargs, **results)

@@ -14,6 +14,15 @@ from collections.abc import Sequence
 import torch
 
 
+def _common(a: list[int], b: list[int], limit: int) -> int:
+    """Length of the common start of a and b, counted up to `limit`."""
+    n = min(len(a), len(b), limit)
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
+
+
 def _pick_device(device: str | None) -> torch.device:
     if device:
         return torch.device(device)
@@ -37,14 +46,28 @@ class HFBackend:
         tokenizer: its tokenizer.
         max_length: the most tokens a judge prompt may hold (defaults to the model's context, at most 8192).
         max_batch_tokens: padded tokens per forward; prompts are sorted by length and packed up to this budget.
+        prefix_cache: run token prefixes shared by several prompts once and reuse their KV cache (a radix tree:
+            the template's instructions, then each question, then a pairwise prompt's first answer).
+        min_prefix: shortest shared stretch (tokens) worth a cache level.
     """
 
-    def __init__(self, model, tokenizer, *, max_length: int | None = None, max_batch_tokens: int = 8192):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_length: int | None = None,
+        max_batch_tokens: int = 8192,
+        prefix_cache: bool = True,
+        min_prefix: int = 32,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         context = getattr(model.config, "max_position_embeddings", None) or 8192
         self.max_length = int(max_length or min(context, 8192))
         self.max_batch_tokens = max_batch_tokens
+        self.prefix_cache, self.min_prefix = prefix_cache, min_prefix
+        self.forward_tokens = 0  # prompt tokens (padding included) label_logprobs ran through the model
         self.device = next(model.parameters()).device
         self._label_cache: dict[tuple[str, tuple[str, ...]], list[tuple[int, ...]]] = {}
         self._end_mask: torch.Tensor | None = None
@@ -92,7 +115,7 @@ class HFBackend:
     def _ends(self) -> torch.Tensor:
         """Tokens that end a label: their text does not start with a letter or a digit."""
         if self._end_mask is None:
-            vocab = self.model.get_output_embeddings().weight.shape[0]
+            vocab = self.model.config.get_text_config().vocab_size  # (a ZeRO-3 shard's weight has no shape)
             texts = self.tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(self.tokenizer)))))
             mask = torch.ones(vocab, dtype=torch.bool)
             for i, tok in enumerate(texts):
@@ -132,17 +155,62 @@ class HFBackend:
         if too_long:
             raise ValueError(f"prompts {too_long[:5]} exceed the judge's max_length={self.max_length}")
         results: list[dict[str, float]] = [{} for _ in prompts]
-        for batch in self._batches([len(ids) for ids in encoded]):
-            # Prompts of one template share their label tokenisation; group in case custom slots differ.
-            groups: dict[tuple, list[int]] = {}
-            for i in batch:
-                groups.setdefault(tuple(self._label_tokens(prompts[i], labels)), []).append(i)
-            for label_ids, rows in groups.items():
-                for i, lp in zip(rows, self._trie_logprobs([encoded[i] for i in rows], label_ids)):
-                    results[i] = dict(zip(labels, lp))
+        # Prompts of one template share their label tokenisation; group in case custom slots differ.
+        by_labels: dict[tuple, list[int]] = {}
+        for i in range(len(prompts)):
+            by_labels.setdefault(tuple(self._label_tokens(prompts[i], labels)), []).append(i)
+        for label_ids, members in by_labels.items():
+            for i, lp in self._shared(encoded, members, label_ids, 0, None):
+                results[i] = dict(zip(labels, lp))
         return results
 
-    def _trie_logprobs(self, rows: list[list[int]], label_ids: tuple[tuple[int, ...], ...]) -> list[list[float]]:
+    def _shared(self, encoded, members, label_ids, start: int, prefix_kv):
+        """Label log-probs of `members`, whose first `start` tokens are in `prefix_kv`: runs of members sharing a
+        further stretch of >= min_prefix tokens get that stretch run once (a deeper cache level), the rest are
+        run in length-sorted micro-batches on top of the current prefix. Yields (index, log-probs)."""
+        leaves = members
+        if self.prefix_cache and len(members) > 1:
+            leaves = []
+            for run in self._runs(encoded, members, start):
+                if len(run) == 1:
+                    leaves += run
+                    continue
+                shared = min(len(encoded[i]) for i in run) - 1  # every row keeps >= 1 token of its own
+                first = encoded[run[0]]
+                for i in run[1:]:
+                    shared = min(shared, _common(first, encoded[i], shared))
+                kv = self._extend(first[start:shared], prefix_kv)
+                yield from self._shared(encoded, run, label_ids, shared, kv)
+        for batch in self._batches([len(encoded[i]) - start for i in leaves]):
+            rows = [leaves[b] for b in batch]
+            yield from zip(rows, self._trie_logprobs([encoded[i][start:] for i in rows], label_ids, prefix_kv))
+
+    def _runs(self, encoded, members, start: int) -> list[list[int]]:
+        """Members in token order, split where neighbours share fewer than min_prefix tokens past `start`."""
+        order = sorted(members, key=lambda i: encoded[i][start:])
+        runs = [[order[0]]]
+        for prev, i in zip(order, order[1:]):
+            if _common(encoded[prev], encoded[i], start + self.min_prefix) >= start + self.min_prefix:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        return runs
+
+    def _extend(self, tokens: list[int], prefix_kv):
+        """The KV cache of the current prefix plus `tokens` (one row)."""
+        from transformers import DynamicCache
+
+        past = 0 if prefix_kv is None else prefix_kv[0][0].shape[-2]
+        cache = DynamicCache(ddp_cache_data=prefix_kv, config=self.model.config) if prefix_kv else None
+        ids = torch.tensor([tokens], device=self.device)
+        positions = torch.arange(past, past + len(tokens), device=self.device)[None]
+        out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+        self.forward_tokens += len(tokens)
+        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+    def _trie_logprobs(
+        self, rows: list[list[int]], label_ids: tuple[tuple[int, ...], ...], prefix_kv=None
+    ) -> list[list[float]]:
         nodes = sorted({ids[:k] for ids in label_ids for k in range(1, len(ids) + 1)}, key=lambda p: (len(p), p))
         index = {path: q for q, path in enumerate(nodes)}
         n_nodes = len(nodes)
@@ -155,11 +223,21 @@ class HFBackend:
         tokens = torch.tensor([p[-1] for p in nodes], device=self.device)
 
         ids, mask = self._pad_left(rows)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        batch, cache, past = len(rows), None, 0
+        if prefix_kv is not None:  # the shared prefix, then each row's own tokens (left-padded between the two)
+            from transformers import DynamicCache
+
+            past = prefix_kv[0][0].shape[-2]
+            expanded = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix_kv]
+            cache = DynamicCache(ddp_cache_data=expanded, config=self.model.config)
+        positions = past + (mask.cumsum(-1) - 1).clamp(min=0)
+        mask = torch.cat([torch.ones(batch, past, dtype=mask.dtype, device=self.device), mask], dim=-1)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+        )
+        self.forward_tokens += int(ids.numel())  # prompt tokens, padding included (not the label step)
         root = out.logits[:, -1].float().log_softmax(-1)  # [B, V]
 
-        batch = len(rows)
         tree_mask = torch.cat(
             [
                 mask.bool()[:, None, None, :].expand(batch, 1, n_nodes, -1),
@@ -197,30 +275,39 @@ class HFBackend:
         self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str]
     ) -> list[tuple[str, float, int]]:
         encoded = [self._encode(p) for p in prompts]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        eos = {self.tokenizer.eos_token_id, pad} - {None}
         results: list[tuple[str, float, int]] = [("", 0.0, 0)] * len(prompts)
         for batch in self._batches([len(ids) + max_new_tokens for ids in encoded]):
-            ids, mask = self._pad_left([encoded[i] for i in batch])
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                stop_strings=list(stop) or None,
-                tokenizer=self.tokenizer,
-                pad_token_id=pad,
-                return_dict_in_generate=True,
-                output_logits=True,
-            )
-            new = out.sequences[:, ids.shape[1] :]
-            logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)
-            for row, i in enumerate(batch):
-                kept, total, n = [], 0.0, 0
-                for t, tok in enumerate(new[row].tolist()):
-                    total, n = total + float(logprobs[row, t, tok]), n + 1
-                    if tok in eos:  # the EOS is part of the judge's output; padding after it is not
-                        break
-                    kept.append(tok)
-                results[i] = (self.tokenizer.decode(kept, skip_special_tokens=True), total, n)
+            out = self._generate_batch([encoded[i] for i in batch], max_new_tokens, stop)
+            for i, r in zip(batch, out):
+                results[i] = r
+        return results
+
+    def _generate_batch(self, rows: list[list[int]], max_new_tokens: int, stop: Sequence[str], **options):
+        """Greedy continuations of token rows: (text, its log-prob, tokens generated) each."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        eos = {self.tokenizer.eos_token_id, pad} - {None}
+        ids, mask = self._pad_left(rows)
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            stop_strings=list(stop) or None,
+            tokenizer=self.tokenizer,
+            pad_token_id=pad,
+            return_dict_in_generate=True,
+            output_logits=True,
+            **options,
+        )
+        new = out.sequences[:, ids.shape[1] :]
+        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)
+        results = []
+        for row in range(len(rows)):
+            kept, total, n = [], 0.0, 0
+            for t, tok in enumerate(new[row].tolist()):
+                total, n = total + float(logprobs[row, t, tok]), n + 1
+                if tok in eos:  # the EOS is part of the judge's output; padding after it is not
+                    break
+                kept.append(tok)
+            results.append((self.tokenizer.decode(kept, skip_special_tokens=True), total, n))
         return results

@@ -1,0 +1,64 @@
+"""Effective FLOP/s of the judge against this machine's fp32 matmul rate.
+
+Effective FLOP/s = 2 x parameters x (the tokens a judge must see: the radix tree of its prompts, every shared
+prefix counted once, no padding) / wall time of `Judge.score` and `Judge.compare` on MT-Bench items. The
+reference is a 2048^3 fp32 matmul measured in the same run (goal >= 70%: what is lost is padding, recomputed
+prefixes and overhead; attention FLOPs are not counted, so long prompts read a little low).
+
+    python bench/bench_flops.py [--questions 4] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+
+from common import judge, matmul_flops, timed, tree_tokens
+
+from trainers.data import mt_bench_candidates
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="CI: 1 question, fails only far below the goal")
+    args = parser.parse_args()
+    n = 1 if args.quick else args.questions
+    j = judge(batch_size=64)
+    params = sum(p.numel() for p in j.model.parameters() if p.dim() > 1 and p.shape[0] != j.model.config.vocab_size)
+    params += j.model.config.hidden_size * j.model.config.vocab_size  # the LM head (tied to the embeddings)
+    cands = mt_bench_candidates(max_words=80)[:n]
+    seen = []
+    encode = j.backend._encode
+
+    def record(prompts, labels, _orig=j.backend.label_logprobs):
+        seen.extend(encode(p) for p in prompts)
+        return _orig(prompts, labels)
+
+    j.score([cands[0]["question"]], [cands[0]["answers"]["reference"]])  # warm-up
+    peak = matmul_flops()
+    j.backend.label_logprobs = record
+    rows = []
+    for name, fn, inputs in (
+        ("score", j.score, ([c["question"] for c in cands for _ in c["answers"]],
+                            [a for c in cands for a in c["answers"].values()])),
+        ("compare", j.compare, tuple(zip(*[(c["question"], c["answers"][x], c["answers"][y]) for c in cands
+                                           for x, y in itertools.combinations(c["answers"], 2)]))),
+    ):  # fmt: skip
+        seen.clear()
+        _, t = timed(fn, *inputs)
+        tokens = tree_tokens(seen)
+        rows.append((name, len(inputs[0]), tokens, t, 2 * params * tokens / t))
+    print(f"fp32 matmul 2048^3: {peak / 1e9:.0f} GFLOP/s; judge: {params / 1e6:.0f}M parameters")
+    for name, items, tokens, t, flops in rows:
+        print(f"{name:<8} {items:>3} items, {tokens:>6} tree tokens, {t:6.2f} s: {flops / 1e9:6.1f} GFLOP/s = "
+              f"{flops / peak:.0%} of matmul (goal >= 70%)")  # fmt: skip
+    if args.quick and min(r[4] for r in rows) / peak < 0.15:
+        print("FAIL", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Wrapper overhead: `Judge.score` vs the raw model forwards of exactly the same token batches.
+
+`Judge.score` is run once with its model's forward recorded; the prompt forwards it made (same input ids,
+masks, positions, caches) are then replayed bare and timed. The ratio raw / `Judge.score` is the fraction of
+the judge's time spent in the model's prompt forwards (goal >= 0.9): the rest is rendering, tokenising, the
+label step and Python. The prefix cache is off so the batches are plain ones.
+
+    python bench/bench_overhead.py [--items 16] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from common import judge, timed
+
+from trainers.data import mt_bench_candidates
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="CI: 4 items, fails only far below the goal")
+    args = parser.parse_args()
+    n = 4 if args.quick else args.items
+    j = judge(prefix_cache=False, batch_size=64)
+    cands = mt_bench_candidates(max_words=80)
+    items = [(c["question"], a) for c in cands for a in c["answers"].values()][:n]
+    questions, answers = [q for q, _ in items], [a for _, a in items]
+    j.score(questions[:1], answers[:1])  # warm-up
+
+    calls, forward = [], j.model.forward
+
+    def recording(*a, **kw):
+        if kw.get("cache") is None:  # a prompt forward (the label step passes the prompt's cache)
+            calls.append({k: v for k, v in kw.items()})
+        return forward(*a, **kw)
+
+    j.model.forward = recording
+    _, t_judge = timed(j.score, questions, answers)
+    j.model.forward = forward
+
+    def replay():
+        with torch.inference_mode():
+            for kw in calls:
+                j.model(**kw)
+
+    _, t_raw = timed(replay)
+    repeat = 1 if args.quick else 2
+    _, t_judge = min((timed(j.score, questions, answers) for _ in range(repeat)), key=lambda x: x[1])
+    _, t_raw = min((timed(replay) for _ in range(repeat)), key=lambda x: x[1])
+    ratio = t_raw / t_judge
+    tokens = sum(kw["input_ids"].numel() for kw in calls)
+    print(f"{n} items in {len(calls)} prompt forwards ({tokens} tokens): raw forwards {t_raw:.2f} s, Judge.score "
+          f"{t_judge:.2f} s: ratio {ratio:.2f} (goal >= 0.9)")  # fmt: skip
+    if args.quick and ratio < 0.5:
+        print("FAIL", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Shared-prefix KV cache on vs off: `Judge.compare` over every pair of a group of answers to one question.
+
+The pairwise prompts of a group share the instructions and the question (a few hundred tokens), and the prompts
+with the same first answer share that answer too. Same judge, same inputs, side by side; prints the speed-up,
+the tokens run through the model, and the largest difference in probabilities (must be <= 1e-5, fp32).
+
+    python bench/bench_prefix_cache.py [--group 6] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+
+from common import group, judge, timed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--group", type=int, default=6)
+    parser.add_argument("--quick", action="store_true", help="CI: a group of 3, fails only far below the goal")
+    args = parser.parse_args()
+    size = 3 if args.quick else args.group
+    j = judge(batch_size=64)
+    question, answers = group(size, question=3)
+    pairs = list(itertools.combinations(range(size), 2))
+    qs, a, b = [question] * len(pairs), [answers[x] for x, _ in pairs], [answers[y] for _, y in pairs]
+    prefix = len(j.tokenizer(j.pairwise_template.system, add_special_tokens=False).input_ids)
+    j.compare(qs[:1], a[:1], b[:1])  # warm-up
+    runs = {}
+    for on in (True, False):
+        j.backend.prefix_cache, j.backend.forward_tokens = on, 0
+        prefs, t = timed(j.compare, qs, a, b, repeat=1 if args.quick else 2)
+        runs[on] = (prefs, t, j.backend.forward_tokens // (1 if args.quick else 2))
+    diff = max(abs(getattr(p, k) - getattr(q, k)) for p, q in zip(runs[True][0], runs[False][0])
+               for k in ("p_a", "p_b", "p_tie"))  # fmt: skip
+    speedup = runs[False][1] / runs[True][1]
+    print(f"{len(pairs)} pairs x 2 orders, instructions ~{prefix} tokens + question: "
+          f"cache on {runs[True][1]:.2f} s ({runs[True][2]} tokens), off {runs[False][1]:.2f} s "
+          f"({runs[False][2]} tokens): {speedup:.2f}x faster (goal >= 2x), max |dp| = {diff:.1e}")  # fmt: skip
+    if diff > 1e-5 or (args.quick and speedup < 1.2):
+        print("FAIL", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""One rank of a sharded judge (run by tests/test_deepspeed.py with torchrun, 1 or 2 processes).
+
+argv: OUT_DIR MODEL_DIR [fail]. With 2 ranks, rank 0 judges 4 pairs and rank 1 one (uneven), then rank 1 scores
+nothing while rank 0 scores 3 (an empty rank), then both write rationales (generate in lockstep); one rank does
+it all. Each rank writes OUT_DIR/rank{N}.json. With `fail`, rank 1 passes bad input after loading.
+"""
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch.distributed as dist
+
+from reward import load_judge
+
+PAIRS = [
+    ("What is two plus two?", "four", "5"),
+    ("What is two plus two?", "4", "It is four."),
+    ("Where is Paris?", "In France.", "a b c"),
+    ("Where is Paris?", "Paris is in France, the capital.", "In France."),
+    ("Name a colour.", "Red.", "Blue."),
+]
+SCORES = [("What is two plus two?", "four"), ("Where is Paris?", "In France."), ("Name a colour.", "Red.")]
+
+
+def main():
+    out, model = Path(sys.argv[1]), sys.argv[2]
+    judge = load_judge(model, backend="deepspeed", device="cpu", progress=False, batch_size=2, rationale_tokens=4)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if sys.argv[3:] == ["fail"] and rank == 1:
+        judge.compare(["q"], ["a"], [])  # mismatched lengths: raises here, while rank 0 waits in the judge
+    mine = PAIRS if world == 1 else PAIRS[:4] if rank == 0 else PAIRS[4:]
+    prefs = judge.compare(*map(list, zip(*mine)))
+    scored = SCORES if rank == 0 else []
+    scores = judge.score([q for q, _ in scored], [a for _, a in scored], scale=10)
+    rationale = judge.score([SCORES[rank][0]], [SCORES[rank][1]], mode="rationale", scale=10)
+    shard = sum(p.ds_tensor.numel() for p in judge.model.parameters())
+    result = {
+        "rank": rank,
+        "world": dist.get_world_size(),
+        "shard_params": shard,
+        "full_params": sum(p.ds_numel for p in judge.model.parameters()),
+        "prefs": [asdict(p) for p in prefs],
+        "scores": [{str(k): v for k, v in asdict(s).items()} for s in scores],
+        "rationale": [asdict(s) for s in rationale],
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(result, default=str))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

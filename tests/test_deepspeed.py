@@ -1,0 +1,80 @@
+"""The DeepSpeed-sharded judge: ZeRO-3 on 1 and 2 processes (gloo, CPU) against the plain HF judge."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("deepspeed")  # the `deepspeed` extra; CI installs it (README's test command)
+
+from reward.backends.deepspeed import zero3_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "scripts" / "ds_judge_ranks.py"
+sys.path.insert(0, str(SCRIPT.parent))
+from ds_judge_ranks import PAIRS, SCORES  # noqa: E402
+
+
+def torchrun(n: int, out: Path, model: str, *extra: str, timeout: int = 300):
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = ["torchrun", "--standalone", "--nproc_per_node", str(n), str(SCRIPT), str(out), model, *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_model_dir):
+    from reward import load_judge
+
+    judge = load_judge(tiny_model_dir, device="cpu", progress=False, rationale_tokens=4)
+    return {
+        "prefs": judge.compare(*map(list, zip(*PAIRS))),
+        "scores": judge.score([q for q, _ in SCORES], [a for _, a in SCORES], scale=10),
+        "rationale": [judge.score([q], [a], mode="rationale", scale=10)[0] for q, a in SCORES[:2]],
+    }
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_zero3_judge_matches_hf(tmp_path, tiny_model_dir, expected, world):
+    proc = torchrun(world, tmp_path, tiny_model_dir)
+    files = [tmp_path / f"rank{r}.json" for r in range(world)]
+    # Each rank's own results decide (a rare abort at interpreter exit after correct results is not a failure).
+    assert all(f.exists() for f in files), proc.stdout[-2000:] + proc.stderr[-4000:]
+    ranks = [json.loads(f.read_text()) for f in files]
+    for r in ranks:  # ZeRO-3: each rank holds 1/world of the weights
+        assert r["world"] == world and r["shard_params"] == pytest.approx(r["full_params"] / world, rel=0.01)
+    prefs = [p for r in ranks for p in r["prefs"]]  # rank 0's pairs, then rank 1's: the input order
+    assert len(prefs) == len(PAIRS)
+    for got, want in zip(prefs, expected["prefs"]):
+        for key in ("p_a", "p_b", "p_tie"):
+            assert got[key] == pytest.approx(getattr(want, key), abs=1e-5)
+        assert got["verdict"] == want.verdict
+    assert ranks[0]["scores"] and all(r["scores"] == [] for r in ranks[1:])  # an empty rank took part
+    for got, want in zip(ranks[0]["scores"], expected["scores"]):
+        assert got["expected"] == pytest.approx(want.expected, abs=1e-5)
+        assert {int(k): v for k, v in got["probs"].items()} == pytest.approx(want.probs, abs=1e-5)
+    for r in ranks:  # rationale mode: generation in lockstep (greedy text, then the slot)
+        assert r["rationale"][0]["expected"] == pytest.approx(expected["rationale"][r["rank"]].expected, abs=1e-2)
+
+
+def test_a_failing_rank_stops_the_other(tmp_path, tiny_model_dir):
+    proc = torchrun(2, tmp_path, tiny_model_dir, "fail", timeout=240)  # a hang would hit the timeout instead
+    assert proc.returncode != 0 and "has 0 items, expected 1" in proc.stderr
+    assert not list(tmp_path.glob("rank*.json"))
+
+
+def test_bad_configs_fail_before_loading(tiny_model_dir):
+    import torch
+
+    from reward import load_judge
+
+    with pytest.raises(ValueError, match="stage 3"):
+        zero3_config({"zero_optimization": {"stage": 2}}, torch.float32)
+    config = zero3_config({"zero_optimization": {"stage": 3}, "optimizer": {"type": "Adam"}}, torch.bfloat16)
+    assert "optimizer" not in config and config["bf16"] == {"enabled": True}
+    with pytest.raises(ValueError, match="must divide the attention heads"):
+        load_judge(tiny_model_dir, backend="deepspeed", tp_size=3)
+    with pytest.raises(ValueError, match="backend='deepspeed'"):
+        load_judge(tiny_model_dir, tp_size=2)
