@@ -15,13 +15,16 @@ RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(r.relative_to(ROOT / "recipes")) for r in RECIPES])
-def test_recipe_parses(recipe):
-    kind = recipe.relative_to(ROOT / "recipes").parts[0]
+def test_recipe_parses(recipe, tmp_path):
+    parser = TrlParser(PARSERS[recipe.relative_to(ROOT / "recipes").parts[0]])
     # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU machine: flags override it here.
-    args = TrlParser(PARSERS[kind]).parse_args_and_config(
-        args=["--config", str(recipe), "--bf16", "false", "--use_cpu", "true"]
-    )
+    cpu = ["--bf16", "false", "--use_cpu", "true"]
+    args = parser.parse_args_and_config(args=["--config", str(recipe), *cpu])
     assert args[1].output_dir and args[2].model_name_or_path
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text() + "\nnot_a_field: 1\n")
+    with pytest.raises(ValueError, match="not_a_field"):  # unknown keys fail
+        parser.parse_args_and_config(args=["--config", str(bad), *cpu])
 
 
 def test_launch_configs_are_accelerate_configs():

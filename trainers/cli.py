@@ -23,6 +23,9 @@ class JudgeFileArguments:
     input: str = field(metadata={"help": "JSONL rows: prompt, response (score) or prompt, response_a, response_b."})
     output: str = field(metadata={"help": "JSONL out: the same rows with the judge's fields added."})
     judge: str = field(default="embedded", metadata={"help": "'embedded', a model directory or a hub id."})
+    backend: str = field(
+        default="hf", metadata={"help": "hf | deepspeed (sharded; under torchrun each rank judges a shard of rows)."}
+    )
     device: str | None = field(default=None, metadata={"help": "Judge device (default: CUDA if available)."})
     max_length: int | None = field(default=None, metadata={"help": "Most tokens in one judge prompt."})
     batch_size: int = field(default=16, metadata={"help": "Judge prompts per backend call."})
@@ -45,12 +48,25 @@ def _judge_file(command: str, args: JudgeFileArguments) -> int:
         raise SystemExit(f"{args.input}: no rows")
     texts = [[as_text(row.get(c)) for c in columns] for row in rows]
     ok = [i for i, t in enumerate(texts) if None not in t]
-    judge = load_judge(args.judge, device=args.device, max_length=args.max_length, batch_size=args.batch_size)
+    judge = load_judge(
+        args.judge, backend=args.backend, device=args.device, max_length=args.max_length, batch_size=args.batch_size
+    )
     options = {"mode": args.mode} | ({"method": args.method} if args.method else {})
+    rank, world = _rank_world()
+    mine = ok[rank * len(ok) // world : (rank + 1) * len(ok) // world]  # this rank's contiguous shard of rows
+    columns_of_mine = [list(c) for c in zip(*[texts[i] for i in mine])] or [[] for _ in columns]
     if command == "score":
-        results = judge.score(*zip(*[texts[i] for i in ok]), scale=args.scale, **options) if ok else []
+        results = judge.score(*columns_of_mine, scale=args.scale, **options)
     else:
-        results = judge.compare(*zip(*[texts[i] for i in ok]), **options) if ok else []
+        results = judge.compare(*columns_of_mine, **options)
+    if world > 1:  # rank 0 gathers every shard and writes the file, rows in their input order
+        import torch.distributed as dist
+
+        shards = [None] * world if rank == 0 else None
+        dist.gather_object(results, shards, dst=0)
+        if rank != 0:
+            return 0
+        results = [r for shard in shards for r in shard]
     fields: list[dict] = [{"judge_error": f"missing or empty text in {', '.join(columns)}"} for _ in rows]
     for i, result in zip(ok, results):
         out = asdict(result)
@@ -70,6 +86,15 @@ def _judge_file(command: str, args: JudgeFileArguments) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the world size when a process group is up (a sharded judge starts one), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def main(argv: list[str] | None = None) -> int:

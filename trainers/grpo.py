@@ -14,6 +14,11 @@ class JudgeRewardArguments:
     """The judge and the data: the part of a GRPO recipe that TRL's own dataclasses don't cover."""
 
     judge: str = field(default="embedded", metadata={"help": "'embedded', a model directory or a hub id."})
+    judge_backend: str = field(default="hf", metadata={"help": "hf | deepspeed (the judge sharded over the job)."})
+    judge_ds_config: str | None = field(
+        default=None, metadata={"help": "deepspeed: the judge's ZeRO-3 config (default launch/judge_zero3.json)."}
+    )
+    judge_tp_size: int | None = field(default=None, metadata={"help": "deepspeed: AutoTP degree instead of ZeRO-3."})
     judge_device: str | None = field(default=None, metadata={"help": "Judge device (default: CUDA if available)."})
     judge_max_length: int | None = field(default=None, metadata={"help": "Most tokens in one judge prompt."})
     judge_batch_size: int = field(default=32, metadata={"help": "Judge prompts per backend call."})
@@ -118,6 +123,9 @@ def main(argv: list[str] | None = None):
         policy = str(embedded_judge_path())
     judge = load_judge(
         args.judge,
+        backend=args.judge_backend,
+        ds_config=args.judge_ds_config,
+        tp_size=args.judge_tp_size,
         device=args.judge_device,
         max_length=args.judge_max_length,
         batch_size=args.judge_batch_size,
