@@ -49,6 +49,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="CI: one group of 4, fails only if adaptive costs more")
     args = parser.parse_args()
     n_groups, size = (1, 4) if args.quick else (args.groups, args.size)
+    if args.quick:  # 2 of the 6 pairs at most: adaptive must cost less than all
+        args.budget = 2
     j = judge(batch_size=128)
     strategies = {
         "all": JudgePairwiseReward(j),

@@ -7,6 +7,7 @@ length, 1-byte type: 1 full, 2 first, 3 middle, 4 last; zero padding at a block'
 
 import json
 import struct
+import time
 from pathlib import Path
 
 
@@ -32,11 +33,19 @@ def records(path):
     return out
 
 
-def read_run(wandb_dir) -> tuple[list[dict], dict]:
-    """(history rows, summary) of the single offline run under `wandb_dir`; values JSON-decoded."""
+def read_run(wandb_dir, wait_s: float = 30.0) -> tuple[list[dict], dict]:
+    """(history rows, summary) of the single offline run under `wandb_dir`; values JSON-decoded.
+
+    wandb's core writes the file asynchronously, even after `wandb.finish()` returns: wait for its exit record.
+    """
     (path,) = Path(wandb_dir).rglob("run-*.wandb")
+    deadline = time.monotonic() + wait_s
+    found = records(path)
+    while not any(r.WhichOneof("record_type") == "exit" for r in found) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = records(path)
     history, summary = [], {}
-    for record in records(path):
+    for record in found:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
