@@ -30,6 +30,7 @@ def expected(tiny_model_dir):
 
     judge = load_judge(tiny_model_dir, device="cpu", progress=False, rationale_tokens=4)
     return {
+        "model": judge.model,
         "prefs": judge.compare(*map(list, zip(*PAIRS))),
         "scores": judge.score([q for q, _ in SCORES], [a for _, a in SCORES], scale=10),
         "rationale": [judge.score([q], [a], mode="rationale", scale=10)[0] for q, a in SCORES[:2]],
@@ -117,3 +118,24 @@ def test_grpo_with_a_sharded_judge(tmp_path, tiny_model_dir):
         for call in calls:
             want = plain[call["name"]](prompts=call["prompts"], completions=call["completions"])
             assert call["rewards"] == pytest.approx(want, abs=1e-5)
+
+
+def test_autotp_judge_matches_hf(tmp_path, tiny_model_dir, expected):
+    """AutoTP (tp_size=2): both ranks judge the same batch with the linear layers split between them."""
+    proc = torchrun(2, tmp_path, tiny_model_dir, "tp")
+    files = [tmp_path / f"rank{r}.json" for r in (0, 1)]
+    assert all(f.exists() for f in files), proc.stdout[-2000:] + proc.stderr[-4000:]
+    full = sum(p.numel() for p in expected["model"].parameters())
+    for r in (json.loads(f.read_text()) for f in files):
+        assert r["shard_params"] < full  # each rank holds only part of the projections
+        for got, want in zip(r["prefs"], expected["prefs"]):
+            assert got["p_a"] == pytest.approx(want.p_a, abs=1e-5) and got["p_b"] == pytest.approx(want.p_b, abs=1e-5)
+        for got, want in zip(r["scores"], expected["scores"]):
+            assert got["expected"] == pytest.approx(want.expected, abs=1e-5)
+
+
+def test_tp_size_must_divide_the_world(tiny_model_dir):
+    code = f"from reward import load_judge; load_judge({tiny_model_dir!r}, backend='deepspeed', tp_size=2)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert proc.returncode != 0 and "tp_size=2 does not divide the world size 1" in proc.stderr

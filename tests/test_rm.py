@@ -170,3 +170,15 @@ def test_train_rm_eval_metrics_reach_wandb(tmp_path, wandb_offline, tiny_model_d
     _, summary = read_run(wandb_offline)
     assert summary["eval/rm/accuracy_judge"] == pytest.approx(metrics["accuracy_judge"])
     assert summary["eval/rm/ece"] == pytest.approx(metrics["ece"])
+
+
+def test_margin_from_score_differences():
+    rows = [
+        {"prompt": "q", "response_a": "x", "response_b": "y", "p_a": 0.2, "p_b": 0.7, "p_tie": 0.1,
+         "score_a": 2.0, "score_b": 4.5},
+        {"prompt": "q", "chosen": "good", "rejected": "bad"},  # no scores: margin 0
+    ]  # fmt: skip
+    soft, _ = preference_pairs(rows, "soft", margin_scale=0.5)
+    assert [p["margin"] for p in soft] == [pytest.approx(-1.25), 0.0]  # a vs b: 0.5 x (2.0 - 4.5)
+    hard, _ = preference_pairs(rows, "hard", margin_scale=0.5)
+    assert hard[0]["chosen"] == "y" and hard[0]["margin"] == pytest.approx(1.25)  # oriented to the winner

@@ -1,8 +1,10 @@
 """One rank of a sharded judge (run by tests/test_deepspeed.py with torchrun, 1 or 2 processes).
 
-argv: OUT_DIR MODEL_DIR [fail]. With 2 ranks, rank 0 judges 4 pairs and rank 1 one (uneven), then rank 1 scores
-nothing while rank 0 scores 3 (an empty rank), then both write rationales (generate in lockstep); one rank does
-it all. Each rank writes OUT_DIR/rank{N}.json. With `fail`, rank 1 passes bad input after loading.
+argv: OUT_DIR MODEL_DIR [fail | tp]. ZeRO-3 with 2 ranks: rank 0 judges 4 pairs and rank 1 one (uneven), then
+rank 1 scores nothing while rank 0 scores 3 (an empty rank), then both write rationales (generate in lockstep);
+one rank does it all. With `tp` the judge is tensor-parallel (AutoTP) and every rank judges all pairs and scores
+(a tensor-parallel group sees the same batch). With `fail`, rank 1 passes bad input after loading.
+Each rank writes OUT_DIR/rank{N}.json.
 """
 
 import json
@@ -26,21 +28,23 @@ SCORES = [("What is two plus two?", "four"), ("Where is Paris?", "In France."), 
 
 def main():
     out, model = Path(sys.argv[1]), sys.argv[2]
-    judge = load_judge(model, backend="deepspeed", device="cpu", progress=False, batch_size=2, rationale_tokens=4)
+    tp = sys.argv[3:] == ["tp"]
+    judge = load_judge(model, backend="deepspeed", device="cpu", progress=False, batch_size=2, rationale_tokens=4,
+                       tp_size=2 if tp else None)  # fmt: skip
     rank, world = dist.get_rank(), dist.get_world_size()
     if sys.argv[3:] == ["fail"] and rank == 1:
         judge.compare(["q"], ["a"], [])  # mismatched lengths: raises here, while rank 0 waits in the judge
-    mine = PAIRS if world == 1 else PAIRS[:4] if rank == 0 else PAIRS[4:]
+    mine = PAIRS if world == 1 or tp else PAIRS[:4] if rank == 0 else PAIRS[4:]
     prefs = judge.compare(*map(list, zip(*mine)))
-    scored = SCORES if rank == 0 else []
+    scored = SCORES if rank == 0 or tp else []
     scores = judge.score([q for q, _ in scored], [a for _, a in scored], scale=10)
-    rationale = judge.score([SCORES[rank][0]], [SCORES[rank][1]], mode="rationale", scale=10)
-    shard = sum(p.ds_tensor.numel() for p in judge.model.parameters())
+    rationale = [] if tp else judge.score([SCORES[rank][0]], [SCORES[rank][1]], mode="rationale", scale=10)
+    params = list(judge.model.parameters())
     result = {
         "rank": rank,
         "world": dist.get_world_size(),
-        "shard_params": shard,
-        "full_params": sum(p.ds_numel for p in judge.model.parameters()),
+        "shard_params": sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params),
+        "full_params": sum(getattr(p, "ds_numel", p.numel()) for p in params),
         "prefs": [asdict(p) for p in prefs],
         "scores": [{str(k): v for k, v in asdict(s).items()} for s in scores],
         "rationale": [asdict(s) for s in rationale],
