@@ -141,3 +141,26 @@ def test_require_wandb(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else object())
     with pytest.raises(ImportError, match="trustreward\\[wandb\\]"):
         require_wandb(["wandb"])
+
+
+def test_a_sharded_judge_gets_every_call_on_every_rank(tiny_judge):
+    """With a lockstep (sharded) judge, a rank with nothing to judge still makes each judge call, so that all
+    ranks run the same collectives: here, counted by the backend's `agree`."""
+    from conftest import FakeBackend
+
+    from reward import Judge
+
+    class Lockstep(FakeBackend):
+        lockstep = True
+        agreed = 0
+
+        def agree(self, count, error=None):
+            Lockstep.agreed += 1
+            return count
+
+    judge = Judge(Lockstep(tiny_judge.tokenizer, cyclic, POINTS), progress=False)
+    monitor = JudgeMonitor(sample_rate=0.0)  # this rank samples no group
+    reward = JudgePairwiseReward(judge, monitor=monitor)
+    rewards = reward(prompts=["q1", "q2"], completions=["x", "y"], trainer_state=SimpleNamespace(global_step=0))
+    assert rewards == [None, None]  # no peers: nothing to judge here
+    assert Lockstep.agreed == 3  # the reward's compare, then the monitor's score and compare, all empty

@@ -116,7 +116,9 @@ class JudgeMonitor(TrainerCallback):
         rng = random.Random(f"{self.seed}:{step}:{self._checks}")
         self._checks += 1
         sampled = [m for m in groups.values() if len(m) >= 2 and rng.random() < self.sample_rate][: self.max_groups]
-        if not sampled:
+        judge = next(iter(batch.values()))["reward"].judge
+        lockstep = getattr(judge.backend, "lockstep", False)  # a sharded judge: every rank makes every call
+        if not sampled and not lockstep:
             return
         scores, prefs, score_reward, pair_reward = {}, {}, None, None
         for entry in batch.values():
@@ -126,11 +128,10 @@ class JudgeMonitor(TrainerCallback):
             if entry["prefs"] is not None:
                 prefs.update(entry["prefs"])
                 pair_reward = pair_reward or entry["reward"]
-        judge = next(iter(batch.values()))["reward"].judge
         want_scores = [i for m in sampled for i in m if i not in scores]
         want_pairs = [(i, j) for m in sampled for k, i in enumerate(m) for j in m[k + 1 :] if (i, j) not in prefs]
         failures, start = 0, time.perf_counter()
-        if want_scores:
+        if want_scores or lockstep:
             options = {"scale": score_reward.scale} if score_reward else {}
             if score_reward and score_reward.method in SCORE_METHODS:  # a pairwise reward's method is not one
                 options["method"] = score_reward.method
@@ -140,7 +141,7 @@ class JudgeMonitor(TrainerCallback):
             except Exception as exc:  # a monitoring failure: counted, rewards untouched
                 logger.warning("judge monitor: score call failed: %s", exc)
                 failures += len(want_scores)
-        if want_pairs:
+        if want_pairs or lockstep:
             options = {"method": pair_reward.method} if pair_reward else {}
             try:
                 extra = judge.compare(
@@ -154,6 +155,8 @@ class JudgeMonitor(TrainerCallback):
                 logger.warning("judge monitor: compare call failed: %s", exc)
                 failures += len(want_pairs)
         extra_s = time.perf_counter() - start
+        if not sampled:  # (a sharded judge's rank that took part with nothing to check)
+            return
         failures += sum(scores[i].error is not None for i in want_scores if i in scores)
         failures += sum(prefs[p].error is not None for p in want_pairs if p in prefs)
 

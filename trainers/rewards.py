@@ -218,7 +218,8 @@ class JudgePairwiseReward(_JudgeReward):
                 )))  # fmt: skip
                 scores = {i: s.expected for i, s in score_results.items() if s.error is None}
             jobs = self._pairs(groups, answers, references, scores)
-            if jobs:
+            # Called even with no pairs: a sharded (lockstep) judge needs every rank in every call.
+            if jobs or getattr(self.judge.backend, "lockstep", False):
                 prefs = self.judge.compare(
                     [questions[i] for i, _, _ in jobs],
                     [answers[i] for i, _, _ in jobs],
