@@ -325,6 +325,9 @@ def load_judge(
     max_length=None,
     ds_config=None,
     tp_size=None,
+    model=None,
+    tokenizer=None,
+    server_options=None,
     **options,
 ) -> Judge:
     """Loads a judge.
@@ -340,6 +343,9 @@ def load_judge(
         max_length: the most tokens a judge prompt may hold (default: the model's context, at most 8192).
         ds_config: `deepspeed`: the ZeRO-3 config (dict or JSON path; default `launch/judge_zero3.json`).
         tp_size: `deepspeed`: tensor-parallel degree (AutoTP) instead of ZeRO-3.
+        model, tokenizer, server_options: for `spec="openai:http://HOST:PORT/v1"` (an OpenAI-compatible server):
+            the served model's name, its tokenizer (a directory, hub id or "embedded"), and `OpenAIBackend` options
+            (`concurrency`, `requests_per_second`, `timeout`, `max_retries`, `api_key_env`, `top_logprobs`).
         **options: passed to `Judge` (templates, `rationale_tokens`, `batch_size`, `progress`).
 
     Example:
@@ -350,6 +356,23 @@ def load_judge(
 
     ```
     """
+    if spec.startswith("openai:"):
+        from transformers import AutoTokenizer
+
+        from .backends.openai import OpenAIBackend
+
+        if not model or not tokenizer:
+            raise ValueError("an 'openai:URL' judge needs model= (the served name) and tokenizer= (its tokenizer)")
+        if tokenizer == "embedded":
+            from .embedded import embedded_judge_path
+
+            tokenizer = str(embedded_judge_path())
+        remote = OpenAIBackend(spec.removeprefix("openai:"), model, AutoTokenizer.from_pretrained(tokenizer),
+                               max_length=max_length or 4096, **(server_options or {}))  # fmt: skip
+        judge = Judge(remote, **options)
+        judge._factory = functools.partial(load_judge, spec, model=model, tokenizer=tokenizer, max_length=max_length,
+                                           server_options=server_options, **options)  # fmt: skip
+        return judge
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     if backend == "hf" and (ds_config is not None or tp_size is not None):

@@ -1,0 +1,184 @@
+"""A judge behind any OpenAI-compatible server (vLLM, SGLang, llama.cpp): label probabilities from logprobs.
+
+Each prompt (ending at the slot) goes to `/v1/completions` with `max_tokens=1` and `logprobs=k`: the top-k
+next tokens and their log-probabilities. A label's probability is read along its tokens like the local backend
+does (P("47") = P("4") P("7" | "4") P(end | "47")), one follow-up request per label prefix the server listed;
+a label whose tokens fall outside the top-k gets no probability (it shows up as missing `valid_mass`), and the
+end of a label is the listed mass on tokens that do not continue it (a lower bound).
+
+Requests run concurrently (bounded), with timeouts and retries with exponential backoff on 429, 5xx, malformed
+or logprob-less responses and connection errors (tenacity). An item that still fails gets `-inf` for every
+label and the reason is logged: the judge then reports it as failed, never as a score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class RetryableError(Exception):
+    """A response worth asking again for (rate limit, server error, malformed or incomplete body)."""
+
+
+def top_logprobs(body: dict) -> dict[str, float]:
+    """The first generated token's top-k {token text: logprob}, from either response shape.
+
+    Legacy completions (`logprobs.top_logprobs[0]` a dict, as vLLM returns) or the content list
+    (`logprobs.content[0].top_logprobs` a list of {token, logprob}, as llama.cpp and chat completions return).
+
+    ```python
+    >>> top_logprobs({"choices": [{"logprobs": {"top_logprobs": [{"5": -0.1, "4": -2.3}]}}]})
+    {'5': -0.1, '4': -2.3}
+
+    ```
+    """
+    try:
+        logprobs = body["choices"][0]["logprobs"]
+        if isinstance(logprobs.get("content"), list):
+            return {t["token"]: float(t["logprob"]) for t in logprobs["content"][0]["top_logprobs"]}
+        return {k: float(v) for k, v in logprobs["top_logprobs"][0].items()}
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        raise RetryableError(f"no top logprobs in the response ({type(exc).__name__}: {exc})") from None
+
+
+class OpenAIBackend:
+    """`JudgeBackend` for an OpenAI-compatible server.
+
+    Args:
+        base_url: e.g. "http://127.0.0.1:8080/v1".
+        model: the served model's name (sent as `model`).
+        tokenizer: the served model's tokenizer (chat template and token counts, for rendering and truncation).
+        max_length: the most tokens a judge prompt may hold (the server's context).
+        top_logprobs: k of the top-k (servers cap it: vLLM 20 by default, OpenAI 20).
+        concurrency: requests in flight at once.
+        requests_per_second: client-side rate limit (`None`: none).
+        timeout: seconds per request.
+        max_retries: attempts after the first, with exponential backoff (0.5 s, 1 s, 2 s, ... up to 8 s).
+        api_key_env: environment variable holding the API key (sent as a bearer token, never logged).
+    """
+
+    lockstep = False
+
+    def __init__(self, base_url: str, model: str, tokenizer, *, max_length: int = 4096, top_logprobs: int = 20,
+                 concurrency: int = 8, requests_per_second: float | None = None, timeout: float = 60.0,
+                 max_retries: int = 4, api_key_env: str = "OPENAI_API_KEY"):  # fmt: skip
+        self.base_url, self.model, self.tokenizer = base_url.rstrip("/"), model, tokenizer
+        self.max_length, self.top_k = max_length, top_logprobs
+        self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
+        self.min_interval = 1 / requests_per_second if requests_per_second else 0.0
+        self.api_key_env = api_key_env
+        self.requests = 0  # sent, retries included
+        self.failures = 0  # items given up on
+
+    # -- HTTP ------------------------------------------------------------------------------------------------------
+
+    async def _complete(self, client, prompt: str) -> dict[str, float]:
+        import httpx
+        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=wait_exponential(multiplier=0.5, max=8),
+            retry=retry_if_exception_type((RetryableError, httpx.TransportError)),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._pace()
+                self.requests += 1
+                payload = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+                           "logprobs": self.top_k}  # fmt: skip
+                response = await client.post(f"{self.base_url}/completions", json=payload)
+                if response.status_code in RETRY_STATUS:
+                    raise RetryableError(f"HTTP {response.status_code}")
+                response.raise_for_status()
+                try:
+                    body = response.json()
+                except ValueError:
+                    raise RetryableError("malformed JSON") from None
+                return top_logprobs(body)
+
+    async def _pace(self) -> None:
+        if self.min_interval:
+            now = time.monotonic()
+            wait = self._next_slot - now
+            self._next_slot = max(now, self._next_slot) + self.min_interval
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def _read_all(self, prompts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
+        import httpx
+
+        key = os.environ.get(self.api_key_env)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        limits = httpx.Limits(max_connections=self.concurrency)
+        self._next_slot = time.monotonic()
+        gate = asyncio.Semaphore(self.concurrency)
+        async with httpx.AsyncClient(headers=headers, timeout=self.timeout, limits=limits) as client:
+
+            async def complete(text: str) -> dict[str, float]:
+                async with gate:
+                    return await self._complete(client, text)
+
+            return await asyncio.gather(*(self._labels(complete, p, labels) for p in prompts))
+
+    async def _labels(self, complete, prompt: str, labels: Sequence[str]) -> dict[str, float]:
+        """log P(label, then a token that does not continue it) for each label; -inf for all on failure."""
+        try:
+            cache: dict[str, asyncio.Task] = {}
+
+            def node(path: str):  # top-k after prompt + path, one request per distinct path
+                if path not in cache:
+                    cache[path] = asyncio.ensure_future(complete(prompt + path))
+                return cache[path]
+
+            async def one(label: str) -> float:
+                total, path = 0.0, ""
+                while path != label:
+                    tops = await node(path)
+                    step = max((t for t in tops if t and label.startswith(path + t)), key=len, default=None)
+                    if step is None:
+                        return -math.inf  # outside the top-k: missing mass
+                    total += tops[step]
+                    path += step
+                tops = await node(label)
+                ends = [lp for t, lp in tops.items() if not t[:1].isalnum()]
+                return total + (math.log(sum(math.exp(lp) for lp in ends)) if ends else -math.inf)
+
+            values = await asyncio.gather(*(one(label) for label in labels))
+            return dict(zip(labels, values))
+        except Exception as exc:  # this item is lost, the others are not
+            self.failures += 1
+            logger.warning("judge request failed after retries: %s: %s", type(exc).__name__, exc)
+            return {label: -math.inf for label in labels}
+
+    # -- JudgeBackend ------------------------------------------------------------------------------------------
+
+    def label_logprobs(self, prompts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
+        return _run(self._read_all(list(prompts), list(labels)))
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str]):
+        raise NotImplementedError(
+            "rationale mode over an OpenAI-compatible server is not implemented; use mode='direct'"
+        )
+
+
+def _run(coroutine):
+    """Runs a coroutine to completion, also from inside a running event loop (e.g. an async reward call)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

@@ -1,0 +1,100 @@
+"""Test servers on loopback: an OpenAI-compatible `/v1/completions` over a transformers model (exact top-k
+logprobs), and a proxy in front of it that injects faults on request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import torch
+
+
+class _Server:
+    def __init__(self, handler):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def fake_openai_server(model, tokenizer) -> _Server:
+    """`POST /v1/completions` with `max_tokens=1, logprobs=k`: the model's exact top-k next tokens (legacy shape)."""
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            ids = tokenizer(body["prompt"], add_special_tokens=False).input_ids
+            with lock, torch.no_grad():
+                logp = model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+            top = logp.topk(int(body["logprobs"]))
+            tops = {}
+            for lp, i in zip(top.values.tolist(), top.indices.tolist()):  # tokens with the same text: their sum
+                text = tokenizer.decode([i])
+                tops[text] = float(torch.logaddexp(torch.tensor(tops[text]), torch.tensor(lp))) if text in tops else lp
+            out = json.dumps({"choices": [{"text": "", "logprobs": {"top_logprobs": [tops]}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    return _Server(Handler)
+
+
+class FaultProxy(_Server):
+    """Forwards to `target`; `faults` is a list consumed one per request ("500", "429", "malformed", "nologprobs",
+    "timeout", "drop"); `always` injects its fault into every request. `seen` counts requests."""
+
+    def __init__(self, target: str, timeout_s: float = 2.0):
+        import urllib.request
+
+        proxy = self
+        self.faults: list[str] = []
+        self.always: str | None = None
+        self.seen = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                with threading.Lock():
+                    proxy.seen += 1
+                    fault = proxy.always or (proxy.faults.pop(0) if proxy.faults else None)
+                if fault in ("500", "429"):
+                    self.send_response(int(fault))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if fault == "timeout":
+                    time.sleep(timeout_s)
+                request = urllib.request.Request(target + self.path.removeprefix("/v1"), data=raw,
+                                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                body = urllib.request.urlopen(request).read()
+                if fault == "malformed":
+                    body = body[: len(body) // 2]
+                elif fault == "nologprobs":
+                    body = json.dumps({"choices": [{"text": "5"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if fault == "drop":  # half the promised body, then the connection closes
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        super().__init__(Handler)

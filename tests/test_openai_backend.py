@@ -1,0 +1,88 @@
+"""The OpenAI-compatible backend against a loopback server that serves a transformers model's exact top-k
+logprobs, and through a proxy that injects faults."""
+
+import math
+
+import pytest
+
+pytest.importorskip("httpx")
+pytest.importorskip("tenacity")
+
+from openai_fake import FaultProxy, fake_openai_server  # noqa: E402
+
+from reward import Judge  # noqa: E402
+from reward.backends.hf import HFBackend  # noqa: E402
+from reward.backends.openai import OpenAIBackend, top_logprobs  # noqa: E402
+from trainers import JudgeScoreReward  # noqa: E402
+
+PROMPTS = ["What is two plus two? Score: [", "Paris is in France, a b c. Score: [", "Which is better? Verdict: ["]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    server = fake_openai_server(model, tokenizer)
+    yield server, HFBackend(model, tokenizer), tokenizer
+    server.close()
+
+
+def test_chained_labels_match_the_local_backend(served):
+    server, local, tokenizer = served
+    remote = OpenAIBackend(server.url, "tiny", tokenizer, top_logprobs=len(tokenizer))  # the whole vocabulary
+    labels = ["A", "B", "C", "1", "4", "10", "47", "100"]
+    got, want = remote.label_logprobs(PROMPTS, labels), local.label_logprobs(PROMPTS, labels)
+    for g, w in zip(got, want):
+        for label in labels:
+            assert g[label] == pytest.approx(w[label], abs=1e-4)
+
+
+def test_labels_outside_the_top_k_are_missing_mass(served):
+    server, local, tokenizer = served
+    remote = OpenAIBackend(server.url, "tiny", tokenizer, top_logprobs=3)
+    got = remote.label_logprobs(PROMPTS[:1], [str(s) for s in range(1, 11)])[0]
+    assert any(v == -math.inf for v in got.values())  # not listed: no probability, not an error
+    assert sum(math.exp(v) for v in got.values()) < 1
+
+
+def test_response_shapes():
+    first = {"token": "A", "logprob": -0.5, "top_logprobs": [{"token": "A", "logprob": -0.5}]}
+    content = {"choices": [{"logprobs": {"content": [first]}}]}
+    assert top_logprobs(content) == {"A": -0.5}
+    from reward.backends.openai import RetryableError
+
+    with pytest.raises(RetryableError, match="no top logprobs"):
+        top_logprobs({"choices": [{"text": "5"}]})
+
+
+@pytest.mark.parametrize("fault", ["500", "429", "malformed", "nologprobs", "timeout", "drop"])
+def test_each_fault_is_retried_to_the_same_answer(served, fault):
+    server, local, tokenizer = served
+    proxy = FaultProxy(server.url, timeout_s=1.5)
+    try:
+        remote = OpenAIBackend(proxy.url, "tiny", tokenizer, top_logprobs=len(tokenizer), timeout=0.5, max_retries=3)
+        proxy.faults = [fault, fault]  # the first two requests fail, then it recovers
+        got = remote.label_logprobs(PROMPTS[:1], ["A", "B", "C"])[0]
+        want = local.label_logprobs(PROMPTS[:1], ["A", "B", "C"])[0]
+        assert got == pytest.approx(want, abs=1e-4) and remote.failures == 0
+        assert remote.requests >= 4 + 2  # 4 distinct requests (root + 3 label ends) plus the 2 retried
+    finally:
+        proxy.close()
+
+
+def test_a_dead_server_costs_rewards_never_the_run(served, tiny_judge):
+    server, _, tokenizer = served
+    proxy = FaultProxy(server.url)
+    try:
+        proxy.always = "500"
+        remote = OpenAIBackend(proxy.url, "tiny", tokenizer, top_logprobs=len(tokenizer), max_retries=1)
+        reward = JudgeScoreReward(Judge(remote, progress=False))
+        log = {}
+        rewards = reward(prompts=["q1", "q2"], completions=["a", "b"], log_metric=lambda k, v: log.update({k: v}))
+        assert rewards == [None, None] and log["judge/failures"] == 2 and remote.failures == 2
+        proxy.always = None  # the server is back: the next batch is judged
+        assert None not in reward(prompts=["q1"], completions=["a"])
+    finally:
+        proxy.close()
