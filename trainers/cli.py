@@ -14,6 +14,7 @@ commands:
   audit     consistency of a preference file: conflict ratio and non-transitivity (NTR_k), no changes
   clean     drop cyclic or contradictory preference rows, each with its reason, and report before / after
   train-rm  train a reward model on preferences: soft (judge probabilities) or hard Bradley-Terry, LoRA
+  serve     the judge over HTTP: OpenRLHF's /get_reward, /score, /compare (PPO with OpenRLHF or verl)
 
 `trustreward COMMAND --help` lists a command's flags."""
 
@@ -36,37 +37,33 @@ class JudgeFileArguments:
     mode: str = field(default="direct", metadata={"help": "direct | rationale."})
 
 
-def _judge_file(command: str, args: JudgeFileArguments) -> int:
-    from reward import load_judge
+def _columns(command: str) -> tuple[str, ...]:
+    return ("prompt", "response") if command == "score" else ("prompt", "response_a", "response_b")
 
-    from .data import read_jsonl, write_jsonl
+
+def judge_rows(judge, command: str, rows: list[dict], options: dict, shard: tuple[int, int] = (0, 1)) -> list[dict]:
+    """The judge's fields for each row of a `score` / `compare` file (rows without usable text get `judge_error`).
+
+    `shard=(rank, world)`: judge only this rank's contiguous share of the rows and gather the rest from the other
+    ranks (rank 0 gets every row's fields, the others an empty list).
+    """
     from .rewards import as_text
 
-    columns = ("prompt", "response") if command == "score" else ("prompt", "response_a", "response_b")
-    rows = read_jsonl(args.input)
-    if not rows:
-        raise SystemExit(f"{args.input}: no rows")
+    columns = _columns(command)
     texts = [[as_text(row.get(c)) for c in columns] for row in rows]
     ok = [i for i, t in enumerate(texts) if None not in t]
-    judge = load_judge(
-        args.judge, backend=args.backend, device=args.device, max_length=args.max_length, batch_size=args.batch_size
-    )
-    options = {"mode": args.mode} | ({"method": args.method} if args.method else {})
-    rank, world = _rank_world()
-    mine = ok[rank * len(ok) // world : (rank + 1) * len(ok) // world]  # this rank's contiguous shard of rows
+    rank, world = shard
+    mine = ok[rank * len(ok) // world : (rank + 1) * len(ok) // world]
     columns_of_mine = [list(c) for c in zip(*[texts[i] for i in mine])] or [[] for _ in columns]
-    if command == "score":
-        results = judge.score(*columns_of_mine, scale=args.scale, **options)
-    else:
-        results = judge.compare(*columns_of_mine, **options)
-    if world > 1:  # rank 0 gathers every shard and writes the file, rows in their input order
+    results = (judge.score if command == "score" else judge.compare)(*columns_of_mine, **options)
+    if world > 1:  # rank 0 gathers every shard, rows in their input order
         import torch.distributed as dist
 
         shards = [None] * world if rank == 0 else None
         dist.gather_object(results, shards, dst=0)
         if rank != 0:
-            return 0
-        results = [r for shard in shards for r in shard]
+            return []
+        results = [r for part in shards for r in part]
     fields: list[dict] = [{"judge_error": f"missing or empty text in {', '.join(columns)}"} for _ in rows]
     for i, result in zip(ok, results):
         out = asdict(result)
@@ -79,6 +76,27 @@ def _judge_file(command: str, args: JudgeFileArguments) -> int:
             }
         out["judge_error"] = out.pop("error")
         fields[i] = out
+    return fields
+
+
+def _judge_file(command: str, args: JudgeFileArguments) -> int:
+    from reward import load_judge
+
+    from .data import read_jsonl, write_jsonl
+
+    rows = read_jsonl(args.input)
+    if not rows:
+        raise SystemExit(f"{args.input}: no rows")
+    judge = load_judge(
+        args.judge, backend=args.backend, device=args.device, max_length=args.max_length, batch_size=args.batch_size
+    )
+    options = {"mode": args.mode} | ({"method": args.method} if args.method else {})
+    if command == "score":
+        options["scale"] = args.scale
+    rank, world = _rank_world()
+    fields = judge_rows(judge, command, rows, options, (rank, world))
+    if rank != 0:  # rank 0 writes
+        return 0
     write_jsonl(args.output, [{**row, **extra} for row, extra in zip(rows, fields)])
     failed = sum(x["judge_error"] is not None for x in fields)
     print(
@@ -113,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
 
         (args,) = TrlParser((JudgeFileArguments,)).parse_args_and_config(args=rest)
         return _judge_file(command, args)
+    if command == "serve":
+        from .server import main as serve_main
+
+        return serve_main(rest)
     if command == "train-rm":
         from .rm import main as rm_main
 

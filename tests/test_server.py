@@ -1,0 +1,108 @@
+"""The reward server: OpenRLHF's /get_reward, /score, /compare, batching, and bad requests (fake judge)."""
+
+import threading
+
+import pytest
+
+pytest.importorskip("fastapi")
+from conftest import answer_in_slot  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from trainers import JudgePairwiseReward  # noqa: E402
+from trainers.server import create_app, response_of  # noqa: E402
+
+
+def longer_wins(prompt):
+    a, b = len(answer_in_slot(prompt, "A")), len(answer_in_slot(prompt, "B"))
+    if a == b:
+        return {"A": 0.2, "B": 0.2, "C": 0.6}
+    return {"A": 0.7, "B": 0.2, "C": 0.1} if a > b else {"A": 0.2, "B": 0.7, "C": 0.1}
+
+
+@pytest.fixture
+def client(fake_judge):
+    def make(**options):
+        judge = fake_judge(rule=longer_wins, points={"1": 0.1, "2": 0.2, "3": 0.4, "4": 0.2, "5": 0.1})
+        return TestClient(create_app(judge, **options)), judge
+
+    return make
+
+
+def test_get_reward_openrlhf_protocol(client):
+    c, judge = client()
+    with c:
+        prompt = "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
+        answers = ["Red.", "Dark blue.", "It is green, like grass."]
+        query = [prompt + a + "<|im_end|>" for a in answers]
+        r = c.post("/get_reward", json={"query": query, "prompts": [prompt] * 3, "labels": [None] * 3})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        want = JudgePairwiseReward(judge)(prompts=[prompt] * 3, completions=answers)
+        assert body["rewards"] == pytest.approx(want) and body["scores"] == body["rewards"]
+        assert body["extra_logs"]["judge/failures"] == 0 and "judge/order_consistency" in body["extra_logs"]
+        assert c.get("/health").json()["status"] == "ok"
+
+
+def test_score_and_compare_rows(client):
+    c, _ = client()
+    with c:
+        rows = [{"id": 1, "prompt": "q", "response": "a"}, {"id": 2, "prompt": "q", "response": "bb"}]
+        out = c.post("/score", json={"rows": rows}).json()["rows"]
+        assert [r["id"] for r in out] == [1, 2] and all(1 <= r["score"] <= 5 for r in out)
+        pairs = [{"prompt": "q", "response_a": "a", "response_b": "bbb"}]
+        (row,) = c.post("/compare", json={"rows": pairs}).json()["rows"]
+        assert row["verdict"] == "b" and row["p_b"] == pytest.approx(0.7)
+
+
+def test_bad_requests_are_4xx_with_a_reason(client):
+    c, _ = client(token="s3cret", max_body_bytes=2000)
+    auth = {"Authorization": "Bearer s3cret"}
+    with c:
+        assert c.post("/get_reward", json={"query": ["a"], "prompts": ["a"]}).status_code == 401
+        cases = [
+            ({"query": ["a"], "prompts": []}, 400, "prompts has 0"),
+            ({"query": [], "prompts": []}, 400, "empty request"),
+            ({"query": "a", "prompts": ["a"]}, 422, "list"),
+            ({"query": ["a"], "prompts": ["a"], "extra": 1}, 422, "extra"),
+        ]
+        for body, status, reason in cases:
+            r = c.post("/get_reward", json=body, headers=auth)
+            assert r.status_code == status and reason in r.text.lower(), (body, r.text)
+        r = c.post("/get_reward", content=b"not json", headers=auth | {"Content-Type": "application/json"})
+        assert r.status_code == 422
+        assert c.post("/score", json={"rows": [{"prompt": "q"}]}, headers=auth).status_code == 400
+        assert (
+            c.post("/score", json={"rows": [{"prompt": "q", "response": "x" * 3000}]}, headers=auth).status_code == 413
+        )
+        assert c.get("/health", headers=auth).json()["status"] == "ok"  # still up
+
+
+def test_requests_arriving_together_share_a_judge_call(client):
+    c, judge = client(reward="score", max_wait_s=0.3)
+    with c:
+        results = []
+
+        def send(i):
+            r = c.post("/get_reward", json={"query": [f"q{i}" + "x" * i], "prompts": [f"q{i}"]})
+            results.append(r.json()["rewards"][0])
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(1, 9)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        health = c.get("/health").json()
+        assert len(results) == 8 and None not in results
+        assert health["requests"] == 8 and health["judge_calls"] < 8  # batched
+
+
+def test_queue_full_is_503(client):
+    c, _ = client(max_queue=1)
+    with c:
+        r = c.post("/get_reward", json={"query": ["qa", "qb"], "prompts": ["q", "q"]})
+        assert r.status_code == 503 and "full" in r.text
+
+
+def test_response_of_strips_prompt_and_end_tokens():
+    assert response_of("P: hi A: yes<|im_end|>\n", "P: hi A:", ["<|im_end|>"]) == " yes"
+    assert response_of("other", "P:", ["</s>"]) == "other"
