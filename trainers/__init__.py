@@ -1,6 +1,7 @@
 """Thin glue between `reward` and TRL: reward callables, the GRPO entry point, the console script."""
 
 from .monitor import JudgeMonitor
+from .reward_model import JudgeRewardModel
 from .rewards import JudgePairwiseReward, JudgeScoreReward, as_text
 
-__all__ = ["JudgeMonitor", "JudgePairwiseReward", "JudgeScoreReward", "as_text"]
+__all__ = ["JudgeMonitor", "JudgePairwiseReward", "JudgeRewardModel", "JudgeScoreReward", "as_text"]
