@@ -138,3 +138,30 @@ def wandb_offline(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     yield tmp_path
     wandb.teardown()
+
+
+def tiny_grpo_config(output_dir, **overrides):
+    """GRPO on CPU in seconds: 2 steps, one group of 4 completions of 6 tokens per process, no saving, no logger."""
+    from trl import GRPOConfig
+
+    options = {
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "num_generations": 4,
+        "max_completion_length": 6,
+        "bf16": False,
+        "use_cpu": True,
+        "logging_steps": 1,
+        "report_to": "none",
+        "save_strategy": "no",
+    }
+    options["seed"] = 0
+    return GRPOConfig(output_dir=str(output_dir), **options | overrides)
+
+
+class RecordingMonitor:
+    """Mixin for a JudgeMonitor that keeps every check's numbers in `checks` (tests compare what was logged)."""
+
+    def _check(self, *args, **kwargs):
+        super()._check(*args, **kwargs)
+        self.__dict__.setdefault("checks", []).append(dict(self.last))

@@ -19,7 +19,7 @@ from ds_judge_ranks import PAIRS, SCORES  # noqa: E402
 
 
 def torchrun(n: int, out: Path, model: str, *extra: str, timeout: int = 300):
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = os.environ | {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     cmd = ["torchrun", "--standalone", "--nproc_per_node", str(n), str(SCRIPT), str(out), model, *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -86,7 +86,7 @@ def test_sharded_compare_file(tmp_path, tiny_model_dir, expected):
     rows = [{"id": i, "prompt": q, "response_a": a, "response_b": b} for i, (q, a, b) in enumerate(PAIRS)]
     rows.insert(2, {"id": "bad", "prompt": "q", "response_a": "", "response_b": "x"})  # unjudged, kept in place
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = os.environ | {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "trainers.cli", "compare", "--input",
            str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"), "--judge", tiny_model_dir,
            "--backend", "deepspeed", "--device", "cpu"]  # fmt: skip
@@ -104,7 +104,7 @@ def test_grpo_with_a_sharded_judge(tmp_path, tiny_model_dir):
     from reward import load_judge
     from trainers import JudgePairwiseReward, JudgeScoreReward
 
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = os.environ | {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     script = ROOT / "tests" / "scripts" / "grpo_sharded_judge.py"
     cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path), tiny_model_dir]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

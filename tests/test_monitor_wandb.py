@@ -3,21 +3,16 @@
 import json
 
 import pytest
-from trl import GRPOConfig, GRPOTrainer
+from conftest import RecordingMonitor, tiny_grpo_config
+from trl import GRPOTrainer
 from wandb_records import read_run
 
 from trainers import JudgeMonitor, JudgePairwiseReward, JudgeScoreReward
 from trainers.data import prompt_dataset
 
 
-class Recording(JudgeMonitor):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.checks = []
-
-    def _check(self, *args, **kwargs):
-        super()._check(*args, **kwargs)
-        self.checks.append(dict(self.last))
+class Recording(RecordingMonitor, JudgeMonitor):
+    pass
 
 
 def test_grpo_consistency_metrics_reach_wandb(tmp_path, wandb_offline, tiny_model_dir, tiny_judge):
@@ -28,11 +23,7 @@ def test_grpo_consistency_metrics_reach_wandb(tmp_path, wandb_offline, tiny_mode
         JudgePairwiseReward(tiny_judge, metric_prefix="judge/pairwise", monitor=monitor),
         JudgeScoreReward(tiny_judge, metric_prefix="judge/score", monitor=monitor),
     ]
-    args = GRPOConfig(
-        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, num_generations=4,
-        max_completion_length=6, bf16=False, use_cpu=True, logging_steps=1, report_to="wandb", save_strategy="no",
-        seed=0,
-    )  # fmt: skip
+    args = tiny_grpo_config(tmp_path / "out", report_to="wandb")
     trainer = GRPOTrainer(
         model=tiny_model_dir,
         reward_funcs=rewards,

@@ -43,15 +43,14 @@ def test_forward_returns_the_judges_scores(fake_judge, tiny_judge):
 
 
 def test_grpo_takes_it_as_a_reward_module(tmp_path, tiny_model_dir, fake_judge, tiny_judge):
-    from trl import GRPOConfig, GRPOTrainer
+    from conftest import tiny_grpo_config
+    from trl import GRPOTrainer
 
     from trainers.data import prompt_dataset
 
     tok = tiny_judge.tokenizer
     model = JudgeRewardModel(fake_judge(points=by_length), tok)
-    config = GRPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, num_generations=4,
-                        max_completion_length=8, bf16=False, use_cpu=True, report_to="none", save_strategy="no",
-                        logging_steps=1)  # fmt: skip
+    config = tiny_grpo_config(tmp_path, max_steps=1, max_completion_length=8)
     trainer = GRPOTrainer(model=tiny_model_dir, reward_funcs=[model], reward_processing_classes=[tok], args=config,
                           train_dataset=prompt_dataset("mt_bench", max_prompts=4))  # fmt: skip
     trainer.train()

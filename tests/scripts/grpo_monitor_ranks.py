@@ -8,21 +8,16 @@ import sys
 from pathlib import Path
 
 import torch.distributed as dist
-from trl import GRPOConfig, GRPOTrainer
+from conftest import RecordingMonitor, tiny_grpo_config
+from trl import GRPOTrainer
 
 from reward import load_judge
 from trainers import JudgeMonitor, JudgePairwiseReward, JudgeScoreReward
 from trainers.data import prompt_dataset
 
 
-class Recording(JudgeMonitor):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.checks = []
-
-    def _check(self, *args, **kwargs):
-        super()._check(*args, **kwargs)
-        self.checks.append(dict(self.last))
+class Recording(RecordingMonitor, JudgeMonitor):
+    pass
 
 
 def main():
@@ -33,11 +28,7 @@ def main():
         JudgePairwiseReward(judge, metric_prefix="judge/pairwise", monitor=monitor),
         JudgeScoreReward(judge, metric_prefix="judge/score", monitor=monitor),
     ]
-    args = GRPOConfig(
-        output_dir=str(out / "run"), max_steps=2, per_device_train_batch_size=4, num_generations=4,
-        max_completion_length=6, bf16=False, use_cpu=True, logging_steps=1, report_to="wandb", save_strategy="no",
-        seed=0,
-    )  # fmt: skip
+    args = tiny_grpo_config(out / "run", report_to="wandb")
     trainer = GRPOTrainer(
         model=model, reward_funcs=rewards, args=args, train_dataset=prompt_dataset("mt_bench", 16), callbacks=[monitor]
     )

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import torch.distributed as dist
-from trl import GRPOConfig, GRPOTrainer
+from conftest import tiny_grpo_config
+from trl import GRPOTrainer
 
 from reward import load_judge
 from trainers.data import prompt_dataset
@@ -31,11 +32,7 @@ def main():
     args = JudgeRewardArguments(judge=model, judge_backend="deepspeed", reward="both", monitor_sample_rate=0)
     judge = load_judge(model, backend="deepspeed", device="cpu", progress=False)
     calls = []
-    config = GRPOConfig(
-        output_dir=str(out / "run"), max_steps=2, per_device_train_batch_size=4, num_generations=4,
-        max_completion_length=6, bf16=False, use_cpu=True, logging_steps=1, report_to="none", save_strategy="no",
-        seed=0,
-    )  # fmt: skip
+    config = tiny_grpo_config(out / "run")
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[spy(r, calls) for r in build_rewards(args, judge)],
