@@ -23,7 +23,7 @@ from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from reward.consistency import BadRow, parse_row
-from reward.consistency.clean import text_key
+from reward.consistency.rows import text_key
 
 logger = logging.getLogger(__name__)
 

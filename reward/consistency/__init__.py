@@ -4,9 +4,10 @@ The 27 cases of a triple i < j < k (op1 = r(i, j), op2 = r(j, k), op3 = r(i, k);
 in `TRIPLE_TABLE` and printed in the README.
 """
 
-from .clean import POLICIES, RELATIONS, BadRow, clean_dataset, parse_row
+from .clean import POLICIES, RELATIONS, clean_dataset
 from .graphs import components, min_feedback
 from .metrics import TRIPLE_TABLE, PreferenceGraph, audit_graphs, conflict_ratio, non_transitivity, triple_type
+from .rows import BadRow, parse_row
 
 __all__ = [
     "POLICIES",

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,11 +23,10 @@ from tqdm.auto import tqdm
 from ..scoring import entropy
 from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_tree, components, min_feedback
 from .metrics import PreferenceGraph, audit_graphs
+from .rows import LABELS, BadRow, parse_row, text_key
 
 POLICIES = ("order-inconsistent", "score-conflict", "equivalence", "min-feedback", "drop-cycles")
 RELATIONS = ("labels", "judge", "both")
-LABELS = {"a": 1, "b": -1, "tie": 0}
-_PROB_TOLERANCE = 1e-3  # p_a + p_b + p_tie must be within this of 1
 
 
 @contextlib.contextmanager
@@ -43,158 +40,6 @@ def _no_gc():
     finally:
         if enabled:
             gc.enable()
-
-
-class BadRow(ValueError):
-    """A row that cannot be used; its message is the reason written to the rejects."""
-
-
-def text_key(value) -> str:
-    """A hashable identity for a text or a conversation."""
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
-
-
-def _text(row: dict, name: str):
-    return _check_text(row.get(name), name)
-
-
-def _check_text(value, name: str):
-    if isinstance(value, str):
-        if value and not value.isspace():
-            return value
-        raise BadRow(f"{name} is empty")
-    if (
-        isinstance(value, list)
-        and value
-        and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value)
-    ):
-        return value
-    raise BadRow(f"{name} is missing" if value is None else f"{name} is not a string or a conversation")
-
-
-def _number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or math.isinf(value):
-        raise BadRow(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _split_implicit(chosen, rejected):
-    """TRL's implicit prompt: the longest shared start of chosen and rejected (whole messages, or characters)."""
-    if isinstance(chosen, list) and isinstance(rejected, list):
-        n = 0
-        while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
-            n += 1
-        return chosen[:n] or None, chosen[n:], rejected[n:]
-    if isinstance(chosen, str) and isinstance(rejected, str):
-        n = 0
-        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-            n += 1
-        while n and not chosen[n - 1].isspace():  # back up to a word boundary, as TRL does
-            n -= 1
-        return chosen[:n] or None, chosen[n:], rejected[n:]
-    return None, chosen, rejected
-
-
-@dataclass
-class _Row:
-    prompt: object
-    category: object = None
-    responses: list = field(default_factory=list)
-    scores: list = field(default_factory=list)  # per response, None when unknown
-    pairs: list = field(default_factory=list)  # (i, j, relation or None, weight, order_consistent, entropy)
-
-
-def _pairwise_relation(row: dict) -> tuple[int | None, float, float | None]:
-    """(relation of a vs b, weight, entropy) from `label` / `verdict` and / or `p_a, p_b, p_tie`."""
-    probs = row.get("p_a"), row.get("p_b"), row.get("p_tie")
-    weight, relation, ent = 1.0, None, None
-    if probs != (None, None, None):
-        p_a, p_b, p_tie = (_number(p, k) for p, k in zip(probs, ("p_a", "p_b", "p_tie")))
-        if min(p_a, p_b, p_tie) < 0:
-            raise BadRow(f"negative probability in p_a, p_b, p_tie = {p_a}, {p_b}, {p_tie}")
-        if abs(p_a + p_b + p_tie - 1) > _PROB_TOLERANCE:
-            raise BadRow(f"p_a + p_b + p_tie = {p_a + p_b + p_tie:.4f}, not 1")
-        weight, ent = abs(p_a - p_b), entropy({"a": p_a, "b": p_b, "tie": p_tie})
-        relation = 1 if p_a > max(p_b, p_tie) else -1 if p_b > max(p_a, p_tie) else 0
-    label = row.get("label", row.get("verdict"))
-    if label is not None:
-        if label not in LABELS:
-            raise BadRow(f"label must be 'a', 'b' or 'tie', got {label!r}")
-        relation = LABELS[label]
-    return relation, weight, ent
-
-
-def parse_row(row: dict, need_label: bool = True) -> _Row:
-    """One input row -> its prompt, responses, scores and pairs; raises `BadRow` with the reason.
-
-    Formats, told apart by their keys: `chosen, rejected` (TRL preference, prompt explicit or implicit);
-    `response_a, response_b` with `label` / `verdict` and / or `p_a, p_b, p_tie` (optional `score_a, score_b`,
-    `order_consistent`); `responses` with `scores` or `ranks` (1 = best); `response` with `score` (pointwise).
-
-    ```python
-    >>> parse_row({"prompt": "q", "chosen": "good", "rejected": "bad"}).pairs  # (i, j, r, weight, consistent, entropy)
-    [(0, 1, 1, 1.0, None, None)]
-
-    ```
-    """
-    if not isinstance(row, dict):
-        raise BadRow(f"expected a mapping, got {type(row).__name__}")
-    prompt = row.get("prompt")
-    if "chosen" in row or "rejected" in row:
-        chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
-        if prompt is None:
-            prompt, chosen, rejected = _split_implicit(chosen, rejected)
-            if prompt is None:
-                raise BadRow("no prompt column and no shared prompt at the start of chosen and rejected")
-        out = _Row(prompt, row.get("category"), [chosen, rejected], [None, None], [(0, 1, 1, 1.0, None, None)])
-    elif "response_a" in row or "response_b" in row:
-        a, b = _text(row, "response_a"), _text(row, "response_b")
-        relation, weight, ent = _pairwise_relation(row)
-        if relation is None and need_label:
-            reason = f" (judge_error: {row['judge_error']})" if row.get("judge_error") else ""
-            raise BadRow("no label: needs label, verdict or p_a, p_b, p_tie" + reason)
-        score_a, score_b = row.get("score_a"), row.get("score_b")
-        scores = [
-            None if score_a is None else _number(score_a, "score_a"),
-            None if score_b is None else _number(score_b, "score_b"),
-        ]
-        consistent = row.get("order_consistent")
-        consistent = consistent if isinstance(consistent, bool) else None
-        out = _Row(prompt, row.get("category"), [a, b], scores, [(0, 1, relation, weight, consistent, ent)])
-    elif "responses" in row:
-        responses = row["responses"]
-        if not isinstance(responses, list) or len(responses) < 2:
-            raise BadRow("responses must be a list of at least 2")
-        responses = [_check_text(r, "responses") for r in responses]
-        if len({text_key(r) for r in responses}) < len(responses):
-            raise BadRow("the same response appears twice in responses")
-        if row.get("scores") is not None:
-            values, sign, scores = row["scores"], 1, None
-        elif row.get("ranks") is not None:
-            values, sign, scores = row["ranks"], -1, [None] * len(responses)
-        else:
-            raise BadRow("responses needs scores or ranks")
-        if not isinstance(values, list) or len(values) != len(responses):
-            raise BadRow(f"responses and their scores / ranks differ in length ({len(responses)} vs {values!r:.40})")
-        values = [_number(v, "scores / ranks") for v in values]
-        scores = values if scores is None else scores
-        pairs = [
-            (i, j, sign * ((values[i] > values[j]) - (values[i] < values[j])), 1.0, None, None)
-            for i in range(len(values))
-            for j in range(i + 1, len(values))
-        ]
-        out = _Row(prompt, row.get("category"), responses, scores, pairs)
-    elif "response" in row:
-        if row.get("score") is None:
-            reason = f" (judge_error: {row['judge_error']})" if row.get("judge_error") else ""
-            raise BadRow("no score" + reason)
-        out = _Row(prompt, row.get("category"), [_text(row, "response")], [_number(row["score"], "score")])
-    else:
-        raise BadRow("unknown format: needs chosen/rejected, response_a/response_b, responses or response")
-    if out.prompt is None:
-        raise BadRow("prompt is missing")
-    _check_text(out.prompt, "prompt")
-    return out
 
 
 class _Graph:
