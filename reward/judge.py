@@ -356,6 +356,14 @@ def load_judge(
 
     ```
     """
+    from .embedded import embedded_judge_path
+
+    # Loading again in another process (pickling) repeats this very call.
+    factory = functools.partial(
+        load_judge, spec, backend=backend, device=device, dtype=dtype, adapter=adapter, max_length=max_length,
+        ds_config=ds_config, tp_size=tp_size, model=model, tokenizer=tokenizer, server_options=server_options,
+        **options,
+    )  # fmt: skip
     if spec.startswith("openai:"):
         from transformers import AutoTokenizer
 
@@ -363,46 +371,25 @@ def load_judge(
 
         if not model or not tokenizer:
             raise ValueError("an 'openai:URL' judge needs model= (the served name) and tokenizer= (its tokenizer)")
-        if tokenizer == "embedded":
-            from .embedded import embedded_judge_path
-
-            tokenizer = str(embedded_judge_path())
-        remote = OpenAIBackend(spec.removeprefix("openai:"), model, AutoTokenizer.from_pretrained(tokenizer),
+        tokenizer = str(embedded_judge_path()) if tokenizer == "embedded" else tokenizer
+        loaded = OpenAIBackend(spec.removeprefix("openai:"), model, AutoTokenizer.from_pretrained(tokenizer),
                                max_length=max_length or 4096, **(server_options or {}))  # fmt: skip
-        judge = Judge(remote, **options)
-        judge._factory = functools.partial(load_judge, spec, model=model, tokenizer=tokenizer, max_length=max_length,
-                                           server_options=server_options, **options)  # fmt: skip
-        return judge
-    if backend not in BACKENDS:
+    elif backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    if backend == "hf" and (ds_config is not None or tp_size is not None):
-        raise ValueError("ds_config and tp_size are options of backend='deepspeed'")
-    path = spec
-    if spec == "embedded":
-        from .embedded import embedded_judge_path
-
-        path = str(embedded_judge_path())
-    if backend == "hf":
+    elif backend == "hf":
         from .backends.hf import HFBackend
 
+        if ds_config is not None or tp_size is not None:
+            raise ValueError("ds_config and tp_size are options of backend='deepspeed'")
+        path = str(embedded_judge_path()) if spec == "embedded" else spec
         loaded = HFBackend.from_pretrained(path, device=device, dtype=dtype, adapter=adapter, max_length=max_length)
     else:
         from .backends.deepspeed import DeepSpeedBackend
 
+        path = str(embedded_judge_path()) if spec == "embedded" else spec
         loaded = DeepSpeedBackend.from_pretrained(
             path, device=device, dtype=dtype, adapter=adapter, config=ds_config, tp_size=tp_size, max_length=max_length
         )
     judge = Judge(loaded, **options)
-    judge._factory = functools.partial(
-        load_judge,
-        spec,
-        backend=backend,
-        device=device,
-        dtype=dtype,
-        adapter=adapter,
-        max_length=max_length,
-        ds_config=ds_config,
-        tp_size=tp_size,
-        **options,
-    )
+    judge._factory = factory
     return judge
