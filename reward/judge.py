@@ -44,6 +44,16 @@ def as_text(value) -> str | None:
     return text if text.strip() else None
 
 
+def extend(prompt, text: str):
+    """A prompt continued by `text`: appended to a text prompt, or to the assistant turn a chat prompt ends with
+    (opened if needed), which chat servers continue rather than answer."""
+    if isinstance(prompt, str):
+        return prompt + text
+    if prompt and prompt[-1]["role"] == "assistant":
+        return [*prompt[:-1], {"role": "assistant", "content": prompt[-1]["content"] + text}]
+    return [*prompt, {"role": "assistant", "content": text}]
+
+
 def check_texts(name: str, values: Sequence, n: int | None = None) -> list[str]:
     """Raises a clear error unless `values` is a sequence of non-empty strings (of length `n`)."""
     if isinstance(values, str) or not isinstance(values, Sequence):
@@ -98,6 +108,7 @@ class Judge:
         self._factory: Callable[[], Judge] | None = None  # set by load_judge: pickles as "load it again"
         tokenizer = backend.tokenizer
         self._specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if len(t) > 1]
+        self._chat = getattr(backend, "chat", False)
 
     @property
     def model(self):
@@ -122,12 +133,15 @@ class Judge:
                 text = text.replace(special, special[0] + "\u200b" + special[1:])
         return text
 
-    def _render(self, template: JudgeTemplate, fields: dict) -> str:
-        """Chat-formatted prompt ending right where the judge's answer starts (the slot is appended later)."""
+    def _render(self, template: JudgeTemplate, fields: dict, text: bool = False):
+        """The prompt, ending right where the judge's answer starts (the slot is appended later): chat-formatted
+        text, or the messages themselves for a backend that takes chats (`backend.chat`; the server formats them)."""
         system, user = template.render(**fields)
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        if self._chat and not text:
+            return messages
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
             try:
                 return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             except Exception:  # templates without a system role (e.g. Gemma): fold it into the user turn
@@ -150,7 +164,7 @@ class Judge:
     def _fit(self, template: JudgeTemplate, fields: dict, response_keys: tuple[str, ...], mode: str):
         """Cleans the fields and cuts the responses to fit the context; returns (fields or None, truncated, error)."""
         fields = {k: self._clean(v) if isinstance(v, str) else v for k, v in fields.items()}
-        empty = self._render(template, {**fields, **{k: "" for k in response_keys}})
+        empty = self._render(template, {**fields, **{k: "" for k in response_keys}}, text=True)
         reserve = _LABEL_RESERVE + self._count(template.slot) + (self.rationale_tokens if mode == "rationale" else 0)
         budget = (self.backend.max_length - self._count(empty) - reserve) // len(response_keys)
         if budget < 2 * _LABEL_RESERVE:
@@ -191,11 +205,11 @@ class Judge:
                 if mode == "rationale":
                     gen = self.backend.generate(chunk, self.rationale_tokens, stop=[marker])
                     chunk = [
-                        p + text.removesuffix(marker).rstrip() + "\n" + template.slot
+                        extend(p, text.removesuffix(marker).rstrip() + "\n" + template.slot)
                         for p, (text, _, _) in zip(chunk, gen)
                     ]
                 else:
-                    chunk = [p + template.slot for p in chunk]
+                    chunk = [extend(p, template.slot) for p in chunk]
                 lps = self.backend.label_logprobs(chunk, labels)
                 out.extend((lp, g_lp, g_n) for lp, (_, g_lp, g_n) in zip(lps, gen))
             except Exception as exc:  # one bad batch costs its items, never the whole call
@@ -344,8 +358,9 @@ def load_judge(
         ds_config: `deepspeed`: the ZeRO-3 config (dict or JSON path; default `launch/judge_zero3.json`).
         tp_size: `deepspeed`: tensor-parallel degree (AutoTP) instead of ZeRO-3.
         model, tokenizer, server_options: for `spec="openai:http://HOST:PORT/v1"` (an OpenAI-compatible server):
-            the served model's name, its tokenizer (a directory, hub id or "embedded"), and `OpenAIBackend` options
-            (`concurrency`, `requests_per_second`, `timeout`, `max_retries`, `api_key_env`, `top_logprobs`).
+            the served model's name (default: the first the server lists at `/models`), its tokenizer (a directory,
+            hub id or "embedded"; default: the model's name), and `OpenAIBackend` options (`endpoint`,
+            `concurrency`, `requests_per_second`, `timeout`, `max_retries`, `api_key_env`, `top_logprobs`).
         **options: passed to `Judge` (templates, `rationale_tokens`, `batch_size`, `progress`).
 
     Example:
@@ -367,13 +382,18 @@ def load_judge(
     if spec.startswith("openai:"):
         from transformers import AutoTokenizer
 
-        from .backends.openai import OpenAIBackend
+        from .backends.openai import OpenAIBackend, served_model
 
-        if not model or not tokenizer:
-            raise ValueError("an 'openai:URL' judge needs model= (the served name) and tokenizer= (its tokenizer)")
-        tokenizer = str(embedded_judge_path()) if tokenizer == "embedded" else tokenizer
-        loaded = OpenAIBackend(spec.removeprefix("openai:"), model, AutoTokenizer.from_pretrained(tokenizer),
-                               max_length=max_length or 4096, **(server_options or {}))  # fmt: skip
+        url, server_options = spec.removeprefix("openai:"), dict(server_options or {})
+        model = model or served_model(url, server_options.get("api_key_env", "OPENAI_API_KEY"))
+        tokenizer = tokenizer or model
+        try:
+            path = str(embedded_judge_path()) if tokenizer == "embedded" else tokenizer
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception as exc:
+            raise ValueError(f"cannot load the judge's tokenizer {tokenizer!r} ({exc}); pass tokenizer= (a "
+                             "directory, hub id or 'embedded') for the model the server runs") from None  # fmt: skip
+        loaded = OpenAIBackend(url, model, tokenizer, max_length=max_length or 4096, **server_options)
     elif backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     elif backend == "hf":

@@ -1,5 +1,5 @@
-"""Test servers on loopback: an OpenAI-compatible `/v1/completions` over a transformers model (exact top-k
-logprobs), and a proxy in front of it that injects faults on request."""
+"""Test servers on loopback: an OpenAI-compatible `/v1/completions` and `/v1/chat/completions` over a transformers
+model (exact top-k logprobs), and a proxy in front of any such server that injects faults on request."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ class _Server:
 
 
 def fake_openai_server(model, tokenizer) -> _Server:
-    """`POST /v1/completions` with `max_tokens=1, logprobs=k`: the model's exact top-k next tokens (legacy shape)."""
+    """`POST /v1/completions` with `max_tokens=1, logprobs=k`: the model's exact top-k next tokens (legacy shape);
+    `POST /v1/chat/completions` with `logprobs=true, top_logprobs=k`: the same after the chat template, a final
+    assistant message continued as vLLM's `continue_final_message` does (content shape)."""
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -33,15 +35,29 @@ def fake_openai_server(model, tokenizer) -> _Server:
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            ids = tokenizer(body["prompt"], add_special_tokens=False).input_ids
+            chat = self.path.endswith("/chat/completions")
+            if chat:
+                *head, last = body["messages"]
+                assert last["role"] == "assistant" and body["continue_final_message"]
+                prompt = tokenizer.apply_chat_template(head, tokenize=False, add_generation_prompt=True)
+                prompt += last["content"]
+            else:
+                prompt = body["prompt"]
+            ids = tokenizer(prompt, add_special_tokens=False).input_ids
             with lock, torch.no_grad():
                 logp = model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
-            top = logp.topk(int(body["logprobs"]))
+            top = logp.topk(int(body["top_logprobs"] if chat else body["logprobs"]))
             tops = {}
             for lp, i in zip(top.values.tolist(), top.indices.tolist()):  # tokens with the same text: their sum
                 text = tokenizer.decode([i])
                 tops[text] = float(torch.logaddexp(torch.tensor(tops[text]), torch.tensor(lp))) if text in tops else lp
-            out = json.dumps({"choices": [{"text": "", "logprobs": {"top_logprobs": [tops]}}]}).encode()
+            if chat:
+                listed = [{"token": t, "logprob": lp} for t, lp in tops.items()]
+                step = {**listed[0], "top_logprobs": listed}
+                choice = {"message": {"role": "assistant", "content": ""}, "logprobs": {"content": [step]}}
+            else:
+                choice = {"text": "", "logprobs": {"top_logprobs": [tops]}}
+            out = json.dumps({"choices": [choice]}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(out)))
@@ -51,9 +67,23 @@ def fake_openai_server(model, tokenizer) -> _Server:
     return _Server(Handler)
 
 
+def _without_ratings(body: dict) -> dict:
+    def keep(token: str) -> bool:
+        return not (token.strip().isdigit() or token.strip() in ("A", "B", "C"))
+
+    logprobs = body["choices"][0]["logprobs"]
+    if "content" in logprobs and isinstance(logprobs["content"], list):
+        for step in logprobs["content"]:
+            step["top_logprobs"] = [t for t in step["top_logprobs"] if keep(t["token"])]
+    else:
+        logprobs["top_logprobs"] = [{t: lp for t, lp in top.items() if keep(t)} for top in logprobs["top_logprobs"]]
+    return body
+
+
 class FaultProxy(_Server):
     """Forwards to `target`; `faults` is a list consumed one per request ("500", "429", "malformed", "nologprobs",
-    "timeout", "drop"); `always` injects its fault into every request. `seen` counts requests."""
+    "noratings" (digits and verdict letters taken out of the top-k), "timeout", "drop"); `always` injects its
+    fault into every request. `seen` counts requests."""
 
     def __init__(self, target: str, timeout_s: float = 2.0):
         import urllib.request
@@ -86,6 +116,8 @@ class FaultProxy(_Server):
                     body = body[: len(body) // 2]
                 elif fault == "nologprobs":
                     body = json.dumps({"choices": [{"text": "5"}]}).encode()
+                elif fault == "noratings":
+                    body = json.dumps(_without_ratings(json.loads(body))).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

@@ -5,26 +5,31 @@ import math
 import pytest
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from trainers import JudgePairwiseReward, JudgeScoreReward
+from trainers import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward
 from trainers.data import prompt_dataset
 from trainers.grpo import PrintRewards
 
 
 @pytest.mark.parametrize(
     "kind, trainer_cls, config_cls",
-    [("score", GRPOTrainer, GRPOConfig), ("pairwise", GRPOTrainer, GRPOConfig), ("pairwise", RLOOTrainer, RLOOConfig)],
-    ids=["grpo-score", "grpo-pairwise", "rloo-pairwise"],
+    [
+        ("score", GRPOTrainer, GRPOConfig),
+        ("pairwise", GRPOTrainer, GRPOConfig),
+        ("pairwise", RLOOTrainer, RLOOConfig),
+        ("score-async", GRPOTrainer, GRPOConfig),  # TRL awaits it on its event loop
+    ],
+    ids=["grpo-score", "grpo-pairwise", "rloo-pairwise", "grpo-score-async"],
 )
 def test_trains_with_judge_reward(tmp_path, tiny_model_dir, tiny_judge, kind, trainer_cls, config_cls):
     seen = []
 
-    class Spy(JudgeScoreReward if kind == "score" else JudgePairwiseReward):
+    class Spy(JudgePairwiseReward if kind == "pairwise" else JudgeScoreReward):
         def __call__(self, *args, **kwargs):
             out = super().__call__(*args, **kwargs)
             seen.append(out)
             return out
 
-    reward = Spy(tiny_judge)
+    reward = AsyncJudgeReward(Spy(tiny_judge)) if kind == "score-async" else Spy(tiny_judge)
     args = config_cls(
         output_dir=str(tmp_path),
         max_steps=2,

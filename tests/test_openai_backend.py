@@ -86,3 +86,36 @@ def test_a_dead_server_costs_rewards_never_the_run(served, tiny_judge):
         assert None not in reward(prompts=["q1"], completions=["a"])
     finally:
         proxy.close()
+
+
+def test_chat_endpoint_reads_the_same_judgements(served):
+    # Chat requests carry messages, the slot pre-filled as an unfinished assistant turn; the server renders them.
+    server, local, tokenizer = served
+    remote = OpenAIBackend(server.url, "tiny", tokenizer, endpoint="chat", top_logprobs=len(tokenizer))
+    want, got = Judge(local, progress=False), Judge(remote, progress=False)
+    questions, answers = ["What is two plus two?", "Name a city in France."], ["Four.", "Paris, of course."]
+    for w, g in zip(want.score(questions, answers, scale=10), got.score(questions, answers, scale=10)):
+        assert g.expected == pytest.approx(w.expected, abs=1e-4)
+        assert g.probs == pytest.approx(w.probs, abs=1e-5)
+    for w, g in zip(want.compare(questions, answers, answers[::-1]), got.compare(questions, answers, answers[::-1])):
+        assert (g.p_a, g.p_b, g.p_tie) == pytest.approx((w.p_a, w.p_b, w.p_tie), abs=1e-4)
+    with pytest.raises(ValueError, match="endpoint"):
+        OpenAIBackend(server.url, "tiny", tokenizer, endpoint="responses")
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_ratings_missing_from_the_top_k_are_failed_judgements(served, endpoint):
+    # A valid response without any rating token is not retried: it is a judgement with no valid mass, which the
+    # reward reports as None and counts, never as a score.
+    server, _, tokenizer = served
+    proxy = FaultProxy(server.url)
+    try:
+        proxy.always = "noratings"
+        remote = OpenAIBackend(proxy.url, "tiny", tokenizer, endpoint=endpoint, top_logprobs=len(tokenizer))
+        reward = JudgeScoreReward(Judge(remote, progress=False))
+        log = {}
+        rewards = reward(prompts=["q1", "q2"], completions=["a", "b"], log_metric=lambda k, v: log.update({k: v}))
+        assert rewards == [None, None] and log["judge/failures"] == 2
+        assert remote.failures == 0  # the server answered: nothing to retry
+    finally:
+        proxy.close()

@@ -3,7 +3,7 @@ import pickle
 import pytest
 from conftest import answer_in_slot
 
-from trainers import JudgePairwiseReward, JudgeScoreReward, as_text
+from trainers import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward, as_text
 
 
 def longer_wins(prompt):
@@ -128,3 +128,42 @@ def test_anchor_pairing_needs_a_reference(fake_judge):
     assert rewards == pytest.approx([0.25, 0.75])  # shorter / longer than the reference
     with pytest.raises(ValueError, match="no column 'ref'"):
         reward(prompts=["q"], completions=["x"])
+
+
+def test_async_rewards_run_concurrently(fake_judge):
+    # Each judge blocks until the other one is judging too: the gather only finishes if both calls overlap.
+    import asyncio
+    import threading
+
+    from trl.trainer.utils import is_async_callable
+
+    barrier = threading.Barrier(2, timeout=30)
+
+    def points(prompt):
+        barrier.wait()
+        return {"4": 1.0}
+
+    def rule(prompt):
+        barrier.wait()
+        return longer_wins(prompt)
+
+    score = AsyncJudgeReward(JudgeScoreReward(fake_judge(points=points), name="s"))
+    pairwise = AsyncJudgeReward(JudgePairwiseReward(fake_judge(rule=rule)))
+    assert is_async_callable(score) and score.__name__ == "s" and pairwise.__name__ == "judge_pairwise"
+
+    async def both():
+        log = Log()
+        kwargs = {"prompts": ["p"] * 2, "completions": ["x", "xxx"], "log_metric": log}
+        return await asyncio.gather(score(**kwargs), pairwise(**kwargs)), log
+
+    (scores, wins), log = asyncio.run(both())
+    assert scores == [4.0, 4.0]
+    assert wins[1] > wins[0] and wins[0] + wins[1] == pytest.approx(1.0)
+    assert log.metrics["judge/failures"] == 0 and score.failures == 0  # the wrapped reward's counters
+
+
+def test_async_reward_pickles_and_checks_its_input():
+    reward = pickle.loads(pickle.dumps(AsyncJudgeReward(JudgeScoreReward("embedded", name="r"))))
+    assert reward.__name__ == "r" and reward._judge == "embedded"  # a spec: nothing loaded to pickle
+    with pytest.raises(TypeError, match="wraps a judge reward"):
+        AsyncJudgeReward(lambda prompts, completions, **kw: [1.0] * len(prompts))

@@ -2,6 +2,13 @@
 
 from .monitor import JudgeMonitor
 from .reward_model import JudgeRewardModel
-from .rewards import JudgePairwiseReward, JudgeScoreReward, as_text
+from .rewards import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward, as_text
 
-__all__ = ["JudgeMonitor", "JudgePairwiseReward", "JudgeRewardModel", "JudgeScoreReward", "as_text"]
+__all__ = [
+    "AsyncJudgeReward",
+    "JudgeMonitor",
+    "JudgePairwiseReward",
+    "JudgeRewardModel",
+    "JudgeScoreReward",
+    "as_text",
+]

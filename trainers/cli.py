@@ -23,7 +23,7 @@ commands:
 class JudgeFileArguments:
     input: str = field(metadata={"help": "JSONL rows: prompt, response (score) or prompt, response_a, response_b."})
     output: str = field(metadata={"help": "JSONL out: the same rows with the judge's fields added."})
-    judge: str = field(default="embedded", metadata={"help": "'embedded', a model directory or a hub id."})
+    judge: str = field(default="embedded", metadata={"help": "'embedded', a model directory, a hub id or openai:URL."})
     backend: str = field(
         default="hf", metadata={"help": "hf | deepspeed (sharded; under torchrun each rank judges a shard of rows)."}
     )
@@ -35,6 +35,34 @@ class JudgeFileArguments:
         default=None, metadata={"help": "score: trustjudge|mean|geval|argmax; compare: likelihood|ppl|baseline."}
     )
     mode: str = field(default="direct", metadata={"help": "direct | rationale."})
+
+
+@dataclass
+class ServedJudgeArguments:
+    """How to reach a judge served over HTTP (`--judge openai:http://HOST:PORT/v1`); ignored for local judges."""
+
+    judge_model: str | None = field(
+        default=None, metadata={"help": "openai: the served model's name (default: the first at /models)."}
+    )
+    judge_tokenizer: str | None = field(
+        default=None, metadata={"help": "openai: its tokenizer: directory, hub id or 'embedded' (default: the name)."}
+    )
+    judge_endpoint: str = field(default="completions", metadata={"help": "openai: completions | chat."})
+    judge_concurrency: int = field(default=8, metadata={"help": "openai: requests in flight at once."})
+    judge_requests_per_second: float | None = field(default=None, metadata={"help": "openai: client rate limit."})
+    judge_timeout: float = field(default=60.0, metadata={"help": "openai: seconds per request."})
+    judge_max_retries: int = field(default=4, metadata={"help": "openai: retries with backoff per request."})
+    judge_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "openai: environment variable holding the API key."}
+    )
+
+    def load_options(self, spec: str) -> dict:
+        """`load_judge` keyword arguments for `spec` (none unless it is a served judge)."""
+        if not spec.startswith("openai:"):
+            return {}
+        options = {k.removeprefix("judge_"): v for k, v in asdict(self).items()}
+        model, tokenizer = options.pop("model"), options.pop("tokenizer")
+        return {"model": model, "tokenizer": tokenizer, "server_options": options}
 
 
 def _columns(command: str) -> tuple[str, ...]:
@@ -79,7 +107,7 @@ def judge_rows(judge, command: str, rows: list[dict], options: dict, shard: tupl
     return fields
 
 
-def _judge_file(command: str, args: JudgeFileArguments) -> int:
+def _judge_file(command: str, args: JudgeFileArguments, served: ServedJudgeArguments) -> int:
     from reward import load_judge
 
     from .data import read_jsonl, write_jsonl
@@ -88,8 +116,9 @@ def _judge_file(command: str, args: JudgeFileArguments) -> int:
     if not rows:
         raise SystemExit(f"{args.input}: no rows")
     judge = load_judge(
-        args.judge, backend=args.backend, device=args.device, max_length=args.max_length, batch_size=args.batch_size
-    )
+        args.judge, backend=args.backend, device=args.device, max_length=args.max_length, batch_size=args.batch_size,
+        **served.load_options(args.judge),
+    )  # fmt: skip
     options = {"mode": args.mode} | ({"method": args.method} if args.method else {})
     if command == "score":
         options["scale"] = args.scale
@@ -129,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     if command in ("score", "compare"):
         from trl import TrlParser
 
-        (args,) = TrlParser((JudgeFileArguments,)).parse_args_and_config(args=rest)
-        return _judge_file(command, args)
+        args, served = TrlParser((JudgeFileArguments, ServedJudgeArguments)).parse_args_and_config(args=rest)
+        return _judge_file(command, args, served)
     if command == "serve":
         from .server import main as serve_main
 
@@ -146,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         from .consistency import AuditArguments, CleanArguments, run
 
         dataclass_type = AuditArguments if command == "audit" else CleanArguments
-        (args,) = TrlParser((dataclass_type,)).parse_args_and_config(args=rest)
-        return run(command, args)
+        args, served = TrlParser((dataclass_type, ServedJudgeArguments)).parse_args_and_config(args=rest)
+        return run(command, args, served)
     print(f"trustreward: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -23,7 +23,7 @@ class _FileArguments:
     delta: float = field(default=0.0, metadata={"help": "Conflict ratio: scores closer than this expect a tie."})
     split: str | None = field(default=None, metadata={"help": "Split of a saved DatasetDict."})
     judge: str | None = field(
-        default=None, metadata={"help": "Judge spec ('embedded', a directory, a hub id) for fresh preferences."}
+        default=None, metadata={"help": "Judge ('embedded', a directory, a hub id, openai:URL) for fresh preferences."}
     )
     relations: str = field(
         default="both", metadata={"help": "With --judge: labels | judge | both (labels; the judge where none)."}
@@ -53,7 +53,7 @@ class CleanArguments(_FileArguments):
     )
 
 
-def run(command: str, args: AuditArguments | CleanArguments) -> int:
+def run(command: str, args: AuditArguments | CleanArguments, served=None) -> int:
     if command == "clean":
         if not args.output or not args.rejects:
             raise SystemExit("clean: --output and --rejects are required")
@@ -65,7 +65,8 @@ def run(command: str, args: AuditArguments | CleanArguments) -> int:
     if args.judge:
         from reward import load_judge
 
-        judge = load_judge(args.judge, device=args.device, max_length=args.max_length, batch_size=args.batch_size)
+        judge = load_judge(args.judge, device=args.device, max_length=args.max_length, batch_size=args.batch_size,
+                           **(served.load_options(args.judge) if served else {}))  # fmt: skip
     data, split = read_rows(args.input, args.split)
     policies = args.policy if command == "clean" else []
     options = {"margin": args.margin, "exact_max_nodes": args.exact_max_nodes} if command == "clean" else {}

@@ -13,7 +13,7 @@ REWARDS = ("pairwise", "score", "both")
 class JudgeRewardArguments:
     """The judge and the data: the part of a GRPO recipe that TRL's own dataclasses don't cover."""
 
-    judge: str = field(default="embedded", metadata={"help": "'embedded', a model directory or a hub id."})
+    judge: str = field(default="embedded", metadata={"help": "'embedded', a model directory, a hub id or openai:URL."})
     judge_backend: str = field(default="hf", metadata={"help": "hf | deepspeed (the judge sharded over the job)."})
     judge_ds_config: str | None = field(
         default=None, metadata={"help": "deepspeed: the judge's ZeRO-3 config (default launch/judge_zero3.json)."}
@@ -76,7 +76,8 @@ class PrintRewards(TrainerCallback):
 
 
 def build_rewards(args: JudgeRewardArguments, judge, monitor=None) -> list:
-    from .rewards import JudgePairwiseReward, JudgeScoreReward
+    """The recipe's judge rewards; a served judge's run as async rewards (TRL awaits them together)."""
+    from .rewards import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward
 
     # With both rewards, separate metric prefixes keep pointwise and pairwise entropies from being averaged.
     both = args.reward == "both"
@@ -101,6 +102,8 @@ def build_rewards(args: JudgeRewardArguments, judge, monitor=None) -> list:
                 monitor=monitor,
             )
         )
+    if args.judge.startswith("openai:"):
+        rewards = [AsyncJudgeReward(r) for r in rewards]
     return rewards
 
 
@@ -111,11 +114,12 @@ def main(argv: list[str] | None = None):
     from reward import load_judge
     from reward.embedded import embedded_judge_path
 
+    from .cli import ServedJudgeArguments
     from .data import prompt_dataset
     from .monitor import require_wandb
 
-    parser = TrlParser((JudgeRewardArguments, GRPOConfig, ModelConfig))
-    args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    parser = TrlParser((JudgeRewardArguments, ServedJudgeArguments, GRPOConfig, ModelConfig))
+    args, served, training_args, model_args = parser.parse_args_and_config(args=argv)
     require_wandb(training_args.report_to)  # before anything is loaded, not mid-run
     monitor = args.build_monitor()
     policy = model_args.model_name_or_path or "embedded"
@@ -130,6 +134,7 @@ def main(argv: list[str] | None = None):
         max_length=args.judge_max_length,
         batch_size=args.judge_batch_size,
         progress=False,
+        **served.load_options(args.judge),
     )
     trainer = GRPOTrainer(
         model=policy,

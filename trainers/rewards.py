@@ -264,3 +264,42 @@ class JudgePairwiseReward(_JudgeReward):
         if score_results:
             results["scores"] = score_results
         return self._finish(rewards, sum(r is None for r in rewards), metrics, latency, kwargs, **results)
+
+
+class AsyncJudgeReward:
+    """The async face of a judge reward: TRL (GRPO, RLOO) awaits async reward functions together on its event
+    loop, so two judge rewards behind servers (or a judge and an async verifier) wait on their servers at the same
+    time instead of one after the other. The judge call itself runs in a worker thread.
+
+    Not for a sharded (lockstep) judge: two rewards sharing its collectives at once could interleave them
+    differently on each rank.
+
+    Args:
+        reward: a `JudgeScoreReward` or `JudgePairwiseReward` (its name, metrics and monitor are kept).
+
+    Example:
+    ```python
+    >>> import asyncio
+    >>> from trainers import AsyncJudgeReward, JudgeScoreReward
+    >>> reward = AsyncJudgeReward(JudgeScoreReward("openai:http://127.0.0.1:8080/v1"))  # doctest: +SKIP
+    >>> asyncio.run(reward(prompts=["What is 2+2?"], completions=["4"]))  # doctest: +SKIP
+    [1.9...]
+
+    ```
+    """
+
+    def __init__(self, reward: _JudgeReward):
+        if not isinstance(reward, _JudgeReward):
+            raise TypeError(f"AsyncJudgeReward wraps a judge reward, got {type(reward).__name__}")
+        self.reward = reward
+        self.__name__ = reward.__name__
+
+    async def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
+        import asyncio
+
+        return await asyncio.to_thread(self.reward, prompts, completions, completion_ids, **kwargs)
+
+    def __getattr__(self, name):  # failures, judge, monitor, ... of the wrapped reward
+        if name == "reward":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.reward, name)

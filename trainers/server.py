@@ -239,12 +239,14 @@ def main(argv: list[str]) -> int:
 
     from reward import load_judge
 
-    (args,) = TrlParser((ServeArguments,)).parse_args_and_config(args=argv)
+    from .cli import ServedJudgeArguments
+
+    args, served = TrlParser((ServeArguments, ServedJudgeArguments)).parse_args_and_config(args=argv)
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
         raise SystemExit(f"serve: --token_env {args.token_env} is not set")
     judge = load_judge(args.judge, device=args.device, max_length=args.max_length, batch_size=args.batch_size,
-                       progress=False)  # fmt: skip
+                       progress=False, **served.load_options(args.judge))  # fmt: skip
     app = create_app(judge, reward=args.reward, scale=args.scale, max_batch=args.max_batch,
                      max_wait_s=args.max_wait_s, max_queue=args.max_queue, token=token)  # fmt: skip
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")  # SIGINT / SIGTERM: graceful shutdown

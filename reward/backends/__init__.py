@@ -17,6 +17,8 @@ class JudgeBackend(Protocol):
     Attributes:
         tokenizer: a transformers tokenizer (chat template, token counts for truncation).
         max_length: the most tokens one judge prompt may hold, the judge's answer included.
+        chat: optional, `True` for a backend that takes chat messages: its prompts are then lists of
+            {"role", "content"} ending with the unfinished assistant turn (the slot) instead of rendered text.
     """
 
     tokenizer: Any

@@ -1,6 +1,9 @@
 """A judge behind any OpenAI-compatible server (vLLM, SGLang, llama.cpp): label probabilities from logprobs.
 
-Each prompt (ending at the slot) goes to `/v1/completions` with `max_tokens=1` and `logprobs=k`: the top-k
+Each prompt (ending at the slot) goes to `/v1/completions` with `max_tokens=1` and `logprobs=k` (the prompt is
+rendered here with the tokenizer's chat template), or with `endpoint="chat"` to `/v1/chat/completions` with
+`logprobs=true, top_logprobs=k` (the messages go as they are, the slot pre-filled as an unfinished assistant turn
+that the server continues: llama.cpp does by default, vLLM with `continue_final_message`, which is sent): the top-k
 next tokens and their log-probabilities. A label's probability is read along its tokens like the local backend
 does (P("47") = P("4") P("7" | "4") P(end | "47")), one follow-up request per label prefix the server listed;
 a label whose tokens fall outside the top-k gets no probability (it shows up as missing `valid_mass`), and the
@@ -20,9 +23,12 @@ import os
 import time
 from collections.abc import Sequence
 
+from ..judge import extend
+
 logger = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+ENDPOINTS = ("completions", "chat")
 
 
 class RetryableError(Exception):
@@ -56,6 +62,7 @@ class OpenAIBackend:
     Args:
         base_url: e.g. "http://127.0.0.1:8080/v1".
         model: the served model's name (sent as `model`).
+        endpoint: "completions" (text prompts) or "chat" (messages; for servers that only serve chats).
         tokenizer: the served model's tokenizer (chat template and token counts, for rendering and truncation).
         max_length: the most tokens a judge prompt may hold (the server's context).
         top_logprobs: k of the top-k (servers cap it: vLLM 20 by default, OpenAI 20).
@@ -68,10 +75,13 @@ class OpenAIBackend:
 
     lockstep = False
 
-    def __init__(self, base_url: str, model: str, tokenizer, *, max_length: int = 4096, top_logprobs: int = 20,
-                 concurrency: int = 8, requests_per_second: float | None = None, timeout: float = 60.0,
-                 max_retries: int = 4, api_key_env: str = "OPENAI_API_KEY"):  # fmt: skip
+    def __init__(self, base_url: str, model: str, tokenizer, *, endpoint: str = "completions", max_length: int = 4096,
+                 top_logprobs: int = 20, concurrency: int = 8, requests_per_second: float | None = None,
+                 timeout: float = 60.0, max_retries: int = 4, api_key_env: str = "OPENAI_API_KEY"):  # fmt: skip
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
         self.base_url, self.model, self.tokenizer = base_url.rstrip("/"), model, tokenizer
+        self.endpoint, self.chat = endpoint, endpoint == "chat"  # `chat`: `Judge` hands over messages
         self.max_length, self.top_k = max_length, top_logprobs
         self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
         self.min_interval = 1 / requests_per_second if requests_per_second else 0.0
@@ -81,7 +91,16 @@ class OpenAIBackend:
 
     # -- HTTP ------------------------------------------------------------------------------------------------------
 
-    async def _complete(self, client, prompt: str) -> dict[str, float]:
+    def _payload(self, prompt) -> tuple[str, dict]:
+        if self.chat:
+            return "chat/completions", {
+                "model": self.model, "messages": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": True,
+                "top_logprobs": self.top_k, "continue_final_message": True, "add_generation_prompt": False,
+            }  # fmt: skip
+        return "completions", {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+                               "logprobs": self.top_k}  # fmt: skip
+
+    async def _complete(self, client, prompt) -> dict[str, float]:
         import httpx
         from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -95,9 +114,8 @@ class OpenAIBackend:
             with attempt:
                 await self._pace()
                 self.requests += 1
-                payload = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
-                           "logprobs": self.top_k}  # fmt: skip
-                response = await client.post(f"{self.base_url}/completions", json=payload)
+                path, payload = self._payload(prompt)
+                response = await client.post(f"{self.base_url}/{path}", json=payload)
                 if response.status_code in RETRY_STATUS:
                     raise RetryableError(f"HTTP {response.status_code}")
                 response.raise_for_status()
@@ -115,30 +133,29 @@ class OpenAIBackend:
             if wait > 0:
                 await asyncio.sleep(wait)
 
-    async def _read_all(self, prompts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
+    async def _read_all(self, prompts: Sequence, labels: Sequence[str]) -> list[dict[str, float]]:
         import httpx
 
-        key = os.environ.get(self.api_key_env)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers = _headers(self.api_key_env)
         limits = httpx.Limits(max_connections=self.concurrency)
         self._next_slot = time.monotonic()
         gate = asyncio.Semaphore(self.concurrency)
         async with httpx.AsyncClient(headers=headers, timeout=self.timeout, limits=limits) as client:
 
-            async def complete(text: str) -> dict[str, float]:
+            async def complete(prompt) -> dict[str, float]:
                 async with gate:
-                    return await self._complete(client, text)
+                    return await self._complete(client, prompt)
 
             return await asyncio.gather(*(self._labels(complete, p, labels) for p in prompts))
 
-    async def _labels(self, complete, prompt: str, labels: Sequence[str]) -> dict[str, float]:
+    async def _labels(self, complete, prompt, labels: Sequence[str]) -> dict[str, float]:
         """log P(label, then a token that does not continue it) for each label; -inf for all on failure."""
         try:
             cache: dict[str, asyncio.Task] = {}
 
             def node(path: str):  # top-k after prompt + path, one request per distinct path
                 if path not in cache:
-                    cache[path] = asyncio.ensure_future(complete(prompt + path))
+                    cache[path] = asyncio.ensure_future(complete(extend(prompt, path)))
                 return cache[path]
 
             async def one(label: str) -> float:
@@ -163,13 +180,31 @@ class OpenAIBackend:
 
     # -- JudgeBackend ------------------------------------------------------------------------------------------
 
-    def label_logprobs(self, prompts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
+    def label_logprobs(self, prompts: Sequence, labels: Sequence[str]) -> list[dict[str, float]]:
         return _run(self._read_all(list(prompts), list(labels)))
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str]):
         raise NotImplementedError(
             "rationale mode over an OpenAI-compatible server is not implemented; use mode='direct'"
         )
+
+
+def _headers(api_key_env: str) -> dict[str, str]:
+    key = os.environ.get(api_key_env)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def served_model(base_url: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 30.0) -> str:
+    """The first model an OpenAI-compatible server lists at `GET /models` (vLLM, SGLang and llama.cpp list theirs)."""
+    import httpx
+
+    url = f"{base_url.rstrip('/')}/models"
+    try:
+        response = httpx.get(url, headers=_headers(api_key_env), timeout=timeout)
+        response.raise_for_status()
+        return response.json()["data"][0]["id"]
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"cannot read the served model's name from {url} ({exc}); pass model=") from None
 
 
 def _run(coroutine):
