@@ -1,9 +1,11 @@
-"""GPU check (a few minutes): the ZeRO-3-sharded judge in bf16 on one GPU against the plain HF backend.
+"""GPU check (a few minutes): the judge on one GPU, four ways, on the same MT-Bench items.
 
     python launch/gpu_check.py [--judge embedded] [--items 64]
 
-Prints the largest difference in verdict and score probabilities (bf16: expect ~1e-2, not fp32's 1e-5) and
-items/s of each backend on the same MT-Bench items.
+- fp32 with the prefix cache against fp32 without it: the radix KV cache must not change a probability (expect
+  ~1e-5: the same sums in another order);
+- bf16 plain HF against bf16 ZeRO-3 (DeepSpeed inference engine, one rank): expect ~1e-2, bf16's rounding.
+Prints items/s and peak memory of each, the largest probability differences and how often verdicts agree.
 """
 
 from __future__ import annotations
@@ -28,9 +30,16 @@ def main() -> None:
     pairs = [(c["question"], c["answers"][x], c["answers"][y]) for c in cands
              for x, y in itertools.combinations(c["answers"], 2)][: args.items]  # fmt: skip
     singles = [(c["question"], a) for c in cands for a in c["answers"].values()][: args.items]
+    runs = {  # name: (backend, dtype, prefix cache)
+        "hf fp32": ("hf", "float32", True),
+        "hf fp32, no prefix cache": ("hf", "float32", False),
+        "hf bf16": ("hf", "bfloat16", True),
+        "deepspeed bf16": ("deepspeed", "bfloat16", True),
+    }
     results = {}
-    for backend in ("hf", "deepspeed"):
-        judge = load_judge(args.judge, backend=backend, device="cuda", dtype="bfloat16", progress=False)
+    for name, (backend, dtype, prefix_cache) in runs.items():
+        judge = load_judge(args.judge, backend=backend, device="cuda", dtype=dtype, progress=False)
+        judge.backend.prefix_cache = prefix_cache
         judge.compare(*map(list, zip(*pairs[:2])))  # warm-up
         torch.cuda.synchronize()
         start = time.perf_counter()
@@ -38,17 +47,18 @@ def main() -> None:
         scores = judge.score(*map(list, zip(*singles)))
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        results[backend] = (prefs, scores, (len(pairs) + len(singles)) / elapsed)
+        results[name] = (prefs, scores)
         peak = torch.cuda.max_memory_allocated() / 2**30
-        print(f"{backend}: {results[backend][2]:.1f} items/s, peak memory {peak:.2f} GiB")
+        print(f"{name}: {(len(pairs) + len(singles)) / elapsed:.1f} items/s, peak memory {peak:.2f} GiB", flush=True)
         del judge
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    (p1, s1, _), (p2, s2, _) = results["hf"], results["deepspeed"]
-    dp = max(abs(getattr(a, k) - getattr(b, k)) for a, b in zip(p1, p2) for k in ("p_a", "p_b", "p_tie"))
-    ds = max(abs(a.probs[k] - b.probs[k]) for a, b in zip(s1, s2) for k in a.probs)
-    same = sum(a.verdict == b.verdict for a, b in zip(p1, p2)) / len(p1)
-    print(f"max |dp| verdicts {dp:.2e}, scores {ds:.2e}; same verdict on {same:.0%} of {len(p1)} pairs")
+    for x, y in (("hf fp32", "hf fp32, no prefix cache"), ("hf bf16", "deepspeed bf16")):
+        (p1, s1), (p2, s2) = results[x], results[y]
+        dp = max(abs(getattr(a, k) - getattr(b, k)) for a, b in zip(p1, p2) for k in ("p_a", "p_b", "p_tie"))
+        ds = max(abs(a.probs[k] - b.probs[k]) for a, b in zip(s1, s2) for k in a.probs)
+        same = sum(a.verdict == b.verdict for a, b in zip(p1, p2)) / len(p1)
+        print(f"{x} vs {y}: max |dp| verdicts {dp:.2e}, scores {ds:.2e}; same verdict on {same:.0%} of {len(p1)}")
 
 
 if __name__ == "__main__":

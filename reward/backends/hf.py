@@ -47,7 +47,10 @@ class HFBackend:
         max_length: the most tokens a judge prompt may hold (defaults to the model's context, at most 8192).
         max_batch_tokens: padded tokens per forward; prompts are sorted by length and packed up to this budget.
         prefix_cache: run token prefixes shared by several prompts once and reuse their KV cache (a radix tree:
-            the template's instructions, then each question, then a pairwise prompt's first answer).
+            the template's instructions, then each question, then a pairwise prompt's first answer). Default: on
+            for a CPU, where compute is the cost (2.85x faster, `bench/bench_prefix_cache.py`), off on a GPU, where
+            its many small forwards cost more than the compute they save (H100, 2026-11-27, `launch/gpu_check.py`:
+            8.1 vs 34.1 items/s at 135M parameters, 14.0 vs 21.2 at 1.1B, fp32).
         min_prefix: shortest shared stretch (tokens) worth a cache level.
     """
 
@@ -58,7 +61,7 @@ class HFBackend:
         *,
         max_length: int | None = None,
         max_batch_tokens: int = 8192,
-        prefix_cache: bool = True,
+        prefix_cache: bool | None = None,
         min_prefix: int = 32,
     ):
         self.model = model.eval()
@@ -66,9 +69,10 @@ class HFBackend:
         context = getattr(model.config, "max_position_embeddings", None) or 8192
         self.max_length = int(max_length or min(context, 8192))
         self.max_batch_tokens = max_batch_tokens
-        self.prefix_cache, self.min_prefix = prefix_cache, min_prefix
-        self.forward_tokens = 0  # prompt tokens (padding included) label_logprobs ran through the model
         self.device = next(model.parameters()).device
+        self.prefix_cache = self.device.type == "cpu" if prefix_cache is None else prefix_cache
+        self.min_prefix = min_prefix
+        self.forward_tokens = 0  # prompt tokens (padding included) label_logprobs ran through the model
         self._label_cache: dict[tuple[str, tuple[str, ...]], list[tuple[int, ...]]] = {}
         self._end_mask: torch.Tensor | None = None
 
@@ -113,7 +117,7 @@ class HFBackend:
         return self._label_cache[key]
 
     def _ends(self) -> torch.Tensor:
-        """Tokens that end a label: their text does not start with a letter or a digit."""
+        """Ids of the tokens that end a label: their text does not start with a letter or a digit."""
         if self._end_mask is None:
             vocab = self.model.config.get_text_config().vocab_size  # (a ZeRO-3 shard's weight has no shape)
             texts = self.tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(self.tokenizer)))))
@@ -122,7 +126,7 @@ class HFBackend:
                 text = self.tokenizer.convert_tokens_to_string([tok]) if tok is not None else ""
                 if text[:1].isalnum():
                     mask[i] = False
-            self._end_mask = mask.to(self.device)
+            self._end_mask = mask.nonzero().squeeze(-1).to(self.device)  # indices: selecting by mask syncs a GPU
         return self._end_mask
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
@@ -214,11 +218,13 @@ class HFBackend:
         nodes = sorted({ids[:k] for ids in label_ids for k in range(1, len(ids) + 1)}, key=lambda p: (len(p), p))
         index = {path: q for q, path in enumerate(nodes)}
         n_nodes = len(nodes)
-        # ancestor[q, r]: node q may attend to node r (r is a prefix of q, q itself included).
-        ancestor = torch.zeros(n_nodes, n_nodes, dtype=torch.bool, device=self.device)
+        # ancestor[q, r]: node q may attend to node r (r is a prefix of q, q itself included). Built on the CPU and
+        # copied once: one small write per entry would be one kernel launch each on a GPU.
+        ancestor = torch.zeros(n_nodes, n_nodes, dtype=torch.bool)
         for path, q in index.items():
             for k in range(1, len(path) + 1):
                 ancestor[q, index[path[:k]]] = True
+        ancestor = ancestor.to(self.device)
         depth = torch.tensor([len(p) - 1 for p in nodes], device=self.device)
         tokens = torch.tensor([p[-1] for p in nodes], device=self.device)
 
@@ -255,18 +261,17 @@ class HFBackend:
             cache=out.past_key_values,
         )
         node_lp = step.logits.float().log_softmax(-1)  # [B, Q, V]
-        end_lp = node_lp[..., self._ends()].logsumexp(-1)  # [B, Q]: log P(label complete | path)
+        end_lp = node_lp.index_select(-1, self._ends()).logsumexp(-1)  # [B, Q]: log P(label complete | path)
 
-        results = []
-        for b in range(batch):
-            values = []
-            for ids in label_ids:
-                lp = root[b, ids[0]] + end_lp[b, index[ids]]
-                for k in range(1, len(ids)):
-                    lp = lp + node_lp[b, index[ids[:k]], ids[k]]
-                values.append(float(lp))
-            results.append(values)
-        return results
+        # log P(label) = root's first token + each later token given its path + the end; summed as tensors and
+        # read back once (a read per label would wait on the GPU each time).
+        first, last = [ids[0] for ids in label_ids], [index[ids] for ids in label_ids]
+        lp = root[:, first] + end_lp[:, last]  # [B, L]
+        steps = [(j, index[ids[:k]], ids[k]) for j, ids in enumerate(label_ids) for k in range(1, len(ids))]
+        if steps:
+            label, node, token = (torch.tensor(c, device=self.device) for c in zip(*steps))
+            lp = lp.index_add(1, label, node_lp[:, node, token])
+        return lp.tolist()
 
     # -- generation (rationale mode) --------------------------------------------------------------------------------
 
