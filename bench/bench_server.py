@@ -4,7 +4,7 @@ Starts the server (pointwise reward, so that requests batch), runs `--clients` t
 `--requests` requests of one (prompt, response), and prints requests/s, p50 / p99 latency, errors (must be 0)
 and the batching factor (items per judge call, from /health). Bounded in count and in time (`--timeout`).
 
-    python bench/bench_server.py [--clients 16] [--requests 10]
+    python bench/bench_server.py [--clients 16] [--requests 100]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def free_port() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
     port = free_port()
