@@ -182,3 +182,27 @@ def test_judge_rejects_a_server_without_models(llama_server):
     with pytest.raises(ValueError, match="cannot read the served model's name"):
         load_judge("openai:http://127.0.0.1:9/v1", tokenizer="embedded")
     assert isinstance(load_judge(f"openai:{llama_server}", tokenizer="embedded"), Judge)
+
+
+def test_reward_server_in_front_of_a_served_judge(proxy):
+    # `trustreward serve --judge openai:URL`: OpenRLHF talks to our server, our server to the judge's server.
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from trainers.server import create_app
+
+    judge = load_judge(f"openai:{proxy.url}", model="judge", tokenizer="embedded", progress=False,
+                       server_options={"endpoint": "chat", "max_retries": 1})  # fmt: skip
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    body = {"query": [prompt + a + "<|im_end|>" for a in ("Paris.", "It is Paris, on the Seine.")],
+            "prompts": [prompt] * 2}  # fmt: skip
+    with TestClient(create_app(judge)) as client:
+        answer = client.post("/get_reward", json=body).json()
+        assert sum(answer["rewards"]) == pytest.approx(1.0)  # two answers: each one's chance to beat the other
+        assert answer["extra_logs"]["judge/failures"] == 0
+        proxy.always = "500"
+        try:
+            answer = client.post("/get_reward", json=body).json()
+        finally:
+            proxy.always = None
+        assert answer["rewards"] == [None, None] and answer["extra_logs"]["judge/failures"] == 2
