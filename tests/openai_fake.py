@@ -23,17 +23,34 @@ class _Server:
         self.httpd.server_close()
 
 
-def fake_openai_server(model, tokenizer) -> _Server:
+def fake_openai_server(model, tokenizer, delay_s: float = 0.0) -> _Server:
     """`POST /v1/completions` with `max_tokens=1, logprobs=k`: the model's exact top-k next tokens (legacy shape);
     `POST /v1/chat/completions` with `logprobs=true, top_logprobs=k`: the same after the chat template, a final
-    assistant message continued as vLLM's `continue_final_message` does (content shape)."""
-    lock = threading.Lock()
+    assistant message continued as vLLM's `continue_final_message` does (content shape).
+
+    It records what clients did: `authorization` (the last Authorization header), `arrivals` (monotonic time of
+    each request) and `max_in_flight` (most requests handled at once; `delay_s` holds each one that long)."""
+    lock, count = threading.Lock(), threading.Lock()
+    state = {"in_flight": 0}
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
         def do_POST(self):
+            with count:
+                server.arrivals.append(time.monotonic())
+                server.authorization = self.headers.get("Authorization")
+                state["in_flight"] += 1
+                server.max_in_flight = max(server.max_in_flight, state["in_flight"])
+            try:
+                time.sleep(delay_s)
+                self._answer()
+            finally:
+                with count:
+                    state["in_flight"] -= 1
+
+        def _answer(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             chat = self.path.endswith("/chat/completions")
             if chat:
@@ -64,7 +81,9 @@ def fake_openai_server(model, tokenizer) -> _Server:
             self.end_headers()
             self.wfile.write(out)
 
-    return _Server(Handler)
+    server = _Server(Handler)
+    server.arrivals, server.authorization, server.max_in_flight = [], None, 0
+    return server
 
 
 def _without_ratings(body: dict) -> dict:

@@ -119,3 +119,33 @@ def test_ratings_missing_from_the_top_k_are_failed_judgements(served, endpoint):
         assert remote.failures == 0  # the server answered: nothing to retry
     finally:
         proxy.close()
+
+
+def test_concurrency_rate_limit_and_api_key(tiny_model_dir, monkeypatch, caplog):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    server = fake_openai_server(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, delay_s=0.2)
+    monkeypatch.setenv("JUDGE_KEY", "sk-test-secret")
+    try:
+        # At most 2 requests in flight, however many items wait.
+        remote = OpenAIBackend(server.url, "tiny", tokenizer, concurrency=2, api_key_env="JUDGE_KEY")
+        remote.label_logprobs(PROMPTS * 2, ["A", "B"])
+        assert server.max_in_flight == 2 and server.authorization == "Bearer sk-test-secret"
+        # At most 10 requests per second: starts at least 0.1 s apart (a busy machine only widens the gaps).
+        server.arrivals.clear()
+        paced = OpenAIBackend(server.url, "tiny", tokenizer, concurrency=8, requests_per_second=10)
+        paced.label_logprobs(PROMPTS, ["A", "B", "C"])
+        gaps = [b - a for a, b in zip(server.arrivals, server.arrivals[1:])]
+        assert len(server.arrivals) == paced.requests >= 3 and min(gaps) >= 0.09
+        # A failing server: the warning names the failure, never the key.
+        proxy = FaultProxy(server.url)
+        proxy.always = "500"
+        with caplog.at_level("WARNING"):
+            OpenAIBackend(proxy.url, "tiny", tokenizer, max_retries=0, api_key_env="JUDGE_KEY").label_logprobs(
+                PROMPTS[:1], ["A"]
+            )
+        proxy.close()
+        assert "HTTP 500" in caplog.text and "sk-test-secret" not in caplog.text
+    finally:
+        server.close()
