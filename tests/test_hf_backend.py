@@ -115,3 +115,14 @@ def test_prefix_cache_equals_uncached(tiny_model_dir, attn):
     assert got[3]["47"] == pytest.approx(brute_force(model, tokenizer, prompts[3], "47"), abs=1e-5)
     # The instruction, each question and each first answer ran once: far fewer tokens through the model.
     assert cached.forward_tokens < 0.5 * plain.forward_tokens
+
+
+def test_batches_split_by_length_on_cpu_only(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    backend = HFBackend(model, AutoTokenizer.from_pretrained(tiny_model_dir), max_batch_tokens=1000)
+    assert backend._batches([20, 100, 50]) == [[1], [2], [0]]  # CPU: padding is compute, a batch of one is cheap
+    assert backend._batches([600, 500]) == [[0], [1]]  # the token budget splits everywhere
+    backend.device = torch.device("cuda")  # (only its type is read) GPU: each forward has a fixed cost
+    assert backend._batches([20, 100, 50]) == [[1, 2, 0]] and backend._batches([600, 500]) == [[0], [1]]

@@ -132,14 +132,16 @@ class HFBackend:
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Indices sorted by length, grouped so that rows x longest row stays within the token budget.
 
-        A row shorter than 90% of its batch's longest starts a new batch: padding is compute thrown away (on a
-        CPU a batch of one is as fast per token as a big one, so splitting costs little).
+        On a CPU a row shorter than 90% of its batch's longest starts a new batch: padding is compute thrown away,
+        and a batch of one is as fast per token as a big one. Not on a GPU, where each forward's fixed cost (tens of
+        ms of launches and host work for a small judge) outweighs the padding.
         """
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches, current = [], []
+        ragged = 0.9 if self.device.type == "cpu" else 0.0
         for i in order:
             longest = lengths[current[0]] if current else 0
-            if current and ((len(current) + 1) * longest > self.max_batch_tokens or lengths[i] < 0.9 * longest):
+            if current and ((len(current) + 1) * longest > self.max_batch_tokens or lengths[i] < ragged * longest):
                 batches.append(current)
                 current = []
             current.append(i)
