@@ -6,11 +6,15 @@ import pytest
 import yaml
 from trl import GRPOConfig, ModelConfig, RewardConfig, TrlParser
 
+from trainers.cli import ServedJudgeArguments
 from trainers.grpo import JudgeRewardArguments
 from trainers.rm import RMArguments
 
 ROOT = Path(__file__).resolve().parents[1]
-PARSERS = {"grpo": (JudgeRewardArguments, GRPOConfig, ModelConfig), "rm": (RMArguments, RewardConfig, ModelConfig)}
+PARSERS = {
+    "grpo": (JudgeRewardArguments, ServedJudgeArguments, GRPOConfig, ModelConfig),
+    "rm": (RMArguments, RewardConfig, ModelConfig),
+}
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 
 
@@ -20,7 +24,7 @@ def test_recipe_parses(recipe, tmp_path):
     # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU machine: flags override it here.
     cpu = ["--bf16", "false", "--use_cpu", "true"]
     args = parser.parse_args_and_config(args=["--config", str(recipe), *cpu])
-    assert args[1].output_dir and args[2].model_name_or_path
+    assert args[-2].output_dir and args[-1].model_name_or_path
     bad = tmp_path / "bad.yaml"
     bad.write_text(recipe.read_text() + "\nnot_a_field: 1\n")
     with pytest.raises(ValueError, match="not_a_field"):  # unknown keys fail
