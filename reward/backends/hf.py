@@ -74,7 +74,7 @@ class HFBackend:
         self.min_prefix = min_prefix
         self.forward_tokens = 0  # prompt tokens (padding included) label_logprobs ran through the model
         self._label_cache: dict[tuple[str, tuple[str, ...]], list[tuple[int, ...]]] = {}
-        self._end_mask: torch.Tensor | None = None
+        self._end_ids: torch.Tensor | None = None
 
     @classmethod
     def from_pretrained(cls, path: str, *, device=None, dtype=None, adapter: str | None = None, **kwargs) -> HFBackend:
@@ -118,7 +118,7 @@ class HFBackend:
 
     def _ends(self) -> torch.Tensor:
         """Ids of the tokens that end a label: their text does not start with a letter or a digit."""
-        if self._end_mask is None:
+        if self._end_ids is None:
             vocab = self.model.config.get_text_config().vocab_size  # (a ZeRO-3 shard's weight has no shape)
             texts = self.tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(self.tokenizer)))))
             mask = torch.ones(vocab, dtype=torch.bool)
@@ -126,8 +126,8 @@ class HFBackend:
                 text = self.tokenizer.convert_tokens_to_string([tok]) if tok is not None else ""
                 if text[:1].isalnum():
                     mask[i] = False
-            self._end_mask = mask.nonzero().squeeze(-1).to(self.device)  # indices: selecting by mask syncs a GPU
-        return self._end_mask
+            self._end_ids = mask.nonzero().squeeze(-1).to(self.device)  # indices: selecting by mask syncs a GPU
+        return self._end_ids
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Indices sorted by length, grouped so that rows x longest row stays within the token budget.

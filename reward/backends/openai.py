@@ -62,8 +62,8 @@ class OpenAIBackend:
     Args:
         base_url: e.g. "http://127.0.0.1:8080/v1".
         model: the served model's name (sent as `model`).
-        endpoint: "completions" (text prompts) or "chat" (messages; for servers that only serve chats).
         tokenizer: the served model's tokenizer (chat template and token counts, for rendering and truncation).
+        endpoint: "completions" (text prompts) or "chat" (messages; for servers that only serve chats).
         max_length: the most tokens a judge prompt may hold (the server's context).
         top_logprobs: k of the top-k (servers cap it: vLLM 20 by default, OpenAI 20).
         concurrency: requests in flight at once.
