@@ -26,12 +26,47 @@ class _Server:
 def fake_openai_server(model, tokenizer, delay_s: float = 0.0) -> _Server:
     """`POST /v1/completions` with `max_tokens=1, logprobs=k`: the model's exact top-k next tokens (legacy shape);
     `POST /v1/chat/completions` with `logprobs=true, top_logprobs=k`: the same after the chat template, a final
-    assistant message continued as vLLM's `continue_final_message` does (content shape).
+    assistant message continued as vLLM's `continue_final_message` does (content shape). With `max_tokens > 1`:
+    a greedy continuation up to a `stop` string, with each token's log-prob.
 
     It records what clients did: `authorization` (the last Authorization header), `arrivals` (monotonic time of
     each request) and `max_in_flight` (most requests handled at once; `delay_s` holds each one that long)."""
     lock, count = threading.Lock(), threading.Lock()
     state = {"in_flight": 0}
+
+    def next_logprobs(ids):
+        with lock, torch.no_grad():
+            return model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+
+    def top_k(ids, k, chat):
+        top = next_logprobs(ids).topk(k)
+        tops = {}
+        for lp, i in zip(top.values.tolist(), top.indices.tolist()):  # tokens with the same text: their sum
+            text = tokenizer.decode([i])
+            tops[text] = float(torch.logaddexp(torch.tensor(tops[text]), torch.tensor(lp))) if text in tops else lp
+        if chat:
+            listed = [{"token": t, "logprob": lp} for t, lp in tops.items()]
+            step = {**listed[0], "top_logprobs": listed}
+            return {"message": {"role": "assistant", "content": ""}, "logprobs": {"content": [step]}}
+        return {"text": "", "logprobs": {"top_logprobs": [tops]}}
+
+    def generate(ids, max_tokens, stop, chat):
+        """Greedy tokens until EOS, `max_tokens` or a stop string (the text ends before it, as OpenAI's does)."""
+        new, logprobs, text = [], [], ""
+        for _ in range(max_tokens):
+            logp = next_logprobs(ids + new)
+            token = int(logp.argmax())
+            new.append(token)
+            logprobs.append(float(logp[token]))
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            cut = min((text.find(s) for s in stop if s in text), default=-1)
+            if cut >= 0 or token == tokenizer.eos_token_id:
+                text = text[:cut] if cut >= 0 else text
+                break
+        if chat:
+            content = [{"token": tokenizer.decode([t]), "logprob": lp} for t, lp in zip(new, logprobs)]
+            return {"message": {"role": "assistant", "content": text}, "logprobs": {"content": content}}
+        return {"text": text, "logprobs": {"token_logprobs": logprobs}}
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -55,25 +90,21 @@ def fake_openai_server(model, tokenizer, delay_s: float = 0.0) -> _Server:
             chat = self.path.endswith("/chat/completions")
             if chat:
                 *head, last = body["messages"]
-                assert last["role"] == "assistant" and body["continue_final_message"]
-                prompt = tokenizer.apply_chat_template(head, tokenize=False, add_generation_prompt=True)
-                prompt += last["content"]
+                if last["role"] == "assistant":  # continue the open turn
+                    assert body["continue_final_message"]
+                    prompt = tokenizer.apply_chat_template(head, tokenize=False, add_generation_prompt=True)
+                    prompt += last["content"]
+                else:
+                    prompt = tokenizer.apply_chat_template(
+                        body["messages"], tokenize=False, add_generation_prompt=True
+                    )
             else:
                 prompt = body["prompt"]
             ids = tokenizer(prompt, add_special_tokens=False).input_ids
-            with lock, torch.no_grad():
-                logp = model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
-            top = logp.topk(int(body["top_logprobs"] if chat else body["logprobs"]))
-            tops = {}
-            for lp, i in zip(top.values.tolist(), top.indices.tolist()):  # tokens with the same text: their sum
-                text = tokenizer.decode([i])
-                tops[text] = float(torch.logaddexp(torch.tensor(tops[text]), torch.tensor(lp))) if text in tops else lp
-            if chat:
-                listed = [{"token": t, "logprob": lp} for t, lp in tops.items()]
-                step = {**listed[0], "top_logprobs": listed}
-                choice = {"message": {"role": "assistant", "content": ""}, "logprobs": {"content": [step]}}
+            if body["max_tokens"] > 1:
+                choice = generate(ids, body["max_tokens"], body.get("stop") or [], chat)
             else:
-                choice = {"text": "", "logprobs": {"top_logprobs": [tops]}}
+                choice = top_k(ids, int(body["top_logprobs"] if chat else body["logprobs"]), chat)
             out = json.dumps({"choices": [choice]}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")

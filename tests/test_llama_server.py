@@ -92,6 +92,21 @@ def test_agrees_with_the_local_backend(llama_server, local, items, endpoint):
     assert remote.backend.failures == 0
 
 
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_rationale_mode_on_the_served_judge(llama_server, items, endpoint):
+    # The server writes a critique first (greedy, up to the slot's marker), then the slot is read after it.
+    singles, pairs = items
+    judge = load_judge(f"openai:{llama_server}", tokenizer="embedded", rationale_tokens=24, progress=False,
+                       server_options={"endpoint": endpoint})  # fmt: skip
+    (score,) = judge.score(singles[0][:1], singles[1][:1], mode="rationale")
+    (pref,) = judge.compare(pairs[0][:1], pairs[1][:1], pairs[2][:1], mode="rationale", method="ppl")
+    assert score.error is None and sum(score.probs.values()) == pytest.approx(1.0) and score.valid_mass > 0
+    assert pref.error is None and pref.p_a + pref.p_b + pref.p_tie == pytest.approx(1.0)
+    fields = {"question": singles[0][0], "response": singles[1][0], "min_score": "1", "max_score": "5"}
+    ((text, logprob, n),) = judge.backend.generate([judge._render(judge.pointwise_template, fields)], 24, ["Score:"])
+    assert 0 < n <= 24 and logprob < 0 and text.strip() and "Score:" not in text
+
+
 @pytest.fixture(scope="module")
 def proxy(llama_server):
     proxy = FaultProxy(llama_server, timeout_s=1.5)

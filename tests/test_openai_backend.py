@@ -149,3 +149,21 @@ def test_concurrency_rate_limit_and_api_key(tiny_model_dir, monkeypatch, caplog)
         assert "HTTP 500" in caplog.text and "sk-test-secret" not in caplog.text
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_rationale_mode_reads_the_slot_after_the_same_critique(served, endpoint):
+    # The server writes the critique (greedy, stopped at the slot's marker), then the slot is read after it.
+    server, local, tokenizer = served
+    remote = OpenAIBackend(server.url, "tiny", tokenizer, endpoint=endpoint, top_logprobs=len(tokenizer))
+    want = Judge(local, progress=False, rationale_tokens=12)
+    got = Judge(remote, progress=False, rationale_tokens=12)
+    questions, answers = ["What is two plus two?", "Name a city in France."], ["Four.", "Paris, of course."]
+    for w, g in zip(want.score(questions, answers, mode="rationale"), got.score(questions, answers, mode="rationale")):
+        assert g.error is None and g.probs == pytest.approx(w.probs, abs=1e-5)
+    pairs = (questions, answers, answers[::-1])
+    for w, g in zip(want.compare(*pairs, mode="rationale"), got.compare(*pairs, mode="rationale")):
+        assert g.error is None and (g.p_a, g.p_b, g.p_tie) == pytest.approx((w.p_a, w.p_b, w.p_tie), abs=1e-4)
+    prompt = PROMPTS[0] if endpoint == "completions" else [{"role": "user", "content": PROMPTS[0]}]
+    ((text, logprob, n),) = remote.generate([prompt], 8, stop=["Verdict"])
+    assert 0 < n <= 8 and logprob < 0 and "Verdict" not in text

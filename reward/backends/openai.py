@@ -12,6 +12,9 @@ end of a label is the listed mass on tokens that do not continue it (a lower bou
 Requests run concurrently (bounded), with timeouts and retries with exponential backoff on 429, 5xx, malformed
 or logprob-less responses and connection errors (tenacity). An item that still fails gets `-inf` for every
 label and the reason is logged: the judge then reports it as failed, never as a score.
+
+Rationale mode (`mode="rationale"`) asks the server for a greedy critique first (`max_tokens=rationale_tokens`,
+`stop` at the slot, the generated tokens' log-probs for the perplexity method), then reads the slot after it.
 """
 
 from __future__ import annotations
@@ -91,16 +94,22 @@ class OpenAIBackend:
 
     # -- HTTP ------------------------------------------------------------------------------------------------------
 
-    def _payload(self, prompt) -> tuple[str, dict]:
-        if self.chat:
-            return "chat/completions", {
-                "model": self.model, "messages": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": True,
-                "top_logprobs": self.top_k, "continue_final_message": True, "add_generation_prompt": False,
-            }  # fmt: skip
-        return "completions", {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
-                               "logprobs": self.top_k}  # fmt: skip
+    def _payload(self, prompt, max_tokens: int = 1, stop: Sequence[str] = ()) -> tuple[str, dict]:
+        """(path, body) of a request for the next `max_tokens` tokens: the top-k of the first one (label reads),
+        or a greedy continuation up to a stop string with its tokens' log-probs (rationale mode)."""
+        body = {"model": self.model, "max_tokens": max_tokens, "temperature": 0.0}
+        if stop:
+            body["stop"] = list(stop)
+        k = self.top_k if max_tokens == 1 else 1
+        if not self.chat:
+            return "completions", body | {"prompt": prompt, "logprobs": k}
+        body |= {"messages": prompt, "logprobs": True, "top_logprobs": k}
+        if prompt[-1]["role"] == "assistant":  # continue the open turn (the slot), do not answer it
+            body |= {"continue_final_message": True, "add_generation_prompt": False}
+        return "chat/completions", body
 
-    async def _complete(self, client, prompt) -> dict[str, float]:
+    async def _post(self, client, prompt, parse, **request):
+        """One request with retries and backoff; `parse(body)` raises `RetryableError` on an unusable answer."""
         import httpx
         from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -114,7 +123,7 @@ class OpenAIBackend:
             with attempt:
                 await self._pace()
                 self.requests += 1
-                path, payload = self._payload(prompt)
+                path, payload = self._payload(prompt, **request)
                 response = await client.post(f"{self.base_url}/{path}", json=payload)
                 if response.status_code in RETRY_STATUS:
                     raise RetryableError(f"HTTP {response.status_code}")
@@ -123,7 +132,7 @@ class OpenAIBackend:
                     body = response.json()
                 except ValueError:
                     raise RetryableError("malformed JSON") from None
-                return top_logprobs(body)
+                return parse(body)
 
     async def _pace(self) -> None:
         if self.min_interval:
@@ -133,29 +142,32 @@ class OpenAIBackend:
             if wait > 0:
                 await asyncio.sleep(wait)
 
-    async def _read_all(self, prompts: Sequence, labels: Sequence[str]) -> list[dict[str, float]]:
+    async def _each(self, prompts: Sequence, work):
+        """`work(request, prompt)` for every prompt, concurrently: `request(prompt, parse, **options)` sends one
+        request through a shared client, at most `concurrency` at a time, paced by the rate limit."""
         import httpx
 
-        headers = _headers(self.api_key_env)
         limits = httpx.Limits(max_connections=self.concurrency)
         self._next_slot = time.monotonic()
         gate = asyncio.Semaphore(self.concurrency)
-        async with httpx.AsyncClient(headers=headers, timeout=self.timeout, limits=limits) as client:
+        async with httpx.AsyncClient(
+            headers=_headers(self.api_key_env), timeout=self.timeout, limits=limits
+        ) as client:
 
-            async def complete(prompt) -> dict[str, float]:
+            async def request(prompt, parse, **options):
                 async with gate:
-                    return await self._complete(client, prompt)
+                    return await self._post(client, prompt, parse, **options)
 
-            return await asyncio.gather(*(self._labels(complete, p, labels) for p in prompts))
+            return await asyncio.gather(*(work(request, p) for p in prompts))
 
-    async def _labels(self, complete, prompt, labels: Sequence[str]) -> dict[str, float]:
+    async def _labels(self, request, prompt, labels: Sequence[str]) -> dict[str, float]:
         """log P(label, then a token that does not continue it) for each label; -inf for all on failure."""
         try:
             cache: dict[str, asyncio.Task] = {}
 
             def node(path: str):  # top-k after prompt + path, one request per distinct path
                 if path not in cache:
-                    cache[path] = asyncio.ensure_future(complete(extend(prompt, path)))
+                    cache[path] = asyncio.ensure_future(request(extend(prompt, path), top_logprobs))
                 return cache[path]
 
             async def one(label: str) -> float:
@@ -181,12 +193,43 @@ class OpenAIBackend:
     # -- JudgeBackend ------------------------------------------------------------------------------------------
 
     def label_logprobs(self, prompts: Sequence, labels: Sequence[str]) -> list[dict[str, float]]:
-        return _run(self._read_all(list(prompts), list(labels)))
+        labels = list(labels)
+        return _run(self._each(list(prompts), lambda request, p: self._labels(request, p, labels)))
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str]):
-        raise NotImplementedError(
-            "rationale mode over an OpenAI-compatible server is not implemented; use mode='direct'"
-        )
+    def generate(self, prompts: Sequence, max_new_tokens: int, stop: Sequence[str]) -> list[tuple[str, float, int]]:
+        """Greedy continuations (rationale mode): (text, sum of its tokens' log-probs, token count) each. A prompt
+        that still fails after retries raises: the judge then fails its batch, never guesses a rationale."""
+
+        async def one(request, prompt):
+            return await request(prompt, generation, max_tokens=max_new_tokens, stop=stop)
+
+        return _run(self._each(list(prompts), one))
+
+
+def generation(body: dict) -> tuple[str, float, int]:
+    """(text, sum of log-probs, token count) of a generated answer, from either response shape.
+
+    ```python
+    >>> generation({"choices": [{"text": " Fine.", "logprobs": {"token_logprobs": [-0.5, -0.25]}}]})
+    (' Fine.', -0.75, 2)
+
+    ```
+    """
+    try:
+        choice = body["choices"][0]
+        text = choice["message"]["content"] if "message" in choice else choice["text"]
+        logprobs = choice["logprobs"]
+        if isinstance(logprobs.get("content"), list):
+            values = [float(t["logprob"]) for t in logprobs["content"]]
+        else:
+            values = [float(v) for v in logprobs["token_logprobs"] if v is not None]
+        if not isinstance(text, str):
+            raise TypeError("the text is not a string")
+        return text, sum(values), len(values)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        raise RetryableError(
+            f"no generated text with log-probs in the response ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _headers(api_key_env: str) -> dict[str, str]:
