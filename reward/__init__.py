@@ -3,7 +3,8 @@
 Importing `reward` pulls in neither torch nor deepspeed nor wandb; backends import what they need when built.
 """
 
-from .judge import Judge, load_judge
+from .judge import Judge
+from .load import load_judge
 from .scoring import Preference, Score, decide_preference, expected_score, merge_bidirectional
 from .templates import PAIRWISE, POINTWISE, JudgeTemplate
 
