@@ -3,19 +3,22 @@
 - `POST /get_reward`: OpenRLHF's remote reward protocol. `{"query": [...], "prompts": [...], "labels": [...]}`
   -> `{"rewards": [...], "scores": [...], "extra_logs": {...}}`. `query` is the decoded prompt + response (chat
   template applied), `prompts` the prompt as the policy saw it: the response is `query` minus its prompt, with
-  end-of-sequence tokens stripped. A failed item gets `null` and counts in `extra_logs["judge/failures"]`.
+  end-of-sequence tokens stripped. Every reward is a number (OpenRLHF has no missing value): a failed judgement
+  gets the `on_failure` stand-in and counts in `extra_logs["judge/failures"]`; every `extra_logs` value is a
+  finite float and every answer has the same keys (OpenRLHF stacks them into one tensor per key).
+- Pairwise rewards over per-sample clients: with `group_size=N`, a prompt's samples are held until N arrived
+  (or `group_timeout` passed) and judged together (`trainers.server_batching.Groups`).
 - `POST /score`, `POST /compare`: `{"rows": [...]}` in the `trustreward score` / `compare` row format; the rows
   come back with the judge's fields added.
 - `GET /health`.
 
-Requests arriving together are judged in one call (up to `max_batch` items, waiting at most `max_wait_s`); a
-full queue answers 503; `token` requires `Authorization: Bearer TOKEN`; malformed requests answer 4xx with a
-reason and never take the server down.
+Requests arriving together are judged in one call (`trainers.server_batching.Batcher`); a full queue answers
+503; `token` requires `Authorization: Bearer TOKEN`; malformed requests answer 4xx with a reason and never take
+the server down.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
@@ -25,7 +28,9 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from .rewards import JudgePairwiseReward, JudgeScoreReward, as_text
+from .fallback import FailurePolicy
+from .rewards import as_text
+from .server_batching import Batcher, Groups, Outcome, QueueFull
 
 
 class RewardRequest(BaseModel):
@@ -38,23 +43,6 @@ class RewardRequest(BaseModel):
 class RowsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rows: list[dict[str, Any]]
-
-
-@dataclass
-class _Job:
-    kind: str
-    payload: Any
-    future: asyncio.Future
-    size: int
-
-
-@dataclass
-class Stats:
-    requests: int = 0
-    items: int = 0
-    judge_calls: int = 0
-    rejected_full: int = 0
-    started: float = field(default_factory=time.time)
 
 
 def response_of(query: str, prompt: str, stops: list[str]) -> str:
@@ -70,86 +58,68 @@ def response_of(query: str, prompt: str, stops: list[str]) -> str:
     return text
 
 
+def extra_logs(outcomes: list[Outcome], latency: float) -> dict[str, float]:
+    """One answer's `extra_logs`: always the same keys, each a finite float (counts over the request's samples,
+    group figures averaged over them; order consistency = consistent_pairs / compared_pairs)."""
+    n = len(outcomes)
+    return {
+        "judge/failures": float(sum(o.failed for o in outcomes)),
+        "judge/lone": float(sum(o.lone for o in outcomes)),
+        "judge/incomplete": float(sum(o.incomplete for o in outcomes)),
+        "judge/group_size": sum(o.group_size for o in outcomes) / n,
+        "judge/compared_pairs": sum(o.compared_pairs for o in outcomes) / n,
+        "judge/consistent_pairs": sum(o.consistent_pairs for o in outcomes) / n,
+        "judge/latency_s": float(latency),
+    }
+
+
+def option_problems(reward, group_size, group_timeout, on_failure) -> list[str]:
+    """What is wrong with the reward options (empty when they are fine)."""
+    problems = []
+    if reward not in ("pairwise", "score"):
+        problems.append(f"reward must be pairwise or score, got {reward!r}")
+    if group_size is not None and (reward != "pairwise" or group_size < 2):
+        problems.append(f"group_size needs reward pairwise and at least 2 samples, got {group_size!r}")
+    if not group_timeout > 0:
+        problems.append(f"group_timeout must be positive seconds, got {group_timeout!r}")
+    try:
+        FailurePolicy.parse(on_failure)
+    except ValueError as exc:
+        problems.append(str(exc))
+    return problems
+
+
 def create_app(
     judge,
     *,
     reward: str = "pairwise",
     scale: int = 5,
+    group_size: int | None = None,
+    group_timeout: float = 30.0,
+    on_failure: str = "group_mean",
     max_batch: int = 64,
     max_wait_s: float = 0.02,
     max_queue: int = 4096,
     token: str | None = None,
     max_body_bytes: int = 16 << 20,
 ) -> FastAPI:
-    """The reward server's app (serve it with uvicorn)."""
-    from .cli import judge_rows
-
-    if reward not in ("pairwise", "score"):
-        raise ValueError(f"reward must be 'pairwise' or 'score', got {reward!r}")
-    score_reward = JudgeScoreReward(judge, scale=scale)
-    pair_reward = JudgePairwiseReward(judge)
+    """The reward server's app (serve it with uvicorn); arguments as `ServeArguments`' flags."""
+    problems = option_problems(reward, group_size, group_timeout, on_failure)
+    if problems:
+        raise ValueError("; ".join(problems))
+    batcher = Batcher(judge, reward=reward, scale=scale, on_failure=FailurePolicy.parse(on_failure),
+                      max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue)  # fmt: skip
+    groups = Groups(batcher, group_size, group_timeout)
     tok = judge.tokenizer
     stops = sorted({t for t in (tok.eos_token, tok.pad_token, "<|im_end|>", "<|endoftext|>", "</s>") if t}, key=len)
-    stats = Stats()
-    queue: asyncio.Queue[_Job] = asyncio.Queue()
-    pending = {"items": 0}
-
-    def run_rewards(jobs: list[_Job]) -> list:
-        """One judge call for the batch (a pairwise reward keeps each request's groups apart: one call each)."""
-        if reward == "score" or len(jobs) == 1:
-            prompts = [p for j in jobs for p in j.payload[0]]
-            responses = [r for j in jobs for r in j.payload[1]]
-            logs: dict[str, float] = {}
-            fn = score_reward if reward == "score" else pair_reward
-            rewards = fn(prompts=prompts, completions=responses, log_metric=lambda k, v: logs.__setitem__(k, v))
-            out, start = [], 0
-            for j in jobs:
-                out.append((rewards[start : start + j.size], logs))
-                start += j.size
-            stats.judge_calls += 1
-            return out
-        return [r for j in jobs for r in run_rewards([j])]
-
-    def run_rows(kind: str, jobs: list[_Job]) -> list:
-        rows = [r for j in jobs for r in j.payload]
-        fields = judge_rows(judge, kind, rows, {"scale": scale} if kind == "score" else {})
-        stats.judge_calls += 1
-        out, start = [], 0
-        for j in jobs:
-            out.append([{**row, **f} for row, f in zip(j.payload, fields[start : start + j.size])])
-            start += j.size
-        return out
-
-    async def worker():
-        while True:
-            first = await queue.get()
-            jobs, deadline = [first], time.monotonic() + max_wait_s
-            while sum(j.size for j in jobs) < max_batch:  # gather what arrives within the wait
-                try:
-                    nxt = queue.get_nowait() if time.monotonic() >= deadline else await asyncio.wait_for(
-                        queue.get(), max(0.0, deadline - time.monotonic()))  # fmt: skip
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
-                jobs.append(nxt)
-            for kind in ("reward", "score", "compare"):
-                batch = [j for j in jobs if j.kind == kind]
-                if not batch:
-                    continue
-                try:
-                    fn = run_rewards if kind == "reward" else (lambda b, k=kind: run_rows(k, b))
-                    results = await asyncio.to_thread(fn, batch)
-                    for j, r in zip(batch, results):
-                        j.future.set_result(r)
-                except Exception as exc:  # a failed judge call fails its requests, not the server
-                    for j in batch:
-                        j.future.set_exception(exc)
-                finally:
-                    pending["items"] -= sum(j.size for j in batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):  # the batching worker lives as long as the server; shutdown cancels it
-        task = asyncio.create_task(worker())
+        import asyncio
+
+        task = asyncio.create_task(batcher.run())
         yield
+        groups.cancel()
         task.cancel()
 
     app = FastAPI(title="trustreward judge server", lifespan=lifespan)
@@ -162,44 +132,53 @@ def create_app(
             return JSONResponse({"detail": f"body over {max_body_bytes} bytes"}, status_code=413)
         return await call_next(request)
 
-    async def submit(kind: str, payload, size: int):
-        if size == 0:
-            raise HTTPException(400, "empty request: nothing to judge")
-        if pending["items"] + size > max_queue:
-            stats.rejected_full += 1
-            raise HTTPException(503, "the judge's queue is full; retry later")
-        pending["items"] += size
-        stats.requests += 1
-        stats.items += size
-        job = _Job(kind, payload, asyncio.get_running_loop().create_future(), size)
-        await queue.put(job)
-        return await job.future
+    async def admitted(work):
+        try:
+            return await work
+        except QueueFull:
+            raise HTTPException(503, "the judge's queue is full; retry later") from None
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "queued_items": pending["items"], "requests": stats.requests, "items": stats.items,
-                "judge_calls": stats.judge_calls, "rejected_full": stats.rejected_full}  # fmt: skip
+        s = batcher.stats
+        return {"status": "ok", "queued_items": batcher.pending, "waiting_in_groups": groups.waiting,
+                "requests": s.requests, "items": s.items, "judge_calls": s.judge_calls, "groups": s.groups,
+                "failures": s.failures, "lone": s.lone, "incomplete": s.incomplete,
+                "rejected_full": s.rejected_full}  # fmt: skip
 
     @app.post("/get_reward")
     async def get_reward(body: RewardRequest):
+        if not body.query:
+            raise HTTPException(400, "empty request: nothing to judge")
         if len(body.query) != len(body.prompts):
             raise HTTPException(400, f"query has {len(body.query)} items but prompts has {len(body.prompts)}")
         if body.labels is not None and len(body.labels) != len(body.query):
             raise HTTPException(400, f"labels has {len(body.labels)} items, query {len(body.query)}")
+        start = time.perf_counter()
+        batcher.stats.requests += 1
         responses = [response_of(q, p, stops) for q, p in zip(body.query, body.prompts)]
-        rewards, logs = await submit("reward", (body.prompts, responses), len(responses))
-        extra = dict(logs) | {"judge/failures": float(sum(r is None for r in rewards))}
-        return {"rewards": rewards, "scores": rewards, "extra_logs": extra}
+        if reward == "score":
+            work = batcher.submit("score", (body.prompts, responses), len(responses))
+        else:
+            work = groups.judge(body.prompts, responses)
+        outcomes = await admitted(work)
+        rewards = [o.reward for o in outcomes]
+        if None in rewards:  # on_failure="retry"
+            raise HTTPException(503, "the judge failed on this request; retry")
+        return {"rewards": rewards, "scores": rewards, "extra_logs": extra_logs(outcomes, time.perf_counter() - start)}
 
     async def rows_endpoint(kind: str, body: RowsRequest):
         columns = ("prompt", "response") if kind == "score" else ("prompt", "response_a", "response_b")
+        if not body.rows:
+            raise HTTPException(400, "empty request: nothing to judge")
         for i, row in enumerate(body.rows):
             missing = [c for c in columns if c not in row]
             if missing:
                 raise HTTPException(400, f"rows[{i}] lacks {', '.join(missing)}")
             if any(as_text(row[c]) is None for c in columns):
                 raise HTTPException(400, f"rows[{i}]: {', '.join(columns)} must be non-empty text or conversations")
-        return {"rows": await submit(kind, body.rows, len(body.rows))}
+        batcher.stats.requests += 1
+        return {"rows": await admitted(batcher.submit(f"{kind}_rows", body.rows, len(body.rows)))}
 
     @app.post("/score")
     async def score(body: RowsRequest):
@@ -209,7 +188,8 @@ def create_app(
     async def compare(body: RowsRequest):
         return await rows_endpoint("compare", body)
 
-    app.state.stats = stats
+    app.state.stats = batcher.stats
+    app.state.batcher, app.state.groups = batcher, groups
     return app
 
 
@@ -220,8 +200,20 @@ class ServeArguments:
     )
     host: str = field(default="127.0.0.1", metadata={"help": "Bind address (loopback unless told otherwise)."})
     port: int = field(default=8000, metadata={"help": "Port."})
-    reward: str = field(default="pairwise", metadata={"help": "/get_reward: pairwise (within each request) | score."})
+    reward: str = field(default="pairwise", metadata={"help": "/get_reward: pairwise (within a group) | score."})
     scale: int = field(default=5, metadata={"help": "Pointwise ratings 1..scale."})
+    group_size: int | None = field(
+        default=None,
+        metadata={"help": "pairwise: hold a prompt's samples until N arrived (per-sample clients: OpenRLHF's "
+                  "n_samples_per_prompt, verl's rollout.n); default: each request's samples are the group."},
+    )  # fmt: skip
+    group_timeout: float = field(
+        default=30.0, metadata={"help": "Seconds a group waits for its samples; then judged with what arrived."}
+    )
+    on_failure: str = field(
+        default="group_mean",
+        metadata={"help": "A failed judgement's reward: group_mean | value:X | retry (503, the client retries)."},
+    )
     device: str | None = field(default=None, metadata={"help": "Judge device."})
     max_length: int | None = field(default=None, metadata={"help": "Most tokens in one judge prompt."})
     batch_size: int = field(default=32, metadata={"help": "Judge prompts per backend call."})
@@ -229,6 +221,16 @@ class ServeArguments:
     max_wait_s: float = field(default=0.02, metadata={"help": "How long a request waits for others to batch with."})
     max_queue: int = field(default=4096, metadata={"help": "Items queued at most; beyond, 503."})
     token_env: str | None = field(default=None, metadata={"help": "Env variable with a bearer token to require."})
+
+
+def check_options(args: ServeArguments) -> None:
+    """Bad flags stop the command before the judge loads, with the reason (exit 2)."""
+    import sys
+
+    problems = option_problems(args.reward, args.group_size, args.group_timeout, args.on_failure)
+    if problems:
+        print("serve: " + "; ".join(problems), file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv: list[str]) -> int:
@@ -242,12 +244,14 @@ def main(argv: list[str]) -> int:
     from .cli import ServedJudgeArguments
 
     args, served = TrlParser((ServeArguments, ServedJudgeArguments)).parse_args_and_config(args=argv)
+    check_options(args)
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
         raise SystemExit(f"serve: --token_env {args.token_env} is not set")
     judge = load_judge(args.judge, device=args.device, max_length=args.max_length, batch_size=args.batch_size,
                        progress=False, **served.load_options(args.judge))  # fmt: skip
-    app = create_app(judge, reward=args.reward, scale=args.scale, max_batch=args.max_batch,
+    app = create_app(judge, reward=args.reward, scale=args.scale, group_size=args.group_size,
+                     group_timeout=args.group_timeout, on_failure=args.on_failure, max_batch=args.max_batch,
                      max_wait_s=args.max_wait_s, max_queue=args.max_queue, token=token)  # fmt: skip
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")  # SIGINT / SIGTERM: graceful shutdown
     return 0
