@@ -9,7 +9,6 @@ import threading
 import time
 
 import uvicorn
-
 from conftest import answer_in_slot
 
 # Each response's quality: the fake judge looks answers up by their exact text, so a server that judged the

@@ -39,7 +39,8 @@ def test_get_reward_openrlhf_protocol(client):
         body = r.json()
         want = JudgePairwiseReward(judge)(prompts=[prompt] * 3, completions=answers)
         assert body["rewards"] == pytest.approx(want) and body["scores"] == body["rewards"]
-        assert body["extra_logs"]["judge/failures"] == 0 and "judge/order_consistency" in body["extra_logs"]
+        logs = body["extra_logs"]
+        assert logs["judge/failures"] == 0 and logs["judge/compared_pairs"] == 3 == logs["judge/consistent_pairs"]
         assert c.get("/health").json()["status"] == "ok"
 
 

@@ -1,0 +1,176 @@
+"""Judge rewards for verl's reward managers: plain floats, failures under the server's `on_failure` policy.
+
+verl writes each reward into a float tensor and has no "missing" value, so a failed judgement becomes the
+policy's stand-in (`trainers.fallback`; counted: a warning per batch, and `judge_failed` per sample with
+`details=True`, which verl logs as reward extra info). verl passes no prompt text to reward functions: put the
+question into `extra_info[prompt_key]` when preparing the parquet files.
+
+- `compute_score(data_source, solution_str, ground_truth, extra_info)`: one sample (verl's `naive` manager and
+  its per-sample reward loop). Pointwise with a local judge; with `url=` (a `trustreward serve`), the sample
+  goes to `/get_reward`, so a server started with `--group_size N` (N = `actor_rollout_ref.rollout.n`) gives
+  pairwise rewards over verl's per-sample calls as it does for OpenRLHF.
+- `compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos)`: a step's responses together
+  (verl's `batch` manager), grouped by `extra_info[group_key]` (verl's `uid`, copied there; else the prompt),
+  each group judged pairwise in one call (or pointwise: `reward="score"`); a lone sample gets its pointwise score
+  rescaled to [0, 1], as on the server.
+
+Configure with verl's `custom_reward_function.path=trainers/verl.py`, `.name=compute_score` (or
+`compute_score_batch` with `reward_model.reward_manager=batch`) and `.reward_kwargs` (`judge`, `url`, ...).
+
+Example:
+```python
+>>> from trainers.verl import compute_score
+>>> compute_score("mt_bench", "Paris.", None, {"question": "Capital of France?"}, judge="embedded")  # doctest: +SKIP
+4.1...
+
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from functools import cache
+
+from .fallback import FailurePolicy
+from .rewards import JudgePairwiseReward, JudgeScoreReward
+
+logger = logging.getLogger(__name__)
+
+
+@cache
+def _load(spec: str):
+    from reward import load_judge
+
+    return load_judge(spec, progress=False)
+
+
+def _judge(judge):
+    return _load(judge) if isinstance(judge, str) else judge
+
+
+def _prompt(extra_info, prompt_key: str) -> str:
+    if not isinstance(extra_info, dict) or not isinstance(extra_info.get(prompt_key), str):
+        raise KeyError(f"verl reward: extra_info[{prompt_key!r}] must hold the question (set it when preparing data)")
+    return extra_info[prompt_key]
+
+
+def _policy(on_failure: str) -> FailurePolicy:
+    policy = FailurePolicy.parse(on_failure)
+    if policy.kind == "retry":
+        raise ValueError("on_failure='retry' needs a client that retries; verl does not: use group_mean or value:X")
+    return policy
+
+
+def _post(url: str, prompts: list[str], responses: list[str], timeout: float, tries: int) -> list[float]:
+    """`/get_reward` of a trustreward server, retried on 503 (queue full, or its own on_failure=retry)."""
+    import httpx
+
+    body = {"query": [p + r for p, r in zip(prompts, responses)], "prompts": prompts}
+    for attempt in range(tries):
+        try:
+            r = httpx.post(f"{url.rstrip('/')}/get_reward", json=body, timeout=timeout)
+            if r.status_code != 503:
+                r.raise_for_status()
+                return r.json()["rewards"]
+        except httpx.TransportError as exc:
+            logger.warning("verl reward: %s (try %d of %d)", exc, attempt + 1, tries)
+        if attempt + 1 < tries:
+            time.sleep(min(8.0, 0.5 * 2**attempt))
+    raise RuntimeError(f"verl reward: {url} did not answer after {tries} tries")
+
+
+def compute_score(
+    data_source,
+    solution_str: str,
+    ground_truth=None,
+    extra_info=None,
+    *,
+    judge="embedded",
+    url: str | None = None,
+    scale: int = 5,
+    prompt_key: str = "question",
+    on_failure: str = "group_mean",
+    details: bool = False,
+    timeout: float = 300.0,
+    retries: int = 4,
+    **_,
+) -> float | dict:
+    """One sample's reward: the judge's expected score (1..scale), or the reward server's answer with `url`.
+
+    A failure gets `on_failure`'s stand-in (alone, `group_mean` is the scale's midpoint); `details=True` returns
+    `{"score": reward, "judge_failed": 0.0 | 1.0}` (verl logs the extra keys).
+    """
+    policy = _policy(on_failure)
+    prompt = _prompt(extra_info, prompt_key)
+    if url is not None:
+        try:
+            (reward,) = _post(url, [prompt], [solution_str], timeout, retries + 1)
+        except Exception as exc:
+            logger.warning("verl reward: server failed: %s", exc)
+            reward = None
+    else:
+        (reward,) = JudgeScoreReward(_judge(judge), scale=scale)(prompts=[prompt], completions=[solution_str])
+    failed = reward is None
+    (reward,) = policy.fill([reward], (1 + scale) / 2)
+    if failed:
+        logger.warning("verl reward: a failed judgement got %s", reward)
+    return {"score": reward, "judge_failed": float(failed)} if details else reward
+
+
+def compute_score_batch(
+    data_sources,
+    solution_strs,
+    ground_truths=None,
+    extra_infos=None,
+    *,
+    judge="embedded",
+    url: str | None = None,
+    reward: str = "pairwise",
+    scale: int = 5,
+    prompt_key: str = "question",
+    group_key: str = "uid",
+    on_failure: str = "group_mean",
+    details: bool = False,
+    timeout: float = 300.0,
+    retries: int = 4,
+    **_,
+) -> list[float] | list[dict]:
+    """A step's rewards, grouped by `extra_info[group_key]` (else the prompt); see the module docstring."""
+    if reward not in ("pairwise", "score"):
+        raise ValueError(f"reward must be 'pairwise' or 'score', got {reward!r}")
+    policy = _policy(on_failure)
+    extra_infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
+    prompts = [_prompt(e, prompt_key) for e in extra_infos]
+    groups = defaultdict(list)
+    for i, e in enumerate(extra_infos):
+        groups[str(e.get(group_key, prompts[i]))].append(i)
+    rewards: list[float | None] = [None] * len(solution_strs)
+    failed = 0
+    for members in groups.values():
+        mine = _group(judge, url, reward, scale, [prompts[i] for i in members],
+                      [solution_strs[i] for i in members], timeout, retries + 1)  # fmt: skip
+        failed += sum(r is None for r in mine)
+        neutral = 0.5 if reward == "pairwise" else (1 + scale) / 2
+        for i, raw, r in zip(members, mine, policy.fill(mine, neutral)):
+            rewards[i] = {"score": r, "judge_failed": float(raw is None)} if details else r
+    if failed:
+        logger.warning("verl reward: %d of %d judgements failed (on_failure=%s)", failed, len(rewards), on_failure)
+    return rewards
+
+
+def _group(judge, url, reward, scale, prompts, responses, timeout, tries) -> list[float | None]:
+    """One group's raw rewards (`None` = failed): pairwise in one call, a lone sample pointwise in [0, 1]."""
+    try:
+        if url is not None:  # a server without --group_size takes one request's samples of a prompt as a group
+            return _post(url, prompts, responses, timeout, tries)
+        if reward == "score" or len(responses) == 1:
+            scores = JudgeScoreReward(_judge(judge), scale=scale)(prompts=prompts, completions=responses)
+            if reward == "score":
+                return scores
+            return [None if s is None else (s - 1) / (scale - 1) for s in scores]
+        return JudgePairwiseReward(_judge(judge))(prompts=[prompts[0]] * len(prompts), completions=responses)
+    except Exception as exc:  # one group's failure costs that group, counted
+        logger.warning("verl reward: group judgement failed: %s", exc)
+        return [None] * len(responses)
