@@ -1,15 +1,20 @@
-"""Load test of `trustreward serve` on loopback: concurrent clients, OpenRLHF's /get_reward, the embedded judge.
+"""Load test of `trustreward serve` on loopback: OpenRLHF-style per-sample clients, the embedded judge.
 
-Starts the server (pointwise reward, so that requests batch), runs `--clients` threads each sending
-`--requests` requests of one (prompt, response), and prints requests/s, p50 / p99 latency, errors (must be 0)
-and the batching factor (items per judge call, from /health). Bounded in count and in time (`--timeout`).
+`--reward pairwise` (default): the server holds groups of `--group_size` (8) samples per prompt; `--clients`
+threads send one sample per request, the samples of consecutive prompts interleaved as OpenRLHF's vLLM engines
+send them, so every request waits for its group. `--reward score`: pointwise, every request judged on its own
+(batched across requests). Prints requests/s, p50 / p99 latency, errors (must be 0: a non-200 answer or a reward
+that is not a finite number), groups judged and items per judge call (from /health). Bounded in count and time.
 
-    python bench/bench_server.py [--clients 16] [--requests 100]
+    python bench/bench_server.py [--reward pairwise --group_size 8 --clients 16 --prompts 8] [--quick]
+    python bench/bench_server.py --reward score --clients 16 --requests 100
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import os
 import socket
 import statistics
@@ -22,6 +27,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+ANSWERS = ["Blue, like the sea.", "Red: it is warm.", "Green, the colour of leaves in spring.", "Yellow.",
+           "I like purple because it is calm.", "Orange, for the sunsets.", "Black. It goes with everything.",
+           "White, it is clean and bright."]  # fmt: skip
 
 
 def free_port() -> int:
@@ -30,55 +38,102 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(args) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "trainers.cli", "serve", "--judge", args.judge, "--port", str(port),
+               "--reward", args.reward, "--max_wait_s", "0.05"]  # fmt: skip
+    if args.reward == "pairwise":
+        command += ["--group_size", str(args.group_size), "--group_timeout", str(args.group_timeout)]
+    server = subprocess.Popen(command, env=os.environ | {"PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            time.sleep(0.5)
+    server.terminate()
+    raise SystemExit("bench_server: the server did not start")
+
+
+def requests_of(args) -> list[dict]:
+    """The request bodies in sending order: prompt by prompt, each prompt's samples in turn."""
+    bodies = []
+    if args.reward == "pairwise":
+        for p, k in itertools.product(range(args.prompts), range(args.group_size)):
+            prompt = (
+                f"<|im_start|>user\nName a colour and say why you like it ({p}).<|im_end|>\n<|im_start|>assistant\n"
+            )
+            bodies.append({"query": [prompt + ANSWERS[k % len(ANSWERS)] + "<|im_end|>"], "prompts": [prompt]})
+        return bodies
+    prompt = "<|im_start|>user\nName a colour and say why you like it.<|im_end|>\n<|im_start|>assistant\n"
+    for r in range(args.clients * args.requests):
+        bodies.append({"query": [prompt + f"Colour {r}: blue, like the sea.<|im_end|>"], "prompts": [prompt]})
+    return bodies
+
+
+def run_load(url: str, bodies: list[dict], clients: int, timeout: float) -> tuple[list[float], list[str], float]:
+    """`clients` threads take the bodies in order and post each to /get_reward; (latencies, errors, elapsed)."""
+    todo, lock = iter(bodies), threading.Lock()
+    latencies, errors = [], []
+
+    def client():
+        with httpx.Client(timeout=timeout) as http:
+            while True:
+                with lock:
+                    body = next(todo, None)
+                if body is None:
+                    return
+                start = time.perf_counter()
+                try:
+                    resp = http.post(f"{url}/get_reward", json=body)
+                    rewards = resp.json().get("rewards") if resp.status_code == 200 else None
+                    if not rewards or not all(isinstance(r, float | int) and math.isfinite(r) for r in rewards):
+                        errors.append(f"{resp.status_code}: {resp.text[:200]}")
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return latencies, errors, time.perf_counter() - start
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--judge", default="embedded")
+    parser.add_argument("--reward", choices=("pairwise", "score"), default="pairwise")
+    parser.add_argument("--group_size", type=int, default=8)
+    parser.add_argument("--group_timeout", type=float, default=60.0)
+    parser.add_argument("--prompts", type=int, default=8, help="pairwise: prompts (each sends group_size samples)")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--requests", type=int, default=100, help="score: requests per client")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--quick", action="store_true", help="CI: 2 prompts x 4 samples (score: 8 x 4 requests)")
     args = parser.parse_args()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "trainers.cli", "serve", "--judge", "embedded", "--port",
-                               str(port), "--reward", "score", "--max_wait_s", "0.05"],
-                              env=os.environ | {"PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)  # fmt: skip
+    if args.quick:
+        args.prompts, args.group_size, args.clients, args.requests = 2, 4, min(args.clients, 8), 4
+    server, url = start_server(args)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        latencies, errors = [], []
-        prompt = "<|im_start|>user\nName a colour and say why you like it.<|im_end|>\n<|im_start|>assistant\n"
-
-        def client(c: int):
-            with httpx.Client(timeout=args.timeout) as http:
-                for r in range(args.requests):
-                    body = {"query": [prompt + f"Colour {c}-{r}: blue, like the sea.<|im_end|>"], "prompts": [prompt]}
-                    start = time.perf_counter()
-                    try:
-                        resp = http.post(f"{url}/get_reward", json=body)
-                        if resp.status_code != 200 or resp.json()["rewards"][0] is None:
-                            errors.append(resp.text[:200])
-                    except httpx.HTTPError as exc:
-                        errors.append(repr(exc))
-                    latencies.append(time.perf_counter() - start)
-
-        start = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(args.timeout)
-        elapsed = time.perf_counter() - start
+        bodies = requests_of(args)
+        latencies, errors, elapsed = run_load(url, bodies, args.clients, args.timeout)
         health = httpx.get(f"{url}/health").json()
-        q = statistics.quantiles(latencies, n=100)
+        q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
         n = len(latencies)
-        print(f"{n} requests from {args.clients} clients in {elapsed:.1f} s: {n / elapsed:.2f} "
-              f"req/s, p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, errors {len(errors)}, batching factor "
-              f"{health['items'] / max(1, health['judge_calls']):.1f} items per judge call")  # fmt: skip
-        return 1 if errors else 0
+        what = f"groups of {args.group_size}" if args.reward == "pairwise" else "pointwise"
+        print(f"{args.reward} ({what}): {n} per-sample requests from {args.clients} clients in {elapsed:.1f} s: "
+              f"{n / elapsed:.2f} req/s, p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, errors {len(errors)}, "
+              f"{health['groups']} groups ({health['lone']} lone, {health['incomplete']} incomplete), "
+              f"{health['failures']} failures, {health['items'] / max(1, health['judge_calls']):.1f} items per "
+              f"judge call")  # fmt: skip
+        for e in errors[:5]:
+            print("  error:", e)
+        return 1 if errors or n != len(bodies) else 0
     finally:
         server.terminate()
         server.wait(30)
