@@ -1,5 +1,6 @@
 """The reward server: OpenRLHF's /get_reward, /score, /compare, batching, and bad requests (fake judge)."""
 
+import math
 import threading
 
 import pytest
@@ -7,8 +8,9 @@ import pytest
 pytest.importorskip("fastapi")
 from conftest import answer_in_slot  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from live_server import QUALITY, by_quality  # noqa: E402
 
-from trainers import JudgePairwiseReward  # noqa: E402
+from trainers import JudgePairwiseReward, JudgeScoreReward  # noqa: E402
 from trainers.server import create_app, response_of  # noqa: E402
 
 
@@ -78,23 +80,37 @@ def test_bad_requests_are_4xx_with_a_reason(client):
         assert c.get("/health", headers=auth).json()["status"] == "ok"  # still up
 
 
-def test_requests_arriving_together_share_a_judge_call(client):
-    c, judge = client(reward="score", max_wait_s=0.3)
+def test_requests_arriving_together_share_a_judge_call_and_each_gets_its_own_rewards(fake_judge):
+    """8 concurrent requests batched into fewer judge calls; each answer is its own response's score (the judge
+    reads answers by their exact text, so a mix-up, an offset or judging the whole query shows)."""
+
+    def points(prompt):
+        text = prompt.split("[The Start of Assistant's Answer]\n", 1)[1].split("\n[The End of Assistant's Answer]")[0]
+        weights = {str(k): math.exp(QUALITY[text] * k / 3) for k in range(1, 6)}
+        return {k: w / sum(weights.values()) for k, w in weights.items()}
+
+    judge = fake_judge(rule=by_quality, points=points)
+    c = TestClient(create_app(judge, reward="score", max_wait_s=0.3))
+    prompt = "<|im_start|>user\nSay something.<|im_end|>\n<|im_start|>assistant\n"
+    answers = list(QUALITY)
     with c:
-        results = []
+        results = {}
 
         def send(i):
-            r = c.post("/get_reward", json={"query": [f"q{i}" + "x" * i], "prompts": [f"q{i}"]})
-            results.append(r.json()["rewards"][0])
+            query = [prompt + answers[i] + "<|im_end|>", prompt + answers[-1 - i] + "<|im_end|>"]
+            results[i] = c.post("/get_reward", json={"query": query, "prompts": [prompt] * 2}).json()["rewards"]
 
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(1, 9)]
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         health = c.get("/health").json()
-        assert len(results) == 8 and None not in results
-        assert health["requests"] == 8 and health["judge_calls"] < 8  # batched
+    want = dict(zip(answers, JudgeScoreReward(judge)(prompts=[prompt] * 8, completions=answers)))
+    assert len(set(want.values())) == 8
+    for i in range(8):
+        assert results[i] == pytest.approx([want[answers[i]], want[answers[-1 - i]]], abs=1e-9)
+    assert health["requests"] == 8 and health["judge_calls"] < 8  # batched
 
 
 def test_queue_full_is_503(client):
