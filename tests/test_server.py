@@ -73,7 +73,9 @@ def test_bad_requests_are_4xx_with_a_reason(client):
             assert r.status_code == status and reason in r.text.lower(), (body, r.text)
         r = c.post("/get_reward", content=b"not json", headers=auth | {"Content-Type": "application/json"})
         assert r.status_code == 422
-        assert c.post("/score", json={"rows": [{"prompt": "q"}]}, headers=auth).status_code == 400
+        r = c.post("/score", json={"rows": [{"prompt": "q"}]}, headers=auth)  # a missing column: the schema's 422
+        assert r.status_code == 422 and "response" in r.text
+        assert c.post("/score", json={"rows": [{"prompt": "q", "response": " "}]}, headers=auth).status_code == 400
         assert (
             c.post("/score", json={"rows": [{"prompt": "q", "response": "x" * 3000}]}, headers=auth).status_code == 413
         )
@@ -113,11 +115,29 @@ def test_requests_arriving_together_share_a_judge_call_and_each_gets_its_own_rew
     assert health["requests"] == 8 and health["judge_calls"] < 8  # batched
 
 
-def test_queue_full_is_503(client):
-    c, _ = client(max_queue=1)
-    with c:
-        r = c.post("/get_reward", json={"query": ["qa", "qb"], "prompts": ["q", "q"]})
-        assert r.status_code == 503 and "full" in r.text
+def test_queue_full_is_503_and_a_request_larger_than_the_queue_413(fake_judge):
+    """503 says "retry later"; a request that can never fit says 413 (retrying cannot help)."""
+    import asyncio
+
+    import httpx
+    from live_server import live
+
+    judge = fake_judge(rule=longer_wins, points={"1": 0.1, "2": 0.2, "3": 0.4, "4": 0.2, "5": 0.1})
+    app = create_app(judge, group_size=4, group_timeout=1.0, max_queue=2)
+
+    async def scenario(url):
+        async with httpx.AsyncClient(timeout=30) as http:
+            held = asyncio.ensure_future(http.post(f"{url}/get_reward", json={"query": ["qa"], "prompts": ["q"]}))
+            await asyncio.sleep(0.3)  # one sample waits in its group: 1 of 2 queue places taken
+            full = await http.post(f"{url}/get_reward", json={"query": ["pa", "pb"], "prompts": ["p", "p"]})
+            large = await http.post(f"{url}/get_reward", json={"query": ["a", "b", "c"], "prompts": ["p"] * 3})
+            return full, large, await held
+
+    with live(app) as url:
+        full, large, held = asyncio.run(scenario(url))
+    assert full.status_code == 503 and "full" in full.text
+    assert large.status_code == 413 and "at most 2" in large.text
+    assert held.status_code == 200 and held.json()["extra_logs"]["judge/lone"] == 1
 
 
 def test_response_of_strips_prompt_and_end_tokens():

@@ -19,18 +19,20 @@ the server down.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
 from .fallback import FailurePolicy
 from .rewards import as_text
-from .server_batching import Batcher, Groups, Outcome, QueueFull
+from .server_batching import Batcher, Groups, Outcome, QueueFull, ShuttingDown, TooLarge
+from .server_guard import Guard
 
 
 class RewardRequest(BaseModel):
@@ -40,9 +42,45 @@ class RewardRequest(BaseModel):
     labels: list[Any] | None = None
 
 
-class RowsRequest(BaseModel):
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str = "user"
+    content: str
+
+
+Text = str | Message | list[Message]  # plain text or a conversation, as in `trustreward score` files
+
+
+class ScoreRow(BaseModel):
+    model_config = ConfigDict(extra="allow")  # other columns (ids, ...) come back untouched
+    prompt: Text
+    response: Text
+
+
+class CompareRow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    prompt: Text
+    response_a: Text
+    response_b: Text
+
+
+class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rows: list[dict[str, Any]]
+    rows: list[ScoreRow]
+
+
+class CompareRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rows: list[CompareRow]
+
+
+ERRORS = {
+    400: {"description": "Mismatched or empty lists, empty text, or a Host that is not allowed."},
+    401: {"description": "Missing or wrong bearer token (`WWW-Authenticate: Bearer`)."},
+    413: {"description": "A body over the limit, or more items than one request may hold."},
+    422: {"description": "Wrong types, unknown fields, NaN / Infinity, or lone surrogates."},
+    503: {"description": "The queue is full, the server is shutting down, or on_failure=retry: retry later."},
+}
 
 
 def response_of(query: str, prompt: str, stops: list[str]) -> str:
@@ -100,43 +138,54 @@ def create_app(
     max_batch: int = 64,
     max_wait_s: float = 0.02,
     max_queue: int = 4096,
+    max_request_items: int = 1024,
     token: str | None = None,
     max_body_bytes: int = 16 << 20,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """The reward server's app (serve it with uvicorn); arguments as `ServeArguments`' flags."""
     problems = option_problems(reward, group_size, group_timeout, on_failure)
     if problems:
         raise ValueError("; ".join(problems))
     batcher = Batcher(judge, reward=reward, scale=scale, on_failure=FailurePolicy.parse(on_failure),
-                      max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue)  # fmt: skip
+                      max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue,
+                      max_request_items=max_request_items)  # fmt: skip
     groups = Groups(batcher, group_size, group_timeout)
     tok = judge.tokenizer
     stops = sorted({t for t in (tok.eos_token, tok.pad_token, "<|im_end|>", "<|endoftext|>", "</s>") if t}, key=len)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app):  # the batching worker lives as long as the server; shutdown cancels it
-        import asyncio
-
+    async def lifespan(app):  # the batching worker lives as long as the server; shutdown stops judging
         task = asyncio.create_task(batcher.run())
         yield
+        batcher.close()
         groups.cancel()
         task.cancel()
 
     app = FastAPI(title="trustreward judge server", lifespan=lifespan)
+    app.add_middleware(Guard, token=token, max_body_bytes=max_body_bytes, allowed_hosts=allowed_hosts)
+    secured = [Depends(HTTPBearer(auto_error=False))] if token is not None else []  # the scheme, in the schema
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if token is not None and request.headers.get("authorization") != f"Bearer {token}":
-            return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
-        if int(request.headers.get("content-length") or 0) > max_body_bytes:
-            return JSONResponse({"detail": f"body over {max_body_bytes} bytes"}, status_code=413)
-        return await call_next(request)
-
-    async def admitted(work):
+    async def answered(request: Request, work):
+        """The work's result; a client that goes away cancels it (its items not yet judged are dropped)."""
+        task = asyncio.ensure_future(work)
         try:
-            return await work
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.25)
+                if done:
+                    return task.result()
+                if await request.is_disconnected():
+                    task.cancel()
+                    raise HTTPException(400, "the client went away")
         except QueueFull:
             raise HTTPException(503, "the judge's queue is full; retry later") from None
+        except ShuttingDown:
+            raise HTTPException(503, "the server is shutting down; retry elsewhere") from None
+        except TooLarge as exc:
+            raise HTTPException(413, f"{exc}: split the request") from None
+        finally:
+            if not task.done():
+                task.cancel()
 
     @app.get("/health")
     async def health():
@@ -144,10 +193,12 @@ def create_app(
         return {"status": "ok", "queued_items": batcher.pending, "waiting_in_groups": groups.waiting,
                 "requests": s.requests, "items": s.items, "judge_calls": s.judge_calls, "groups": s.groups,
                 "failures": s.failures, "lone": s.lone, "incomplete": s.incomplete,
-                "rejected_full": s.rejected_full}  # fmt: skip
+                "rejected_full": s.rejected_full, "rejected_large": s.rejected_large,
+                "abandoned_items": s.abandoned_items, "isolated_retries": s.isolated_retries}  # fmt: skip
 
-    @app.post("/get_reward")
-    async def get_reward(body: RewardRequest):
+    @app.post("/get_reward", responses=ERRORS, dependencies=secured)
+    async def get_reward(body: RewardRequest, request: Request):
+        """OpenRLHF's remote reward: one number per query, always (see the module docstring)."""
         if not body.query:
             raise HTTPException(400, "empty request: nothing to judge")
         if len(body.query) != len(body.prompts):
@@ -161,32 +212,32 @@ def create_app(
             work = batcher.submit("score", (body.prompts, responses), len(responses))
         else:
             work = groups.judge(body.prompts, responses)
-        outcomes = await admitted(work)
+        outcomes = await answered(request, work)
         rewards = [o.reward for o in outcomes]
         if None in rewards:  # on_failure="retry"
             raise HTTPException(503, "the judge failed on this request; retry")
         return {"rewards": rewards, "scores": rewards, "extra_logs": extra_logs(outcomes, time.perf_counter() - start)}
 
-    async def rows_endpoint(kind: str, body: RowsRequest):
+    async def rows_endpoint(kind: str, body, request: Request):
         columns = ("prompt", "response") if kind == "score" else ("prompt", "response_a", "response_b")
         if not body.rows:
             raise HTTPException(400, "empty request: nothing to judge")
-        for i, row in enumerate(body.rows):
-            missing = [c for c in columns if c not in row]
-            if missing:
-                raise HTTPException(400, f"rows[{i}] lacks {', '.join(missing)}")
+        rows = [row.model_dump(exclude_unset=True) for row in body.rows]
+        for i, row in enumerate(rows):
             if any(as_text(row[c]) is None for c in columns):
                 raise HTTPException(400, f"rows[{i}]: {', '.join(columns)} must be non-empty text or conversations")
         batcher.stats.requests += 1
-        return {"rows": await admitted(batcher.submit(f"{kind}_rows", body.rows, len(body.rows)))}
+        return {"rows": await answered(request, batcher.submit(f"{kind}_rows", rows, len(rows)))}
 
-    @app.post("/score")
-    async def score(body: RowsRequest):
-        return await rows_endpoint("score", body)
+    @app.post("/score", responses=ERRORS, dependencies=secured)
+    async def score(body: ScoreRequest, request: Request):
+        """`trustreward score` rows, returned with the judge's fields added."""
+        return await rows_endpoint("score", body, request)
 
-    @app.post("/compare")
-    async def compare(body: RowsRequest):
-        return await rows_endpoint("compare", body)
+    @app.post("/compare", responses=ERRORS, dependencies=secured)
+    async def compare(body: CompareRequest, request: Request):
+        """`trustreward compare` rows, returned with the judge's fields added."""
+        return await rows_endpoint("compare", body, request)
 
     app.state.stats = batcher.stats
     app.state.batcher, app.state.groups = batcher, groups
@@ -220,7 +271,23 @@ class ServeArguments:
     max_batch: int = field(default=64, metadata={"help": "Most items judged in one call across requests."})
     max_wait_s: float = field(default=0.02, metadata={"help": "How long a request waits for others to batch with."})
     max_queue: int = field(default=4096, metadata={"help": "Items queued at most; beyond, 503."})
+    max_request_items: int = field(default=1024, metadata={"help": "Items in one request at most; beyond, 413."})
+    allowed_hosts: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated Host names to answer ('*': any); default: loopback names when bound "
+                  "to loopback, else any."},
+    )  # fmt: skip
     token_env: str | None = field(default=None, metadata={"help": "Env variable with a bearer token to require."})
+
+
+LOOPBACK = ["127.0.0.1", "localhost", "[::1]", "::1"]
+
+
+def hosts_for(bind: str, allowed: str | None) -> list[str] | None:
+    """The Host names to answer: the flag's, else loopback names on a loopback bind (None: any)."""
+    if allowed:
+        return [h.strip() for h in allowed.split(",") if h.strip()]
+    return LOOPBACK if bind in ("127.0.0.1", "localhost", "::1") else None
 
 
 def check_options(args: ServeArguments) -> None:
@@ -252,6 +319,8 @@ def main(argv: list[str]) -> int:
                        progress=False, **served.load_options(args.judge))  # fmt: skip
     app = create_app(judge, reward=args.reward, scale=args.scale, group_size=args.group_size,
                      group_timeout=args.group_timeout, on_failure=args.on_failure, max_batch=args.max_batch,
-                     max_wait_s=args.max_wait_s, max_queue=args.max_queue, token=token)  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")  # SIGINT / SIGTERM: graceful shutdown
+                     max_wait_s=args.max_wait_s, max_queue=args.max_queue, max_request_items=args.max_request_items,
+                     token=token, allowed_hosts=hosts_for(args.host, args.allowed_hosts))  # fmt: skip
+    # SIGINT / SIGTERM: stop accepting, give requests in flight 5 s, then stop judging (the call in flight ends).
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
     return 0

@@ -14,6 +14,7 @@ Every judged sample ends as an `Outcome` whose reward is a number unless the fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,14 @@ logger = logging.getLogger(__name__)
 
 class QueueFull(Exception):
     """More items than `max_queue` would be waiting: the client should retry later (503)."""
+
+
+class TooLarge(Exception):
+    """A request that can never be taken (over `max_request_items` or `max_queue`): 413, retrying cannot help."""
+
+
+class ShuttingDown(Exception):
+    """The server stopped judging (503)."""
 
 
 @dataclass
@@ -48,6 +57,9 @@ class Stats:
     items: int = 0
     judge_calls: int = 0
     rejected_full: int = 0
+    rejected_large: int = 0
+    abandoned_items: int = 0
+    isolated_retries: int = 0
     failures: int = 0
     lone: int = 0
     incomplete: int = 0
@@ -55,16 +67,50 @@ class Stats:
     started: float = field(default_factory=time.time)
 
 
-@dataclass
+KINDS = ("score", "group", "score_rows", "compare_rows")
+
+
+@dataclass(eq=False)
 class _Job:
     kind: str  # "score" (pointwise rewards), "group" (one group's rewards), "score_rows", "compare_rows"
-    payload: Any
+    payload: Any  # score: (prompts, responses); group: (prompt, responses, incomplete); rows: the rows
     future: asyncio.Future
     size: int
+    taken: int = 0  # items handed to the worker so far (a large job is judged piece by piece)
+    done: int = 0
+    results: list = field(default_factory=list)
+
+    def part(self, start: int, end: int):
+        if self.kind == "group":
+            return self.payload
+        if self.kind == "score":
+            return self.payload[0][start:end], self.payload[1][start:end]
+        return self.payload[start:end]
+
+
+def _failed(kind: str, result) -> bool:
+    return result.failed if isinstance(result, Outcome) else result.get("judge_error") is not None
+
+
+@dataclass
+class _Piece:
+    job: _Job
+    start: int
+    end: int
+
+    @property
+    def payload(self):
+        return self.job.part(self.start, self.end)
 
 
 class Batcher:
     """The judge behind one queue (see the module docstring).
+
+    Fair: each worker round takes an equal share of `max_batch` from every waiting request (a request of
+    thousands of rows is judged piece by piece, so a small one never waits behind all of it); the rest of a
+    request whose client went away is dropped. Isolated: after a combined judge call, a piece with a failure is
+    judged again on its own (and a rows piece that still raises, row by row), so one bad item never costs its
+    batch neighbours.
 
     Args:
         judge: a `reward.Judge`.
@@ -73,20 +119,29 @@ class Batcher:
         on_failure: a `FailurePolicy`.
         max_batch, max_wait_s, max_queue: items per judge call, how long the first job waits for others, items
             waiting at most.
+        max_request_items: most items in one request (beyond: `TooLarge`).
     """
 
     def __init__(self, judge, *, reward: str, scale: int, on_failure: FailurePolicy, max_batch: int,
-                 max_wait_s: float, max_queue: int):  # fmt: skip
+                 max_wait_s: float, max_queue: int, max_request_items: int | None = None):  # fmt: skip
         self.judge, self.reward, self.scale, self.on_failure = judge, reward, scale, on_failure
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
+        self.max_request_items = min(max_request_items or max_queue, max_queue)
         self.score_reward = JudgeScoreReward(judge, scale=scale)
         self.pair_reward = JudgePairwiseReward(judge)
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.jobs: list[_Job] = []  # jobs with items not yet taken, oldest first
+        self.wake = asyncio.Event()
+        self.closing = False
         self.pending = 0  # items reserved: queued, held in a group, or being judged
         self.stats = Stats()
 
     # -- admission -------------------------------------------------------------------------------------------
     def reserve(self, size: int) -> None:
+        if self.closing:
+            raise ShuttingDown
+        if size > self.max_request_items:
+            self.stats.rejected_large += 1
+            raise TooLarge(f"{size} items in one request; at most {self.max_request_items}")
         if self.pending + size > self.max_queue:
             self.stats.rejected_full += 1
             raise QueueFull
@@ -94,79 +149,160 @@ class Batcher:
         self.stats.items += size
 
     async def submit(self, kind: str, payload, size: int, reserved: bool = False):
-        """Queue a job and wait for its result (`reserved`: its items were counted by `reserve` already)."""
+        """Queue a job and wait for its result (`reserved`: its items were counted by `reserve` already).
+        Cancelling the wait (a client that went away) drops the job's items not yet judged."""
         if not reserved:
             self.reserve(size)
-        job = _Job(kind, payload, asyncio.get_running_loop().create_future(), size)
-        await self.queue.put(job)
+        job = _Job(kind, payload, asyncio.get_running_loop().create_future(), size, results=[None] * size)
+        self.jobs.append(job)
+        self.wake.set()
         return await job.future
+
+    def close(self) -> None:
+        """Stop judging: waiting jobs fail with `ShuttingDown` (the call in flight, at most `max_batch` items,
+        finishes in its thread)."""
+        self.closing = True
+        self.wake.set()
+        for job in self.jobs:
+            if not job.future.done():
+                job.future.set_exception(ShuttingDown())
+        self.jobs.clear()
 
     # -- the worker ------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        while True:
-            first = await self.queue.get()
-            jobs, deadline = [first], time.monotonic() + self.max_wait_s
-            while sum(j.size for j in jobs) < self.max_batch:  # gather what arrives within the wait
-                try:
-                    timeout = max(0.0, deadline - time.monotonic())
-                    jobs.append(
-                        self.queue.get_nowait() if timeout == 0 else await asyncio.wait_for(self.queue.get(), timeout)
-                    )
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
-            for kind in ("score", "group", "score_rows", "compare_rows"):
-                batch = [j for j in jobs if j.kind == kind]
+        while not self.closing:
+            if not self._untaken():
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            deadline = time.monotonic() + self.max_wait_s
+            while self._untaken() < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                self.wake.clear()  # gather what arrives within the wait
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), left)
+            pieces = self._take()
+            for kind in KINDS:
+                mine = [p for p in pieces if p.job.kind == kind]
                 # A pairwise group is one call of its own: its rewards are what JudgePairwiseReward gives it alone.
-                for part in [[j] for j in batch] if kind == "group" else [batch] if batch else []:
+                for part in [[p] for p in mine] if kind == "group" else [mine] if mine else []:
+                    if self.closing:
+                        return
                     try:
-                        results = await asyncio.to_thread(self._call, kind, part)
-                        for j, r in zip(part, results):
-                            if not j.future.done():  # its client may have gone
-                                j.future.set_result(r)
+                        results = await asyncio.to_thread(self._isolated, kind, part)
                     except Exception as exc:  # a failed call fails its requests, not the server
-                        for j in part:
-                            if not j.future.done():
-                                j.future.set_exception(exc)
-                    finally:
-                        self.pending -= sum(j.size for j in part)
+                        results = [exc] * len(part)
+                    for piece, result in zip(part, results):
+                        self.pending -= piece.end - piece.start
+                        self._deliver(piece, result)
 
-    def _call(self, kind: str, jobs: list[_Job]) -> list:
+    def _untaken(self) -> int:
+        """Items waiting to be taken; drops the jobs whose client went away."""
+        for job in [j for j in self.jobs if j.future.done()]:
+            self.jobs.remove(job)
+            dropped = job.size - job.taken
+            self.pending -= dropped
+            self.stats.abandoned_items += dropped
+        return sum(j.size - j.taken for j in self.jobs)
+
+    def _take(self) -> list[_Piece]:
+        """Up to `max_batch` items: an equal share from each waiting job first (a group whole), then FIFO."""
+        pieces, budget = [], self.max_batch
+        share = max(1, self.max_batch // max(1, len(self.jobs)))
+        for limit in (share, self.max_batch):
+            for job in list(self.jobs):
+                left = job.size - job.taken
+                n = left if job.kind == "group" else min(left, limit, budget)
+                if left == 0 or n == 0 or (pieces and n > budget):
+                    continue
+                pieces.append(_Piece(job, job.taken, job.taken + n))
+                job.taken += n
+                budget -= n
+                if job.taken == job.size:
+                    self.jobs.remove(job)
+        return pieces
+
+    def _deliver(self, piece: _Piece, result) -> None:
+        job = piece.job
+        if job.future.done():  # its client went away
+            return
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+            return
+        job.results[piece.start : piece.end] = result
+        job.done += piece.end - piece.start
+        if job.kind in ("score", "group"):  # counted once, when delivered
+            self.stats.groups += job.kind == "group"
+            for o in result:
+                self.stats.failures += o.failed
+                self.stats.lone += o.lone
+                self.stats.incomplete += o.incomplete
+        if job.done == job.size:
+            job.future.set_result(job.results)
+
+    def _isolated(self, kind: str, part: list[_Piece]) -> list:
+        """The pieces' results from one call; a piece with a failure is judged again alone (rows: row by row)."""
+        try:
+            results = self._call(kind, part)
+        except Exception as exc:
+            if len(part) == 1 and (kind not in ("score_rows", "compare_rows") or part[0].end - part[0].start == 1):
+                if kind in ("score_rows", "compare_rows"):
+                    return [[{**part[0].payload[0], "judge_error": f"{type(exc).__name__}: {exc}"}]]
+                raise
+            results = [None] * len(part)
+        if len(part) == 1 and results[0] is not None:
+            return results
+        out = []
+        for piece, result in zip(part, results):
+            if result is not None and not any(_failed(kind, r) for r in result):
+                out.append(result)
+                continue
+            self.stats.isolated_retries += 1
+            singles = (
+                [piece] if len(part) > 1 else [_Piece(piece.job, i, i + 1) for i in range(piece.start, piece.end)]
+            )
+            out.append([r for single in singles for r in self._isolated(kind, [single])[0]])
+        return out
+
+    def _call(self, kind: str, part: list[_Piece]) -> list:
         self.stats.judge_calls += 1
         if kind == "score":
-            return self._score(jobs)
+            return self._score(part)
         if kind == "group":
-            return [self._group(*jobs[0].payload)]
+            return [self._group(*part[0].payload)]
         from .cli import judge_rows
 
         command = kind.removesuffix("_rows")
-        rows = [r for j in jobs for r in j.payload]
+        rows = [r for p in part for r in p.payload]
         fields = judge_rows(self.judge, command, rows, {"scale": self.scale} if command == "score" else {})
         out, start = [], 0
-        for j in jobs:
-            out.append([{**row, **f} for row, f in zip(j.payload, fields[start : start + j.size])])
-            start += j.size
+        for p in part:
+            n = p.end - p.start
+            out.append([{**row, **f} for row, f in zip(p.payload, fields[start : start + n])])
+            start += n
         return out
 
     # -- judge calls (in the worker thread) ------------------------------------------------------------------
-    def _score(self, jobs: list[_Job]) -> list[list[Outcome]]:
-        """Pointwise rewards for every job's (prompts, responses) in one call; failures filled per prompt."""
-        prompts = [p for j in jobs for p in j.payload[0]]
+    def _score(self, part: list[_Piece]) -> list[list[Outcome]]:
+        """Pointwise rewards for every piece's (prompts, responses) in one call; failures filled per prompt."""
+        payloads = [p.payload for p in part]
+        prompts = [q for prompts, _ in payloads for q in prompts]
         try:
-            rewards = self.score_reward(prompts=prompts, completions=[r for j in jobs for r in j.payload[1]])
+            rewards = self.score_reward(prompts=prompts, completions=[r for _, rs in payloads for r in rs])
         except Exception as exc:  # counted below as failures of every item
             logger.warning("score reward failed: %s", exc)
             rewards = [None] * len(prompts)
         out, start = [], 0
-        for j in jobs:
-            mine, filled = rewards[start : start + j.size], [None] * j.size
-            start += j.size
+        for piece_prompts, _ in payloads:
+            n = len(piece_prompts)
+            mine, filled = rewards[start : start + n], [None] * n
+            start += n
             by_prompt: dict[str, list[int]] = {}
-            for i, p in enumerate(j.payload[0]):
-                by_prompt.setdefault(p, []).append(i)
+            for i, q in enumerate(piece_prompts):
+                by_prompt.setdefault(q, []).append(i)
             for members in by_prompt.values():
                 for i, r in zip(members, self.on_failure.fill([mine[i] for i in members], (1 + self.scale) / 2)):
                     filled[i] = r
-            out.append([self._count(Outcome(r, failed=m is None)) for r, m in zip(filled, mine)])
+            out.append([Outcome(r, failed=m is None) for r, m in zip(filled, mine)])
         return out
 
     def _group(self, prompt: str, responses: list[str], incomplete: bool) -> list[Outcome]:
@@ -185,16 +321,9 @@ class Batcher:
         compared = round(logs.get("judge/compared_fraction", 0.0) * n * (n - 1) / 2)
         consistent = logs.get("judge/order_consistency", 0.0) * compared
         filled = self.on_failure.fill(rewards, 0.5)
-        self.stats.groups += 1
-        return [self._count(Outcome(r, failed=raw is None, lone=n == 1, incomplete=incomplete, group_size=n,
-                                    compared_pairs=compared, consistent_pairs=consistent))
+        return [Outcome(r, failed=raw is None, lone=n == 1, incomplete=incomplete, group_size=n,
+                        compared_pairs=compared, consistent_pairs=consistent)
                 for r, raw in zip(filled, rewards)]  # fmt: skip
-
-    def _count(self, outcome: Outcome) -> Outcome:
-        self.stats.failures += outcome.failed
-        self.stats.lone += outcome.lone
-        self.stats.incomplete += outcome.incomplete
-        return outcome
 
 
 @dataclass
