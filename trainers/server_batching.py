@@ -240,28 +240,41 @@ class Batcher:
             job.future.set_result(job.results)
 
     def _isolated(self, kind: str, part: list[_Piece]) -> list:
-        """The pieces' results from one call; a piece with a failure is judged again alone (rows: row by row)."""
+        """The pieces' results from one call; an item that failed in it is judged again alone."""
+        results = self._judged(kind, part)
+        if kind == "score":  # failures filled last, per prompt within the piece
+            results = [self._fill(piece, result) for piece, result in zip(part, results)]
+        return results
+
+    def _judged(self, kind: str, part: list[_Piece]) -> list:
+        items = sum(p.end - p.start for p in part)
         try:
             results = self._call(kind, part)
         except Exception as exc:
-            if len(part) == 1 and (kind not in ("score_rows", "compare_rows") or part[0].end - part[0].start == 1):
-                if kind in ("score_rows", "compare_rows"):
-                    return [[{**part[0].payload[0], "judge_error": f"{type(exc).__name__}: {exc}"}]]
+            if items > 1:
+                results = [[None] * (p.end - p.start) for p in part]  # every item judged again alone
+            elif kind in ("score_rows", "compare_rows"):
+                return [[{**part[0].payload[0], "judge_error": f"{type(exc).__name__}: {exc}"}]]
+            else:
                 raise
-            results = [None] * len(part)
-        if len(part) == 1 and results[0] is not None:
+        if kind == "group" or items == 1:
             return results
-        out = []
         for piece, result in zip(part, results):
-            if result is not None and not any(_failed(kind, r) for r in result):
-                out.append(result)
-                continue
-            self.stats.isolated_retries += 1
-            singles = (
-                [piece] if len(part) > 1 else [_Piece(piece.job, i, i + 1) for i in range(piece.start, piece.end)]
-            )
-            out.append([r for single in singles for r in self._isolated(kind, [single])[0]])
-        return out
+            for k, r in enumerate(result):
+                if r is None or _failed(kind, r):  # a bad neighbour may have failed the whole batch
+                    self.stats.isolated_retries += 1
+                    result[k] = self._judged(kind, [_Piece(piece.job, piece.start + k, piece.start + k + 1)])[0][0]
+        return results
+
+    def _fill(self, piece: _Piece, outcomes: list[Outcome]) -> list[Outcome]:
+        by_prompt: dict[str, list[int]] = {}
+        for i, q in enumerate(piece.payload[0]):
+            by_prompt.setdefault(q, []).append(i)
+        for members in by_prompt.values():
+            filled = self.on_failure.fill([outcomes[i].reward for i in members], (1 + self.scale) / 2)
+            for i, r in zip(members, filled):
+                outcomes[i] = Outcome(r, failed=outcomes[i].failed)
+        return outcomes
 
     def _call(self, kind: str, part: list[_Piece]) -> list:
         self.stats.judge_calls += 1
@@ -283,26 +296,18 @@ class Batcher:
 
     # -- judge calls (in the worker thread) ------------------------------------------------------------------
     def _score(self, part: list[_Piece]) -> list[list[Outcome]]:
-        """Pointwise rewards for every piece's (prompts, responses) in one call; failures filled per prompt."""
+        """Pointwise rewards for every piece's (prompts, responses) in one call (failures: reward None)."""
         payloads = [p.payload for p in part]
         prompts = [q for prompts, _ in payloads for q in prompts]
         try:
             rewards = self.score_reward(prompts=prompts, completions=[r for _, rs in payloads for r in rs])
-        except Exception as exc:  # counted below as failures of every item
+        except Exception as exc:  # counted as failures of every item
             logger.warning("score reward failed: %s", exc)
             rewards = [None] * len(prompts)
         out, start = [], 0
         for piece_prompts, _ in payloads:
-            n = len(piece_prompts)
-            mine, filled = rewards[start : start + n], [None] * n
-            start += n
-            by_prompt: dict[str, list[int]] = {}
-            for i, q in enumerate(piece_prompts):
-                by_prompt.setdefault(q, []).append(i)
-            for members in by_prompt.values():
-                for i, r in zip(members, self.on_failure.fill([mine[i] for i in members], (1 + self.scale) / 2)):
-                    filled[i] = r
-            out.append([Outcome(r, failed=m is None) for r, m in zip(filled, mine)])
+            out.append([Outcome(r, failed=r is None) for r in rewards[start : start + len(piece_prompts)]])
+            start += len(piece_prompts)
         return out
 
     def _group(self, prompt: str, responses: list[str], incomplete: bool) -> list[Outcome]:
