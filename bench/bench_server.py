@@ -8,6 +8,12 @@ that is not a finite number), groups judged and items per judge call (from /heal
 
     python bench/bench_server.py [--reward pairwise --group_size 8 --clients 16 --prompts 8] [--quick]
     python bench/bench_server.py --reward score --clients 16 --requests 100
+    python bench/bench_server.py --hostile [--requests 4] [--quick]
+
+`--hostile` (pointwise): 15 well-behaved per-sample clients, first alone, then next to one hostile client that
+loops over huge requests it abandons after 1 s, rows with NaN or lone surrogates, missing columns and requests
+over the item cap; prints the well-behaved clients' p50 / p99 and errors of both runs side by side and the p99
+ratio (goal: 0 errors, within 2x), and what the hostile client got back.
 """
 
 from __future__ import annotations
@@ -104,6 +110,60 @@ def run_load(url: str, bodies: list[dict], clients: int, timeout: float) -> tupl
     return latencies, errors, time.perf_counter() - start
 
 
+def hostile_client(url: str, stop: threading.Event, answers: dict) -> None:
+    """Huge requests abandoned after 1 s, NaN / lone-surrogate rows, missing columns, requests over the cap."""
+    huge = {"rows": [{"prompt": "Say something.", "response": f"Filler answer {i}."} for i in range(1000)]}
+    bad = [b'{"rows": [{"prompt": "q", "response": "a", "w": NaN}]}',
+           b'{"rows": [{"prompt": "q", "response": "\\ud800"}]}',
+           b'{"rows": [{"prompt": "q"}]}', b'{"query": ["x"], "prompts": []}']  # fmt: skip
+    over = {"rows": [{"prompt": "q", "response": "a"}] * 5000}
+    with httpx.Client(timeout=1.0) as http:
+        for k in itertools.count():
+            if stop.is_set():
+                return
+            try:
+                if k % 3 == 0:
+                    r = http.post(f"{url}/score", json=huge)
+                elif k % 3 == 1:
+                    r = http.post(f"{url}/score", json=over)
+                else:
+                    path = "/get_reward" if b"query" in bad[k % 4] else "/score"
+                    r = http.post(f"{url}{path}", content=bad[k % 4], headers={"Content-Type": "application/json"})
+                key = str(r.status_code)
+            except httpx.HTTPError as exc:
+                key = type(exc).__name__
+            answers[key] = answers.get(key, 0) + 1
+
+
+def hostile(args) -> int:
+    """Well-behaved clients' latency and errors without, then with, one hostile client (same server)."""
+    args.reward = "score"
+    server, url = start_server(args)
+    try:
+        bodies = requests_of(args)
+        quiet = run_load(url, bodies, args.clients, args.timeout)
+        stop, answers = threading.Event(), {}
+        thread = threading.Thread(target=hostile_client, args=(url, stop, answers))
+        thread.start()
+        time.sleep(0.5)
+        noisy = run_load(url, bodies, args.clients, args.timeout)
+        stop.set()
+        thread.join(30)
+        health = httpx.get(f"{url}/health").json()
+        p99 = []
+        for name, (latencies, errors, elapsed) in (("alone", quiet), ("with the hostile client", noisy)):
+            q = statistics.quantiles(latencies, n=100)
+            p99.append(q[98])
+            print(f"{args.clients} well-behaved clients {name}: {len(latencies)} requests in {elapsed:.1f} s, "
+                  f"p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, errors {len(errors)}")  # fmt: skip
+        print(f"p99 ratio (with / without the hostile client): {p99[1] / p99[0]:.2f}x (goal <= 2x); hostile answers "
+              f"{dict(sorted(answers.items()))}; abandoned items dropped {health['abandoned_items']}")  # fmt: skip
+        return 1 if quiet[1] or noisy[1] else 0
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judge", default="embedded")
@@ -114,8 +174,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=100, help="score: requests per client")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--hostile", action="store_true", help="15 well-behaved clients without / with a hostile one")
     parser.add_argument("--quick", action="store_true", help="CI: 2 prompts x 4 samples (score: 8 x 4 requests)")
     args = parser.parse_args()
+    if args.hostile:
+        args.clients, args.requests = 15, 2 if args.quick else args.requests
+        return hostile(args)
     if args.quick:
         args.prompts, args.group_size, args.clients, args.requests = 2, 4, min(args.clients, 8), 4
     server, url = start_server(args)

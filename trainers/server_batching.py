@@ -108,8 +108,8 @@ class Batcher:
 
     Fair: each worker round takes an equal share of `max_batch` from every waiting request (a request of
     thousands of rows is judged piece by piece, so a small one never waits behind all of it); the rest of a
-    request whose client went away is dropped. Isolated: after a combined judge call, a piece with a failure is
-    judged again on its own (and a rows piece that still raises, row by row), so one bad item never costs its
+    request whose client went away is dropped. Isolated: after a combined judge call, an item that failed in it is
+    judged again on its own (a bad row can fail the backend's whole batch), so one bad item never costs its
     batch neighbours.
 
     Args:
@@ -205,20 +205,20 @@ class Batcher:
         return sum(j.size - j.taken for j in self.jobs)
 
     def _take(self) -> list[_Piece]:
-        """Up to `max_batch` items: an equal share from each waiting job first (a group whole), then FIFO."""
+        """An equal share of `max_batch` items from each waiting job (a group whole). No job takes more than its
+        share while others wait, so a request's latency grows with the number of requests, not their sizes."""
         pieces, budget = [], self.max_batch
         share = max(1, self.max_batch // max(1, len(self.jobs)))
-        for limit in (share, self.max_batch):
-            for job in list(self.jobs):
-                left = job.size - job.taken
-                n = left if job.kind == "group" else min(left, limit, budget)
-                if left == 0 or n == 0 or (pieces and n > budget):
-                    continue
-                pieces.append(_Piece(job, job.taken, job.taken + n))
-                job.taken += n
-                budget -= n
-                if job.taken == job.size:
-                    self.jobs.remove(job)
+        for job in list(self.jobs):
+            left = job.size - job.taken
+            n = left if job.kind == "group" else min(left, share, budget)
+            if n == 0 or (pieces and n > budget):
+                continue
+            pieces.append(_Piece(job, job.taken, job.taken + n))
+            job.taken += n
+            budget -= n
+            if job.taken == job.size:
+                self.jobs.remove(job)
         return pieces
 
     def _deliver(self, piece: _Piece, result) -> None:
