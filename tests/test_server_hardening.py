@@ -217,3 +217,20 @@ def test_sigterm_mid_request_stops_judging_within_seconds(tiny_model_dir):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_an_abandoned_request_frees_its_queue_places_at_once(judge_of):
+    """While a call is in flight (2 s), the places of a gone client's rows not yet judged are free again."""
+    app = create_app(judge_of(delay=0.05), reward="score", max_batch=40, max_queue=500, max_request_items=500)
+    rows = {"rows": [{"prompt": "q", "response": f"answer {i}"} for i in range(400)]}
+
+    async def scenario(url):
+        async with httpx.AsyncClient(timeout=30) as http:
+            with pytest.raises(httpx.TimeoutException):
+                await http.post(f"{url}/score", json=rows, timeout=0.5)
+            await asyncio.sleep(0.6)  # the first 40-row call is still being judged
+            return (await http.get(f"{url}/health")).json()
+
+    with live(app) as url:
+        during = asyncio.run(scenario(url))
+    assert during["queued_items"] == 40 and during["abandoned_items"] == 360 and during["judge_calls"] == 1

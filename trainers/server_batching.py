@@ -156,7 +156,11 @@ class Batcher:
         job = _Job(kind, payload, asyncio.get_running_loop().create_future(), size, results=[None] * size)
         self.jobs.append(job)
         self.wake.set()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # its client went away: free its places now, not after the call in flight
+            self._drop(job)
+            raise
 
     def close(self) -> None:
         """Stop judging: waiting jobs fail with `ShuttingDown` (the call in flight, at most `max_batch` items,
@@ -198,11 +202,17 @@ class Batcher:
     def _untaken(self) -> int:
         """Items waiting to be taken; drops the jobs whose client went away."""
         for job in [j for j in self.jobs if j.future.done()]:
+            self._drop(job)
+        return sum(j.size - j.taken for j in self.jobs)
+
+    def _drop(self, job: _Job) -> None:
+        """Forget a job's items not yet taken (those being judged are released when their call ends)."""
+        if job in self.jobs:
             self.jobs.remove(job)
             dropped = job.size - job.taken
+            job.taken = job.size
             self.pending -= dropped
             self.stats.abandoned_items += dropped
-        return sum(j.size - j.taken for j in self.jobs)
 
     def _take(self) -> list[_Piece]:
         """An equal share of `max_batch` items from each waiting job (a group whole). No job takes more than its
