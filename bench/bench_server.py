@@ -141,6 +141,7 @@ def hostile(args) -> int:
     server, url = start_server(args)
     try:
         bodies = requests_of(args)
+        run_load(url, bodies[: args.clients * 2], args.clients, args.timeout)  # warm-up, not counted
         quiet = run_load(url, bodies, args.clients, args.timeout)
         stop, answers = threading.Event(), {}
         thread = threading.Thread(target=hostile_client, args=(url, stop, answers))
