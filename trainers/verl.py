@@ -6,13 +6,14 @@ policy's stand-in (`trainers.fallback`; counted: a warning per batch, and `judge
 question into `extra_info[prompt_key]` when preparing the parquet files.
 
 - `compute_score(data_source, solution_str, ground_truth, extra_info)`: one sample (verl 0.9's reward loop,
-  which calls it per sample, concurrently; the older `naive` manager). Pointwise with a local judge; with `url=` (a `trustreward serve`), the sample
-  goes to `/get_reward`, so a server started with `--group_size N` (N = `actor_rollout_ref.rollout.n`) gives
-  pairwise rewards over verl's per-sample calls as it does for OpenRLHF.
+  which calls it per sample, concurrently; the older `naive` manager). Pointwise with a local judge; with
+  `url=` (a `trustreward serve`), the sample goes to `/get_reward`, so a server started with `--group_size N`
+  (N = `actor_rollout_ref.rollout.n`) gives pairwise rewards over verl's per-sample calls as for OpenRLHF.
 - `compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos)`: a step's responses together
-  (the `batch` manager of verl's older reward managers, `reward_model.reward_manager=batch` up to 0.7), grouped by `extra_info[group_key]` (verl's `uid`, copied there; else the prompt),
-  each group judged pairwise in one call (or pointwise: `reward="score"`); a lone sample gets its pointwise score
-  rescaled to [0, 1], as on the server.
+  (the `batch` manager of verl's older reward managers, `reward_model.reward_manager=batch` up to 0.7),
+  grouped by `extra_info[group_key]` (a `uid` copied there; else the prompt, which the n rollouts of a prompt
+  share), each group judged pairwise in one call (or pointwise: `reward="score"`); a lone sample gets its
+  pointwise score rescaled to [0, 1], as on the server.
 
 Configure with verl's `reward.custom_reward_function.path=trainers/verl.py`, `.name=compute_score` (or
 `compute_score_batch`) and `+reward.custom_reward_function.reward_kwargs.url=...` (`judge`, `on_failure`, ...).
