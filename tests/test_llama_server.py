@@ -220,4 +220,5 @@ def test_reward_server_in_front_of_a_served_judge(proxy):
             answer = client.post("/get_reward", json=body).json()
         finally:
             proxy.always = None
-        assert answer["rewards"] == [None, None] and answer["extra_logs"]["judge/failures"] == 2
+        # never a null for OpenRLHF: on_failure=group_mean, nothing judged in the group -> its neutral 0.5, counted
+        assert answer["rewards"] == [0.5, 0.5] and answer["extra_logs"]["judge/failures"] == 2
