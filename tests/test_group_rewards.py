@@ -374,3 +374,13 @@ def test_bad_options_are_refused(fake_judge):
     judge = make_judge(judge.tokenizer, by_length())
     JudgePairwiseReward(judge, pairing="swiss", swiss_rounds=10)(prompts=["q"] * 4, completions=["a", "bb", "c", "dd"])
     assert len(judge.backend.calls) == 3 and sum(map(len, judge.backend.calls)) == 12
+
+
+def test_grpo_recipe_options_reach_the_reward(fake_judge):
+    from trainers.grpo import JudgeRewardArguments, build_rewards
+
+    args = JudgeRewardArguments(pairing="swiss", aggregate="bradley_terry", swiss_rounds=3)
+    (reward,) = build_rewards(args, fake_judge(rule=by_length()))
+    assert (reward.pairing, reward.aggregate, reward.swiss_rounds) == ("swiss", "bradley_terry", 3)
+    with pytest.raises(ValueError, match="aggregate"):
+        build_rewards(JudgeRewardArguments(aggregate="borda"), fake_judge(rule=by_length()))
