@@ -384,3 +384,12 @@ def test_grpo_recipe_options_reach_the_reward(fake_judge):
     assert (reward.pairing, reward.aggregate, reward.swiss_rounds) == ("swiss", "bradley_terry", 3)
     with pytest.raises(ValueError, match="aggregate"):
         build_rewards(JudgeRewardArguments(aggregate="borda"), fake_judge(rule=by_length()))
+
+
+def test_adaptive_prompts_per_group_counts_the_pointwise_prompts(tiny_judge):
+    judge = make_judge(tiny_judge.tokenizer, by_length(), rating_by_length)
+    log = Log()
+    JudgePairwiseReward(judge, pairing="adaptive")(
+        prompts=["q"] * 4, completions=["a", "bb", "ccccc", "dddddd"], log_metric=log
+    )
+    assert log["judge/prompts_per_group"] == len(judge.backend.prompts)

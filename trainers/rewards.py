@@ -354,7 +354,7 @@ class JudgePairwiseReward(_JudgeReward):
             "compared_fraction": len(compared) / possible if possible else None,
             "cyclic_groups": cyclic / graphs if graphs else None,
             "arcs_dropped": dropped if self.aggregate == "cycle_free" else None,
-            "prompts_per_group": 2 * len(judged) / len(groups) if groups else None,
+            "prompts_per_group": (2 * len(judged) + len(score_results)) / len(groups) if groups else None,
         }
         latency = time.perf_counter() - start
         peers = {(i, j): p for (i, j, _), p in judged if j is not None}
