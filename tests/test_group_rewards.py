@@ -409,7 +409,7 @@ def test_swiss_on_a_zero3_judge_runs_every_round_on_every_rank(tmp_path, tiny_mo
     script = root / "tests" / "scripts" / "ds_swiss_ranks.py"
     env = os.environ | {"PYTHONPATH": f"{root}:{root / 'tests'}", "OMP_NUM_THREADS": "1"}
     cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path), tiny_model_dir]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     files = [tmp_path / f"rank{r}.json" for r in range(2)]
     assert all(f.exists() for f in files), proc.stdout[-2000:] + proc.stderr[-4000:]
     sys.path.insert(0, str(script.parent))
