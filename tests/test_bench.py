@@ -32,3 +32,7 @@ def test_consistency_bench_quick():
 )
 def test_judge_benches_quick(script, expect):
     assert expect in run(script)
+
+
+def test_group_rewards_bench_quick():
+    assert "goal at G=16" in run("bench_group_rewards.py")

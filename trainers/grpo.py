@@ -28,6 +28,13 @@ class JudgeRewardArguments:
     preference_method: str = field(default="likelihood", metadata={"help": "likelihood | ppl | baseline."})
     judge_mode: str = field(default="direct", metadata={"help": "direct | rationale."})
     reference_column: str | None = field(default=None, metadata={"help": "Compare with this column's answer."})
+    pairing: str = field(
+        default="all", metadata={"help": "Pairwise: which pairs: all | adaptive | anchor | circular | swiss."}
+    )
+    aggregate: str = field(
+        default="mean_win", metadata={"help": "Pairwise rewards from pairs: mean_win | bradley_terry | cycle_free."}
+    )
+    swiss_rounds: int | None = field(default=None, metadata={"help": "swiss: rounds (default ceil(log2 G) + 1)."})
     dataset: str = field(default="mt_bench", metadata={"help": "'mt_bench' or a JSONL file with a 'prompt' column."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use the first N prompts."})
     monitor_sample_rate: float = field(
@@ -84,6 +91,7 @@ def build_rewards(args: JudgeRewardArguments, judge, monitor=None) -> list:
     rewards = []
     if args.reward in ("pairwise", "both"):
         pairwise_options = {"reference_column": args.reference_column, "mode": args.judge_mode}
+        pairwise_options |= {"pairing": args.pairing, "aggregate": args.aggregate, "swiss_rounds": args.swiss_rounds}
         prefix = "judge/pairwise" if both else "judge"
         rewards.append(
             JudgePairwiseReward(

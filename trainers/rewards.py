@@ -8,11 +8,25 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections import defaultdict
 from statistics import fmean
 
 from reward import Judge, load_judge
+from reward.groups import (
+    AGGREGATES,
+    Outcome,
+    all_pairs,
+    bradley_terry,
+    circular_pairs,
+    cycle_free,
+    has_cycle,
+    mean_win,
+    standings,
+    swiss_pairs,
+    swiss_rounds,
+)
 from reward.judge import as_text
 from reward.scoring import entropy
 
@@ -122,20 +136,33 @@ class JudgeScoreReward(_JudgeReward):
         return self._finish(rewards, sum(r is None for r in rewards), metrics, latency, kwargs, **results)
 
 
-PAIRINGS = ("all", "adaptive", "anchor")
+PAIRINGS = ("all", "adaptive", "anchor", "circular", "swiss")
 
 
 class JudgePairwiseReward(_JudgeReward):
-    """Pairwise reward: each completion's mean probability of beating its group peers (ties count half).
+    """Pairwise reward: each completion's standing among its group peers, from bidirectional judgements.
 
     Completions that share a prompt form a group (by prompt identity, so groups split across batches or
-    processes still work). How pairs are judged (`pairing`):
+    processes still work). Every pair is judged in both orders (`Judge.compare`). Which pairs (`pairing`):
 
-    - `all`: every pair of the group, in both orders (`Judge.compare`); G completions cost G(G-1) judge prompts.
+    - `all`: every pair of the group; G completions cost G(G-1) judge prompts.
     - `adaptive`: pointwise expected scores first (G prompts); only pairs whose scores are within
-      `adaptive_margin` are compared in both orders, closest first, at most `max_pairs_per_group` per group;
+      `adaptive_margin` are compared, closest first, at most `max_pairs_per_group` per group;
       a pair left out counts as won by the higher score (ties half).
     - `anchor`: each completion against the reference answer in `reference_column` (2 prompts each).
+    - `circular`: a random cycle through the group, each completion against the next: 2G prompts (2 at G=2).
+    - `swiss`: Swiss-system rounds: each round pairs completions next to each other in the running standings
+      (sum of win probabilities so far), no rematches, a bye (nothing judged) for odd G; `swiss_rounds` rounds
+      (default ceil(log2 G) + 1, at most a round robin): 2 floor(G/2) prompts per round. Rounds are successive
+      judge calls shared by all groups of the batch (one `compare` per round).
+
+    How judged pairs become rewards (`aggregate`, see `reward.groups`):
+
+    - `mean_win`: the mean probability of beating the peers it met (ties half).
+    - `bradley_terry`: strengths fitted to the merged probabilities (ties half, a small Gaussian prior keeps
+      sparse designs finite); the reward is the fitted win probability against the rest of the group.
+    - `cycle_free`: drop the group's minimum-weight feedback arc set (weights |p_a - p_b|, exact solver of
+      `reward.consistency`) before `mean_win`.
 
     A completion without peer or reference gets `None` (counted), never 0.
 
@@ -143,12 +170,15 @@ class JudgePairwiseReward(_JudgeReward):
         judge: a `reward.Judge`, or a spec for `reward.load_judge` (loaded on first use).
         method: "likelihood", "ppl" or "baseline" (see `Judge.compare`); the reward uses the merged probabilities.
         mode: "direct" or "rationale".
-        pairing: "all", "adaptive" or "anchor" (see above).
-        reference_column: dataset column holding the reference answer (`anchor`; with `all`, groups whose rows
-            all have a reference are compared with it, as before).
+        pairing: one of `PAIRINGS` (see above).
+        aggregate: one of `reward.groups.AGGREGATES` (see above).
+        reference_column: dataset column holding the reference answer (`anchor`; with the other pairings, groups
+            whose rows all have a reference are compared with it, as before).
         adaptive_margin, max_pairs_per_group, scale: `adaptive`'s score margin, per-group budget, rating scale.
+        swiss_rounds: `swiss`'s rounds (default ceil(log2 G) + 1 per group).
+        seed: seed of `circular`'s cycles and `swiss`'s first-round order.
         name: the reward's name in TRL's logs (`rewards/<name>/mean`).
-        metric_prefix: prefix of the judge metrics it logs (`judge/order_consistency`, ...).
+        metric_prefix: prefix of the judge metrics it logs (`judge/order_consistency`, `judge/cyclic_groups`, ...).
         monitor: a `trainers.JudgeMonitor` shared by the trainer's judge rewards (consistency checks, W&B).
     """
 
@@ -159,21 +189,30 @@ class JudgePairwiseReward(_JudgeReward):
         method="likelihood",
         mode="direct",
         pairing="all",
+        aggregate="mean_win",
         reference_column=None,
         adaptive_margin=0.5,
         max_pairs_per_group=None,
         scale=5,
+        swiss_rounds=None,
+        seed=0,
         name="judge_pairwise",
         metric_prefix="judge",
         monitor=None,
     ):
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
         if pairing == "anchor" and not reference_column:
             raise ValueError("pairing='anchor' needs reference_column (the dataset column with the reference answer)")
+        if swiss_rounds is not None and (not isinstance(swiss_rounds, int) or swiss_rounds < 1):
+            raise ValueError(f"swiss_rounds must be a positive integer or None, got {swiss_rounds!r}")
         super().__init__(judge, name, metric_prefix, monitor)
         self.method, self.mode, self.pairing, self.reference_column = method, mode, pairing, reference_column
         self.adaptive_margin, self.max_pairs_per_group, self.scale = adaptive_margin, max_pairs_per_group, scale
+        self.aggregate, self.swiss_rounds = aggregate, swiss_rounds
+        self._rng = random.Random(seed)
 
     def _groups(self, prompts, answers) -> list[list[int]]:
         groups = defaultdict(list)
@@ -182,13 +221,11 @@ class JudgePairwiseReward(_JudgeReward):
                 groups[json.dumps(prompt, sort_keys=True, default=str)].append(i)
         return list(groups.values())
 
-    def _pairs(self, groups, answers, references, scores):
-        """(i, j, b_text) jobs: j is a peer index, or None when comparing with the reference b_text."""
+    def _pairs(self, groups, answers, scores):
+        """(i, j, b_text) jobs of the one-call pairings: j is a peer index (i < j)."""
         jobs = []
         for members in groups:
-            if references is not None and all(as_text(references[i]) for i in members):
-                jobs += [(i, None, as_text(references[i])) for i in members]
-            elif self.pairing == "adaptive":
+            if self.pairing == "adaptive":
                 close = [
                     (abs(scores[i] - scores[j]), i, j)
                     for k, i in enumerate(members)
@@ -197,9 +234,65 @@ class JudgePairwiseReward(_JudgeReward):
                     and abs(scores[i] - scores[j]) < self.adaptive_margin
                 ]  # fmt: skip
                 jobs += [(i, j, answers[j]) for _, i, j in sorted(close)[: self.max_pairs_per_group]]
+            elif self.pairing == "circular":
+                jobs += [
+                    (members[a], members[b], answers[members[b]]) for a, b in circular_pairs(len(members), self._rng)
+                ]
             else:
-                jobs += [(i, j, answers[j]) for k, i in enumerate(members) for j in members[k + 1 :]]
+                jobs += [(members[a], members[b], answers[members[b]]) for a, b in all_pairs(len(members))]
         return jobs
+
+    def _compare(self, questions, answers, jobs, lockstep):
+        # Called even with no pairs: a sharded (lockstep) judge needs every rank in every call.
+        if not jobs and not lockstep:
+            return []
+        return self.judge.compare(
+            [questions[i] for i, _, _ in jobs],
+            [answers[i] for i, _, _ in jobs],
+            [b for _, _, b in jobs],
+            method=self.method,
+            mode=self.mode,
+        )
+
+    def _judge_pairs(self, groups, questions, answers, references, scores, judged: list) -> None:
+        """Judges the pairing's pairs, appending ((i, j, b_text), Preference) to `judged` call by call (a failed
+        call keeps the calls before it)."""
+        lockstep = getattr(self.judge.backend, "lockstep", False)
+        has_ref = [references is not None and all(as_text(references[i]) for i in m) for m in groups]
+        with_ref = [m for m, ref in zip(groups, has_ref) if ref]
+        peers = [m for m, ref in zip(groups, has_ref) if not ref]
+        first = [(i, None, as_text(references[i])) for m in with_ref for i in m]
+        if self.pairing != "swiss":
+            jobs = first + self._pairs(peers, answers, scores)
+            judged += zip(jobs, self._compare(questions, answers, jobs, lockstep))
+            return
+        rounds = [swiss_rounds(len(m), self.swiss_rounds) for m in peers]
+        total = max([*rounds, 1 if first else 0])
+        if lockstep:  # every rank runs as many rounds as the busiest, judging nothing when it has nothing
+            total = self.judge.backend.agree(total)
+        played = [set() for _ in peers]
+        tiebreak = [self._rng.sample(range(len(m)), len(m)) for m in peers]
+        points = defaultdict(float)
+        for r in range(total):
+            jobs = list(first) if r == 0 else []
+            for g, members in enumerate(peers):
+                if r < rounds[g]:
+                    local = {k: points[i] for k, i in enumerate(members)}
+                    pairs = swiss_pairs(standings(local, tiebreak[g]), played[g], more_rounds=r + 1 < rounds[g])
+                    jobs += [(members[a], members[b], answers[members[b]]) for a, b in pairs]
+            prefs = self._compare(questions, answers, jobs, lockstep)
+            judged += zip(jobs, prefs)
+            for (i, j, _), pref in zip(jobs, prefs):
+                if pref.error is None and j is not None:
+                    points[i] += pref.p_a + 0.5 * pref.p_tie
+                    points[j] += pref.p_b + 0.5 * pref.p_tie
+
+    def _aggregate(self, n, outcomes):
+        """(rewards of the n nodes, arcs dropped)."""
+        if self.aggregate == "cycle_free":
+            rewards, dropped = cycle_free(n, outcomes)
+            return rewards, len(dropped)
+        return (bradley_terry if self.aggregate == "bradley_terry" else mean_win)(n, outcomes), 0
 
     def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
         questions = [as_text(p) for p in prompts]
@@ -208,8 +301,7 @@ class JudgePairwiseReward(_JudgeReward):
         if self.pairing == "anchor" and references is None:
             raise ValueError(f"pairing='anchor': the batch has no column {self.reference_column!r}")
         groups = self._groups(prompts, answers)
-        start, prefs, score_results, scores = time.perf_counter(), [], {}, {}
-        jobs = []
+        start, score_results, scores, judged = time.perf_counter(), {}, {}, []
         try:
             if self.pairing == "adaptive":
                 todo = [i for members in groups for i in members]
@@ -217,36 +309,39 @@ class JudgePairwiseReward(_JudgeReward):
                     [questions[i] for i in todo], [answers[i] for i in todo], scale=self.scale, mode=self.mode
                 )))  # fmt: skip
                 scores = {i: s.expected for i, s in score_results.items() if s.error is None}
-            jobs = self._pairs(groups, answers, references, scores)
-            # Called even with no pairs: a sharded (lockstep) judge needs every rank in every call.
-            if jobs or getattr(self.judge.backend, "lockstep", False):
-                prefs = self.judge.compare(
-                    [questions[i] for i, _, _ in jobs],
-                    [answers[i] for i, _, _ in jobs],
-                    [b for _, _, b in jobs],
-                    method=self.method,
-                    mode=self.mode,
-                )
+            self._judge_pairs(groups, questions, answers, references, scores, judged)
         except Exception as exc:  # a broken judge costs this batch's rewards, never the training run
             logger.warning("%s: judge call failed: %s", self.__name__, exc)
-        wins = defaultdict(list)
-        compared = set()
-        for (i, j, _), pref in zip(jobs, prefs):
+        prefs = [p for _, p in judged]
+        by_group = defaultdict(list)  # group -> [(i, j or reference text, Preference)] judged without error
+        group_of = {i: g for g, members in enumerate(groups) for i in members}
+        for (i, j, b), pref in judged:
             if pref.error is None:
-                wins[i].append(pref.p_a + 0.5 * pref.p_tie)
-                if j is not None:
-                    wins[j].append(pref.p_b + 0.5 * pref.p_tie)
+                by_group[group_of[i]].append((i, j if j is not None else b, pref))
+        asked = {(i, j) for (i, j, _), _ in judged}
+        rewards: list[float | None] = [None] * len(completions)
+        compared, cyclic, dropped, graphs = set(), 0, 0, 0
+        for g, members in enumerate(groups):
+            node = {i: k for k, i in enumerate(members)}  # members, then one node per reference text
+            outcomes = []
+            for i, j, p in by_group[g]:
+                if isinstance(j, int):
                     compared.add((i, j))
-        if self.pairing == "adaptive":  # pairs not asked about: the higher score wins (a failed one stays out)
-            asked = {(i, j) for i, j, _ in jobs}
-            for members in groups:
-                for k, i in enumerate(members):
-                    for j in members[k + 1 :]:
+                outcomes.append(Outcome(node[i], node.setdefault(j, len(node)), p.p_a, p.p_b, p.p_tie))
+            if self.pairing == "adaptive":  # pairs not asked about: the higher score wins (a failed one stays out)
+                for a, i in enumerate(members):
+                    for b, j in enumerate(members[a + 1 :], a + 1):
                         if (i, j) not in asked and i in scores and j in scores:
                             win = 0.5 if scores[i] == scores[j] else float(scores[i] > scores[j])
-                            wins[i].append(win)
-                            wins[j].append(1 - win)
-        rewards = [_mean(wins[i]) if wins[i] else None for i in range(len(completions))]
+                            outcomes.append(Outcome(a, b, float(win == 1), float(win == 0), float(win == 0.5)))
+            if not outcomes:
+                continue
+            graphs += 1
+            cyclic += has_cycle(len(node), outcomes)
+            values, arcs = self._aggregate(len(node), outcomes)
+            dropped += arcs
+            for i in members:
+                rewards[i] = values[node[i]]
         good = [p for p in prefs if p.error is None]
         possible = sum(len(m) * (len(m) - 1) // 2 for m in groups)
         metrics = {
@@ -254,12 +349,15 @@ class JudgePairwiseReward(_JudgeReward):
             "tie_rate": _mean([float(p.verdict == "tie") for p in good]),
             "entropy": _mean([entropy({"a": p.p_a, "b": p.p_b, "tie": p.p_tie}) for p in good]),
             "valid_mass": _mean([p.valid_mass for p in good]),
-            "no_peer": sum(a is not None and not wins[i] for i, a in enumerate(answers)),
+            "no_peer": sum(a is not None and rewards[i] is None for i, a in enumerate(answers)),
             "truncated": sum(p.truncated for p in prefs),
             "compared_fraction": len(compared) / possible if possible else None,
+            "cyclic_groups": cyclic / graphs if graphs else None,
+            "arcs_dropped": dropped if self.aggregate == "cycle_free" else None,
+            "prompts_per_group": (2 * len(judged) + len(score_results)) / len(groups) if groups else None,
         }
         latency = time.perf_counter() - start
-        peers = {(i, j): p for (i, j, _), p in zip(jobs, prefs) if j is not None}
+        peers = {(i, j): p for (i, j, _), p in judged if j is not None}
         results = {"prompts": prompts, "questions": questions, "answers": answers, "prefs": peers}
         if score_results:
             results["scores"] = score_results
