@@ -286,6 +286,7 @@ def clean_dataset(
     ks=(3, 4, 5),
     exact_max_nodes: int = EXACT_MAX_NODES,
     progress: bool = True,
+    row_ids=None,
 ):
     """Drops contradictory preference rows; every dropped row keeps its reason.
 
@@ -299,6 +300,8 @@ def clean_dataset(
         delta: conflict-ratio tie threshold in the report.
         ks: subset sizes for NTR_k in the report.
         exact_max_nodes: `min-feedback` solves components up to this many candidates exactly, larger ones greedily.
+        row_ids: each row's index in the whole dataset, for `row_index` and `evidence_rows` (default: its position);
+            a shard of a dataset (all rows of some prompts) is cleaned exactly as within the whole.
 
     Returns:
         `(kept, rejected, report)`: `kept` the same type as `data` with the kept rows in order; `rejected` a list of
@@ -343,10 +346,12 @@ def clean_dataset(
         after = [g.preference_graph(usable) for g in graphs.values()]
 
         kept_index = [r for r in range(len(rows)) if r not in rejects.reason]
+        ids = range(len(rows)) if row_ids is None else [int(i) for i in row_ids]
         rejected = [
-            {"row_index": r, "reason": reason, "detail": detail, "evidence_rows": evidence, "row": rows[r]}
+            {"row_index": ids[r], "reason": reason, "detail": detail, "evidence_rows": [ids[x] for x in evidence],
+             "row": rows[r]}
             for r, (reason, detail, evidence) in sorted(rejects.reason.items())
-        ]
+        ]  # fmt: skip
         assert len(kept_index) + len(rejected) == len(rows)
         by_reason = defaultdict(int)
         for r in rejected:
