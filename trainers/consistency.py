@@ -56,7 +56,7 @@ class _FileArguments:
         default=None, metadata={"help": "I/N: only prompt-hash partition I of N (then `trustreward merge`)."}
     )
     num_proc: int = field(default=1, metadata={"help": "Processes cleaning shards in parallel (label-only runs)."})
-    shard_mb: int = field(
+    shard_mb: float = field(
         default=32,
         metadata={"help": "Inputs above this many MB are cleaned in prompt-hash shards of about this size."},
     )
@@ -119,9 +119,11 @@ def validate(command: str, args) -> None:
     _finite("delta", args.delta)
     if args.relations not in RELATIONS:
         raise UserError(f"--relations must be one of {', '.join(RELATIONS)}, got {args.relations!r}")
-    for name in ("batch_size", "num_proc", "shard_mb"):
+    for name in ("batch_size", "num_proc"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not args.shard_mb > 0:
+        raise UserError(f"--shard_mb must be > 0, got {args.shard_mb}")
     shard = parse_shard_spec(args.shard)
     if args.judge:
         check_judge_spec(args.judge)
@@ -169,7 +171,7 @@ def _shard_count(source: Source, args, shard) -> int:
     if shard:
         return shard[1]
     size = source.stat()[0]
-    n = max(1, math.ceil(size / (args.shard_mb << 20)))
+    n = max(1, math.ceil(size / (args.shard_mb * 2**20)))
     return max(n, args.num_proc) if args.num_proc > 1 else n
 
 

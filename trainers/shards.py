@@ -115,9 +115,10 @@ class Source:
         h = hashlib.blake2b(digest_size=16)
         first_row, first_line, rest = 0, 1, b""
         with open(self.path, "rb") as f:
-            start = True
+            start, left = True, os.fstat(f.fileno()).st_size  # what grows meanwhile is no part of this read
             while True:
-                chunk = f.read(BLOCK_BYTES)
+                chunk = f.read(min(BLOCK_BYTES, left))
+                left -= len(chunk)
                 h.update(chunk)
                 if start:
                     chunk, start = chunk.removeprefix(b"\xef\xbb\xbf"), False  # a UTF-8 BOM
@@ -300,6 +301,7 @@ class ShardStore:
                 f[0].close()
             else:
                 f.close()
+        self.files = {}  # closed: the store can go to worker processes
 
     def rows(self, s: int) -> tuple[list[dict], np.ndarray]:
         """Shard `s`'s rows as dicts (what cleaning reads) and their indices in the input."""
