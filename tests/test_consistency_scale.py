@@ -204,3 +204,40 @@ def test_ray_example_runs_its_shards_as_local_processes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert report(tmp_path / "ray" / "report.json") == report(tmp_path / "report.json")
     assert (tmp_path / "ray" / "kept.jsonl").read_bytes() == (tmp_path / "kept.jsonl").read_bytes()
+
+
+def test_column_parsing_equals_row_parsing():
+    import pyarrow as pa
+
+    from reward.consistency.rows import BadRow, parse_columns, parse_row
+
+    rows = synthetic_rows(n_prompts=6, seed=4)
+    rows += [
+        {"prompt": "q", "response_a": "a", "response_b": "b", "p_a": 0.5, "p_b": 0.6, "p_tie": 0.1},  # sum != 1
+        {"prompt": "q", "response_a": "a", "response_b": "b", "p_a": -0.1, "p_b": 0.6, "p_tie": 0.5},
+        {"prompt": "q", "response_a": "a", "response_b": "b", "p_a": 0.5},  # p_b, p_tie missing
+        {"prompt": "q", "response_a": " ", "response_b": "b", "label": "a"},
+        {"prompt": "\x1c\x1d", "response_a": "a", "response_b": "b", "label": "a"},  # str.isspace() is True
+        {"prompt": "q", "response_a": "a", "response_b": "b", "label": "A"},
+        {"prompt": "q", "response_a": "a", "response_b": "b"},  # no label
+        {"prompt": "q", "response_a": "a", "response_b": "b", "label": "tie", "order_consistent": False},
+        {"prompt": "q", "response_a": "a", "response_b": "b", "p_a": 0.2, "p_b": 0.2, "p_tie": 0.6, "label": "b"},
+    ]
+    from trainers.shards import _read_json
+
+    table = _read_json([json.dumps(r).encode() for r in rows])  # as the CLI reads JSONL
+    for need_label in (True, False):
+        fast = parse_columns(table, need_label)
+        assert sum(p is not None for p in fast) > len(rows) // 2  # the fast path did the bulk
+        for row, p in zip(rows, fast):
+            try:
+                slow = parse_row(row, need_label)
+            except BadRow:
+                assert p is None, row
+                continue
+            if p is not None:
+                assert p == slow, row
+    # Another format, or a column json would read differently: row by row.
+    assert parse_columns(pa.Table.from_pylist([{"prompt": "q", "chosen": "a", "rejected": "b"}])) == [None]
+    assert parse_columns(pa.Table.from_pylist([{"prompt": "q", "response_a": "a", "response_b": "b", "score_a": True,
+                                                "label": "a"}])) == [None]  # fmt: skip

@@ -14,7 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reward.consistency import POLICIES, RELATIONS, audit_graphs, clean_dataset
+from reward.consistency import POLICIES, RELATIONS, audit_graphs
+from reward.consistency.clean import clean_parsed
 from reward.consistency.graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT
 from reward.consistency.metrics import merge_audits
 
@@ -178,14 +179,21 @@ def _shard_count(source: Source, args, shard) -> int:
 def _clean_shard(task):
     """One shard: its rows cleaned (in a worker process for --num_proc); rejects written to `rejects_path`."""
     store, s, policies, judge, options, rejects_path = task
-    rows, ids = store.rows(s)
-    _, rejected, report = clean_dataset(rows, policies, judge=judge, progress=False, row_ids=ids, **options)
+    rows = store.rows(s)
+    need_label = judge is None or options["relations"] == "labels"
+    reasons, report = clean_parsed(rows.parsed(need_label), len(rows), policies, judge, **options)
+    ids = rows.ids
+    rejected = (
+        {"row_index": int(ids[r]), "reason": reason, "detail": detail,
+         "evidence_rows": [int(ids[x]) for x in evidence], "row": rows.row(r)}
+        for r, (reason, detail, evidence) in sorted(reasons.items())
+    )  # fmt: skip
     lines = reject_lines(rejected)
     if rejects_path is not None:
         with open(rejects_path, "wb") as f:
             f.writelines(lines)
         lines = None
-    return report, [r["row_index"] for r in rejected], lines
+    return report, ids[sorted(reasons)] if reasons else [], lines
 
 
 _EQUAL = ("policies", "relations", "margin", "min_feedback_exact_max_nodes")

@@ -183,53 +183,69 @@ class Source:
         self.digest = h.hexdigest()
 
 
+def _read_json(lines: list[bytes]):
+    """pyarrow's reading of JSONL lines, or None where it cannot stand for `json.loads` (errors, type changes)."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    if not lines:
+        return None
+    try:
+        table = pj.read_json(pa.BufferReader(b"\n".join(lines)))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    return table if table.num_rows == len(lines) else None
+
+
+def _loads(line: bytes, where) -> dict:
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where()}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where()}: not valid JSON ({exc})") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{where()}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
 class _JsonlBlock:
-    def __init__(self, path, first_row, first_line, lines, rows, ids=None):
+    """Whole lines of a JSONL file: `rows` the non-blank ones, the first of them row `first_row` of the input."""
+
+    def __init__(self, path, first_row, first_line, lines, rows):
         self.path, self.first_row, self.first_line, self.lines, self.rows = path, first_row, first_line, lines, rows
-        self.ids = ids  # rows of a shard: their indices in the input, for messages
+        self._table = False
 
     def __len__(self):
         return len(self.rows)
 
     def _where(self, i: int) -> str:
-        if self.ids is not None:
-            return f"{self.path}: row {int(self.ids[i])}"
         target = self.rows[i]
         n = next(n for n, line in enumerate(self.lines) if line is target)
         return f"{self.path}:{self.first_line + n}"
 
+    def table(self):
+        if self._table is False:
+            self._table = _read_json(self.rows)
+        return self._table
+
     def dicts(self, which=None) -> list[dict]:
-        out = []
-        for i in range(len(self.rows)) if which is None else which:
-            try:
-                row = json.loads(self.rows[i])
-            except UnicodeDecodeError as exc:
-                raise UserError(f"{self._where(i)}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{self._where(i)}: not valid JSON ({exc})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{self._where(i)}: expected a JSON object, got {type(row).__name__}")
-            out.append(row)
-        return out
+        return [
+            _loads(self.rows[i], lambda i=i: self._where(i))
+            for i in (range(len(self.rows)) if which is None else which)
+        ]
 
     def shards(self, n: int) -> np.ndarray:
-        """Each row's prompt shard: pyarrow's JSON reader for a plain string `prompt` column, else row by row."""
+        """Each row's prompt shard: from a string `prompt` column when pyarrow reads the block, else row by row."""
         if n == 1:
             return np.zeros(len(self.rows), dtype=np.int64)
-        import pyarrow as pa
-        import pyarrow.json as pj
-
-        keys = None
-        try:
-            table = pj.read_json(pa.BufferReader(b"\n".join(self.rows)))
-            if table.num_rows == len(self.rows) and "prompt" in table.column_names:
-                keys = _keys_of_column(table.column("prompt"))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a type change, bad JSON...: row by row below
-            keys = None
+        table = self.table()
+        keys = (
+            _keys_of_column(table.column("prompt")) if table is not None and "prompt" in table.column_names else None
+        )
         if keys is not None:
             uniques, index = keys
-            per_unique = np.array([prompt_shard(k, 0, n) for k in uniques], dtype=np.int64)
-            return per_unique[index]
+            return np.array([prompt_shard(k, 0, n) for k in uniques], dtype=np.int64)[index]
         rows = self.dicts()
         return np.array([prompt_shard(_prompt_key(r), self.first_row + i, n) for i, r in enumerate(rows)], np.int64)
 
@@ -242,8 +258,7 @@ class _ArrowBlock:
         return self.table.num_rows
 
     def dicts(self, which=None) -> list[dict]:
-        table = self.table if which is None else self.table.take(list(which))
-        return table.to_pylist()
+        return (self.table if which is None else self.table.take(list(which))).to_pylist()
 
     def shards(self, n: int) -> np.ndarray:
         if n == 1:
@@ -257,38 +272,92 @@ class _ArrowBlock:
         )
 
 
+class ShardRows:
+    """One shard's rows in input order, as parts: raw JSONL lines, dicts, or Arrow tables.
+
+    `parsed` reads each part column-wise (`parse_columns`) and falls back to `parse_row` row by row only where it
+    must; `row(r)` gives a row as a dict (for the rejects file), parsing that one row only.
+    """
+
+    def __init__(self, path, ids):
+        self.path, self.ids, self.parts, self.n = path, ids, [], 0
+
+    def add(self, kind: str, payload) -> None:
+        size = payload.num_rows if kind == "table" else len(payload)
+        if size:
+            self.parts.append((self.n, kind, payload))
+            self.n += size
+
+    def __len__(self):
+        return self.n
+
+    def _part(self, r: int):
+        i = max(k for k, (start, _, _) in enumerate(self.parts) if start <= r)
+        return self.parts[i]
+
+    def row(self, r: int) -> dict:
+        start, kind, payload = self._part(r)
+        if kind == "lines":
+            return _loads(payload[r - start], lambda: f"{self.path}: row {int(self.ids[r])}")
+        if kind == "dicts":
+            return payload[r - start]
+        return payload.slice(r - start, 1).to_pylist()[0]
+
+    def parsed(self, need_label: bool):
+        from reward.consistency.clean import parse_rows
+        from reward.consistency.rows import BadRow, parse_columns, parse_row
+
+        for start, kind, payload in self.parts:
+            if kind == "dicts":
+                yield from ((start + r, p) for r, p in parse_rows(payload, need_label))
+                continue
+            table = _read_json(payload) if kind == "lines" else payload
+            fast = parse_columns(table, need_label) if table is not None else [None] * len(payload)
+            for r, p in enumerate(fast):
+                if p is None:
+                    row = self.row(start + r) if kind == "lines" else table.slice(r, 1).to_pylist()[0]
+                    try:
+                        p = parse_row(row, need_label)
+                    except BadRow as exc:
+                        p = exc
+                yield start + r, p
+
+
 class ShardStore:
     """The rows of each shard, on disk under `folder` (JSONL lines or Arrow IPC) or, for one shard, in memory."""
 
     def __init__(self, source: Source, n: int, folder: Path | None, only: int | None = None):
         self.source, self.n, self.folder, self.only = source, n, folder, only
         self.ids = [array("q") for _ in range(n)]
-        self.memory = [[] for _ in range(n)]  # in-memory rows: raw lines or dicts
+        self.memory = [[] for _ in range(n)]  # in-memory parts: ("lines" | "dicts" | "table", payload)
         self.files = {}
         self.rows_in = 0
-
-    def _keep(self, shard: int) -> bool:
-        return self.only is None or shard == self.only
 
     def add(self, block) -> None:
         shard_of = block.shards(self.n)
         self.rows_in += len(block)
-        for s in range(self.n):
-            if not self._keep(s):
-                continue
+        jsonl = isinstance(block, _JsonlBlock)
+        if jsonl and block.table() is None:
+            block.dicts()  # what pyarrow cannot read is checked now, so that errors name the line
+        for s in range(self.n) if self.only is None else [self.only]:
             which = np.flatnonzero(shard_of == s)
             if not len(which):
                 continue
             self.ids[s].extend((which + block.first_row).tolist())
-            if self.folder is None:  # parsed now, so that errors name the line
-                self.memory[s].extend(block.dicts(which.tolist()))
-            elif isinstance(block, _JsonlBlock):
-                f = self.files.get(s) or self.files.setdefault(s, open(self.folder / f"shard-{s}.jsonl", "wb"))
-                f.write(b"\n".join([block.rows[i] for i in which]) + b"\n")
+            if jsonl:
+                lines = [block.rows[i] for i in which]
+                if self.folder is None:
+                    self.memory[s].append(("lines", lines))
+                else:
+                    f = self.files.get(s) or self.files.setdefault(s, open(self.folder / f"shard-{s}.jsonl", "wb"))
+                    f.write(b"\n".join(lines) + b"\n")
             else:
+                part = block.table.take(which)
+                if self.folder is None:
+                    self.memory[s].append(("table", part))
+                    continue
                 import pyarrow as pa
 
-                part = block.table.take(which)
                 if s not in self.files:
                     sink = pa.OSFile(str(self.folder / f"shard-{s}.arrow"), "wb")
                     self.files[s] = (sink, pa.ipc.new_file(sink, part.schema))
@@ -303,23 +372,25 @@ class ShardStore:
                 f.close()
         self.files = {}  # closed: the store can go to worker processes
 
-    def rows(self, s: int) -> tuple[list[dict], np.ndarray]:
-        """Shard `s`'s rows as dicts (what cleaning reads) and their indices in the input."""
+    def rows(self, s: int) -> ShardRows:
+        """Shard `s`'s rows (read from disk, or handed over from memory), with their indices in the input."""
         ids = np.frombuffer(self.ids[s], dtype=np.int64) if len(self.ids[s]) else np.zeros(0, np.int64)
+        out = ShardRows(self.source.path, ids)
         if self.folder is None:
-            rows, self.memory[s] = self.memory[s], []
-            return rows, ids
-        if self.source.format == "jsonl":
+            for kind, payload in self.memory[s]:
+                out.add(kind, payload)
+            self.memory[s] = []
+        elif self.source.format == "jsonl":
             path = self.folder / f"shard-{s}.jsonl"
-            lines = path.read_bytes().split(b"\n")[:-1] if path.exists() else []
-            return _JsonlBlock(self.source.path, 0, 1, lines, lines, ids).dicts(), ids
-        import pyarrow as pa
+            out.add("lines", path.read_bytes().split(b"\n")[:-1] if path.exists() else [])
+        else:
+            import pyarrow as pa
 
-        path = self.folder / f"shard-{s}.arrow"
-        if not path.exists():
-            return [], ids
-        with pa.memory_map(str(path)) as m:
-            return pa.ipc.open_file(m).read_all().to_pylist(), ids
+            path = self.folder / f"shard-{s}.arrow"
+            if path.exists():
+                with pa.memory_map(str(path)) as m:
+                    out.add("table", pa.ipc.open_file(m).read_all())
+        return out
 
 
 def parse_shard_spec(spec: str | None) -> tuple[int, int] | None:

@@ -82,14 +82,21 @@ class _Rejects:
         self.reason.setdefault(row, (reason, detail, sorted(set(evidence))))
 
 
-def _build(rows, need_label: bool, rejects: _Rejects, progress: bool) -> dict:
+def parse_rows(rows, need_label: bool = True):
+    """`(row, parse_row's _Row or the BadRow it raised)` for each row."""
+    for r, row in enumerate(rows):
+        try:
+            yield r, parse_row(row, need_label)
+        except BadRow as exc:
+            yield r, exc
+
+
+def _build(parsed_rows, rejects: _Rejects) -> dict:
     graphs: dict[str, _Graph] = {}
     parsed = []
-    for r, row in enumerate(tqdm(rows, desc="reading rows", disable=not progress, leave=False)):
-        try:
-            p = parse_row(row, need_label)
-        except BadRow as exc:
-            rejects.add(r, "bad-input", str(exc))
+    for r, p in parsed_rows:
+        if isinstance(p, BadRow):
+            rejects.add(r, "bad-input", str(p))
             continue
         k = text_key(p.prompt)
         g = graphs.get(k) or graphs.setdefault(k, _Graph(p.prompt, p.category))
@@ -327,9 +334,40 @@ def clean_dataset(
         raise ValueError(f"exact_max_nodes must be in 0..{MAX_EXACT_LIMIT}, got {exact_max_nodes}")
     is_dataset = not isinstance(data, list)
     rows = data.to_list() if is_dataset else data
+    need_label = judge is None or relations == "labels"
+    parsed = parse_rows(tqdm(rows, desc="reading rows", disable=not progress, leave=False), need_label)
+    reasons, report = clean_parsed(
+        parsed, len(rows), policies, judge, relations, margin, delta, ks, exact_max_nodes, progress
+    )
+    ids = range(len(rows)) if row_ids is None else [int(i) for i in row_ids]
+    rejected = [
+        {"row_index": ids[r], "reason": reason, "detail": detail, "evidence_rows": [ids[x] for x in evidence],
+         "row": rows[r]}
+        for r, (reason, detail, evidence) in sorted(reasons.items())
+    ]  # fmt: skip
+    kept_index = [r for r in range(len(rows)) if r not in reasons]
+    kept = data.select(kept_index) if is_dataset else [rows[r] for r in kept_index]
+    return kept, rejected, report
+
+
+def clean_parsed(
+    parsed,
+    n_rows: int,
+    policies=("equivalence", "drop-cycles"),
+    judge=None,
+    relations: str = "both",
+    margin: float = 0.0,
+    delta: float = 0.0,
+    ks=(3, 4, 5),
+    exact_max_nodes: int = EXACT_MAX_NODES,
+    progress: bool = False,
+):
+    """The core of `clean_dataset` on parsed rows: `parsed` yields `(row, _Row or BadRow)` for rows 0..n_rows-1
+    (from `parse_rows`, or `parse_columns` for Arrow columns). Returns `({row: (reason, detail, evidence)}, report)`.
+    """
     rejects = _Rejects()
     with _no_gc():
-        graphs = _build(rows, need_label=judge is None or relations == "labels", rejects=rejects, progress=progress)
+        graphs = _build(parsed, rejects)
     stats = {"order_unknown": 0, "min_feedback_components": {"exact": 0, "eades-lin-smyth": 0}}
     if judge is not None:
         stats |= _apply_judge(
@@ -339,27 +377,19 @@ def clean_dataset(
     def usable(e):
         return e[5] not in rejects.reason and e[2] is not None
 
-    with _no_gc():  # until the return
+    with _no_gc():
         before = [g.preference_graph(usable) for g in graphs.values()]
         for g in tqdm(list(graphs.values()), desc="cleaning", disable=not progress or not policies, leave=False):
             _policies(g, [e for e in g.edges if usable(e)], policies, margin, exact_max_nodes, rejects, stats)
         after = [g.preference_graph(usable) for g in graphs.values()]
-
-        kept_index = [r for r in range(len(rows)) if r not in rejects.reason]
-        ids = range(len(rows)) if row_ids is None else [int(i) for i in row_ids]
-        rejected = [
-            {"row_index": ids[r], "reason": reason, "detail": detail, "evidence_rows": [ids[x] for x in evidence],
-             "row": rows[r]}
-            for r, (reason, detail, evidence) in sorted(rejects.reason.items())
-        ]  # fmt: skip
-        assert len(kept_index) + len(rejected) == len(rows)
         by_reason = defaultdict(int)
-        for r in rejected:
-            by_reason[r["reason"]] += 1
+        for reason, _, _ in rejects.reason.values():
+            by_reason[reason] += 1
+        rows_rejected = len(rejects.reason)
         report = {
-            "rows_in": len(rows),
-            "rows_kept": len(kept_index),
-            "rows_rejected": len(rejected),
+            "rows_in": n_rows,
+            "rows_kept": n_rows - rows_rejected,
+            "rows_rejected": rows_rejected,
             "rejected_by_reason": dict(sorted(by_reason.items())),
             "policies": [p for p in POLICIES if p in policies],
             "relations": relations if judge is not None else "labels",
@@ -369,5 +399,4 @@ def clean_dataset(
             "before": audit_graphs(before, ks, delta),
             "after": audit_graphs(after, ks, delta),
         }
-        kept = data.select(kept_index) if is_dataset else [rows[r] for r in kept_index]
-    return kept, rejected, report
+    return rejects.reason, report
