@@ -98,9 +98,17 @@ def _build(parsed_rows, rejects: _Rejects) -> dict:
         if isinstance(p, BadRow):
             rejects.add(r, "bad-input", str(p))
             continue
-        k = text_key(p.prompt)
-        g = graphs.get(k) or graphs.setdefault(k, _Graph(p.prompt, p.category))
-        ids = [g.node(text, score) for text, score in zip(p.responses, p.scores)]
+        prompt = p.prompt
+        k = prompt if type(prompt) is str else text_key(prompt)  # inlined: this loop runs once per row
+        g = graphs.get(k)
+        if g is None:
+            g = graphs[k] = _Graph(prompt, p.category)
+        nodes, ids = g.nodes, []
+        for text, score in zip(p.responses, p.scores):
+            x = nodes.get(text if type(text) is str else text_key(text))
+            if x is None or (score is not None and g.scores[x] is None):
+                x = g.node(text, score)
+            ids.append(x)
         edges = []
         for i, j, relation, weight, consistent, ent in p.pairs:
             x, y = ids[i], ids[j]
@@ -128,11 +136,17 @@ def _build(parsed_rows, rejects: _Rejects) -> dict:
     for r, g, edges in parsed:
         if r in rejects.reason:
             continue
-        fresh = [e for e in edges if (e[0], e[1]) not in g.seen]
-        if len(edges) == 1 and not fresh:
-            first = g.pairs[(edges[0][0], edges[0][1])][0][0]
-            rejects.add(r, "duplicate-pair", "this pair already appears in another row", [first, r])
+        if len(edges) == 1:  # the common case, without building lists
+            e = edges[0]
+            key = (e[0], e[1])
+            if key in g.seen:
+                first = g.pairs[key][0][0]
+                rejects.add(r, "duplicate-pair", "this pair already appears in another row", [first, r])
+            else:
+                g.seen.add(key)
+                g.edges.append(e)
             continue
+        fresh = [e for e in edges if (e[0], e[1]) not in g.seen]
         g.seen.update((e[0], e[1]) for e in fresh)
         g.edges += fresh
     return graphs
@@ -381,7 +395,7 @@ def clean_parsed(
         before = [g.preference_graph(usable) for g in graphs.values()]
         for g in tqdm(list(graphs.values()), desc="cleaning", disable=not progress or not policies, leave=False):
             _policies(g, [e for e in g.edges if usable(e)], policies, margin, exact_max_nodes, rejects, stats)
-        after = [g.preference_graph(usable) for g in graphs.values()]
+        after = [g.preference_graph(usable) for g in graphs.values()] if policies else before
         by_reason = defaultdict(int)
         for reason, _, _ in rejects.reason.values():
             by_reason[reason] += 1
@@ -397,6 +411,6 @@ def clean_parsed(
             "min_feedback_exact_max_nodes": exact_max_nodes,
             **stats,
             "before": audit_graphs(before, ks, delta),
-            "after": audit_graphs(after, ks, delta),
         }
+        report["after"] = audit_graphs(after, ks, delta) if policies else report["before"]  # no policy: no change
     return rejects.reason, report
