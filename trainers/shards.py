@@ -282,21 +282,22 @@ class ShardRows:
     def __init__(self, path, ids):
         self.path, self.ids, self.parts, self.n = path, ids, [], 0
 
-    def add(self, kind: str, payload) -> None:
+    def add(self, kind: str, payload, table=None) -> None:
+        """A part: `lines` (raw JSONL lines, `table` their pyarrow reading if made already), `dicts` or `table`."""
         size = payload.num_rows if kind == "table" else len(payload)
         if size:
-            self.parts.append((self.n, kind, payload))
+            self.parts.append((self.n, kind, payload, table))
             self.n += size
 
     def __len__(self):
         return self.n
 
     def _part(self, r: int):
-        i = max(k for k, (start, _, _) in enumerate(self.parts) if start <= r)
+        i = max(k for k, part in enumerate(self.parts) if part[0] <= r)
         return self.parts[i]
 
     def row(self, r: int) -> dict:
-        start, kind, payload = self._part(r)
+        start, kind, payload, _ = self._part(r)
         if kind == "lines":
             return _loads(payload[r - start], lambda: f"{self.path}: row {int(self.ids[r])}")
         if kind == "dicts":
@@ -307,11 +308,14 @@ class ShardRows:
         from reward.consistency.clean import parse_rows
         from reward.consistency.rows import BadRow, parse_columns, parse_row
 
-        for start, kind, payload in self.parts:
+        for start, kind, payload, table in self.parts:
             if kind == "dicts":
                 yield from ((start + r, p) for r, p in parse_rows(payload, need_label))
                 continue
-            table = _read_json(payload) if kind == "lines" else payload
+            if kind == "table":
+                table = payload
+            elif table is None:
+                table = _read_json(payload)
             fast = parse_columns(table, need_label) if table is not None else [None] * len(payload)
             for r, p in enumerate(fast):
                 if p is None:
@@ -346,15 +350,16 @@ class ShardStore:
             self.ids[s].extend((which + block.first_row).tolist())
             if jsonl:
                 lines = [block.rows[i] for i in which]
-                if self.folder is None:
-                    self.memory[s].append(("lines", lines))
+                if self.folder is None:  # the block's table serves again when the shard takes the whole block
+                    whole = len(which) == len(block)
+                    self.memory[s].append(("lines", lines, block.table() if whole else None))
                 else:
                     f = self.files.get(s) or self.files.setdefault(s, open(self.folder / f"shard-{s}.jsonl", "wb"))
                     f.write(b"\n".join(lines) + b"\n")
             else:
                 part = block.table.take(which)
                 if self.folder is None:
-                    self.memory[s].append(("table", part))
+                    self.memory[s].append(("table", part, None))
                     continue
                 import pyarrow as pa
 
@@ -377,8 +382,8 @@ class ShardStore:
         ids = np.frombuffer(self.ids[s], dtype=np.int64) if len(self.ids[s]) else np.zeros(0, np.int64)
         out = ShardRows(self.source.path, ids)
         if self.folder is None:
-            for kind, payload in self.memory[s]:
-                out.add(kind, payload)
+            for kind, payload, table in self.memory[s]:
+                out.add(kind, payload, table)
             self.memory[s] = []
         elif self.source.format == "jsonl":
             path = self.folder / f"shard-{s}.jsonl"
