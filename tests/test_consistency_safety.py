@@ -83,11 +83,11 @@ def test_outputs_are_a_set_an_interrupted_commit_leaves_no_report(tmp_path, monk
     calls = []
     real = trainers.outputs._replace
 
-    def replace_then_die(tmp, path):
+    def replace_then_die(tmp, path, merge=False):
         if calls:
             raise KeyboardInterrupt
         calls.append(path)
-        real(tmp, path)
+        real(tmp, path, merge)
 
     monkeypatch.setattr(trainers.outputs, "_replace", replace_then_die)
     with pytest.raises(KeyboardInterrupt):
@@ -197,3 +197,36 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert "--k values" in result.stderr
     debug = cli(*audit, str(tmp_path / "bad.jsonl"), "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_compare_reads_parquet_and_writes_by_extension(tmp_path, tiny_model_dir):
+    from datasets import Dataset
+
+    rows = [{"prompt": "q?", "response_a": "yes", "response_b": "no", "id": 7}]
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "in.parquet"))
+    args = ["--input", str(tmp_path / "in.parquet"), "--judge", tiny_model_dir, "--device", "cpu"]
+    assert main(["compare", *args, "--output", str(tmp_path / "out.jsonl")]) == 0
+    (r,) = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert r["id"] == 7 and r["p_a"] + r["p_b"] + r["p_tie"] == pytest.approx(1.0)
+    assert main(["compare", *args, "--output", str(tmp_path / "out.parquet")]) == 0
+    assert Dataset.from_parquet(str(tmp_path / "out.parquet"))[0]["verdict"] == r["verdict"]
+
+
+def test_an_existing_folder_is_replaced_only_if_it_is_a_saved_dataset(tmp_path, capsys):
+    from datasets import Dataset
+
+    write_jsonl(tmp_path / "in.jsonl", ROWS)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(clean_args(tmp_path, out="mine")) == 2  # no extension: a save_to_disk folder, over a user's folder
+    assert "not a saved dataset" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").exists()
+    assert main(clean_args(tmp_path, rep="mine")) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert main(clean_args(tmp_path, out="kept_ds")) == 0
+    assert main(clean_args(tmp_path, out="kept_ds")) == 0  # a previous output: replaced
+    assert Dataset.load_from_disk(str(tmp_path / "kept_ds")).to_list() == [ROWS[3]]
+    # Plots go into their folder file by file: what else it holds stays.
+    write_jsonl(tmp_path / "cat.jsonl", [r | {"category": "x"} for r in ROWS])
+    assert main(["audit", "--input", str(tmp_path / "cat.jsonl"), "--report", str(tmp_path / "a.json"),
+                 "--plots", str(tmp_path / "mine")]) == 0  # fmt: skip
+    assert (tmp_path / "mine" / "notes.txt").exists() and list((tmp_path / "mine").glob("*.png"))

@@ -118,7 +118,7 @@ def _validate_judge_file(command: str, args: JudgeFileArguments) -> None:
 
     from .args import UserError
     from .consistency import check_judge_spec
-    from .outputs import check_distinct, output_format
+    from .outputs import check_distinct, check_replaceable, output_format
 
     methods = SCORE_METHODS if command == "score" else PREFERENCE_METHODS
     if args.method is not None and args.method not in methods:
@@ -132,7 +132,7 @@ def _validate_judge_file(command: str, args: JudgeFileArguments) -> None:
     if args.batch_size < 1 or (args.max_length is not None and args.max_length < 1):
         raise UserError("--batch_size and --max_length must be >= 1")
     check_judge_spec(args.judge)
-    output_format(args.output, args.format)
+    check_replaceable("output", args.output, output_format(args.output, args.format) == "dataset")
     check_distinct({"input": args.input, "output": args.output})
 
 

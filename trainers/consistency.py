@@ -20,7 +20,7 @@ from reward.consistency.graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT
 from reward.consistency.metrics import merge_audits
 
 from .args import UserError
-from .outputs import OutputSet, check_distinct, output_format
+from .outputs import OutputSet, check_distinct, check_replaceable, output_format
 from .shards import (
     ShardStore,
     Source,
@@ -147,7 +147,8 @@ def validate(command: str, args) -> None:
         if not shard and not args.output:
             raise UserError("clean: --output is required")
         if args.output:
-            output_format(args.output, args.format)
+            check_replaceable("output", args.output, output_format(args.output, args.format) == "dataset")
+        check_replaceable("rejects", args.rejects, folder=False)
         if Path(args.rejects).suffix.lower() == ".parquet":
             raise UserError(f"--rejects {args.rejects}: rejects are JSONL")
         paths |= {"output": args.output, "rejects": args.rejects}
@@ -155,6 +156,7 @@ def validate(command: str, args) -> None:
         paths |= {"plots": args.plots}
         if args.wandb_project and importlib.util.find_spec("wandb") is None:
             raise UserError("--wandb_project needs wandb: pip install 'trustreward[wandb]'")
+    check_replaceable("report", args.report, folder=False)
     check_distinct(paths)
 
 
@@ -181,7 +183,9 @@ def _clean_shard(task):
     store, s, policies, judge, options, rejects_path = task
     rows = store.rows(s)
     need_label = judge is None or options["relations"] == "labels"
-    reasons, report = clean_parsed(rows.parsed(need_label), len(rows), policies, judge, **options)
+    parsed = rows.columns(need_label)
+    parsed = rows.parsed(need_label) if parsed is None else parsed
+    reasons, report = clean_parsed(parsed, len(rows), policies, judge, **options)
     ids = rows.ids
     rejected = (
         {"row_index": int(ids[r]), "reason": reason, "detail": detail,
@@ -359,7 +363,9 @@ def merge(args: MergeArguments) -> int:
     paths = {"report": args.report, "output": args.output, "rejects": args.rejects}
     check_distinct(paths | {"input": input_path})
     if args.output:
-        output_format(args.output, args.format)
+        check_replaceable("output", args.output, output_format(args.output, args.format) == "dataset")
+    for name in ("report", "rejects"):
+        check_replaceable(name, paths[name], folder=False)
     header = {k: first[k] for k in ("command", "input", "input_fingerprint", "input_rows", "judge", "options")}
     header["shard"] = None
     skip = set(header) | {"outputs"}

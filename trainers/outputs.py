@@ -114,8 +114,9 @@ class OutputSet:
     ```
     """
 
-    def __init__(self, paths: dict[str, str | Path], report_name: str = "report"):
+    def __init__(self, paths: dict[str, str | Path], report_name: str = "report", merge_folders=("plots",)):
         self.paths = {name: Path(p) for name, p in paths.items() if p}
+        self.merge_folders = merge_folders  # committed file by file into the folder, which may hold other files
         self.report_name = report_name
         self.temps: dict[str, Path] = {}
         self.files = []
@@ -171,7 +172,7 @@ class OutputSet:
         if report_path is not None and (report_path.exists() or report_path.is_symlink()):
             report_path.unlink()  # from here on, until the new report lands, the set reads as incomplete
         for name, tmp in self.temps.items():
-            _replace(tmp, self.paths[name])
+            _replace(tmp, self.paths[name], merge=name in self.merge_folders)
         if report_path is not None and report is not None:
             text = json.dumps(report | {"outputs": siblings}, indent=2, ensure_ascii=False) + "\n"
             tmp = self._temp_name(self.report_name)
@@ -194,7 +195,30 @@ class OutputSet:
         return False
 
 
-def _replace(tmp: Path, path: Path) -> None:
+_SAVED = ("dataset_info.json", "dataset_dict.json", "state.json")  # what a save_to_disk folder holds
+
+
+def check_replaceable(name: str, path: str | Path, folder: bool) -> None:
+    """An existing output is replaced only by its own kind: a file by a file, a folder only if it is a saved
+    dataset (never a user's folder that happens to have the name)."""
+    if not path:
+        return
+    path = Path(path)
+    if not path.exists():
+        return
+    if folder and not (path.is_dir() and any((path / f).exists() for f in _SAVED)):
+        raise UserError(f"--{name} {path} exists and is not a saved dataset: refusing to replace it")
+    if not folder and path.is_dir():
+        raise UserError(f"--{name} {path} is a folder: refusing to replace it with a file")
+
+
+def _replace(tmp: Path, path: Path, merge: bool = False) -> None:
+    if merge:  # files into an existing folder (plots): the folder and its other files stay
+        path.mkdir(parents=True, exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, path / f.name)
+        tmp.rmdir()
+        return
     if tmp.is_dir():
         os.chmod(tmp, 0o777 & ~_umask())
         if path.exists() or path.is_symlink():  # a folder cannot be renamed over a non-empty one

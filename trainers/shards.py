@@ -304,6 +304,32 @@ class ShardRows:
             return payload[r - start]
         return payload.slice(r - start, 1).to_pylist()[0]
 
+    def columns(self, need_label: bool):
+        """The rows as a `PairColumns` for the vectorised build, or None if some row needs `parse_row` to be read."""
+        from reward.consistency.columns import PairColumns
+        from reward.consistency.rows import BadRow, pair_arrays, parse_row
+
+        out = PairColumns(n_rows=self.n)
+        for start, kind, payload, table in self.parts:
+            if kind == "dicts":
+                return None
+            if kind == "table":
+                table = payload
+            elif table is None:
+                table = _read_json(payload)
+            cols = None if table is None else pair_arrays(table, need_label)
+            if cols is None:
+                return None
+            for i in np.flatnonzero(~cols["ok"]).tolist():
+                row = self.row(start + i) if kind == "lines" else table.slice(i, 1).to_pylist()[0]
+                try:
+                    parse_row(row, need_label)
+                    return None  # a row that only parse_row reads
+                except BadRow as exc:
+                    out.bad[start + i] = exc
+            out.blocks.append((start, cols))
+        return out
+
     def parsed(self, need_label: bool):
         from reward.consistency.clean import parse_rows
         from reward.consistency.rows import BadRow, parse_columns, parse_row

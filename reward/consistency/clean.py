@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..scoring import entropy
+from .columns import PairColumns, build_columns
 from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_tree, components, min_feedback
 from .metrics import PreferenceGraph, audit_graphs
 from .rows import LABELS, BadRow, parse_row, text_key
@@ -377,11 +378,12 @@ def clean_parsed(
     progress: bool = False,
 ):
     """The core of `clean_dataset` on parsed rows: `parsed` yields `(row, _Row or BadRow)` for rows 0..n_rows-1
-    (from `parse_rows`, or `parse_columns` for Arrow columns). Returns `({row: (reason, detail, evidence)}, report)`.
+    (from `parse_rows`, or `parse_columns` for Arrow columns), or is a `PairColumns` (built vectorised).
+    Returns `({row: (reason, detail, evidence)}, report)`.
     """
     rejects = _Rejects()
     with _no_gc():
-        graphs = _build(parsed, rejects)
+        graphs = build_columns(parsed, rejects, _Graph) if isinstance(parsed, PairColumns) else _build(parsed, rejects)
     stats = {"order_unknown": 0, "min_feedback_components": {"exact": 0, "eades-lin-smyth": 0}}
     if judge is not None:
         stats |= _apply_judge(

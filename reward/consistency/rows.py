@@ -179,12 +179,12 @@ def _numbers(column, n: int):
     return column.cast(pa.float64()).to_numpy(zero_copy_only=False)  # null -> NaN (JSON NaN never reaches here)
 
 
-def parse_columns(table, need_label: bool = True) -> list:
-    """`parse_row` for an Arrow table of `prompt, response_a, response_b` rows, vectorised where it can be.
+def pair_arrays(table, need_label: bool = True) -> dict | None:
+    """The pairs of an Arrow table of `prompt, response_a, response_b` rows as columns (see `parse_columns`).
 
-    Returns one entry per row: its `_Row`, or `None` where the row needs `parse_row` (a bad row, whose reason
-    `parse_row` words; a table of another format or with columns of other types: all `None`). Every `_Row` equals
-    what `parse_row` makes of the same row read by `json`, so the two mix freely.
+    Returns `None` for a table of another format or with columns of other types, else a dict of per-row values:
+    `ok` (the row parses; where not, `parse_row` must say why), `prompt`, `a`, `b` (`(distinct values, index)`),
+    `relation` (-2: none), `weight`, `consistent`, `entropy`, `score_a`, `score_b`, `category` (lists).
     """
     import numpy as np
     import pyarrow as pa
@@ -193,7 +193,7 @@ def parse_columns(table, need_label: bool = True) -> list:
     n = table.num_rows
     names = set(table.column_names)
     if not {"prompt", "response_a", "response_b"} <= names or names & _FORMAT_KEYS or {"label", "verdict"} <= names:
-        return [None] * n
+        return None
 
     def column(name, *checks):
         if name not in names:
@@ -209,22 +209,22 @@ def parse_columns(table, need_label: bool = True) -> list:
     category = column("category", pa.types.is_string)
     consistent = column("order_consistent", pa.types.is_boolean)
     if any(c is False for c in (*texts, label, *probs, *scores, category, consistent)):
-        return [None] * n  # a type that json would read otherwise (ints, nested values): row by row
+        return None  # a type that json would read otherwise (ints, nested values): row by row
     ok = np.ones(n, dtype=bool)
 
-    def shared(c, check=False):
-        """Each row's value as one shared Python object per distinct value; `check`: rows with a usable text."""
+    def encoded(c, check=False):
+        """(distinct values, each row's index into them); `check`: rows without a usable text are not ok."""
         if c is None:
-            return [None] * n
-        encoded = pc.dictionary_encode(c)
-        uniques = encoded.dictionary.to_pylist() + [None]
-        index = pc.fill_null(encoded.indices, len(uniques) - 1).to_numpy(zero_copy_only=False)
+            return [None], np.zeros(n, dtype=np.int64)
+        e = pc.dictionary_encode(c)
+        uniques = e.dictionary.to_pylist() + [None]
+        index = pc.fill_null(e.indices, len(uniques) - 1).to_numpy(zero_copy_only=False).astype(np.int64)
         if check:
             usable = np.array([isinstance(u, str) and bool(u) and not u.isspace() for u in uniques])
             ok[~usable[index]] = False
-        return [uniques[i] for i in index.tolist()]
+        return uniques, index
 
-    prompts, a_texts, b_texts = (shared(c, check=True) for c in texts)
+    prompts, a_texts, b_texts = (encoded(c, check=True) for c in texts)
     relation = np.full(n, -2, dtype=np.int64)  # -2: none
     weight = np.ones(n)
     p_a, p_b, p_tie = (_numbers(p, n) for p in probs)
@@ -249,17 +249,41 @@ def parse_columns(table, need_label: bool = True) -> list:
         v = _numbers(s, n)
         ok &= ~np.isinf(v)
         score_values.append([None if x != x else x for x in v.tolist()])
-    categories = shared(category)
     flags = [None] * n if consistent is None else consistent.to_pylist()
     entropies = [None] * n
     pa_list, pb_list, pt_list = p_a.tolist(), p_b.tolist(), p_tie.tolist()
     for i in np.flatnonzero(have_probs & ok).tolist():
         entropies[i] = entropy({"a": pa_list[i], "b": pb_list[i], "tie": pt_list[i]})
-    out = [None] * n
-    rel_list, w_list = relation.tolist(), weight.tolist()
-    for i in np.flatnonzero(ok).tolist():
+    return {
+        "ok": ok, "prompt": prompts, "a": a_texts, "b": b_texts, "relation": relation, "weight": weight,
+        "consistent": flags, "entropy": entropies, "score_a": score_values[0], "score_b": score_values[1],
+        "category": encoded(category),
+    }  # fmt: skip
+
+
+def parse_columns(table, need_label: bool = True) -> list:
+    """`parse_row` for an Arrow table of `prompt, response_a, response_b` rows, vectorised where it can be.
+
+    Returns one entry per row: its `_Row`, or `None` where the row needs `parse_row` (a bad row, whose reason
+    `parse_row` words; a table of another format or with columns of other types: all `None`). Every `_Row` equals
+    what `parse_row` makes of the same row read by `json`, so the two mix freely.
+    """
+    import numpy as np
+
+    cols = pair_arrays(table, need_label)
+    if cols is None:
+        return [None] * table.num_rows
+
+    def shared(pair):
+        uniques, index = pair
+        return [uniques[i] for i in index.tolist()]
+
+    prompts, a_texts, b_texts, categories = (shared(cols[k]) for k in ("prompt", "a", "b", "category"))
+    out = [None] * table.num_rows
+    rel_list, w_list = cols["relation"].tolist(), cols["weight"].tolist()
+    flags, entropies, sa, sb = cols["consistent"], cols["entropy"], cols["score_a"], cols["score_b"]
+    for i in np.flatnonzero(cols["ok"]).tolist():
         r = rel_list[i]
         pair = (0, 1, None if r == -2 else r, w_list[i], flags[i], entropies[i])
-        out[i] = _Row(prompts[i], categories[i], [a_texts[i], b_texts[i]],
-                      [score_values[0][i], score_values[1][i]], [pair])  # fmt: skip
+        out[i] = _Row(prompts[i], categories[i], [a_texts[i], b_texts[i]], [sa[i], sb[i]], [pair])
     return out
