@@ -5,6 +5,12 @@ networkx `simple_cycles` for cycle dropping) run on a sample of the same graphs 
 
     python bench/bench_consistency.py            # 1,000,000 relations (the issue's target: <= 10 s each, >= 50x)
     python bench/bench_consistency.py --quick    # 20,000 relations, for CI: fails only far outside the goals
+    python bench/bench_consistency.py --file     # end to end: the CLI on a 1M-row JSONL next to a json.loads read
+    python bench/bench_consistency.py --file --quick   # the same on ~57k rows
+
+File mode (issue #19's goals): `audit` <= 3x a plain `json.loads` read of the same file, `clean` <= 5x, peak RSS
+<= 4x the file size; four `clean --shard I/4` runs plus `merge` equal the one-shot run exactly. The file (in
+/tmp by default) has 36,000 prompts of 3-12 answers and every pair of each, 5% of the labels random.
 
 Synthetic data: graphs of 3 to 20 candidates; each candidate gets a random quality level (equal levels are
 planted ties), relations follow the levels, then 5% are flipped (planted cycles) and 5% left unknown.
@@ -14,13 +20,20 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import os
+import random
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
 
 from reward.consistency import TRIPLE_TABLE, PreferenceGraph, audit_graphs, clean_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def synthetic(n_relations: int, seed: int = 0):
@@ -98,13 +111,120 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
+def write_pairwise_file(path: Path, n_prompts: int, seed: int = 0) -> int:
+    """All pairs of 3-12 answers per prompt as JSONL label rows (5% of labels random); returns the row count."""
+    rng = random.Random(seed)
+    words = "the a of to in is you that it was for on are as with they at be this have from or one had by".split()
+    n = 0
+    with open(path, "w") as f:
+        for p in range(n_prompts):
+            prompt = f"Q{p}: " + " ".join(rng.choices(words, k=8))
+            k = rng.randint(3, 12)
+            answers = [f"A{i}: " + " ".join(rng.choices(words, k=5)) for i in range(k)]
+            level = [rng.randint(0, k) for _ in range(k)]
+            for i in range(k):
+                for j in range(i + 1, k):
+                    r = (level[i] > level[j]) - (level[i] < level[j])
+                    if rng.random() < 0.05:
+                        r = rng.choice((-1, 0, 1))
+                    row = {"prompt": prompt, "response_a": answers[i], "response_b": answers[j]}
+                    f.write(json.dumps(row | {"label": {1: "a", -1: "b", 0: "tie"}[r]}) + "\n")
+                    n += 1
+    return n
+
+
+def run_cli(*args) -> tuple[float, float]:
+    """Runs `trustreward ARGS` in a fresh process: (wall seconds, peak RSS in MB, the process and its workers)."""
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "trainers.cli", *args], env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"trustreward {' '.join(args)} failed")
+    return wall, usage.ru_maxrss / 1024
+
+
+def file_mode(args) -> int:
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"pairs_{args.prompts}.jsonl"
+    if not path.exists():
+        rows = write_pairwise_file(path, args.prompts)
+        print(f"wrote {rows:,} rows to {path}")
+    size_mb = path.stat().st_size / 2**20
+
+    def plain_read() -> tuple[int, float]:
+        start = time.perf_counter()
+        with open(path) as f:
+            rows = sum(1 for line in f if json.loads(line))
+        return rows, time.perf_counter() - start
+
+    rows, t_read = plain_read()
+    print(f"{path}: {rows:,} rows, {size_mb:.0f} MB; json.loads read: {t_read:.2f} s")
+    out = folder / "bench_out"
+    out.mkdir(exist_ok=True)
+    common = ["--input", str(path)]
+    cleaned = ["clean", *common, "--labels-only", "--rejects", str(out / "rejects.jsonl")]
+    runs = {
+        "audit": ["audit", *common, "--report", str(out / "audit.json")],
+        "clean drop-cycles": [*cleaned, "--policy", "drop-cycles", "--output", str(out / "kept.jsonl"),
+                              "--report", str(out / "clean.json")],
+        "clean min-feedback": [*cleaned, "--policy", "min-feedback", "--output", str(out / "kept_mf.jsonl"),
+                               "--report", str(out / "clean_mf.json")],
+        "clean drop-cycles --num_proc 2": [*cleaned, "--policy", "drop-cycles", "--output",
+                                           str(out / "kept_np.jsonl"), "--report", str(out / "clean_np.json"),
+                                           "--num_proc", "2"],
+    }  # fmt: skip
+    results = {}
+    for name, cli_args in runs.items():
+        wall, rss = run_cli(*cli_args)
+        results[name] = (wall, rss)
+        print(f"{name:32s} {wall:6.2f} s = {wall / t_read:4.1f}x the read   peak RSS {rss:6.0f} MB = "
+              f"{rss / size_mb:4.1f}x the file")  # fmt: skip
+    _, t_read_after = plain_read()  # the machine's load drifts: the read again, after the commands
+    print(f"json.loads read again after the commands: {t_read_after:.2f} s (ratios above use the first)")
+    t_shards = 0.0
+    for i in range(4):
+        shard = ["clean", *common, "--labels-only", "--policy", "drop-cycles", "--shard", f"{i}/4"]
+        wall, _ = run_cli(*shard, "--rejects", str(out / f"r{i}.jsonl"), "--report", str(out / f"p{i}.json"))
+        t_shards += wall
+    merged = ["--report", str(out / "merged.json"), "--output", str(out / "kept_m.jsonl")]
+    wall, _ = run_cli("merge", "--reports", *[str(out / f"p{i}.json") for i in range(4)], *merged,
+                      "--rejects", str(out / "rejects_m.jsonl"))  # fmt: skip
+
+    def report(name):
+        r = json.loads((out / name).read_text())
+        r.pop("outputs")
+        return r
+
+    same = report("merged.json") == report("clean.json") == report("clean_np.json")
+    same_rows = (out / "kept_m.jsonl").read_bytes() == (out / "kept.jsonl").read_bytes()
+    print(f"4 x clean --shard I/4 ({t_shards:.2f} s in all) + merge ({wall:.2f} s): report equal to the one-shot "
+          f"run: {same}, kept rows byte-identical: {same_rows}")  # fmt: skip
+    audit, clean = results["audit"][0] / t_read, results["clean drop-cycles"][0] / t_read
+    rss = max(r for _, r in results.values()) / size_mb
+    print(f"goals: audit {audit:.1f}x <= 3x, clean {clean:.1f}x <= 5x, peak RSS {rss:.1f}x <= 4x the file")
+    if not (same and same_rows):
+        print("FAIL: the sharded run differs from the one-shot run", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--file", action="store_true", help="end-to-end mode: the CLI on a JSONL file")
+    parser.add_argument("--prompts", type=int, default=36_000, help="file mode: prompts (about 28 rows each)")
+    parser.add_argument("--dir", default="/tmp/trustreward-bench", help="file mode: where the file is written")
     parser.add_argument("--relations", type=int, default=1_000_000)
     parser.add_argument("--sample", type=int, default=100, help="graphs given to the baselines")
     parser.add_argument("--budget", type=float, default=0.5, help="baseline seconds per graph before it is cut")
     parser.add_argument("--quick", action="store_true", help="CI mode: 20k relations, 40 baseline graphs, 0.1 s cap")
     args = parser.parse_args()
+    if args.file:
+        if args.quick:
+            args.prompts = 2000
+        return file_mode(args)
     if args.quick:
         args.relations, args.sample, args.budget = 20_000, 40, 0.1
     n_rel = args.relations

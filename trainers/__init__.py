@@ -1,14 +1,24 @@
-"""Thin glue between `reward` and TRL: reward callables, the GRPO entry point, the console script."""
+"""Thin glue between `reward` and TRL: reward callables, the GRPO entry point, the console script.
 
-from .monitor import JudgeMonitor
-from .reward_model import JudgeRewardModel
-from .rewards import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward, as_text
+The names below are imported on first use, so that `trainers.cli` (and label-only `audit` / `clean`) start
+without transformers or TRL.
+"""
 
-__all__ = [
-    "AsyncJudgeReward",
-    "JudgeMonitor",
-    "JudgePairwiseReward",
-    "JudgeRewardModel",
-    "JudgeScoreReward",
-    "as_text",
-]
+import importlib
+
+_LAZY = {
+    "AsyncJudgeReward": ".rewards",
+    "JudgeMonitor": ".monitor",
+    "JudgePairwiseReward": ".rewards",
+    "JudgeRewardModel": ".reward_model",
+    "JudgeScoreReward": ".rewards",
+    "as_text": ".rewards",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'trainers' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)

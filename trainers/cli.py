@@ -9,20 +9,25 @@ USAGE = """usage: trustreward COMMAND [--config FILE.yaml] [--flag value ...]
 
 commands:
   grpo      train a policy with GRPO, the judge as the reward (recipes/grpo/...)
-  score     add the judge's pointwise scores to a JSONL file of prompt, response rows
-  compare   add bidirectional preferences to a JSONL file of prompt, response_a, response_b rows
+  score     add the judge's pointwise scores to a file (JSONL, Parquet, save_to_disk) of prompt, response rows
+  compare   add bidirectional preferences to a file of prompt, response_a, response_b rows
   audit     consistency of a preference file: conflict ratio and non-transitivity (NTR_k), no changes
   clean     drop cyclic or contradictory preference rows, each with its reason, and report before / after
+  merge     combine the reports (and rejects, kept rows) of `audit` / `clean --shard I/N` runs into the whole's
   train-rm  train a reward model on preferences: soft (judge probabilities) or hard Bradley-Terry, LoRA
   serve     the judge over HTTP: OpenRLHF's /get_reward, /score, /compare (PPO with OpenRLHF or verl)
 
-`trustreward COMMAND --help` lists a command's flags."""
+`trustreward COMMAND --help` lists a command's flags; `--debug` shows tracebacks of user errors."""
 
 
 @dataclass
 class JudgeFileArguments:
-    input: str = field(metadata={"help": "JSONL rows: prompt, response (score) or prompt, response_a, response_b."})
-    output: str = field(metadata={"help": "JSONL out: the same rows with the judge's fields added."})
+    input: str = field(
+        metadata={
+            "help": "JSONL, Parquet or a save_to_disk folder: prompt, response (score) or response_a, response_b."
+        }
+    )
+    output: str = field(metadata={"help": "The same rows with the judge's fields; format from the extension."})
     judge: str = field(default="embedded", metadata={"help": "'embedded', a model directory, a hub id or openai:URL."})
     backend: str = field(
         default="hf", metadata={"help": "hf | deepspeed (sharded; under torchrun each rank judges a shard of rows)."}
@@ -35,6 +40,7 @@ class JudgeFileArguments:
         default=None, metadata={"help": "score: trustjudge|mean|geval|argmax; compare: likelihood|ppl|baseline."}
     )
     mode: str = field(default="direct", metadata={"help": "direct | rationale."})
+    format: str | None = field(default=None, metadata={"help": "Output format: jsonl | parquet | dataset."})
 
 
 @dataclass
@@ -107,14 +113,41 @@ def judge_rows(judge, command: str, rows: list[dict], options: dict, shard: tupl
     return fields
 
 
+def _validate_judge_file(command: str, args: JudgeFileArguments) -> None:
+    from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS
+
+    from .args import UserError
+    from .consistency import check_judge_spec
+    from .outputs import check_distinct, check_replaceable, output_format
+
+    methods = SCORE_METHODS if command == "score" else PREFERENCE_METHODS
+    if args.method is not None and args.method not in methods:
+        raise UserError(f"--method for {command} must be one of {', '.join(methods)}, got {args.method!r}")
+    if command == "score" and not 2 <= args.scale <= 100:
+        raise UserError(f"--scale must be in 2..100, got {args.scale}")
+    if args.mode not in ("direct", "rationale"):
+        raise UserError(f"--mode must be direct or rationale, got {args.mode!r}")
+    if args.backend not in ("hf", "deepspeed"):
+        raise UserError(f"--backend must be hf or deepspeed, got {args.backend!r}")
+    if args.batch_size < 1 or (args.max_length is not None and args.max_length < 1):
+        raise UserError("--batch_size and --max_length must be >= 1")
+    check_judge_spec(args.judge)
+    check_replaceable("output", args.output, output_format(args.output, args.format) == "dataset")
+    check_distinct({"input": args.input, "output": args.output})
+
+
 def _judge_file(command: str, args: JudgeFileArguments, served: ServedJudgeArguments) -> int:
+    from .args import UserError
+    from .outputs import OutputSet, output_format
+    from .shards import Source, write_rows
+
+    _validate_judge_file(command, args)
+    source = Source(args.input)  # before the judge loads: a missing file is an error in a second
+    rows = source.all_rows()
+    if not rows:
+        raise UserError(f"{args.input}: no rows")
     from reward import load_judge
 
-    from .data import read_jsonl, write_jsonl
-
-    rows = read_jsonl(args.input)
-    if not rows:
-        raise SystemExit(f"{args.input}: no rows")
     judge = load_judge(
         args.judge, backend=args.backend, device=args.device, max_length=args.max_length, batch_size=args.batch_size,
         **served.load_options(args.judge),
@@ -126,7 +159,10 @@ def _judge_file(command: str, args: JudgeFileArguments, served: ServedJudgeArgum
     fields = judge_rows(judge, command, rows, options, (rank, world))
     if rank != 0:  # rank 0 writes
         return 0
-    write_jsonl(args.output, [{**row, **extra} for row, extra in zip(rows, fields)])
+    with OutputSet({"output": args.output}) as out:
+        write_rows([{**row, **extra} for row, extra in zip(rows, fields)], output_format(args.output, args.format),
+                   out, "output")  # fmt: skip
+        out.commit()
     failed = sum(x["judge_error"] is not None for x in fields)
     print(
         f"{command}: {len(rows) - failed} of {len(rows)} rows judged, {failed} failed -> {args.output}",
@@ -144,22 +180,12 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0
-    command, rest = argv[0], argv[1:]
+def _dispatch(command: str, rest: list[str]) -> int:
     if command == "grpo":
         from .grpo import main as grpo_main
 
         grpo_main(rest)
         return 0
-    if command in ("score", "compare"):
-        from trl import TrlParser
-
-        args, served = TrlParser((JudgeFileArguments, ServedJudgeArguments)).parse_args_and_config(args=rest)
-        return _judge_file(command, args, served)
     if command == "serve":
         from .server import main as serve_main
 
@@ -169,16 +195,49 @@ def main(argv: list[str] | None = None) -> int:
 
         rm_main(rest)
         return 0
-    if command in ("audit", "clean"):
-        from trl import TrlParser
+    from .args import parse
 
-        from .consistency import AuditArguments, CleanArguments, run
+    if command in ("score", "compare"):
+        args, served = parse(f"trustreward {command}", (JudgeFileArguments, ServedJudgeArguments), rest)
+        return _judge_file(command, args, served)
+    from .consistency import AuditArguments, CleanArguments, MergeArguments, merge, run
 
-        dataclass_type = AuditArguments if command == "audit" else CleanArguments
-        args, served = TrlParser((dataclass_type, ServedJudgeArguments)).parse_args_and_config(args=rest)
-        return run(command, args, served)
-    print(f"trustreward: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+    if command == "merge":
+        (args,) = parse("trustreward merge", (MergeArguments,), rest)
+        return merge(args)
+    dataclass_type = AuditArguments if command == "audit" else CleanArguments
+    args, served = parse(f"trustreward {command}", (dataclass_type, ServedJudgeArguments), rest)
+    return run(command, args, served)
+
+
+COMMANDS = ("grpo", "score", "compare", "audit", "clean", "merge", "train-rm", "serve")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs a command; a user error (bad option, unreadable input, unsafe paths) is one line on stderr and exit 2.
+
+    `--debug` anywhere on the command line shows the traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"trustreward: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    from .args import UserError
+
+    try:
+        return _dispatch(command, rest)
+    except (UserError, OSError, UnicodeError) as exc:
+        if debug:
+            raise
+        message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        print(f"trustreward {command}: error: {message} (--debug for a traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def mt_bench_candidates(seed: int = 0, max_words: int | None = None) -> list[dic
 def read_jsonl(path: str | Path) -> list[dict]:
     """Rows of a JSONL file; a line that is not a JSON object is an error naming the line."""
     rows = []
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:  # a UTF-8 BOM is no part of the first row
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..scoring import entropy
+from .columns import PairColumns, build_columns
 from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_tree, components, min_feedback
 from .metrics import PreferenceGraph, audit_graphs
 from .rows import LABELS, BadRow, parse_row, text_key
@@ -82,18 +83,33 @@ class _Rejects:
         self.reason.setdefault(row, (reason, detail, sorted(set(evidence))))
 
 
-def _build(rows, need_label: bool, rejects: _Rejects, progress: bool) -> dict:
+def parse_rows(rows, need_label: bool = True):
+    """`(row, parse_row's _Row or the BadRow it raised)` for each row."""
+    for r, row in enumerate(rows):
+        try:
+            yield r, parse_row(row, need_label)
+        except BadRow as exc:
+            yield r, exc
+
+
+def _build(parsed_rows, rejects: _Rejects) -> dict:
     graphs: dict[str, _Graph] = {}
     parsed = []
-    for r, row in enumerate(tqdm(rows, desc="reading rows", disable=not progress, leave=False)):
-        try:
-            p = parse_row(row, need_label)
-        except BadRow as exc:
-            rejects.add(r, "bad-input", str(exc))
+    for r, p in parsed_rows:
+        if isinstance(p, BadRow):
+            rejects.add(r, "bad-input", str(p))
             continue
-        k = text_key(p.prompt)
-        g = graphs.get(k) or graphs.setdefault(k, _Graph(p.prompt, p.category))
-        ids = [g.node(text, score) for text, score in zip(p.responses, p.scores)]
+        prompt = p.prompt
+        k = prompt if type(prompt) is str else text_key(prompt)  # inlined: this loop runs once per row
+        g = graphs.get(k)
+        if g is None:
+            g = graphs[k] = _Graph(prompt, p.category)
+        nodes, ids = g.nodes, []
+        for text, score in zip(p.responses, p.scores):
+            x = nodes.get(text if type(text) is str else text_key(text))
+            if x is None or (score is not None and g.scores[x] is None):
+                x = g.node(text, score)
+            ids.append(x)
         edges = []
         for i, j, relation, weight, consistent, ent in p.pairs:
             x, y = ids[i], ids[j]
@@ -121,11 +137,17 @@ def _build(rows, need_label: bool, rejects: _Rejects, progress: bool) -> dict:
     for r, g, edges in parsed:
         if r in rejects.reason:
             continue
-        fresh = [e for e in edges if (e[0], e[1]) not in g.seen]
-        if len(edges) == 1 and not fresh:
-            first = g.pairs[(edges[0][0], edges[0][1])][0][0]
-            rejects.add(r, "duplicate-pair", "this pair already appears in another row", [first, r])
+        if len(edges) == 1:  # the common case, without building lists
+            e = edges[0]
+            key = (e[0], e[1])
+            if key in g.seen:
+                first = g.pairs[key][0][0]
+                rejects.add(r, "duplicate-pair", "this pair already appears in another row", [first, r])
+            else:
+                g.seen.add(key)
+                g.edges.append(e)
             continue
+        fresh = [e for e in edges if (e[0], e[1]) not in g.seen]
         g.seen.update((e[0], e[1]) for e in fresh)
         g.edges += fresh
     return graphs
@@ -286,6 +308,7 @@ def clean_dataset(
     ks=(3, 4, 5),
     exact_max_nodes: int = EXACT_MAX_NODES,
     progress: bool = True,
+    row_ids=None,
 ):
     """Drops contradictory preference rows; every dropped row keeps its reason.
 
@@ -299,6 +322,8 @@ def clean_dataset(
         delta: conflict-ratio tie threshold in the report.
         ks: subset sizes for NTR_k in the report.
         exact_max_nodes: `min-feedback` solves components up to this many candidates exactly, larger ones greedily.
+        row_ids: each row's index in the whole dataset, for `row_index` and `evidence_rows` (default: its position);
+            a shard of a dataset (all rows of some prompts) is cleaned exactly as within the whole.
 
     Returns:
         `(kept, rejected, report)`: `kept` the same type as `data` with the kept rows in order; `rejected` a list of
@@ -324,9 +349,41 @@ def clean_dataset(
         raise ValueError(f"exact_max_nodes must be in 0..{MAX_EXACT_LIMIT}, got {exact_max_nodes}")
     is_dataset = not isinstance(data, list)
     rows = data.to_list() if is_dataset else data
+    need_label = judge is None or relations == "labels"
+    parsed = parse_rows(tqdm(rows, desc="reading rows", disable=not progress, leave=False), need_label)
+    reasons, report = clean_parsed(
+        parsed, len(rows), policies, judge, relations, margin, delta, ks, exact_max_nodes, progress
+    )
+    ids = range(len(rows)) if row_ids is None else [int(i) for i in row_ids]
+    rejected = [
+        {"row_index": ids[r], "reason": reason, "detail": detail, "evidence_rows": [ids[x] for x in evidence],
+         "row": rows[r]}
+        for r, (reason, detail, evidence) in sorted(reasons.items())
+    ]  # fmt: skip
+    kept_index = [r for r in range(len(rows)) if r not in reasons]
+    kept = data.select(kept_index) if is_dataset else [rows[r] for r in kept_index]
+    return kept, rejected, report
+
+
+def clean_parsed(
+    parsed,
+    n_rows: int,
+    policies=("equivalence", "drop-cycles"),
+    judge=None,
+    relations: str = "both",
+    margin: float = 0.0,
+    delta: float = 0.0,
+    ks=(3, 4, 5),
+    exact_max_nodes: int = EXACT_MAX_NODES,
+    progress: bool = False,
+):
+    """The core of `clean_dataset` on parsed rows: `parsed` yields `(row, _Row or BadRow)` for rows 0..n_rows-1
+    (from `parse_rows`, or `parse_columns` for Arrow columns), or is a `PairColumns` (built vectorised).
+    Returns `({row: (reason, detail, evidence)}, report)`.
+    """
     rejects = _Rejects()
     with _no_gc():
-        graphs = _build(rows, need_label=judge is None or relations == "labels", rejects=rejects, progress=progress)
+        graphs = build_columns(parsed, rejects, _Graph) if isinstance(parsed, PairColumns) else _build(parsed, rejects)
     stats = {"order_unknown": 0, "min_feedback_components": {"exact": 0, "eades-lin-smyth": 0}}
     if judge is not None:
         stats |= _apply_judge(
@@ -336,25 +393,19 @@ def clean_dataset(
     def usable(e):
         return e[5] not in rejects.reason and e[2] is not None
 
-    with _no_gc():  # until the return
+    with _no_gc():
         before = [g.preference_graph(usable) for g in graphs.values()]
         for g in tqdm(list(graphs.values()), desc="cleaning", disable=not progress or not policies, leave=False):
             _policies(g, [e for e in g.edges if usable(e)], policies, margin, exact_max_nodes, rejects, stats)
-        after = [g.preference_graph(usable) for g in graphs.values()]
-
-        kept_index = [r for r in range(len(rows)) if r not in rejects.reason]
-        rejected = [
-            {"row_index": r, "reason": reason, "detail": detail, "evidence_rows": evidence, "row": rows[r]}
-            for r, (reason, detail, evidence) in sorted(rejects.reason.items())
-        ]
-        assert len(kept_index) + len(rejected) == len(rows)
+        after = [g.preference_graph(usable) for g in graphs.values()] if policies else before
         by_reason = defaultdict(int)
-        for r in rejected:
-            by_reason[r["reason"]] += 1
+        for reason, _, _ in rejects.reason.values():
+            by_reason[reason] += 1
+        rows_rejected = len(rejects.reason)
         report = {
-            "rows_in": len(rows),
-            "rows_kept": len(kept_index),
-            "rows_rejected": len(rejected),
+            "rows_in": n_rows,
+            "rows_kept": n_rows - rows_rejected,
+            "rows_rejected": rows_rejected,
             "rejected_by_reason": dict(sorted(by_reason.items())),
             "policies": [p for p in POLICIES if p in policies],
             "relations": relations if judge is not None else "labels",
@@ -362,7 +413,6 @@ def clean_dataset(
             "min_feedback_exact_max_nodes": exact_max_nodes,
             **stats,
             "before": audit_graphs(before, ks, delta),
-            "after": audit_graphs(after, ks, delta),
         }
-        kept = data.select(kept_index) if is_dataset else [rows[r] for r in kept_index]
-    return kept, rejected, report
+        report["after"] = audit_graphs(after, ks, delta) if policies else report["before"]  # no policy: no change
+    return rejects.reason, report

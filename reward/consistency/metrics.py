@@ -229,13 +229,60 @@ def non_transitivity(graphs, k: int = 3, chunk: int = 1 << 22) -> dict:
     }
 
 
-def _histogram(arrays, bins: int = 20) -> dict | None:
+_HISTOGRAM_BINS = 20
+
+
+def _bin_width(low: float, high: float) -> float:
+    """A power of two near (high - low) / 20: bins on a grid of multiples of it merge exactly across shards (a
+    wider range only ever asks for a width that is a multiple of a narrower range's)."""
+    span = high - low
+    return 2.0 ** math.ceil(math.log2(span / _HISTOGRAM_BINS)) if span > 0 else 1.0
+
+
+def _grid_histogram(first: int, counts, width: float, low: float, high: float) -> dict:
+    return {
+        "edges": [(first + i) * width for i in range(len(counts) + 1)],
+        "counts": [int(c) for c in counts],
+        "width": width,
+        "min": low,
+        "max": high,
+    }
+
+
+def _histogram(arrays) -> dict | None:
+    """Counts on a grid of bins `[i w, (i + 1) w)`, w a power of two: see `merge_histograms`."""
     values = np.concatenate([np.asarray(a, dtype=float) for a in arrays] or [np.zeros(0)])
     values = values[~np.isnan(values)]
     if not len(values):
         return None
-    counts, edges = np.histogram(values, bins=bins)
-    return {"edges": edges.tolist(), "counts": counts.tolist()}
+    low, high = float(values.min()), float(values.max())
+    width = _bin_width(low, high)
+    index = np.floor(values / width).astype(np.int64)  # exact: dividing by a power of two
+    first = int(index.min())
+    return _grid_histogram(first, np.bincount(index - first), width, low, high)
+
+
+def merge_histograms(parts) -> dict | None:
+    """The histogram of the union of the values behind `parts` (each from `_histogram`), exactly.
+
+    ```python
+    >>> merge_histograms([_histogram([[0.0, 1.0]]), _histogram([[3.0, 40.0]])]) == _histogram([[0.0, 1.0, 3.0, 40.0]])
+    True
+
+    ```
+    """
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    low, high = min(p["min"] for p in parts), max(p["max"] for p in parts)
+    width = _bin_width(low, high)
+    first = math.floor(low / width)
+    counts = np.zeros(math.floor(high / width) - first + 1, dtype=np.int64)
+    for p in parts:
+        start = round(p["edges"][0] / p["width"])
+        for i, c in enumerate(p["counts"]):
+            counts[math.floor((start + i) * p["width"] / width) - first] += c
+    return _grid_histogram(first, counts, width, low, high)
 
 
 def _add_counts(parts: list[dict]) -> dict:
@@ -244,6 +291,68 @@ def _add_counts(parts: list[dict]) -> dict:
     n = total["subsets"]
     ratios = {"ratio": "bad", "equal_ratio": "equal", "circle_ratio": "circle"}
     return {r: (total[k] / n if n else None) for r, k in ratios.items()} | total
+
+
+def _cr_entry(conflicts: int, pairs: int) -> dict:
+    return {"ratio": conflicts / pairs if pairs else None, "conflicts": conflicts, "pairs": pairs}
+
+
+def _audit(prompts, pairs, conflicts, by_category_cr, agreement, ntr_by_category, ks, delta, scores, entropies):
+    """The report layout from counts (shared by `audit_graphs` and `merge_audits`, so both agree exactly)."""
+    ntr = {str(k): _add_counts([p[str(k)] for p in ntr_by_category.values()]) for k in ks}
+    categories = sorted((c for c in ntr_by_category if c is not None), key=str)
+    return {
+        "prompts": prompts,
+        "pairs": pairs,
+        "conflict_ratio": _cr_entry(*conflicts)["ratio"],
+        "conflict_counts": {"conflicts": conflicts[0], "pairs": conflicts[1], "delta": delta},
+        "conflict_ratio_by_category": {c: _cr_entry(*by_category_cr[c]) for c in sorted(by_category_cr, key=str)},
+        "agreement": agreement,
+        "non_transitivity": {k: v["ratio"] for k, v in ntr.items()},
+        "non_transitivity_counts": ntr,
+        "non_transitivity_by_category": {
+            c: {k: v["ratio"] for k, v in ntr_by_category[c].items()} for c in categories
+        },
+        "non_transitivity_counts_by_category": {c: ntr_by_category[c] for c in categories},
+        "non_transitivity_counts_uncategorised": ntr_by_category.get(None),
+        "score_histogram": scores,
+        "entropy_histogram": entropies,
+    }
+
+
+def merge_audits(parts: list[dict]) -> dict:
+    """The `audit_graphs` report of the union of disjoint sets of prompts, from theirs: counts added, ratios and
+    histograms recomputed, so it equals the report of the whole exactly (how shards of a dataset merge)."""
+    parts = list(parts)
+    if not parts:
+        raise ValueError("nothing to merge")
+    deltas = {p["conflict_counts"]["delta"] for p in parts}
+    ks = [list(p["non_transitivity"]) for p in parts]
+    if len(deltas) > 1 or any(k != ks[0] for k in ks):
+        raise ValueError(f"audits with different delta {sorted(deltas)} or k {ks[0]} vs others: not one run")
+    by_cr, by_ntr = defaultdict(lambda: [0, 0]), defaultdict(list)
+    for p in parts:
+        for c, e in p["conflict_ratio_by_category"].items():
+            by_cr[c][0] += e["conflicts"]
+            by_cr[c][1] += e["pairs"]
+        for c, counts in p["non_transitivity_counts_by_category"].items():
+            by_ntr[c].append(counts)
+        if p["non_transitivity_counts_uncategorised"] is not None:
+            by_ntr[None].append(p["non_transitivity_counts_uncategorised"])
+    ntr_by_category = {c: {k: _add_counts([x[k] for x in xs]) for k in ks[0]} for c, xs in by_ntr.items()}
+    agreement = np.sum([np.array(p["agreement"]) for p in parts], axis=0).tolist()
+    return _audit(
+        sum(p["prompts"] for p in parts),
+        sum(p["pairs"] for p in parts),
+        (sum(p["conflict_counts"]["conflicts"] for p in parts), sum(p["conflict_counts"]["pairs"] for p in parts)),
+        {c: tuple(v) for c, v in by_cr.items()},
+        agreement,
+        ntr_by_category,
+        ks[0],
+        deltas.pop(),
+        merge_histograms(p["score_histogram"] for p in parts),
+        merge_histograms(p["entropy_histogram"] for p in parts),
+    )
 
 
 def audit_graphs(graphs, ks=(3, 4, 5), delta: float = 0.0) -> dict:
@@ -261,21 +370,16 @@ def audit_graphs(graphs, ks=(3, 4, 5), delta: float = 0.0) -> dict:
     for g in graphs:
         by_category[g.category].append(g)
     parts = {c: {str(k): non_transitivity(gs, k) for k in ks} for c, gs in by_category.items()}
-    ntr = {str(k): _add_counts([p[str(k)] for p in parts.values()]) for k in ks}
-    return {
-        "prompts": len(graphs),
-        "pairs": int(sum(len(g.relation) for g in graphs)),
-        "conflict_ratio": cr["ratio"],
-        "conflict_counts": {"conflicts": cr["conflicts"], "pairs": cr["pairs"], "delta": delta},
-        "conflict_ratio_by_category": cr["by_category"],
-        "agreement": cr["agreement"],
-        "non_transitivity": {k: v["ratio"] for k, v in ntr.items()},
-        "non_transitivity_counts": ntr,
-        "non_transitivity_by_category": {
-            c: {k: v["ratio"] for k, v in p.items()}
-            for c, p in sorted(parts.items(), key=lambda kv: str(kv[0]))
-            if c is not None
-        },
-        "score_histogram": _histogram([g.scores for g in graphs if g.scores is not None]),
-        "entropy_histogram": _histogram([g.entropy for g in graphs if g.entropy is not None]),
-    }
+    by_category_cr = {c: (e["conflicts"], e["pairs"]) for c, e in cr["by_category"].items()}
+    return _audit(
+        len(graphs),
+        int(sum(len(g.relation) for g in graphs)),
+        (cr["conflicts"], cr["pairs"]),
+        by_category_cr,
+        cr["agreement"],
+        parts,
+        [str(k) for k in ks],
+        delta,
+        _histogram([g.scores for g in graphs if g.scores is not None]),
+        _histogram([g.entropy for g in graphs if g.entropy is not None]),
+    )
