@@ -7,7 +7,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from trainers import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward
 from trainers.data import prompt_dataset
-from trainers.grpo import PrintRewards
+from trainers.summary import StepLines as PrintRewards
 
 
 @pytest.mark.parametrize(

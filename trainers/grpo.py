@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from transformers import TrainerCallback
+from pathlib import Path
 
 REWARDS = ("pairwise", "score", "both")
 
@@ -70,18 +69,6 @@ class JudgeRewardArguments:
         )
 
 
-class PrintRewards(TrainerCallback):
-    """Prints each logged step's rewards and judge metrics on one line: the demo's visible result."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            shown = {
-                k: round(v, 4) for k, v in logs.items() if k.startswith(("reward", "judge/")) and isinstance(v, float)
-            }
-            if shown:
-                print(f"step {state.global_step}: {shown}", flush=True)
-
-
 def build_rewards(args: JudgeRewardArguments, judge, monitor=None) -> list:
     """The recipe's judge rewards; a served judge's run as async rewards (TRL awaits them together)."""
     from .rewards import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward
@@ -117,6 +104,7 @@ def build_rewards(args: JudgeRewardArguments, judge, monitor=None) -> list:
 
 def main(argv: list[str] | None = None):
     from transformers import AutoTokenizer
+    from transformers.trainer_callback import ProgressCallback
     from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
     from reward import load_judge
@@ -125,6 +113,7 @@ def main(argv: list[str] | None = None):
     from .cli import ServedJudgeArguments
     from .data import prompt_dataset
     from .monitor import require_wandb
+    from .summary import StepLines, plot_curves, summarize
 
     parser = TrlParser((JudgeRewardArguments, ServedJudgeArguments, GRPOConfig, ModelConfig))
     args, served, training_args, model_args = parser.parse_args_and_config(args=argv)
@@ -150,9 +139,18 @@ def main(argv: list[str] | None = None):
         args=training_args,
         train_dataset=prompt_dataset(args.dataset, args.max_prompts),
         processing_class=AutoTokenizer.from_pretrained(policy, padding_side="left"),
-        callbacks=[PrintRewards()] + ([monitor] if monitor else []),
+        callbacks=[monitor] if monitor else [],
     )
+    if trainer.pop_callback(ProgressCallback):  # TRL prints every log dict; print each step once, ours only
+        trainer.add_callback(StepLines())
     trainer.train()
+    outputs = {"model": None, "curves": None}
     if training_args.output_dir and training_args.save_strategy != "no":
         trainer.save_model(training_args.output_dir)
+        outputs["model"] = training_args.output_dir
+    if trainer.is_world_process_zero():
+        history = trainer.state.log_history
+        if training_args.output_dir:
+            outputs["curves"] = plot_curves(history, Path(training_args.output_dir) / "curves.png")
+        print(summarize(history, outputs), flush=True)
     return trainer

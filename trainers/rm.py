@@ -219,6 +219,11 @@ class RMArguments:
 def _load_pairs(path, args: RMArguments, what: str) -> list[dict]:
     from .data import read_rows, write_jsonl
 
+    if not Path(path).exists():
+        raise SystemExit(
+            f"train-rm: {what} file {path} does not exist. Judged preference rows come from `trustreward compare` "
+            "(pairs judged in both orders), cleaned by `trustreward clean`; see recipes/rm/README.md."
+        )
     rows, _ = read_rows(path, args.split)
     pairs, rejects = preference_pairs(rows, args.loss, args.margin_scale)
     reasons = {}
@@ -302,5 +307,32 @@ def main(argv: list[str] | None = None) -> dict:
         metrics |= pair_metrics([c - r for c, r in zip(chosen, rejected)], held_out)
     trainer.log({f"eval_rm/{k}": float(v) for k, v in metrics.items() if v is not None})  # reaches W&B when on
     (out / "rm_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"train-rm: {metrics} -> {out}", file=sys.stderr)
+    print(rm_summary(metrics, out), flush=True)
     return metrics
+
+
+def rm_summary(metrics: dict, out: Path) -> str:
+    """The end of a `train-rm` run in a few lines: data, held-out accuracy and calibration, where the model went.
+
+    Example:
+        >>> print(rm_summary({"pairs_train": 120, "pairs_eval": 15, "lora": True, "parameters": 134515008,
+        ...                   "accuracy_labels": 0.6, "n_labelled": 15, "ece": 0.1}, Path("runs/rm")))
+        trustreward train-rm: 120 training pairs, 15 held out (LoRA on a 134.5M-parameter model)
+          accuracy vs the held-out labels: 0.600 (15 pairs)
+          calibration error (ECE vs the judge's p): 0.100
+          model: runs/rm (merged), adapter: runs/rm/adapter; metrics: runs/rm/rm_eval.json
+    """
+    lora = "LoRA on" if metrics["lora"] else "full fine-tuning of"
+    lines = [f"trustreward train-rm: {metrics['pairs_train']} training pairs, {metrics['pairs_eval']} held out "
+             f"({lora} a {metrics['parameters'] / 1e6:.1f}M-parameter model)"]  # fmt: skip
+    if metrics.get("accuracy_labels") is not None:
+        lines.append(
+            f"  accuracy vs the held-out labels: {metrics['accuracy_labels']:.3f} ({metrics['n_labelled']} pairs)"
+        )
+    if metrics.get("accuracy_judge") is not None:
+        lines.append(f"  accuracy vs the judge: {metrics['accuracy_judge']:.3f} ({metrics['n_judged']} pairs)")
+    if metrics.get("ece") is not None:
+        lines.append(f"  calibration error (ECE vs the judge's p): {metrics['ece']:.3f}")
+    where = f"{out} (merged), adapter: {out / 'adapter'}" if metrics["lora"] else str(out)
+    lines.append(f"  model: {where}; metrics: {out / 'rm_eval.json'}")
+    return "\n".join(lines)
