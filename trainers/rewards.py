@@ -13,8 +13,8 @@ from collections import defaultdict
 from statistics import fmean
 
 from reward import Judge, load_judge
-from reward.judge import as_text
-from reward.scoring import entropy
+from reward.judge import MODES, as_text
+from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS, check_choice, entropy
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ class _JudgeReward:
         if self.monitor is not None:
             self.monitor.observe(self, rewards=rewards, latency=latency, kwargs=kwargs, **results)
         return rewards
+
+
+def _check_scale(scale) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 100:
+        raise ValueError(f"scale must be an integer in [2, 100], got {scale!r}")
 
 
 def _mean(values):
@@ -89,6 +94,9 @@ class JudgeScoreReward(_JudgeReward):
         metric_prefix="judge",
         monitor=None,
     ):
+        check_choice("method", method, SCORE_METHODS)
+        check_choice("mode", mode, MODES)
+        _check_scale(scale)
         super().__init__(judge, name, metric_prefix, monitor)
         self.scale, self.method, self.mode = scale, method, mode
 
@@ -167,8 +175,10 @@ class JudgePairwiseReward(_JudgeReward):
         metric_prefix="judge",
         monitor=None,
     ):
-        if pairing not in PAIRINGS:
-            raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+        check_choice("pairing", pairing, PAIRINGS)
+        check_choice("method", method, PREFERENCE_METHODS)
+        check_choice("mode", mode, MODES)
+        _check_scale(scale)
         if pairing == "anchor" and not reference_column:
             raise ValueError("pairing='anchor' needs reference_column (the dataset column with the reference answer)")
         super().__init__(judge, name, metric_prefix, monitor)
