@@ -31,16 +31,15 @@ def fail_after_collectives(judge, out: Path, rank: int) -> None:
     """Rank 1's backend breaks in the second micro-batch of its second call, long after both ranks began the judge's
     collectives (ZeRO-3 gathers): every rank must raise, rank 0 too, not wait in a collective for a rank that left."""
     backend = judge.backend
-    encode, calls = backend._encode, []
+    encode = backend._encode
+    calls_done, error = 0, None
 
     def broken(prompt):
-        calls.append(prompt)
-        if rank == 1 and PAIRS[3][1] in prompt:  # the 2nd micro-batch (batch_size=2) of the 2nd call
+        if rank == 1 and calls_done == 1 and PAIRS[3][1] in prompt:  # the 2nd micro-batch (batch_size=2) of call 2
             raise RuntimeError("injected fault on rank 1")
         return encode(prompt)
 
     backend._encode = broken
-    calls_done, error = 0, None
     try:
         for _ in range(2):  # one whole call, then one that breaks on its second micro-batch
             judge.score([q for q, _, _ in PAIRS], [a for _, a, _ in PAIRS])
