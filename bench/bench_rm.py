@@ -12,6 +12,8 @@
 
     python bench/bench_rm.py                  # everything (~20-30 min on 2 CPU cores)
     python bench/bench_rm.py --prepare-only   # steps 1-2: the data the CPU recipe trains on
+    python bench/bench_rm.py --quick          # CI: 3 questions, 1 step per model, in runs/rm-quick; fails when a
+                                              # model's held-out metrics are missing (never on times or accuracy)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import itertools
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -30,11 +33,11 @@ from trainers.data import mt_bench_candidates, read_jsonl, write_jsonl
 OUT = Path("runs/rm")
 
 
-def judge_pairs(max_words: int, seed: int = 0) -> None:
+def judge_pairs(max_words: int, seed: int = 0, questions: int | None = None) -> None:
     """Step 1 (slow, cached in runs/rm/judged.jsonl): every pair of each question's answers, judged both ways."""
     rng = random.Random(seed)
     rows = []
-    for q, group in enumerate(mt_bench_candidates(seed, max_words=max_words)):
+    for q, group in enumerate(mt_bench_candidates(seed, max_words=max_words)[:questions]):
         for x, y in itertools.combinations(group["answers"], 2):
             if rng.random() < 0.5:
                 x, y = y, x
@@ -91,9 +94,14 @@ def main() -> None:
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--max-words", type=int, default=60)
+    parser.add_argument("--quick", action="store_true", help="CI: 3 questions, 1 step each; never fails on times")
     args = parser.parse_args()
+    global OUT
+    questions = None
+    if args.quick:
+        OUT, questions, args.steps, args.max_words = Path("runs/rm-quick"), 3, 1, 30
     if not (OUT / "judged.jsonl").exists():
-        judge_pairs(args.max_words)
+        judge_pairs(args.max_words, questions=questions)
     split()
     if args.prepare_only:
         return
@@ -105,9 +113,14 @@ def main() -> None:
         out = OUT / f"model-{data}-{loss}"
         start = time.perf_counter()
         train_rm(["--config", "recipes/rm/embedded/config_demo.yaml", "--train_file", str(OUT / f"{data}.jsonl"),
-                  "--loss", loss, "--output_dir", str(out), "--max_steps", str(args.steps)])  # fmt: skip
+                  "--loss", loss, "--output_dir", str(out), "--max_steps", str(args.steps),
+                  "--eval_file", str(OUT / "eval.jsonl")])  # fmt: skip
         results[(data, loss)] = evaluate(out, eval_rows) | {"train_s": time.perf_counter() - start}
         print(data, loss, results[(data, loss)], flush=True)
+    missing = [k for k, m in results.items() if None in (m["accuracy_labels"], m["accuracy_judge"], m["ece"])]
+    if missing:
+        print(f"FAIL: no held-out metrics for {missing}", file=sys.stderr)
+        return 1
     print(f"\n{'data':<6} {'loss':<5} {'acc vs truth':>12} {'acc vs judge':>12} {'ECE':>6} {'train s':>8}")
     for (data, loss), m in results.items():
         print(f"{data:<6} {loss:<5} {m['accuracy_labels']:>12.3f} {m['accuracy_judge']:>12.3f} {m['ece']:>6.3f} "
@@ -115,7 +128,8 @@ def main() -> None:
     print(f"(held-out pairs: {results[('raw', 'soft')]['n_judged']}, with a known order: "
           f"{results[('raw', 'soft')]['n_labelled']})")  # fmt: skip
     (OUT / "results.json").write_text(json.dumps({f"{d}-{lo}": m for (d, lo), m in results.items()}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,7 +4,10 @@ Per rank: the judge's parameters it holds, its peak resident memory (the whole p
 shard, activations), and items/s of `Judge.compare` on the same MT-Bench pairs split across the ranks. Sharding
 must cut per-rank parameter memory to about 1/N; on CPU the ranks share the same cores, so items/s does not scale.
 
-    python bench/bench_sharding.py [--pairs 12]
+    python bench/bench_sharding.py [--pairs 12] [--quick]
+
+`--quick` (CI): 2 pairs; fails when a rank does not finish or holds more than ~1/N of the parameters (never on
+times).
 """
 
 from __future__ import annotations
@@ -50,8 +53,11 @@ def worker(out: Path, n_pairs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=12)
+    parser.add_argument("--quick", action="store_true", help="CI: 2 pairs; checks the shards, never times")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.pairs = 2
     if args.worker:
         worker(Path(args.worker), args.pairs)
         return
@@ -61,11 +67,18 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             cmd = ["torchrun", "--standalone", "--nproc_per_node", str(world), __file__, "--worker", out,
                    "--pairs", str(args.pairs)]  # fmt: skip
-            subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
             for rank in range(world):
+                if not (Path(out) / f"rank{rank}.json").exists():
+                    print(f"FAIL: world {world} rank {rank} did not finish\n{proc.stderr[-3000:]}", file=sys.stderr)
+                    return 1
                 r = json.loads((Path(out) / f"rank{rank}.json").read_text())
+                if abs(r["shard"] - r["full"] / world) > 0.02 * r["full"]:
+                    print(f"FAIL: world {world} rank {rank} holds {r['shard']} of {r['full']} bytes", file=sys.stderr)
+                    return 1
                 print(f"{world:>5} {rank:>4} {r['shard'] / 2**20:>9.0f} MiB {r['full'] / 2**20:>5.0f} MiB "
                       f"{r['rss'] / 2**30:>7.2f} G {r['pairs'] / r['s']:>8.2f}")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":

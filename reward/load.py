@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from .judge import Judge
+from .scoring import check_choice
 
 BACKENDS = ("hf", "deepspeed")
 
@@ -59,6 +60,17 @@ def load_judge(
         ds_config=ds_config, tp_size=tp_size, model=model, tokenizer=tokenizer, server_options=server_options,
         **options,
     )  # fmt: skip
+    local = {"device": device, "dtype": dtype, "adapter": adapter, "ds_config": ds_config, "tp_size": tp_size}
+    served = {"model": model, "tokenizer": tokenizer, "server_options": server_options}
+    if spec.startswith("openai:"):  # options that cannot apply are an error, never silently ignored
+        wrong = [k for k, v in local.items() if v is not None] + (["backend"] if backend != "hf" else [])
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: not options of a served judge ({spec}); the server runs the model")
+    else:
+        check_choice("backend", backend, BACKENDS)
+        wrong = [k for k, v in served.items() if v is not None]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: options of a served judge (spec='openai:URL') only, not {spec!r}")
     if spec.startswith("openai:"):
         from transformers import AutoTokenizer
 
@@ -74,8 +86,6 @@ def load_judge(
             raise ValueError(f"cannot load the judge's tokenizer {tokenizer!r} ({exc}); pass tokenizer= (a "
                              "directory, hub id or 'embedded') for the model the server runs") from None  # fmt: skip
         loaded = OpenAIBackend(url, model, tokenizer, max_length=max_length or 4096, **server_options)
-    elif backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     elif backend == "hf":
         from .backends.hf import HFBackend
 

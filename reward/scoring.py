@@ -67,6 +67,12 @@ class Preference:
     truncated: bool = False
 
 
+def check_choice(name: str, value, choices: tuple) -> None:
+    """Raises a `ValueError` listing the valid choices unless `value` is one of them (options checked when built)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
 def _check_probs(probs: Mapping) -> None:
     if not probs:
         raise ValueError("probs is empty: need at least one label with its probability")
@@ -99,6 +105,11 @@ def expected_score(probs: Mapping[int, float], method: str = "trustjudge", tempe
             `"geval"` (sum of rating x probability, not renormalised) or `"argmax"` (most likely rating).
         temperature: temperature of the `"trustjudge"` softmax.
 
+    Ratings with a probability of exactly 0 or 1 (infinite log-odds): `"trustjudge"` adds the reference code's
+    eps of 1e-8 to both sides of the odds, so a rating of probability 0 weighs at most e^-46 times any rating
+    the judge gave at least 1e-4: it is dropped, as the reference code drops it; a rating of probability 1 (all
+    others 0) is the score. With no mass at all there is no score (`score_from_probs` reports the failure).
+
     Example:
     ```python
     >>> from reward.scoring import expected_score
@@ -106,6 +117,8 @@ def expected_score(probs: Mapping[int, float], method: str = "trustjudge", tempe
     80.009
     >>> round(expected_score({80: 0.6, 85: 0.3, 75: 0.1}, method="mean"), 6)
     81.0
+    >>> expected_score({1: 0.0, 4: 0.5, 5: 0.5}) == expected_score({4: 0.5, 5: 0.5})  # a 0 rating is dropped
+    True
 
     ```
     """
@@ -206,7 +219,9 @@ def decide_preference(
     else:
         if perplexity is None:
             raise ValueError('method="ppl" needs the perplexity of the judge output in both orders')
-        verdict = first if perplexity[0] <= perplexity[1] else second
+        # Equal perplexities: neither order is more confident, a tie (as the reference code decides).
+        ppl_ab, ppl_ba = perplexity
+        verdict = first if ppl_ab < ppl_ba else second if ppl_ba < ppl_ab else "tie"
     return Preference(
         p_a=p_a,
         p_b=p_b,

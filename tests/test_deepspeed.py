@@ -61,9 +61,15 @@ def test_zero3_judge_matches_hf(tmp_path, tiny_model_dir, expected, world):
 
 
 def test_a_failing_rank_stops_the_other(tmp_path, tiny_model_dir):
+    """Rank 1 fails mid-call after collectives began: both ranks raise (rank 0 with the news of the failure), each
+    on its own, so neither is left in a collective for torchrun to kill."""
     proc = torchrun(2, tmp_path, tiny_model_dir, "fail", timeout=240)  # a hang would hit the timeout instead
-    assert proc.returncode != 0 and "has 0 items, expected 1" in proc.stderr
-    assert not list(tmp_path.glob("rank*.json"))
+    files = [tmp_path / f"rank{r}.error.json" for r in (0, 1)]
+    assert all(f.exists() for f in files), proc.stdout[-2000:] + proc.stderr[-4000:]
+    rank0, rank1 = (json.loads(f.read_text()) for f in files)
+    assert rank0["calls_done"] == rank1["calls_done"] == 1  # the first call went through on both
+    assert "injected fault on rank 1" in rank1["error"]
+    assert "another rank of the sharded judge failed" in rank0["error"]
 
 
 def test_bad_configs_fail_before_loading(tiny_model_dir):

@@ -58,3 +58,28 @@ def test_compare_cancels_position_bias(judge, item):
     total = sum(pref.order_ab.values()) + sum(pref.order_ba.values())
     assert pref.p_a == pytest.approx((pref.order_ab["A"] + pref.order_ba["B"]) / total)
     assert pref.p_a + pref.p_b + pref.p_tie == pytest.approx(1.0)
+
+
+def test_conversion_runs_fresh_and_matches_the_gguf(tmp_path, monkeypatch):
+    """The conversion itself (no cached copy): the checkpoint it writes computes what transformers computes from
+    the GGUF file directly, token for token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reward.embedded import embedded_judge_path, gguf_path
+
+    monkeypatch.setenv("TRUSTREWARD_CACHE", str(tmp_path))
+    converted = embedded_judge_path()
+    assert converted.parent == tmp_path and (converted / "config.json").exists()
+    assert not list(tmp_path.glob(".convert-*"))  # the temporary directory was renamed, nothing left behind
+    source = gguf_path()
+    direct = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    direct_tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(converted)
+    text = "<|im_start|>user\nWhat is 2+2? Answer with a digit.<|im_end|>\n<|im_start|>assistant\nScore: [4]"
+    ids = tok(text).input_ids
+    assert ids == direct_tok(text).input_ids and tok.chat_template == direct_tok.chat_template
+    with torch.no_grad():
+        got, want = model(torch.tensor([ids])).logits, direct(torch.tensor([ids])).logits
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    assert load_judge(str(converted), device="cpu", progress=False).score(["q?"], ["4"])[0].error is None

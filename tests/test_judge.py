@@ -155,3 +155,109 @@ def test_lora_adapter_is_applied(tmp_path, tiny_model_dir, tiny_judge):
     by_hand = type(tiny_judge.backend)(lora.merge_and_unload(), tiny_judge.tokenizer)
     judge = type(tiny_judge)(by_hand, progress=False)
     assert judge.score(["q?"], ["answer"])[0].expected == pytest.approx(got.expected, abs=1e-5)
+
+
+class Critic:
+    """A backend whose critique names the better answer (the longer one) and whose slot only follows the critique:
+    without the critique its verdict is a coin toss (A = B), its score a 1."""
+
+    max_length = 4096
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.label_prompts = []
+
+    def generate(self, prompts, max_new_tokens, stop):
+        out = []
+        for p in prompts:
+            if "Assistant A's Answer" in p:
+                a, b = answer_in_slot(p, "A"), answer_in_slot(p, "B")
+                out.append(
+                    ("The first answer is better. Verdict:" if len(a) > len(b) else "The second is better.", -1.0, 6)
+                )
+            else:
+                out.append(("An excellent answer." if "good" in p else "A poor answer.", -1.0, 4))
+        return out
+
+    def label_logprobs(self, prompts, labels):
+        self.label_prompts += prompts
+        out = []
+        for p in prompts:
+            if set(labels) == {"A", "B", "C"}:
+                probs = (
+                    {"A": 0.8, "B": 0.1, "C": 0.1}
+                    if "first answer is better" in p
+                    else (
+                        {"A": 0.1, "B": 0.8, "C": 0.1} if "second is better" in p else {"A": 0.45, "B": 0.45, "C": 0.1}
+                    )
+                )
+            else:
+                probs = {"5": 1.0} if "An excellent answer." in p else {"1": 1.0}
+            out.append({label: math.log(probs[label]) if label in probs else -math.inf for label in labels})
+        return out
+
+
+def test_rationale_mode_reads_the_slot_after_the_critique(tiny_judge):
+    from reward import Judge
+
+    judge = Judge(Critic(tiny_judge.tokenizer), progress=False)
+    prefs = judge.compare(["q", "q"], ["a longer answer", "short"], ["short", "a longer answer"], mode="rationale")
+    assert [p.verdict for p in prefs] == ["a", "b"] and all(p.order_consistent for p in prefs)
+    assert prefs[0].p_a == pytest.approx(0.8)
+    # The slot is read right after the critique (the marker the judge wrote itself is not doubled).
+    assert judge.backend.label_prompts[0].endswith("The first answer is better.\nVerdict: [")
+    # Without the critique the same backend cannot tell the answers apart.
+    (direct,) = judge.compare(["q"], ["a longer answer"], ["short"])
+    assert direct.verdict == "tie" and direct.p_a == pytest.approx(direct.p_b)
+    scores = judge.score(["q", "q"], ["a good answer", "a bad answer"], mode="rationale", method="mean")
+    assert [s.expected for s in scores] == pytest.approx([5.0, 1.0])
+    assert [s.expected for s in judge.score(["q"], ["a good answer"], method="mean")] == pytest.approx([1.0])
+
+
+def by_order(ab, ba):
+    """A judge whose raw verdicts depend on which answer ("x" or "y") is shown first."""
+    return lambda prompt: ab if answer_in_slot(prompt, "A") == "x" else ba
+
+
+# The orders disagree: a-first says a (0.6), b-first says b (0.55, less sure); merged, b wins (0.95 vs 0.65).
+AB, BA = {"A": 0.6, "B": 0.4, "C": 0.0}, {"A": 0.55, "B": 0.05, "C": 0.4}
+
+
+def test_ppl_lets_the_more_confident_order_decide(fake_judge):
+    judge = fake_judge(rule=by_order(AB, BA))
+    (lik,) = judge.compare(["q"], ["x"], ["y"])
+    (ppl,) = judge.compare(["q"], ["x"], ["y"], method="ppl")
+    assert lik.verdict == "b" and not lik.order_consistent
+    # Perplexity of each order's output is 1 / P(its verdict): 1 / 0.6 < 1 / 0.55, so the a-first order decides.
+    assert ppl.verdict == "a"
+    assert (ppl.p_a, ppl.p_b) == pytest.approx((lik.p_a, lik.p_b))  # the probabilities are the same merge
+    # Swapping which order is more confident swaps the verdict.
+    (flipped,) = fake_judge(rule=by_order({"A": 0.5, "B": 0.45, "C": 0.05}, BA)).compare(
+        ["q"], ["x"], ["y"], method="ppl"
+    )
+    assert flipped.verdict == "b"
+
+
+def test_ppl_in_rationale_mode_counts_the_critique(fake_judge):
+    class Unsure(type(fake_judge().backend)):
+        def generate(self, prompts, max_new_tokens, stop):  # the a-first critique is far less likely
+            return [("hmm.", -12.0, 3) if answer_in_slot(p, "A") == "x" else ("sure.", -0.3, 3) for p in prompts]
+
+    from reward import Judge
+
+    judge = Judge(Unsure(fake_judge().tokenizer, by_order(AB, BA)), progress=False)
+    (direct,) = judge.compare(["q"], ["x"], ["y"], method="ppl")
+    (rationale,) = judge.compare(["q"], ["x"], ["y"], method="ppl", mode="rationale")
+    assert direct.verdict == "a" and rationale.verdict == "b"  # exp(-(-12 + ln .6) / 4) > exp(-(-0.3 + ln .55) / 4)
+
+
+def test_baseline_needs_both_orders_to_agree(fake_judge):
+    (disagree,) = fake_judge(rule=by_order(AB, BA)).compare(["q"], ["x"], ["y"], method="baseline")
+    assert disagree.verdict == "tie" and disagree.p_b > disagree.p_a  # merged says b, the baseline a tie
+    agree_ba = {"A": 0.3, "B": 0.6, "C": 0.1}  # b-first says a too
+    (agree,) = fake_judge(rule=by_order(AB, agree_ba)).compare(["q"], ["x"], ["y"], method="baseline")
+    assert agree.verdict == "a" and agree.order_consistent
+    (agree_b,) = fake_judge(rule=by_order({"A": 0.2, "B": 0.7, "C": 0.1}, BA)).compare(
+        ["q"], ["x"], ["y"], method="baseline"
+    )
+    assert agree_b.verdict == "b"

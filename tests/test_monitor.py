@@ -164,3 +164,48 @@ def test_a_sharded_judge_gets_every_call_on_every_rank(tiny_judge):
     rewards = reward(prompts=["q1", "q2"], completions=["x", "y"], trainer_state=SimpleNamespace(global_step=0))
     assert rewards == [None, None]  # no peers: nothing to judge here
     assert Lockstep.agreed == 3  # the reward's compare, then the monitor's score and compare, all empty
+
+
+def test_concurrent_async_rewards_make_one_check_per_batch(fake_judge):
+    """TRL awaits async rewards together, so two rewards report from two threads at once. A batch store that is slow
+    to answer `len` widens the window in which, without the monitor's lock, both threads see the full batch (one
+    then checks an empty batch and fails) or neither does (no check)."""
+    import asyncio
+    import time
+
+    from conftest import RecordingMonitor
+
+    from trainers import AsyncJudgeReward
+
+    class SlowBatch(dict):
+        def __len__(self):
+            time.sleep(0.2)
+            return super().__len__()
+
+    class Monitor(RecordingMonitor, JudgeMonitor):
+        @property
+        def _batch(self):
+            return self.__dict__["_slow"]
+
+        @_batch.setter
+        def _batch(self, value):
+            self.__dict__["_slow"] = SlowBatch(value)
+
+    judge = fake_judge(rule=cyclic, points=POINTS)
+    monitor = Monitor(sample_rate=1.0)
+    rewards = [
+        AsyncJudgeReward(JudgeScoreReward(judge, monitor=monitor)),
+        AsyncJudgeReward(JudgePairwiseReward(judge, monitor=monitor, metric_prefix="judge/p")),
+    ]
+
+    async def step(n):
+        state = SimpleNamespace(global_step=n)
+        calls = [r(prompts=["q"] * 4, completions=ANSWERS, log_metric=Log(), trainer_state=state) for r in rewards]
+        return await asyncio.wait_for(asyncio.gather(*calls), timeout=30)  # a lost batch can hang the gather
+
+    for n in range(3):
+        asyncio.run(step(n))
+    # One check per step, each with both rewards' judgements (so no extra judge call and the numbers by hand).
+    assert [c["step"] for c in monitor.checks] == [0, 1, 2]
+    assert all(c["conflict_ratio"] == 1.0 and c["non_transitivity"] == 0.25 for c in monitor.checks)
+    assert len(judge.backend.prompts) == 3 * (4 + 6 * 2)

@@ -167,3 +167,78 @@ def test_async_reward_pickles_and_checks_its_input():
     assert reward.__name__ == "r" and reward._judge == "embedded"  # a spec: nothing loaded to pickle
     with pytest.raises(TypeError, match="wraps a judge reward"):
         AsyncJudgeReward(lambda prompts, completions, **kw: [1.0] * len(prompts))
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda j: JudgeScoreReward(j, method="likelyhood"), "method must be one of trustjudge, mean, geval, argmax"),
+        (lambda j: JudgeScoreReward(j, mode="cot"), "mode must be one of direct, rationale"),
+        (lambda j: JudgeScoreReward(j, scale=1), "scale must be an integer"),
+        (lambda j: JudgePairwiseReward(j, method="likelyhood"), "method must be one of likelihood, ppl, baseline"),
+        (lambda j: JudgePairwiseReward(j, method="mean"), "method must be one of likelihood, ppl, baseline"),
+        (lambda j: JudgePairwiseReward(j, mode="cot"), "mode must be one of direct, rationale"),
+        (lambda j: JudgePairwiseReward(j, pairing="every"), "pairing must be one of all, adaptive, anchor"),
+    ],
+)
+def test_bad_options_fail_when_the_reward_is_built(fake_judge, build, message):
+    judge = fake_judge(rule=longer_wins)
+    with pytest.raises(ValueError, match=message):
+        build(judge)
+    assert judge.backend.prompts == []  # before any judge call
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ({"preference_method": "likelyhood"}, "preference_method must be one of likelihood, ppl, baseline"),
+        ({"score_method": "likelihood"}, "score_method must be one of trustjudge, mean, geval, argmax"),
+        ({"judge_mode": "cot"}, "judge_mode must be one of direct, rationale"),
+        ({"judge_backend": "vllm"}, "judge_backend must be one of hf, deepspeed"),
+        ({"reward": "both-ways"}, "reward must be one of pairwise, score, both"),
+        ({"on_inconsistency": "halt"}, "on_inconsistency must be one of warn, stop"),
+        ({"scale": 0}, "scale must be an integer"),
+        ({"monitor_sample_rate": 1.5}, "monitor_sample_rate"),
+        ({"judge": "openai:http://127.0.0.1:9/v1", "judge_device": "cuda:0"}, "judge_device does not apply"),
+    ],
+)
+def test_recipe_options_fail_when_parsed(option, message):
+    from trainers.grpo import JudgeRewardArguments
+
+    with pytest.raises(ValueError, match=message):
+        JudgeRewardArguments(**option)
+
+
+def test_grpo_command_stops_on_a_typo_before_loading_anything(monkeypatch):
+    from pathlib import Path
+
+    from trainers.cli import main
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a judge was loaded before the options were checked")
+
+    monkeypatch.setattr("reward.load_judge", no_loading)
+    recipe = Path(__file__).resolve().parents[1] / "recipes/grpo/embedded/config_demo.yaml"
+    with pytest.raises(
+        ValueError, match="preference_method must be one of likelihood, ppl, baseline; got 'likelyhood'"
+    ):
+        main(["grpo", "--config", str(recipe), "--preference_method", "likelyhood"])
+
+
+def test_load_judge_rejects_options_of_another_backend(tiny_model_dir):
+    from reward import load_judge
+
+    for options in (
+        {"device": "cpu"},
+        {"dtype": "float32"},
+        {"adapter": "x"},
+        {"tp_size": 2},
+        {"backend": "deepspeed"},
+    ):
+        with pytest.raises(ValueError, match="not options of a served judge"):
+            load_judge("openai:http://127.0.0.1:9/v1", tokenizer="embedded", **options)
+    for options in ({"server_options": {"endpoint": "chat"}}, {"model": "judge"}, {"tokenizer": "embedded"}):
+        with pytest.raises(ValueError, match="options of a served judge"):
+            load_judge(tiny_model_dir, **options)
+    with pytest.raises(ValueError, match="backend must be one of hf, deepspeed; got 'vllm'"):
+        load_judge(tiny_model_dir, backend="vllm")

@@ -182,3 +182,45 @@ def test_margin_from_score_differences():
     assert [p["margin"] for p in soft] == [pytest.approx(-1.25), 0.0]  # a vs b: 0.5 x (2.0 - 4.5)
     hard, _ = preference_pairs(rows, "hard", margin_scale=0.5)
     assert hard[0]["chosen"] == "y" and hard[0]["margin"] == pytest.approx(1.25)  # oriented to the winner
+
+
+def test_soft_targets_reach_the_loss_in_a_real_train(tmp_path, tiny_model_dir):
+    """In `.train()`, through TRL's column pruning, tokenising and collating: each pair's target arrives in
+    `compute_loss` and the loss is the soft Bradley-Terry value on it (not TRL's hard loss)."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig
+
+    from trainers.rm import SoftRewardTrainer, TargetCollator
+
+    seen = []
+
+    class Recording(SoftRewardTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            target = inputs.get("target")
+            loss, out = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            chosen, rejected = out.logits.squeeze(-1).detach().chunk(2)
+            seen.append((None if target is None else target.tolist(), (chosen - rejected).tolist(), loss.item()))
+            return (loss, out) if return_outputs else loss
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    torch.manual_seed(0)
+    with torch.no_grad():  # a head with large weights: reward differences far from 0, where soft and hard differ
+        model.score.weight.normal_(0, 2.0)
+    rows = [
+        {"prompt": "What is two plus two?", "chosen": " four", "rejected": " five", "target": 0.8},
+        {"prompt": "Where is Paris?", "chosen": " In France.", "rejected": " a b c", "target": 0.3},
+    ]
+    config = RewardConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, report_to="none",
+                          bf16=False, use_cpu=True, save_strategy="no", seed=0)  # fmt: skip
+    trainer = Recording(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                        data_collator=TargetCollator(pad_token_id=tok.pad_token_id), loss="soft")  # fmt: skip
+    trainer.train()
+    (target, d, loss) = seen[0]
+    assert sorted(target) == pytest.approx([0.3, 0.8])  # both targets made it through the data pipeline
+    d, p = torch.tensor(d), torch.tensor(target)
+    assert loss == pytest.approx(soft_bt_loss(d, p).item(), rel=1e-5)
+    assert abs(d).min() > 0.1, d  # (else the soft and hard losses could not be told apart)
+    assert loss != pytest.approx(-torch.nn.functional.logsigmoid(d).mean().item(), rel=1e-3)  # not the hard loss

@@ -86,3 +86,23 @@ def test_score_from_probs_reports_distribution():
     failed = score_from_probs({1: 0.0, 2: 0.0})
     assert failed.expected is None and failed.error
     assert entropy({"x": 1.0}) == 0.0
+
+
+def test_ppl_with_equal_perplexities_is_a_tie():
+    # The orders disagree and neither is more confident: a tie, as the reference decides (not the first order).
+    ab = {"A": 0.5, "B": 0.4, "C": 0.1}  # says a
+    ba = {"A": 0.5, "B": 0.4, "C": 0.1}  # says b
+    assert decide_preference(ab, ba, "ppl", perplexity=(2.0, 2.0)).verdict == "tie"
+    assert decide_preference(ab, ba, "ppl", perplexity=(2.0, 2.0 + 1e-9)).verdict == "a"
+    assert decide_preference(ab, ba, "ppl", perplexity=(2.0 + 1e-9, 2.0)).verdict == "b"
+
+
+def test_trustjudge_with_probabilities_of_exactly_0_and_1():
+    # A rating of probability 0 is dropped (the reference code drops it): the score is that of the other ratings.
+    assert expected_score({1: 0.0, 4: 0.5, 5: 0.5}) == pytest.approx(4.5, abs=1e-12)
+    assert expected_score({1: 0.0, 2: 0.3, 5: 0.6}) == pytest.approx(expected_score({2: 0.3, 5: 0.6}), abs=1e-12)
+    # A rating of probability 1 is the score, wherever it sits on the scale.
+    assert expected_score({1: 0.0, 3: 1.0, 5: 0.0}) == pytest.approx(3.0, abs=1e-12)
+    assert expected_score({1: 1.0, 5: 0.0}) == pytest.approx(1.0, abs=1e-12)
+    # No mass at all: no score, a failure rather than a number.
+    assert score_from_probs({1: 0.0, 5: 0.0}).expected is None

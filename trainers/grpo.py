@@ -50,8 +50,23 @@ class JudgeRewardArguments:
     on_inconsistency: str = field(default="warn", metadata={"help": "What a guard does: warn | stop."})
 
     def __post_init__(self):
-        if self.reward not in REWARDS:
-            raise ValueError(f"reward must be one of {REWARDS}, got {self.reward!r}")
+        # Checked here, before any model loads: a typo must not turn into None rewards and a warning every step.
+        from reward.judge import MODES
+        from reward.load import BACKENDS
+        from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS, check_choice
+
+        from .monitor import ACTIONS
+
+        for name, choices in (("reward", REWARDS), ("judge_backend", BACKENDS), ("score_method", SCORE_METHODS),
+                              ("preference_method", PREFERENCE_METHODS), ("judge_mode", MODES),
+                              ("on_inconsistency", ACTIONS)):  # fmt: skip
+            check_choice(name, getattr(self, name), choices)
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or not 2 <= self.scale <= 100:
+            raise ValueError(f"scale must be an integer in [2, 100], got {self.scale!r}")
+        if not 0 <= self.monitor_sample_rate <= 1:
+            raise ValueError(f"monitor_sample_rate must be in [0, 1], got {self.monitor_sample_rate}")
+        if self.judge.startswith("openai:") and self.judge_device is not None:
+            raise ValueError("judge_device does not apply to a served judge (openai:...): the server places the model")
 
     def build_monitor(self):
         """The `JudgeMonitor` these arguments ask for, or `None` when `monitor_sample_rate` is 0."""

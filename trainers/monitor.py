@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import random
+import threading
 import time
 from collections import defaultdict
 
@@ -83,9 +84,19 @@ class JudgeMonitor(TrainerCallback):
         self.last: dict = {}
         self.alerts: list[dict] = []
         self._batch: dict = {}
+        # Async rewards (`AsyncJudgeReward`) report from worker threads at the same time: one at a time here, or two
+        # could both see an incomplete batch (no check) or both take the full one (two checks).
+        self._lock = threading.Lock()
         self._checks = 0
         self._registered = self._wandb = self._stop = False
         self._pending = {"entropy": defaultdict(list), "rewards": defaultdict(list), "cases": []}
+
+    def __getstate__(self):  # a lock does not pickle (rewards holding the monitor may be pickled)
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def attach(self, reward) -> None:
         """Called by a judge reward built with `monitor=self`."""
@@ -97,14 +108,15 @@ class JudgeMonitor(TrainerCallback):
         """One reward's judgements of a batch; the last attached reward to report triggers the check."""
         if self.on_inconsistency == "stop" and not self._registered:
             raise RuntimeError("JudgeMonitor(on_inconsistency='stop') must be in the trainer's callbacks to stop it")
-        self._pending["rewards"][reward.__name__] += [r for r in rewards if r is not None]
         ents = [s.entropy for s in (scores or {}).values() if s.error is None]
         ents += [entropy({"a": p.p_a, "b": p.p_b, "tie": p.p_tie}) for p in (prefs or {}).values() if p.error is None]
-        self._pending["entropy"][reward.metric_prefix] += [e for e in ents if e is not None]
-        self._batch[reward.__name__] = {"reward": reward, "latency": latency, "scores": scores, "prefs": prefs}
-        if len(self._batch) < len(self.rewards):
-            return
-        batch, self._batch = self._batch, {}
+        with self._lock:
+            self._pending["rewards"][reward.__name__] += [r for r in rewards if r is not None]
+            self._pending["entropy"][reward.metric_prefix] += [e for e in ents if e is not None]
+            self._batch[reward.__name__] = {"reward": reward, "latency": latency, "scores": scores, "prefs": prefs}
+            if len(self._batch) < len(self.rewards):
+                return
+            batch, self._batch = self._batch, {}
         state = kwargs.get("trainer_state")
         self._check(batch, prompts, questions, answers, kwargs.get("log_metric"), getattr(state, "global_step", 0))
 

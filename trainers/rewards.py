@@ -27,8 +27,8 @@ from reward.groups import (
     swiss_pairs,
     swiss_rounds,
 )
-from reward.judge import as_text
-from reward.scoring import entropy
+from reward.judge import MODES, as_text
+from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS, check_choice, entropy
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ class _JudgeReward:
         if self.monitor is not None:
             self.monitor.observe(self, rewards=rewards, latency=latency, kwargs=kwargs, **results)
         return rewards
+
+
+def _check_scale(scale) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 100:
+        raise ValueError(f"scale must be an integer in [2, 100], got {scale!r}")
 
 
 def _mean(values):
@@ -103,6 +108,9 @@ class JudgeScoreReward(_JudgeReward):
         metric_prefix="judge",
         monitor=None,
     ):
+        check_choice("method", method, SCORE_METHODS)
+        check_choice("mode", mode, MODES)
+        _check_scale(scale)
         super().__init__(judge, name, metric_prefix, monitor)
         self.scale, self.method, self.mode = scale, method, mode
 
@@ -200,10 +208,11 @@ class JudgePairwiseReward(_JudgeReward):
         metric_prefix="judge",
         monitor=None,
     ):
-        if pairing not in PAIRINGS:
-            raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+        check_choice("pairing", pairing, PAIRINGS)
+        check_choice("aggregate", aggregate, AGGREGATES)
+        check_choice("method", method, PREFERENCE_METHODS)
+        check_choice("mode", mode, MODES)
+        _check_scale(scale)
         if pairing == "anchor" and not reference_column:
             raise ValueError("pairing='anchor' needs reference_column (the dataset column with the reference answer)")
         if swiss_rounds is not None and (not isinstance(swiss_rounds, int) or swiss_rounds < 1):

@@ -2,8 +2,9 @@
 
 argv: OUT_DIR MODEL_DIR [fail | tp]. ZeRO-3 with 2 ranks: rank 0 judges 4 pairs and rank 1 one (uneven), then
 rank 1 scores nothing while rank 0 scores 3 (an empty rank), then both write rationales (generate in lockstep);
-one rank does it all. With `tp` the judge is tensor-parallel (AutoTP) and every rank judges all pairs and scores
-(a tensor-parallel group sees the same batch). With `fail`, rank 1 passes bad input after loading.
+one rank does it all. With `fail`, rank 1's backend breaks mid-call (see
+`fail_after_collectives`). With `tp` the judge is tensor-parallel (AutoTP) and every rank judges all pairs and scores
+(a tensor-parallel group sees the same batch).
 Each rank writes OUT_DIR/rank{N}.json.
 """
 
@@ -26,14 +27,37 @@ PAIRS = [
 SCORES = [("What is two plus two?", "four"), ("Where is Paris?", "In France."), ("Name a colour.", "Red.")]
 
 
+def fail_after_collectives(judge, out: Path, rank: int) -> None:
+    """Rank 1's backend breaks in the second micro-batch of its second call, long after both ranks began the judge's
+    collectives (ZeRO-3 gathers): every rank must raise, rank 0 too, not wait in a collective for a rank that left."""
+    backend = judge.backend
+    encode = backend._encode
+    calls_done, error = 0, None
+
+    def broken(prompt):
+        if rank == 1 and calls_done == 1 and PAIRS[3][1] in prompt:  # the 2nd micro-batch (batch_size=2) of call 2
+            raise RuntimeError("injected fault on rank 1")
+        return encode(prompt)
+
+    backend._encode = broken
+    try:
+        for _ in range(2):  # one whole call, then one that breaks on its second micro-batch
+            judge.score([q for q, _, _ in PAIRS], [a for _, a, _ in PAIRS])
+            calls_done += 1
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    (out / f"rank{rank}.error.json").write_text(json.dumps({"error": error, "calls_done": calls_done}))
+
+
 def main():
     out, model = Path(sys.argv[1]), sys.argv[2]
     tp = sys.argv[3:] == ["tp"]
     judge = load_judge(model, backend="deepspeed", device="cpu", progress=False, batch_size=2, rationale_tokens=4,
                        tp_size=2 if tp else None)  # fmt: skip
     rank, world = dist.get_rank(), dist.get_world_size()
-    if sys.argv[3:] == ["fail"] and rank == 1:
-        judge.compare(["q"], ["a"], [])  # mismatched lengths: raises here, while rank 0 waits in the judge
+    if sys.argv[3:] == ["fail"]:
+        fail_after_collectives(judge, out, rank)
+        return
     mine = PAIRS if world == 1 or tp else PAIRS[:4] if rank == 0 else PAIRS[4:]
     prefs = judge.compare(*map(list, zip(*mine)))
     scored = SCORES if rank == 0 or tp else []
