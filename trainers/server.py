@@ -132,6 +132,8 @@ def create_app(
     *,
     reward: str = "pairwise",
     scale: int = 5,
+    pairing: str = "all",
+    aggregate: str = "mean_win",
     group_size: int | None = None,
     group_timeout: float = 30.0,
     on_failure: str = "group_mean",
@@ -147,7 +149,8 @@ def create_app(
     problems = option_problems(reward, group_size, group_timeout, on_failure)
     if problems:
         raise ValueError("; ".join(problems))
-    batcher = Batcher(judge, reward=reward, scale=scale, on_failure=FailurePolicy.parse(on_failure),
+    batcher = Batcher(judge, reward=reward, scale=scale, pairing=pairing, aggregate=aggregate,
+                      on_failure=FailurePolicy.parse(on_failure),
                       max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue,
                       max_request_items=max_request_items)  # fmt: skip
     groups = Groups(batcher, group_size, group_timeout)
@@ -253,6 +256,8 @@ class ServeArguments:
     port: int = field(default=8000, metadata={"help": "Port."})
     reward: str = field(default="pairwise", metadata={"help": "/get_reward: pairwise (within a group) | score."})
     scale: int = field(default=5, metadata={"help": "Pointwise ratings 1..scale."})
+    pairing: str = field(default="all", metadata={"help": "pairwise: all | adaptive | circular | swiss (per group)."})
+    aggregate: str = field(default="mean_win", metadata={"help": "pairwise: mean_win | bradley_terry | cycle_free."})
     group_size: int | None = field(
         default=None,
         metadata={"help": "pairwise: hold a prompt's samples until N arrived (per-sample clients: OpenRLHF's "
@@ -317,7 +322,8 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"serve: --token_env {args.token_env} is not set")
     judge = load_judge(args.judge, device=args.device, max_length=args.max_length, batch_size=args.batch_size,
                        progress=False, **served.load_options(args.judge))  # fmt: skip
-    app = create_app(judge, reward=args.reward, scale=args.scale, group_size=args.group_size,
+    app = create_app(judge, reward=args.reward, scale=args.scale, pairing=args.pairing, aggregate=args.aggregate,
+                     group_size=args.group_size,
                      group_timeout=args.group_timeout, on_failure=args.on_failure, max_batch=args.max_batch,
                      max_wait_s=args.max_wait_s, max_queue=args.max_queue, max_request_items=args.max_request_items,
                      token=token, allowed_hosts=hosts_for(args.host, args.allowed_hosts))  # fmt: skip

@@ -120,15 +120,17 @@ class Batcher:
         max_batch, max_wait_s, max_queue: items per judge call, how long the first job waits for others, items
             waiting at most.
         max_request_items: most items in one request (beyond: `TooLarge`).
+        pairing, aggregate: the pairwise reward's design and aggregation (`trainers.JudgePairwiseReward`).
     """
 
     def __init__(self, judge, *, reward: str, scale: int, on_failure: FailurePolicy, max_batch: int,
-                 max_wait_s: float, max_queue: int, max_request_items: int | None = None):  # fmt: skip
+                 max_wait_s: float, max_queue: int, max_request_items: int | None = None, pairing: str = "all",
+                 aggregate: str = "mean_win"):  # fmt: skip
         self.judge, self.reward, self.scale, self.on_failure = judge, reward, scale, on_failure
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self.max_request_items = min(max_request_items or max_queue, max_queue)
         self.score_reward = JudgeScoreReward(judge, scale=scale)
-        self.pair_reward = JudgePairwiseReward(judge)
+        self.pair_reward = JudgePairwiseReward(judge, pairing=pairing, aggregate=aggregate)
         self.jobs: list[_Job] = []  # jobs with items not yet taken, oldest first
         self.wake = asyncio.Event()
         self.closing = False
