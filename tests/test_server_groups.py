@@ -231,3 +231,18 @@ def test_serve_refuses_group_size_0_before_loading_the_judge(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "trainers.cli", "serve", "--judge", str(tmp_path / "missing"),
                            "--group_size", "0"], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and "group_size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_pairing_and_aggregate_reach_the_groups_reward(judge):
+    # Swiss rounds + Bradley-Terry give other numbers than all pairs + mean win: the server's must be the former's.
+    app = create_app(judge, group_size=4, group_timeout=30, pairing="swiss", aggregate="bradley_terry")
+    items = samples(judge.tokenizer)
+    with live(app) as url:
+        answers = asyncio.run(post_each(url, items))
+    for (prompt, _, response), r in zip(items, answers):
+        reward, _ = check_answer(r)
+        group = ANSWERS[[q for q in ANSWERS if q in prompt][0]]
+        swiss = JudgePairwiseReward(judge, pairing="swiss", aggregate="bradley_terry")
+        want = dict(zip(group, swiss(prompts=[prompt] * len(group), completions=group)))
+        assert reward == pytest.approx(want[response], abs=1e-6)
+        assert reward != pytest.approx(want_pairwise(judge, prompt, group)[response], abs=1e-3)
