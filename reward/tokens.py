@@ -40,3 +40,14 @@ def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     if rust is None:
         return tokenizer(list(texts), add_special_tokens=False).input_ids
     return [e.ids for e in rust.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def bytes_bound(tokenizer) -> bool:
+    """Whether no text has more tokens than its UTF-8 bytes plus one (a byte-level BPE without normaliser: every
+    token holds at least one byte; plus one for a prefix space). Lets a caller skip tokenising a text that fits
+    anyway."""
+    rust = getattr(tokenizer, "_tokenizer", None)
+    if rust is None or rust.normalizer is not None or type(rust.model).__name__ != "BPE":
+        return False
+    pre = rust.pre_tokenizer
+    return pre is not None and b'"ByteLevel"' in pre.__getstate__()

@@ -96,6 +96,7 @@ class HFBackend:
         self._label_cache: dict[tuple[str, tuple[str, ...]], tuple[tuple[int, ...], ...]] = {}
         self._tries: dict[tuple[tuple[int, ...], ...], _Trie] = {}
         self._end_ids: torch.Tensor | None = None
+        self._end_mask: torch.Tensor | None = None
 
     @classmethod
     def from_pretrained(cls, path: str, *, device=None, dtype=None, adapter: str | None = None, **kwargs) -> HFBackend:
@@ -137,7 +138,8 @@ class HFBackend:
         return self._label_cache[key]
 
     def _ends(self) -> torch.Tensor:
-        """Ids of the tokens that end a label: their text does not start with a letter or a digit."""
+        """1.0 at the tokens that end a label (their text does not start with a letter or a digit), else 0.0: the
+        end-token mass of a row of probabilities is one product with it. (`_end_ids`: their indices.)"""
         if self._end_ids is None:
             vocab = self.model.config.get_text_config().vocab_size  # (a ZeRO-3 shard's weight has no shape)
             texts = self.tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(self.tokenizer)))))
@@ -147,7 +149,8 @@ class HFBackend:
                 if text[:1].isalnum():
                     mask[i] = False
             self._end_ids = mask.nonzero().squeeze(-1).to(self.device)  # indices: selecting by mask syncs a GPU
-        return self._end_ids
+            self._end_mask = mask.float().to(self.device)
+        return self._end_mask
 
     def _trie(self, label_ids: tuple[tuple[int, ...], ...]) -> _Trie:
         """The label set's token trie as tensors on the model's device, built once per label set."""
@@ -325,21 +328,32 @@ class HFBackend:
             logits_to_keep=torch.arange(width - 1, width + n_nodes, device=dev),  # the root (last row token), nodes
         )
         self.forward_tokens += int(ids.numel())  # prompt tokens, padding included (not the label step)
-        logits = out.logits.float()  # [B, 1 + Q, V]: row 0 is the root, row 1 + q is node q
-        # Per row: the log-normaliser and the end-token mass (log P(label complete | path)), in slices small
-        # enough to stay in the CPU's cache; no [B, Q, V] log-softmax is ever materialised.
+        # Per row (root, then each node): the log-normaliser and the end-token mass, log P(label complete | path),
+        # from one exp pass over slices small enough to stay in a CPU's cache; no [B, Q, V] log-softmax is ever
+        # materialised, and only the columns the labels need are read otherwise.
+        logits = out.logits  # [B, 1 + Q, V] in the model's dtype: row 0 is the root, row 1 + q is node q
         flat = logits.view(-1, logits.shape[-1])
         step = flat.shape[0] if dev.type == "cuda" else max(1, self.max_logits // 32 // flat.shape[-1])
-        ends = self._ends()
-        norm = torch.cat([c.logsumexp(-1) for c in flat.split(step)]).view(batch, -1)
-        end = torch.cat([c.index_select(-1, ends).logsumexp(-1) for c in flat.split(step)]).view(batch, -1)
+        ends, norm, end = self._ends(), [], []
+        for chunk in flat.split(step):
+            chunk = chunk.float()
+            top = chunk.amax(-1, keepdim=True)
+            mass = (chunk - top).exp_()
+            norm.append(top[:, 0] + mass.sum(-1).log())
+            end.append(top[:, 0] + (mass @ ends).log())
+        norm, end = torch.cat(norm).view(batch, -1), torch.cat(end).view(batch, -1)
+        lost = torch.isinf(end)  # end tokens all below exp's range next to the row's best token (P < 1e-38)
+        lost[:, 0] = False  # (the root's own end mass is not used)
+        if lost.any():
+            rows = flat.view(batch, -1, flat.shape[-1])[lost].float()
+            end[lost] = rows.index_select(-1, self._end_ids).logsumexp(-1)
         # log P(label) = root's first token + each later token given its path + the end; summed as tensors and
         # read back once (a read per label would wait on the GPU each time).
         last = 1 + trie.last
-        lp = logits[:, 0, trie.first] - norm[:, :1] + end[:, last] - norm[:, last]  # [B, L]
+        lp = logits[:, 0, trie.first].float() - norm[:, :1] + end[:, last] - norm[:, last]  # [B, L]
         if trie.steps is not None:
             label, node, token = trie.steps
-            lp = lp.index_add(1, label, logits[:, 1 + node, token] - norm[:, 1 + node])
+            lp = lp.index_add(1, label, logits[:, 1 + node, token].float() - norm[:, 1 + node])
         return lp.tolist()
 
     # -- generation (rationale mode) --------------------------------------------------------------------------------
