@@ -175,7 +175,10 @@ class Judge:
         """Cleans the fields and cuts the responses to fit the context; returns (fields or None, truncated, error)."""
         fields = {k: self._clean(v) if isinstance(v, str) else v for k, v in fields.items()}
         empty = self._render(template, {**fields, **{k: "" for k in response_keys}}, text=True)
-        reserve = _LABEL_RESERVE + self._count(template.slot) + (self.rationale_tokens if mode == "rationale" else 0)
+        slots = self.__dict__.setdefault("_slot_counts", {})  # a template's slot is counted once
+        if template.slot not in slots:
+            slots[template.slot] = self._count(template.slot)
+        reserve = _LABEL_RESERVE + slots[template.slot] + (self.rationale_tokens if mode == "rationale" else 0)
         # The prompt around the responses is counted only if its bound leaves too little room for them: a prompt
         # that fits is then tokenised once, by the backend.
         bound = self._bound(empty)
