@@ -94,20 +94,21 @@ def test_score_and_compare_match_one_forward_per_label(tiny_model_dir):
 
 def test_fit_skips_tokenising_only_what_provably_fits(tiny_model_dir, monkeypatch):
     # Responses around the budget of a small context: the cuts are exactly today's, long or short.
-    _, _, backend = tiny(tiny_model_dir, max_length=260)
+    _, _, backend = tiny(tiny_model_dir, max_length=420)  # the pointwise prompt without its answer: ~250 tokens
     judge = Judge(backend, progress=False)
     words = "lorem ipsum dolor 47 sit amet, caf\u00e9 \U0001f600 "
-    template = judge.pointwise_template
-    for n in (1, 5, 10, 14, 18, 22, 30, 60):
+    template, cuts = judge.pointwise_template, []
+    for n in [*range(1, 25), 40]:
         fields = {"question": "q?", "response": (words * n).strip(), "min_score": "1", "max_score": "5"}
-        assert judge._build(template, fields, ("response",), "direct")[0] == reference_fit(
-            judge, template, fields, ("response",)
-        )
-    pair = {"question": "q?", "response_a": words * 2, "response_b": words * 20}
+        built, truncated, error = judge._build(template, fields, ("response",), "direct")
+        assert error is None and built == reference_fit(judge, template, fields, ("response",))
+        cuts.append(truncated)
+    assert 3 < cuts.index(True) < 20 and all(cuts[cuts.index(True) :])  # short ones whole, long ones cut
     keys = ("response_a", "response_b")
-    assert judge._build(judge.pairwise_template, pair, keys, "direct")[0] == reference_fit(
-        judge, judge.pairwise_template, pair, keys
-    )
+    for a, b in ((1, 2), (2, 12), (12, 2), (12, 12)):
+        pair = {"question": "q?", "response_a": words * a, "response_b": words * b}
+        built, _, error = judge._build(judge.pairwise_template, pair, keys, "direct")
+        assert error is None and built == reference_fit(judge, judge.pairwise_template, pair, keys)
     # A judge with room: each prompt is tokenised exactly once (by the backend), the fit tokenises nothing.
     roomy = Judge(tiny(tiny_model_dir)[2], progress=False)
     roomy.score(QUESTIONS[:1], ANSWERS[:1])  # labels, slot: once per label set and template
