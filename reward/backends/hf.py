@@ -289,7 +289,7 @@ class HFBackend:
             position_ids=positions,
             cache=self._cache(prefix_kv, len(stretches)),
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=torch.arange(0, device=self.device),  # no logits: only the cache is wanted
         )
         self.forward_tokens += int(ids.numel())
         layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
