@@ -139,7 +139,7 @@ class HFBackend:
 
     def _ends(self) -> torch.Tensor:
         """1.0 at the tokens that end a label (their text does not start with a letter or a digit), else 0.0: the
-        end-token mass of a row of probabilities is one product with it. (`_end_ids`: their indices.)"""
+        end-token mass of a row of probabilities is the sum of its product with it. (`_end_ids`: their indices.)"""
         if self._end_ids is None:
             vocab = self.model.config.get_text_config().vocab_size  # (a ZeRO-3 shard's weight has no shape)
             texts = self.tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(self.tokenizer)))))
@@ -340,7 +340,7 @@ class HFBackend:
             top = chunk.amax(-1, keepdim=True)
             mass = (chunk - top).exp_()
             norm.append(top[:, 0] + mass.sum(-1).log())
-            end.append(top[:, 0] + (mass @ ends).log())
+            end.append(top[:, 0] + mass.mul_(ends).sum(-1).log())  # (sum's pairwise adds: a matvec lost 1e-5)
         norm, end = torch.cat(norm).view(batch, -1), torch.cat(end).view(batch, -1)
         lost = torch.isinf(end)  # end tokens all below exp's range next to the row's best token (P < 1e-38)
         lost[:, 0] = False  # (the root's own end mass is not used)
