@@ -1,11 +1,10 @@
-"""Local transformers backend: exact label probabilities from one prompt forward plus one tree-attention step.
+"""Local transformers backend: exact label probabilities from one forward per micro-batch (tree attention).
 
-The labels of a scale form a token trie (on digit-split tokenizers "47" is "4" -> "7"). We run the prompt once,
-keep its KV cache, and feed every trie node as one extra token in a single forward: each node attends to the
-prompt and to its own ancestors only (a 4D mask), at the position it would have in a plain sequence. That gives
-P(next token | prompt, path) for all paths at once, so a 1-100 distribution costs one prompt forward and one
-100-token step instead of 100 full forwards, and it is exact (tests compare it with the brute force).
-"""
+The labels of a scale form a token trie (on digit-split tokenizers "47" is "4" -> "7"). Every trie node is fed
+as one extra token after the prompt's own, in the same forward: each node attends to the prompt and to its own
+ancestors only (a 4D mask), at the position it would have in a plain sequence. That gives P(next token | prompt,
+path) for all paths at once, so a 1-100 distribution costs one forward of the prompt plus ~100 tokens instead of
+100 full forwards, and it is exact (tests compare it with the brute force)."""
 
 from __future__ import annotations
 
