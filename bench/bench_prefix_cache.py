@@ -4,7 +4,10 @@ The pairwise prompts of a group share the instructions and the question (a few h
 with the same first answer share that answer too. Same judge, same inputs, side by side; prints the speed-up,
 the tokens run through the model, and the largest difference in probabilities (must be <= 1e-5, fp32).
 
-    python bench/bench_prefix_cache.py [--group 6] [--quick]
+Times are CPU seconds of this process on `--threads` torch threads (default 1): on a shared, oversubscribed
+machine wall time mostly measures waiting for a core (`--clock wall` on a quiet one).
+
+    python bench/bench_prefix_cache.py [--group 6] [--threads 1] [--clock cpu|wall] [--quick]
 """
 
 from __future__ import annotations
@@ -12,16 +15,31 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+import time
 
-from common import group, judge, timed
+import torch
+from common import group, judge
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group", type=int, default=6)
-    parser.add_argument("--quick", action="store_true", help="CI: a group of 3; never fails on times")
+    parser.add_argument("--quick", action="store_true", help="CI: a group of 3, never fails on times")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     args = parser.parse_args()
     size = 3 if args.quick else args.group
+    torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+
+    def timed(fn, *inputs, repeat=1):
+        best, out = float("inf"), None
+        for _ in range(repeat):
+            start = clock()
+            out = fn(*inputs)
+            best = min(best, clock() - start)
+        return out, best
+
     j = judge(batch_size=64)
     question, answers = group(size, question=3)
     pairs = list(itertools.combinations(range(size), 2))

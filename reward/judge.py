@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from .scoring import PREFERENCE_METHODS, SCORE_METHODS, Preference, Score, decide_preference, score_from_probs
 from .templates import PAIRWISE, POINTWISE, JudgeTemplate
+from .tokens import bytes_bound, encode
 
 logger = logging.getLogger(__name__)
 
@@ -149,10 +150,20 @@ class Judge:
         return f"{tok.bos_token or ''}{system}\n\n{user}\n\n"
 
     def _count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return len(encode(self.tokenizer, [text])[0])
+
+    def _bound(self, text: str) -> int | None:
+        """An upper bound on `_count(text)` without tokenising (UTF-8 bytes + 1, byte-level BPE), else None."""
+        tokenizer = self.tokenizer
+        if self.__dict__.get("_bounded", (None,))[0] is not tokenizer:  # checked once per tokenizer
+            self._bounded = (tokenizer, bytes_bound(tokenizer))
+        return len(text.encode()) + 1 if self._bounded[1] else None
 
     def _cut(self, text: str, budget: int) -> tuple[str, bool]:
-        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        bound = self._bound(text)
+        if bound is not None and bound <= budget:  # fits for sure: no need to tokenise it
+            return text, False
+        ids = encode(self.tokenizer, [text])[0]
         if len(ids) <= budget:
             return text, False
         keep = max(budget - _LABEL_RESERVE, 2)
@@ -164,8 +175,16 @@ class Judge:
         """Cleans the fields and cuts the responses to fit the context; returns (fields or None, truncated, error)."""
         fields = {k: self._clean(v) if isinstance(v, str) else v for k, v in fields.items()}
         empty = self._render(template, {**fields, **{k: "" for k in response_keys}}, text=True)
-        reserve = _LABEL_RESERVE + self._count(template.slot) + (self.rationale_tokens if mode == "rationale" else 0)
-        budget = (self.backend.max_length - self._count(empty) - reserve) // len(response_keys)
+        slots = self.__dict__.setdefault("_slot_counts", {})  # a template's slot is counted once
+        if template.slot not in slots:
+            slots[template.slot] = self._count(template.slot)
+        reserve = _LABEL_RESERVE + slots[template.slot] + (self.rationale_tokens if mode == "rationale" else 0)
+        # The prompt around the responses is counted only if its bound leaves too little room for them: a prompt
+        # that fits is then tokenised once, by the backend.
+        bound = self._bound(empty)
+        budget = (self.backend.max_length - (bound or 0) - reserve) // len(response_keys)
+        if bound is None or budget < 2 * _LABEL_RESERVE or any(self._bound(fields[k]) > budget for k in response_keys):
+            budget = (self.backend.max_length - self._count(empty) - reserve) // len(response_keys)
         if budget < 2 * _LABEL_RESERVE:
             return None, False, f"the question alone fills the judge's context (max_length={self.backend.max_length})"
         truncated = False
@@ -318,7 +337,9 @@ class Judge:
                 results[i].error = "the judge put no probability on any verdict in one order"
                 continue
             # Perplexity of the judge's own output in each order: its critique (if any) plus its likeliest verdict.
-            ppl = tuple(math.exp(-(g_lp + max(lp.values())) / (g_n + 1)) for lp, g_lp, g_n in (read_ab, read_ba))
+            ppl = None
+            if method == "ppl":
+                ppl = tuple(math.exp(-(g_lp + max(lp.values())) / (g_n + 1)) for lp, g_lp, g_n in (read_ab, read_ba))
             pref = decide_preference(orders[0], orders[1], method, perplexity=ppl)
             pref.truncated = truncated
             results[i] = pref

@@ -1,17 +1,19 @@
-"""Local transformers backend: exact label probabilities from one prompt forward plus one tree-attention step.
+"""Local transformers backend: exact label probabilities from one forward per micro-batch (tree attention).
 
-The labels of a scale form a token trie (on digit-split tokenizers "47" is "4" -> "7"). We run the prompt once,
-keep its KV cache, and feed every trie node as one extra token in a single forward: each node attends to the
-prompt and to its own ancestors only (a 4D mask), at the position it would have in a plain sequence. That gives
-P(next token | prompt, path) for all paths at once, so a 1-100 distribution costs one prompt forward and one
-100-token step instead of 100 full forwards, and it is exact (tests compare it with the brute force).
-"""
+The labels of a scale form a token trie (on digit-split tokenizers "47" is "4" -> "7"). Every trie node is fed
+as one extra token after the prompt's own, in the same forward: each node attends to the prompt and to its own
+ancestors only (a 4D mask), at the position it would have in a plain sequence. That gives P(next token | prompt,
+path) for all paths at once, so a 1-100 distribution costs one forward of the prompt plus ~100 tokens instead of
+100 full forwards, and it is exact (tests compare it with the brute force)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
+
+from ..tokens import encode
 
 
 def _common(a: list[int], b: list[int], limit: int) -> int:
@@ -21,6 +23,17 @@ def _common(a: list[int], b: list[int], limit: int) -> int:
         if a[k] != b[k]:
             return k
     return n
+
+
+class _Trie(NamedTuple):
+    """A label set's token trie on the device: node q is the path of tokens ending with `tokens[q]`."""
+
+    tokens: torch.Tensor  # [Q] each node's own (last) token
+    depth: torch.Tensor  # [Q] its depth, 0 for a label's first token
+    ancestor: torch.Tensor  # [Q, Q] bool: node q may attend to node r (a prefix of q, or q itself)
+    first: torch.Tensor  # [L] each label's first token (read at the root)
+    last: torch.Tensor  # [L] the node where each label ends
+    steps: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # (label, node, token) of every later token
 
 
 def _pick_device(device: str | None) -> torch.device:
@@ -52,7 +65,11 @@ class HFBackend:
             its many small forwards cost more than the compute they save (H100, 2026-11-27, `launch/gpu_check.py`:
             8.1 vs 34.1 items/s at 135M parameters, 14.0 vs 21.2 at 1.1B, fp32).
         min_prefix: shortest shared stretch (tokens) worth a cache level.
+        max_logits: most vocabulary-wide logits values one label forward may hold (rows x vocabulary): caps the
+            rows of a micro-batch on large label sets (1-100 has ~100 trie nodes per prompt).
     """
+
+    takes_token_ids = True  # label_logprobs(..., token_ids=) skips tokenising prompts the Judge tokenised
 
     def __init__(
         self,
@@ -63,6 +80,7 @@ class HFBackend:
         max_batch_tokens: int = 8192,
         prefix_cache: bool | None = None,
         min_prefix: int = 32,
+        max_logits: int = 2**25,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -73,8 +91,11 @@ class HFBackend:
         self.prefix_cache = self.device.type == "cpu" if prefix_cache is None else prefix_cache
         self.min_prefix = min_prefix
         self.forward_tokens = 0  # prompt tokens (padding included) label_logprobs ran through the model
-        self._label_cache: dict[tuple[str, tuple[str, ...]], list[tuple[int, ...]]] = {}
+        self.max_logits = max_logits
+        self._label_cache: dict[tuple[str, tuple[str, ...]], tuple[tuple[int, ...], ...]] = {}
+        self._tries: dict[tuple[tuple[int, ...], ...], _Trie] = {}
         self._end_ids: torch.Tensor | None = None
+        self._end_mask: torch.Tensor | None = None
 
     @classmethod
     def from_pretrained(cls, path: str, *, device=None, dtype=None, adapter: str | None = None, **kwargs) -> HFBackend:
@@ -96,28 +117,28 @@ class HFBackend:
     # -- label probabilities -------------------------------------------------------------------------------------
 
     def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        return encode(self.tokenizer, [text])[0]
 
-    def _label_tokens(self, prompt: str, labels: Sequence[str]) -> list[tuple[int, ...]]:
+    def _label_tokens(self, prompt: str, labels: Sequence[str]) -> tuple[tuple[int, ...], ...]:
         """Tokenises each label as it follows the prompt's slot (tokenisation depends on what comes before)."""
         tail = prompt[-48:]
         key = (tail, tuple(labels))
         if key not in self._label_cache:
             base = self._encode(tail)
             out = []
-            for label in labels:
-                ids = self._encode(tail + label)
+            for label, ids in zip(labels, encode(self.tokenizer, [tail + label for label in labels])):
                 if ids[: len(base)] != base or len(ids) == len(base):
                     raise ValueError(
                         f"label {label!r} merges with the end of the slot {tail[-12:]!r} into one token; "
                         "end the template's slot where a token ends (e.g. with '[')"
                     )
                 out.append(tuple(ids[len(base) :]))
-            self._label_cache[key] = out
+            self._label_cache[key] = tuple(out)
         return self._label_cache[key]
 
     def _ends(self) -> torch.Tensor:
-        """Ids of the tokens that end a label: their text does not start with a letter or a digit."""
+        """1.0 at the tokens that end a label (their text does not start with a letter or a digit), else 0.0: the
+        end-token mass of a row of probabilities is the sum of its product with it. (`_end_ids`: their indices.)"""
         if self._end_ids is None:
             vocab = self.model.config.get_text_config().vocab_size  # (a ZeRO-3 shard's weight has no shape)
             texts = self.tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(self.tokenizer)))))
@@ -127,10 +148,35 @@ class HFBackend:
                 if text[:1].isalnum():
                     mask[i] = False
             self._end_ids = mask.nonzero().squeeze(-1).to(self.device)  # indices: selecting by mask syncs a GPU
-        return self._end_ids
+            self._end_mask = mask.float().to(self.device)
+        return self._end_mask
 
-    def _batches(self, lengths: list[int]) -> list[list[int]]:
-        """Indices sorted by length, grouped so that rows x longest row stays within the token budget.
+    def _trie(self, label_ids: tuple[tuple[int, ...], ...]) -> _Trie:
+        """The label set's token trie as tensors on the model's device, built once per label set."""
+        if label_ids not in self._tries:
+            nodes = sorted({ids[:k] for ids in label_ids for k in range(1, len(ids) + 1)}, key=lambda p: (len(p), p))
+            index = {path: q for q, path in enumerate(nodes)}
+            # ancestor[q, r]: node q may attend to node r (r is a prefix of q, q itself included). Built on the CPU
+            # and copied once: one small write per entry would be one kernel launch each on a GPU.
+            ancestor = torch.zeros(len(nodes), len(nodes), dtype=torch.bool)
+            for path, q in index.items():
+                for k in range(1, len(path) + 1):
+                    ancestor[q, index[path[:k]]] = True
+            steps = [(j, index[ids[:k]], ids[k]) for j, ids in enumerate(label_ids) for k in range(1, len(ids))]
+            dev = self.device
+            self._tries[label_ids] = _Trie(
+                tokens=torch.tensor([p[-1] for p in nodes], device=dev),
+                depth=torch.tensor([len(p) - 1 for p in nodes], device=dev),
+                ancestor=ancestor.to(dev),
+                first=torch.tensor([ids[0] for ids in label_ids], device=dev),
+                last=torch.tensor([index[ids] for ids in label_ids], device=dev),
+                steps=tuple(torch.tensor(c, device=dev) for c in zip(*steps)) if steps else None,
+            )
+        return self._tries[label_ids]
+
+    def _batches(self, lengths: list[int], label_rows: int = 0) -> list[list[int]]:
+        """Indices sorted by length, grouped so that rows x (longest row + `label_rows`) stays within the token
+        budget, and rows x (label_rows + 1) logits rows within `max_logits` vocabulary-wide values.
 
         On a CPU a row shorter than 90% of its batch's longest starts a new batch: padding is compute thrown away,
         and a batch of one is as fast per token as a big one. Not on a GPU, where each forward's fixed cost (tens of
@@ -139,9 +185,15 @@ class HFBackend:
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches, current = [], []
         ragged = 0.9 if self.device.type == "cpu" else 0.0
+        vocab = self.model.config.get_text_config().vocab_size
+        most_rows = max(1, self.max_logits // (vocab * (label_rows + 1))) if label_rows else len(lengths)
         for i in order:
             longest = lengths[current[0]] if current else 0
-            if current and ((len(current) + 1) * longest > self.max_batch_tokens or lengths[i] < ragged * longest):
+            if current and (
+                (len(current) + 1) * (longest + label_rows) > self.max_batch_tokens
+                or lengths[i] < ragged * longest
+                or len(current) >= most_rows
+            ):
                 batches.append(current)
                 current = []
             current.append(i)
@@ -155,8 +207,11 @@ class HFBackend:
         return ids, mask
 
     @torch.inference_mode()
-    def label_logprobs(self, prompts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
-        encoded = [self._encode(p) for p in prompts]
+    def label_logprobs(
+        self, prompts: Sequence[str], labels: Sequence[str], *, token_ids: Sequence[list[int]] | None = None
+    ) -> list[dict[str, float]]:
+        """See `JudgeBackend.label_logprobs`; `token_ids`: the prompts' ids if the caller has them already."""
+        encoded = list(token_ids) if token_ids is not None else encode(self.tokenizer, prompts)
         too_long = [i for i, ids in enumerate(encoded) if len(ids) + 8 > self.max_length]
         if too_long:
             raise ValueError(f"prompts {too_long[:5]} exceed the judge's max_length={self.max_length}")
@@ -164,7 +219,7 @@ class HFBackend:
         # Prompts of one template share their label tokenisation; group in case custom slots differ.
         by_labels: dict[tuple, list[int]] = {}
         for i in range(len(prompts)):
-            by_labels.setdefault(tuple(self._label_tokens(prompts[i], labels)), []).append(i)
+            by_labels.setdefault(self._label_tokens(prompts[i], labels), []).append(i)
         for label_ids, members in by_labels.items():
             for i, lp in self._shared(encoded, members, label_ids, 0, None):
                 results[i] = dict(zip(labels, lp))
@@ -172,11 +227,12 @@ class HFBackend:
 
     def _shared(self, encoded, members, label_ids, start: int, prefix_kv):
         """Label log-probs of `members`, whose first `start` tokens are in `prefix_kv`: runs of members sharing a
-        further stretch of >= min_prefix tokens get that stretch run once (a deeper cache level), the rest are
-        run in length-sorted micro-batches on top of the current prefix. Yields (index, log-probs)."""
+        further stretch of >= min_prefix tokens get that stretch run once (a deeper cache level; sibling stretches
+        in one forward), the rest are run in length-sorted micro-batches on top of the current prefix. Yields
+        (index, log-probs)."""
         leaves = members
         if self.prefix_cache and len(members) > 1:
-            leaves = []
+            leaves, shared_runs = [], []
             for run in self._runs(encoded, members, start):
                 if len(run) == 1:
                     leaves += run
@@ -185,9 +241,15 @@ class HFBackend:
                 first = encoded[run[0]]
                 for i in run[1:]:
                     shared = min(shared, _common(first, encoded[i], shared))
-                kv = self._extend(first[start:shared], prefix_kv)
-                yield from self._shared(encoded, run, label_ids, shared, kv)
-        for batch in self._batches([len(encoded[i]) - start for i in leaves]):
+                shared_runs.append((run, shared))
+            stretches = [encoded[run[0]][start:shared] for run, shared in shared_runs]
+            for batch in self._batches([len(s) for s in stretches]):
+                kvs = self._extend([stretches[b] for b in batch], prefix_kv)
+                for b, kv in zip(batch, kvs):
+                    run, shared = shared_runs[b]
+                    yield from self._shared(encoded, run, label_ids, shared, kv)
+        trie = self._trie(label_ids)
+        for batch in self._batches([len(encoded[i]) - start for i in leaves], label_rows=len(trie.tokens)):
             rows = [leaves[b] for b in batch]
             yield from zip(rows, self._trie_logprobs([encoded[i][start:] for i in rows], label_ids, prefix_kv))
 
@@ -202,77 +264,95 @@ class HFBackend:
                 runs.append([i])
         return runs
 
-    def _extend(self, tokens: list[int], prefix_kv):
-        """The KV cache of the current prefix plus `tokens` (one row)."""
+    def _cache(self, prefix_kv, batch: int):
+        """A transformers cache holding `prefix_kv` for `batch` rows (a view, no copy), or None."""
+        if prefix_kv is None:
+            return None
         from transformers import DynamicCache
 
+        expanded = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix_kv]
+        return DynamicCache(ddp_cache_data=expanded, config=self.model.config)
+
+    def _extend(self, stretches: list[list[int]], prefix_kv) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The KV cache of the current prefix plus each stretch (one row each), from one forward: the stretches
+        are right-padded, which a causal model never attends to, and each row's cache is cut at its own end."""
         past = 0 if prefix_kv is None else prefix_kv[0][0].shape[-2]
-        cache = DynamicCache(ddp_cache_data=prefix_kv, config=self.model.config) if prefix_kv else None
-        ids = torch.tensor([tokens], device=self.device)
-        positions = torch.arange(past, past + len(tokens), device=self.device)[None]
-        out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-        self.forward_tokens += len(tokens)
-        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        width = max(map(len, stretches))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in stretches], device=self.device)
+        mask = torch.tensor([[1] * (past + len(s)) + [0] * (width - len(s)) for s in stretches], device=self.device)
+        positions = torch.arange(past, past + width, device=self.device)[None].expand(len(stretches), -1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask if len(stretches) > 1 else None,
+            position_ids=positions,
+            cache=self._cache(prefix_kv, len(stretches)),
+            use_cache=True,
+            logits_to_keep=torch.arange(0, device=self.device),  # no logits: only the cache is wanted
+        )
+        self.forward_tokens += int(ids.numel())
+        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return [[(k[r : r + 1, :, : past + len(s)], v[r : r + 1, :, : past + len(s)]) for k, v in layers]
+                for r, s in enumerate(stretches)]  # fmt: skip
 
     def _trie_logprobs(
         self, rows: list[list[int]], label_ids: tuple[tuple[int, ...], ...], prefix_kv=None
     ) -> list[list[float]]:
-        nodes = sorted({ids[:k] for ids in label_ids for k in range(1, len(ids) + 1)}, key=lambda p: (len(p), p))
-        index = {path: q for q, path in enumerate(nodes)}
-        n_nodes = len(nodes)
-        # ancestor[q, r]: node q may attend to node r (r is a prefix of q, q itself included). Built on the CPU and
-        # copied once: one small write per entry would be one kernel launch each on a GPU.
-        ancestor = torch.zeros(n_nodes, n_nodes, dtype=torch.bool)
-        for path, q in index.items():
-            for k in range(1, len(path) + 1):
-                ancestor[q, index[path[:k]]] = True
-        ancestor = ancestor.to(self.device)
-        depth = torch.tensor([len(p) - 1 for p in nodes], device=self.device)
-        tokens = torch.tensor([p[-1] for p in nodes], device=self.device)
-
-        ids, mask = self._pad_left(rows)
-        batch, cache, past = len(rows), None, 0
-        if prefix_kv is not None:  # the shared prefix, then each row's own tokens (left-padded between the two)
-            from transformers import DynamicCache
-
-            past = prefix_kv[0][0].shape[-2]
-            expanded = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix_kv]
-            cache = DynamicCache(ddp_cache_data=expanded, config=self.model.config)
-        positions = past + (mask.cumsum(-1) - 1).clamp(min=0)
-        mask = torch.cat([torch.ones(batch, past, dtype=mask.dtype, device=self.device), mask], dim=-1)
+        """Label log-probs of each row (its tokens past `prefix_kv`), from one forward: the rows' tokens, then every
+        trie node as one more token that attends to its row and to its own ancestors (a 4D mask)."""
+        trie = self._trie(label_ids)
+        ids, pad = self._pad_left(rows)
+        batch, width, n_nodes, dev = len(rows), ids.shape[1], len(trie.tokens), self.device
+        past = 0 if prefix_kv is None else prefix_kv[0][0].shape[-2]
+        valid = pad.bool()
+        positions = torch.cat([(pad.cumsum(-1) - 1).clamp(min=0), pad.sum(-1, keepdim=True) + trie.depth[None]], -1)
+        # Prompt rows: causal over the row's real tokens (a padding row sees itself: an empty row would be NaN).
+        causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
+        prompt = (causal[None] & valid[:, None]) | torch.eye(width, dtype=torch.bool, device=dev)[None]
+        prompt = torch.cat([prompt, torch.zeros(batch, width, n_nodes, dtype=torch.bool, device=dev)], -1)
+        nodes = torch.cat([valid[:, None].expand(-1, n_nodes, -1), trie.ancestor[None].expand(batch, -1, -1)], -1)
+        mask = torch.cat([prompt, nodes], 1)  # [B, T + Q, T + Q]
+        if past:
+            mask = torch.cat([torch.ones(batch, width + n_nodes, past, dtype=torch.bool, device=dev), mask], -1)
+        mask = mask[:, None]
+        if self.model.config._attn_implementation == "eager":  # eager adds the mask to the scores
+            additive = torch.zeros(mask.shape, dtype=self.model.dtype, device=dev)
+            mask = additive.masked_fill(~mask, torch.finfo(self.model.dtype).min)
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+            input_ids=torch.cat([ids, trie.tokens[None].expand(batch, -1)], -1),
+            attention_mask=mask,
+            position_ids=past + positions,
+            cache=self._cache(prefix_kv, batch),
+            use_cache=False,
+            logits_to_keep=torch.arange(width - 1, width + n_nodes, device=dev),  # the root (last row token), nodes
         )
         self.forward_tokens += int(ids.numel())  # prompt tokens, padding included (not the label step)
-        root = out.logits[:, -1].float().log_softmax(-1)  # [B, V]
-
-        tree_mask = torch.cat(
-            [
-                mask.bool()[:, None, None, :].expand(batch, 1, n_nodes, -1),
-                ancestor[None, None].expand(batch, 1, -1, -1),
-            ],
-            dim=-1,
-        )
-        if self.model.config._attn_implementation == "eager":  # eager adds the mask to the scores
-            additive = torch.zeros(tree_mask.shape, dtype=self.model.dtype, device=self.device)
-            tree_mask = additive.masked_fill(~tree_mask, torch.finfo(self.model.dtype).min)
-        step = self.model(
-            input_ids=tokens[None].expand(batch, -1),
-            attention_mask=tree_mask,
-            position_ids=mask.sum(-1, keepdim=True) + depth[None],
-            cache=out.past_key_values,
-        )
-        node_lp = step.logits.float().log_softmax(-1)  # [B, Q, V]
-        end_lp = node_lp.index_select(-1, self._ends()).logsumexp(-1)  # [B, Q]: log P(label complete | path)
-
+        # Per row (root, then each node): the log-normaliser and the end-token mass, log P(label complete | path),
+        # from one exp pass over slices small enough to stay in a CPU's cache; no [B, Q, V] log-softmax is ever
+        # materialised, and only the columns the labels need are read otherwise.
+        logits = out.logits  # [B, 1 + Q, V] in the model's dtype: row 0 is the root, row 1 + q is node q
+        flat = logits.view(-1, logits.shape[-1])
+        step = flat.shape[0] if dev.type == "cuda" else max(1, self.max_logits // 32 // flat.shape[-1])
+        ends, norm, end = self._ends(), [], []
+        for chunk in flat.split(step):
+            chunk = chunk.float()
+            top = chunk.amax(-1, keepdim=True)
+            mass = (chunk - top).exp_()
+            norm.append(top[:, 0] + mass.sum(-1).log())
+            end.append(top[:, 0] + mass.mul_(ends).sum(-1).log())  # (sum's pairwise adds: a matvec lost 1e-5)
+        norm, end = torch.cat(norm).view(batch, -1), torch.cat(end).view(batch, -1)
+        lost = torch.isinf(end)  # end tokens all below exp's range next to the row's best token (P < 1e-38)
+        lost[:, 0] = False  # (the root's own end mass is not used)
+        if lost.any():
+            rows = flat.view(batch, -1, flat.shape[-1])[lost].float()
+            end[lost] = rows.index_select(-1, self._end_ids).logsumexp(-1)
         # log P(label) = root's first token + each later token given its path + the end; summed as tensors and
         # read back once (a read per label would wait on the GPU each time).
-        first, last = [ids[0] for ids in label_ids], [index[ids] for ids in label_ids]
-        lp = root[:, first] + end_lp[:, last]  # [B, L]
-        steps = [(j, index[ids[:k]], ids[k]) for j, ids in enumerate(label_ids) for k in range(1, len(ids))]
-        if steps:
-            label, node, token = (torch.tensor(c, device=self.device) for c in zip(*steps))
-            lp = lp.index_add(1, label, node_lp[:, node, token])
+        last = 1 + trie.last
+        lp = logits[:, 0, trie.first].float() - norm[:, :1] + end[:, last] - norm[:, last]  # [B, L]
+        if trie.steps is not None:
+            label, node, token = trie.steps
+            lp = lp.index_add(1, label, logits[:, 1 + node, token].float() - norm[:, 1 + node])
         return lp.tolist()
 
     # -- generation (rationale mode) --------------------------------------------------------------------------------
@@ -281,7 +361,7 @@ class HFBackend:
     def generate(
         self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str]
     ) -> list[tuple[str, float, int]]:
-        encoded = [self._encode(p) for p in prompts]
+        encoded = encode(self.tokenizer, prompts)
         results: list[tuple[str, float, int]] = [("", 0.0, 0)] * len(prompts)
         for batch in self._batches([len(ids) + max_new_tokens for ids in encoded]):
             out = self._generate_batch([encoded[i] for i in batch], max_new_tokens, stop)

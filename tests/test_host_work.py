@@ -1,0 +1,220 @@
+"""Host work of the local judge (issue 18): the same numbers as the slow paths, with less work around the model.
+
+References kept slow on purpose: one full forward per label (`brute_force`), today's fit (every text tokenised
+with the tokenizer's own call), a backend without the prefix cache.
+"""
+
+import math
+
+import pytest
+import torch
+from test_hf_backend import brute_force
+
+import reward.backends.hf as hf_module
+import reward.judge as judge_module
+from reward import Judge
+from reward.backends.hf import HFBackend
+from reward.judge import _LABEL_RESERVE
+from reward.scoring import score_from_probs
+from reward.tokens import bytes_bound, encode
+
+QUESTIONS = ["What is two plus two?", "Where is Paris?", "Where is Paris?"]
+ANSWERS = ["It is four.", "In France, a b c.", "The answer is 42, accurate and relevant."]
+
+
+def forward_per_label(model, tokenizer, prompt: str, labels) -> dict[str, float]:
+    """`brute_force` for many labels: one full forward per label, the end tokens listed once."""
+    ends = [i for i in range(model.config.vocab_size) if not tokenizer.decode([i])[:1].isalnum()]
+    base = tokenizer(prompt, add_special_tokens=False).input_ids
+    out = {}
+    for label in labels:
+        ids = tokenizer(prompt + label, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logp = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        total = sum(float(logp[t - 1, ids[t]]) for t in range(len(base), len(ids)))
+        out[label] = total + float(logp[-1, ends].logsumexp(-1))
+    return out
+
+
+def tiny(tiny_model_dir, **options):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    return model, tokenizer, HFBackend(model, tokenizer, **options)
+
+
+def reference_fit(judge, template, fields, keys, mode="direct"):
+    """Today's fit: the empty prompt, the slot and every response counted with the tokenizer's own call."""
+
+    def count(text):
+        return len(judge.tokenizer(text, add_special_tokens=False).input_ids)
+
+    fields = {k: judge._clean(v) for k, v in fields.items()}
+    empty = judge._render(template, {**fields, **{k: "" for k in keys}}, text=True)
+    reserve = _LABEL_RESERVE + count(template.slot) + (judge.rationale_tokens if mode == "rationale" else 0)
+    budget = (judge.backend.max_length - count(empty) - reserve) // len(keys)
+    if budget < 2 * _LABEL_RESERVE:
+        return None
+    for key in keys:
+        ids = judge.tokenizer(fields[key], add_special_tokens=False).input_ids
+        if len(ids) > budget:
+            keep = max(budget - _LABEL_RESERVE, 2)
+            head, tail = ids[: keep // 2], ids[len(ids) - (keep - keep // 2) :]
+            mark = judge_module.CUT_MARK.format(n=len(ids) - keep)
+            fields[key] = judge.tokenizer.decode(head) + mark + judge.tokenizer.decode(tail)
+    return judge._render(template, fields)
+
+
+def test_score_and_compare_match_one_forward_per_label(tiny_model_dir):
+    model, tokenizer, backend = tiny(tiny_model_dir, max_batch_tokens=128, min_prefix=8)
+    judge = Judge(backend, progress=False)
+    labels = [str(s) for s in range(1, 13)]  # 10, 11, 12: chained two-token labels next to their prefix "1"
+    got = judge.score(QUESTIONS, ANSWERS, scale=12)
+    for q, a, score in zip(QUESTIONS, ANSWERS, got):
+        fields = {"question": q, "response": a, "min_score": "1", "max_score": "12"}
+        prompt = reference_fit(judge, judge.pointwise_template, fields, ("response",)) + judge.pointwise_template.slot
+        probs = {int(k): math.exp(v) for k, v in forward_per_label(model, tokenizer, prompt, labels).items()}
+        want = score_from_probs(probs, "trustjudge", 0.2)
+        assert max(abs(score.probs[s] - want.probs[s]) for s in want.probs) <= 1e-5
+        assert score.valid_mass == pytest.approx(want.valid_mass, rel=1e-5)
+        assert score.expected == pytest.approx(want.expected, abs=1e-4)
+    (pref,) = judge.compare(QUESTIONS[:1], ANSWERS[:1], ANSWERS[2:])
+    orders = []
+    for a, b in ((ANSWERS[0], ANSWERS[2]), (ANSWERS[2], ANSWERS[0])):
+        fields = {"question": QUESTIONS[0], "response_a": a, "response_b": b}
+        prompt = reference_fit(judge, judge.pairwise_template, fields, ("response_a", "response_b"))
+        lps = forward_per_label(model, tokenizer, prompt + "Verdict: [", "ABC")
+        orders.append({v: math.exp(lp) for v, lp in lps.items()})
+    from reward.scoring import decide_preference
+
+    want = decide_preference(orders[0], orders[1], "likelihood")
+    assert (pref.p_a, pref.p_b, pref.p_tie) == pytest.approx((want.p_a, want.p_b, want.p_tie), abs=1e-6)
+
+
+def test_fit_skips_tokenising_only_what_provably_fits(tiny_model_dir, monkeypatch):
+    # Responses around the budget of a small context: the cuts are exactly today's, long or short.
+    _, _, backend = tiny(tiny_model_dir, max_length=420)  # the pointwise prompt without its answer: ~250 tokens
+    judge = Judge(backend, progress=False)
+    words = "lorem ipsum dolor 47 sit amet, caf\u00e9 \U0001f600 "
+    template, cuts = judge.pointwise_template, []
+    for n in [*range(1, 25), 40]:
+        fields = {"question": "q?", "response": (words * n).strip(), "min_score": "1", "max_score": "5"}
+        built, truncated, error = judge._build(template, fields, ("response",), "direct")
+        assert error is None and built == reference_fit(judge, template, fields, ("response",))
+        cuts.append(truncated)
+    assert 3 < cuts.index(True) < 20 and all(cuts[cuts.index(True) :])  # short ones whole, long ones cut
+    keys = ("response_a", "response_b")
+    for a, b in ((1, 2), (2, 12), (12, 2), (12, 12)):
+        pair = {"question": "q?", "response_a": words * a, "response_b": words * b}
+        built, _, error = judge._build(judge.pairwise_template, pair, keys, "direct")
+        assert error is None and built == reference_fit(judge, judge.pairwise_template, pair, keys)
+    # A judge with room: each prompt is tokenised exactly once (by the backend), the fit tokenises nothing.
+    roomy = Judge(tiny(tiny_model_dir)[2], progress=False)
+    roomy.score(QUESTIONS[:1], ANSWERS[:1])  # labels, slot: once per label set and template
+    roomy.compare(QUESTIONS[:1], ANSWERS[:1], ANSWERS[1:2])
+    seen = []
+
+    def counting(tokenizer, texts):
+        seen.extend(texts)
+        return encode(tokenizer, texts)
+
+    monkeypatch.setattr(judge_module, "encode", counting)
+    monkeypatch.setattr(hf_module, "encode", counting)
+    roomy.score(QUESTIONS, ANSWERS)
+    assert len(seen) == len(QUESTIONS) and all(s.endswith("Score: [") for s in seen)
+    seen.clear()
+    roomy.compare(QUESTIONS, ANSWERS, ANSWERS[::-1])
+    assert len(seen) == 2 * len(QUESTIONS)
+
+
+def test_bytes_bound_and_fast_encode(tiny_model_dir):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    _, tokenizer, _ = tiny(tiny_model_dir)
+    texts = ["Score: [47", " caf\u00e9 \U0001f600\U0001f600 <|im_end|> x", "\u4f60\u597d 12345 \n\n  ", "a"]
+    assert encode(tokenizer, texts) == tokenizer(texts, add_special_tokens=False).input_ids
+    assert bytes_bound(tokenizer)
+    assert all(len(ids) <= len(t.encode()) + 1 for t, ids in zip(texts, encode(tokenizer, texts)))
+    # A normaliser may write more characters than it reads: no bound claimed.
+    raw = Tokenizer(models.BPE(unk_token="[UNK]"))
+    raw.normalizer = normalizers.NFKC()
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel()
+    assert not bytes_bound(PreTrainedTokenizerFast(tokenizer_object=raw))
+    # Truncation set on the fast tokenizer: its own call is used, so the ids stay exactly the call's.
+    tokenizer._tokenizer.enable_truncation(3)
+    try:
+        assert encode(tokenizer, texts[:1]) == [tokenizer(texts[0], add_special_tokens=False).input_ids]
+    finally:
+        tokenizer._tokenizer.no_truncation()
+
+
+def test_one_forward_per_micro_batch_and_sibling_stretches_together(tiny_model_dir):
+    model, tokenizer, backend = tiny(tiny_model_dir, prefix_cache=False)
+    calls = []
+    forward = model.forward
+
+    def counting(*args, **kwargs):
+        calls.append((kwargs["input_ids"] if "input_ids" in kwargs else args[0]).shape)
+        return forward(*args, **kwargs)
+
+    model.forward = counting
+    prompts = ["What is two plus two? Score: [", "Paris is in France. Score: ["]
+    labels = [str(s) for s in range(1, 101)]
+    got = backend.label_logprobs(prompts, labels)
+    assert len(calls) == 1  # the prompts and the 1-100 trie in one forward, not a prompt forward + a label step
+    assert got[1]["47"] == pytest.approx(brute_force(model, tokenizer, prompts[1], "47"), abs=1e-5)
+    calls.clear()
+    # Three questions of the same length after one shared instruction: the instruction, then the three
+    # questions' stretches side by side in one forward, then each question's two answers (one forward each on a
+    # CPU: their lengths differ).
+    system = "You are a judge. The quick brown fox jumps over the lazy dog. " * 2
+    questions = [f"[Q] What is {x} plus two? a b c d e f g h" for x in ("two", "three", "over")]
+    answers = ["It is four.", "The answer is 42, accurate and relevant. Paris."]
+    prompts = [f"{system}{q} [A] {a} Verdict: [" for q in questions for a in answers]
+    lengths = {len(tokenizer(system + q, add_special_tokens=False).input_ids) for q in questions}
+    assert len(lengths) == 1
+    cached = HFBackend(model, tokenizer, min_prefix=4)
+    calls.clear()
+    got = cached.label_logprobs(prompts, ["A", "B", "C"])
+    extends = [shape for shape in calls if shape[0] > 1 and shape[1] < 30]  # the question stretches
+    assert len(calls) == 1 + 1 + 6 and len(extends) == 1 and extends[0][0] == 3
+    want = HFBackend(model, tokenizer, prefix_cache=False).label_logprobs(prompts, ["A", "B", "C"])
+    assert max(abs(math.exp(g[k]) - math.exp(w[k])) for g, w in zip(got, want) for k in "ABC") <= 1e-5
+
+
+def test_micro_batches_cap_label_logits():
+    backend = HFBackend.__new__(HFBackend)
+    backend.device, backend.max_batch_tokens, backend.max_logits = torch.device("cpu"), 10**6, 1000 * 101 * 3
+
+    class Config:
+        def get_text_config(self):
+            return type("T", (), {"vocab_size": 1000})()
+
+    backend.model = type("M", (), {"config": Config()})()
+    assert [len(b) for b in backend._batches([50] * 7, label_rows=100)] == [3, 3, 1]  # 3 rows x 101 logits rows
+    assert [len(b) for b in backend._batches([50] * 7)] == [7]  # no label rows: the token budget only
+
+
+def test_end_mass_below_exp_range_falls_back_exactly(tiny_model_dir):
+    # Huge logits: next to a node's best token, every end token's probability underflows fp32's exp.
+    model, tokenizer, backend = tiny(tiny_model_dir)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(400)
+    prompt = "Paris is in France, a b c. Score: ["
+    got = backend.label_logprobs([prompt], [str(s) for s in range(1, 101)])[0]
+    for label in ("1", "4", "10", "47", "100"):
+        want = brute_force(model, tokenizer, prompt, label)
+        assert math.isfinite(got[label]) and got[label] == pytest.approx(want, rel=1e-4, abs=1e-2)
+
+
+def test_bad_input_stays_clear(tiny_model_dir):
+    _, _, backend = tiny(tiny_model_dir)
+    with pytest.raises(ValueError, match="merges with the end of the slot"):
+        backend.label_logprobs(["Score: "], ["A"])  # " A" is one token: the label merges with the slot's space
+    with pytest.raises(ValueError, match="exceed the judge's max_length=10"):
+        HFBackend(backend.model, backend.tokenizer, max_length=10).label_logprobs(["a b c d e f g h [" * 3], ["A"])
+    assert backend.label_logprobs([], ["A", "B"]) == []
+    judge = Judge(backend, progress=False)
+    assert judge.score([], []) == [] and judge.compare([], [], []) == []
