@@ -72,7 +72,12 @@ def run_config(judge, kind, questions, goods, bads, attacks, mode="direct"):
     seconds = time.perf_counter() - start
     n = len(questions)
     blocks = [values[k * n : (k + 1) * n] for k in range(len(texts))]
-    return blocks[0], {a.name: v for a, v in zip(attacks, blocks[1:])}, seconds, judge.injection_stats["extra_prompts"] - extra
+    return (
+        blocks[0],
+        {a.name: v for a, v in zip(attacks, blocks[1:])},
+        seconds,
+        judge.injection_stats["extra_prompts"] - extra,
+    )
 
 
 def table(title, results, goal, attacks):
@@ -112,8 +117,9 @@ def main():
         ]
         for kind, template in (("score", POINTWISE), ("compare", PAIRWISE))
     }
-    print(f"embedded judge, {len(rows)} MT-Bench questions, answers <= {args.max_words} words, "
-          f"max_length {args.max_length}; {len(suites['score'])} pointwise / {len(suites['compare'])} pairwise attacks")  # fmt: skip
+    n_point, n_pair = len(suites["score"]), len(suites["compare"])
+    print(f"embedded judge, {len(rows)} MT-Bench questions, answers <= {args.max_words} words, ", end="")
+    print(f"max_length {args.max_length}; {n_point} pointwise / {n_pair} pairwise attacks")
 
     point, pair, clean = {}, {}, {}
     configs = {k: v for k, v in POINT_CONFIGS.items() if not args.quick or k in ("none", "neut+check")}
@@ -142,7 +148,10 @@ def main():
         pair[name] = (gains(base, attacked, suites["compare"]), seconds, extra)
         clean[f"pair {name}"] = fmean(base)
     table("Pairwise merged win probability of the bad answer vs the good one", pair, PAIR_GOAL, suites["compare"])
-    print("clean: bad answer's win probability " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in clean.items() if k[:5] == "pair "))
+    print(
+        "clean: bad answer's win probability "
+        + ", ".join(f"{k[5:]} {v:.3f}" for k, v in clean.items() if k[:5] == "pair ")
+    )
 
     failed = []
     for name, (g, _, _) in pair.items():
@@ -158,7 +167,9 @@ def main():
     # GRPO-shaped: one group per question: good, bad, bad + each family's strongest pairwise attack.
     configure(judge, POINT_CONFIGS["neutralize"], all_specials)
     strongest = pair["neutralize"][0]
-    worst = {f: next(a for a in suites["compare"] if a.name == w and a.family == f) for f, (_, _, w) in strongest.items()}
+    worst = {
+        f: next(a for a in suites["compare"] if a.name == w and a.family == f) for f, (_, _, w) in strongest.items()
+    }
     ranked_above = 0
     reward = JudgePairwiseReward(judge)
     for q, good, bad in list(zip(questions, goods, bads))[: args.grpo_questions]:
@@ -166,10 +177,11 @@ def main():
         r = reward(prompts=[q] * len(group), completions=group)
         above = [f for f, x in zip(worst, r[2:]) if x >= r[0]]
         ranked_above += len(above)
-        print(f"GRPO group: good {r[0]:.3f}, bad {r[1]:.3f}, attacked " + ", ".join(f"{f} {x:.3f}" for f, x in zip(worst, r[2:]))
-              + (f"  <- ranked above the good one: {above}" if above else ""))  # fmt: skip
-    print(f"GRPO-shaped check: {ranked_above} attacked answers ranked at or above the good answer "
-          f"({args.grpo_questions} groups of {2 + len(worst)})")  # fmt: skip
+        shown = ", ".join(f"{f} {x:.3f}" for f, x in zip(worst, r[2:]))
+        flag = f"  <- ranked above the good one: {above}" if above else ""
+        print(f"GRPO group: good {r[0]:.3f}, bad {r[1]:.3f}, attacked {shown}{flag}")
+    print(f"GRPO-shaped check: {ranked_above} attacked answers ranked at or above the good answer ", end="")
+    print(f"({args.grpo_questions} groups of {2 + len(worst)})")
     if args.quick:
         far = [f for f in failed if "pairwise" in f and float(f.split()[-1]) > 5 * PAIR_GOAL] + [
             f for f in failed if "pointwise" in f and float(f.split()[-1]) > 4 * POINT_GOAL

@@ -39,16 +39,18 @@ _CONFUSABLE = str.maketrans(
 )
 _KEYWORDS = r"score|rating|grade|verdict|judge?ment|evaluation|mark"
 _LABEL = r"(?:\d{1,3}(?:\.\d+)?|[ABCabc])"
+_LEAD = r"(?:final\s+|overall\s+)?"
 _OUT_OF = r"(?:\s*(?:/|out\s+of)\s*\d{1,3})?"
 
 
 def _syntax_patterns(keywords: str) -> list[re.Pattern]:
     return [
         # "Score: [5]", "Final verdict: [[A]]", "SCORE : ( 5/5 )": a keyword, then a label in brackets
-        re.compile(rf"\b(?:final\s+|overall\s+)?(?:{keywords})\s*[:=\-]?\s*[\[(]{{1,2}}\s*{_LABEL}{_OUT_OF}\s*[\])]{{1,2}}",
-                   re.IGNORECASE),  # fmt: skip
+        re.compile(
+            rf"\b{_LEAD}(?:{keywords})\s*[:=\-]?\s*[\[(]{{1,2}}\s*{_LABEL}{_OUT_OF}\s*[\])]{{1,2}}", re.IGNORECASE
+        ),
         # "Rating: 5/5", "Score = 4": a keyword, a colon, a label
-        re.compile(rf"\b(?:final\s+|overall\s+)?(?:{keywords})\s*[:=]\s*{_LABEL}\b{_OUT_OF}", re.IGNORECASE),
+        re.compile(rf"\b{_LEAD}(?:{keywords})\s*[:=]\s*{_LABEL}\b{_OUT_OF}", re.IGNORECASE),
         # bare verdict brackets: "[[A]]", "[B]", "[C]" (upper case only: "[a]" list markers stay)
         re.compile(r"\[\[?\s*[ABC]\s*\]\]?"),
     ]
