@@ -361,7 +361,10 @@ class Judge:
         """`text` without its suspicious spans, or `None` when it has none."""
         if not defenses.suspicious_spans(text, template):
             return None
-        return defenses.without_suspicious(text, template) or "(empty answer)"
+        cleaned = defenses.without_suspicious(text, template)
+        if self.neutralize and cleaned == defenses.neutralize(text, template):
+            return None  # only template look-alikes, which neutralize removed already: nothing to judge again
+        return cleaned or "(empty answer)"
 
     def _suspects(self, template: JudgeTemplate, items: list, n_items: int):
         """Indexes to judge again, (items rewritten); counts them. A sharded judge judges again on every rank."""

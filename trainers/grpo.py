@@ -41,6 +41,9 @@ class JudgeRewardArguments:
     max_non_transitivity: float | None = field(
         default=None, metadata={"help": "Guard: warn / stop when NTR_3 of the checked groups goes above this."}
     )
+    max_injection_gap: float | None = field(
+        default=None, metadata={"help": "Guard: warn / stop when injection suspects out-earn the rest by more."}
+    )
     on_inconsistency: str = field(default="warn", metadata={"help": "What a guard does: warn | stop."})
 
     def __post_init__(self):
@@ -60,6 +63,7 @@ class JudgeRewardArguments:
             min_order_consistency=self.min_order_consistency,
             max_non_transitivity=self.max_non_transitivity,
             on_inconsistency=self.on_inconsistency,
+            max_injection_gap=self.max_injection_gap,
         )
 
 
