@@ -28,6 +28,7 @@ def test_consistency_bench_quick():
         ("bench_overhead.py", "ratio"),
         ("bench_flops.py", "of matmul"),
         ("bench_pairing.py", "mean Spearman"),
+        ("bench_injection.py", "GRPO-shaped check"),
     ],
 )
 def test_judge_benches_quick(script, expect):
