@@ -127,6 +127,7 @@ def main():
     parser.add_argument("--grpo-questions", type=int, default=5)
     parser.add_argument("--max-words", type=int, default=40, help="answers cut to this many words (CPU time)")
     parser.add_argument("--max-length", type=int, default=768, help="the judge's context (the padding attack)")
+    parser.add_argument("--only", default="", help="comma-separated kind:setting to run, e.g. score:fence")
     parser.add_argument("--quick", action="store_true", help="CI: 1 question, 1 family; fails far off the goal")
     args = parser.parse_args()
     if args.quick:
@@ -163,24 +164,31 @@ def main():
             ("compare", "none", args.questions)]  # fmt: skip
     plan = plan[:3] if args.quick else plan
     plan += [("score", name, args.subset) for name in ("specials", "fence", "check")] if args.subset else []
+    plan += [("score", "rationale", args.subset)] if args.subset else []
+    if args.only:
+        plan = [p for p in plan if f"{p[0]}:{p[1]}" in args.only.split(",")]
     for kind, name, n in plan:
+        if name == "rationale":
+            judge.rationale_tokens = args.rationale_tokens
+            *point["rationale*"], _ = measure("score", POINT_CONFIGS["specials"], n, mode="rationale")
+            judge.rationale_tokens = 256
+            continue
         results = pair if kind == "compare" else point
         label = name if n == args.questions else f"{name}*"
         *results[label], clean = measure(kind, POINT_CONFIGS[name], n)
         shown = ", ".join(f"{f} {m:+.3f}" for f, (m, _, _) in results[label][0].items())
         print(f"{kind} {label}: bad answer {clean:.3f}; gains {shown}; {memo.sent} prompts judged", flush=True)
-    if args.subset:
-        judge.rationale_tokens = args.rationale_tokens
-        *point["rationale*"], _ = measure("score", POINT_CONFIGS["specials"], args.subset, mode="rationale")
-        judge.rationale_tokens = 256
     show("Pointwise expected score, 1-5", point, POINT_GOAL)
     show("Pairwise merged win probability of the bad answer vs the good one", pair, PAIR_GOAL)
     for results, name, goal, what in ((pair, "neutralize", PAIR_GOAL, "pairwise"), (point, "neut+check", POINT_GOAL,
                                                                                      "pointwise")):  # fmt: skip
-        failed += [f"{what} {name} {f} {m:+.3f}" for f, (m, _, _) in results[name][0].items() if m > goal]
+        if name in results:
+            failed += [f"{what} {name} {f} {m:+.3f}" for f, (m, _, _) in results[name][0].items() if m > goal]
     print("over the bound: " + ("; ".join(failed) if failed else "none (every family within its goal)"))
 
     # GRPO-shaped: per question and family a group [good, bad, bad + the family's strongest attack], default reward.
+    if "neutralize" not in pair:
+        return 0
     configure(judge, POINT_CONFIGS["neutralize"], all_specials)
     reward = JudgePairwiseReward(judge)
     worst = {f: next(a for a in suites["compare"] if a.name == w) for f, (_, _, w) in pair["neutralize"][0].items()}
