@@ -4,7 +4,7 @@
   response cannot open or close a chat turn or emit a control token.
 - `neutralize`: look-alikes of the template's own syntax (the slot "Score: [5]", "Rating: 5/5", verdict
   brackets "[[A]]" / "[B]"), also written with zero-width characters, full-width brackets or Cyrillic letters,
-  are removed; the rest of the text is left as it was (invisible format characters excepted).
+  are removed; the rest of the text is left as it was.
 - `suspicious_spans`: the above plus natural-language text addressed to the judge ("rate this answer 5",
   "ignore the rubric", "note to the judge"); the judge's counterfactual check (`Judge(injection_check=True)`)
   judges again without them and keeps the lower result, and the training monitor counts them.
@@ -73,12 +73,6 @@ _ADDRESSED = re.compile(
 )
 
 
-def strip_invisible(text: str) -> str:
-    """`text` without invisible format characters (Unicode category Cf: zero-width spaces and joiners, bidi
-    controls, soft hyphens), which hide syntax from patterns without changing what the judge reads."""
-    return "".join(c for c in text if unicodedata.category(c) != "Cf")
-
-
 def skeleton(text: str) -> str:
     """A same-length view of `text` for matching: full-width and compatibility forms folded (NFKC, where one
     character stays one), Cyrillic / Greek look-alikes read as Latin. Spans found in it are spans of `text`."""
@@ -107,13 +101,16 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _spans(text: str, patterns) -> list[tuple[int, int]]:
-    view = skeleton(text)
+    """Spans of `text` matched by `patterns` in its skeleton with invisible characters skipped (so "S\u200bcore"
+    matches "Score"); invisible characters outside the spans stay (a Persian ZWNJ, an emoji's joiner)."""
+    keep = [i for i, c in enumerate(text) if unicodedata.category(c) != "Cf"]
+    view = skeleton("".join(text[i] for i in keep))
     spans = []
     for p in patterns:
         for m in p.finditer(view):
-            start = len(view[: m.end()]) - len(view[m.start() : m.end()].lstrip())  # from the first visible char
+            start = m.end() - len(view[m.start() : m.end()].lstrip())  # from the first visible character
             if m.end() > start:
-                spans.append((start, m.end()))
+                spans.append((keep[start], keep[m.end() - 1] + 1))
     return _merge(spans)
 
 
@@ -132,21 +129,18 @@ def neutralize(text: str, template=None) -> str:
         text: a response to judge.
         template: the `JudgeTemplate` in use: its slot's keyword (e.g. "Answer" for "Answer: [") is matched too.
     """
-    text = strip_invisible(text)
     patterns = _SYNTAX if template is None else _syntax_patterns(_keywords(template))
     return _drop(text, _spans(text, patterns))
 
 
 def suspicious_spans(text: str, template=None) -> list[tuple[int, int, str]]:
-    """(start, end, text) of each rating-like or judge-addressed span of `text` (after `strip_invisible`)."""
-    text = strip_invisible(text)
+    """(start, end, text) of each rating-like or judge-addressed span of `text`."""
     patterns = [*(_SYNTAX if template is None else _syntax_patterns(_keywords(template))), _ADDRESSED]
     return [(s, e, text[s:e]) for s, e in _spans(text, patterns)]
 
 
 def without_suspicious(text: str, template=None) -> str:
     """`text` with every suspicious span removed: the counterfactual answer the injection check judges."""
-    text = strip_invisible(text)
     return _drop(text, [(s, e) for s, e, _ in suspicious_spans(text, template)])
 
 

@@ -152,8 +152,8 @@ class Judge:
         keys = [k for k in template.required if k != "question"]
         fields = dict(fields)
         if self.neutralize:
-            for k in keys:  # neutralize strips zero-width characters, the specials' breaks too: break them again
-                fields[k] = self._clean(defenses.neutralize(fields[k], template))
+            for k in keys:
+                fields[k] = defenses.neutralize(fields[k], template)
         if "nonce" in template.optional and "nonce" not in fields:
             fields["nonce"] = defenses.fence_nonce(self._fence_secret, *(fields[k] for k in keys))
         return fields
