@@ -53,8 +53,10 @@ def gains(base: list[float], attacked: dict[str, list[float]], attacks) -> dict[
     """Per family: (mean gain over its attacks and the questions, the worst attack's mean gain, its name)."""
     out = {}
     for family in FAMILIES:
-        per_attack = {
-            x.name: fmean(a - b for a, b in zip(attacked[x.name], base)) for x in attacks if x.family == family
+        per_attack = {  # failed judgements (None) are left out of the mean, and reported by run_config
+            x.name: fmean([a - b for a, b in zip(attacked[x.name], base) if a is not None and b is not None] or [0.0])
+            for x in attacks
+            if x.family == family
         }
         if per_attack:
             name = max(per_attack, key=per_attack.get)
@@ -72,7 +74,11 @@ def run_config(judge, kind, questions, goods, bads, attacks, mode="direct"):
     if kind == "score":
         values = [s.expected for s in judge.score(qs, flat, mode=mode)]
     else:
-        values = [p.p_a + p.p_tie / 2 for p in judge.compare(qs, flat, goods * len(texts), mode=mode)]
+        prefs = judge.compare(qs, flat, goods * len(texts), mode=mode)
+        values = [None if p.error else p.p_a + p.p_tie / 2 for p in prefs]
+    failed = sum(v is None for v in values)
+    if failed:
+        print(f"{failed} of {len(values)} judgements failed (left out of the gains)", flush=True)
     seconds = time.perf_counter() - start
     n = len(questions)
     blocks = [values[k * n : (k + 1) * n] for k in range(len(texts))]
@@ -155,7 +161,7 @@ def main():
         base, attacked, seconds, extra = run_config(
             judge, kind, questions[:n], goods[:n], bads[:n], suites[kind], mode=mode
         )
-        return gains(base, attacked, suites[kind]), seconds, extra, fmean(base)
+        return gains(base, attacked, suites[kind]), seconds, extra, fmean([b for b in base if b is not None] or [0.0])
 
     pair, point, failed = {}, {}, []
     # The default reward first (pairwise merged, default Judge), then the baselines, then the costlier settings.
@@ -196,6 +202,8 @@ def main():
     for q, good, bad in list(zip(questions, goods, bads))[: args.grpo_questions]:
         for family, attack in worst.items():
             r_good, r_bad, r_attacked = reward(prompts=[q] * 3, completions=[good, bad, apply(bad, attack)])
+            if None in (r_good, r_bad, r_attacked):  # a failed judgement: no verdict on this group
+                continue
             if r_bad >= r_good:  # the judge's own error, not the attack's: nothing to lift
                 misranked += 1
                 continue
