@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections.abc import Callable, Sequence
 
+from . import defenses
 from .scoring import PREFERENCE_METHODS, SCORE_METHODS, Preference, Score, decide_preference, score_from_probs
 from .templates import PAIRWISE, POINTWISE, JudgeTemplate
 from .tokens import bytes_bound, encode
@@ -78,6 +80,14 @@ class Judge:
         rationale_tokens: most tokens the judge may write before the slot in `mode="rationale"`.
         batch_size: items per backend call (also the progress bar's step).
         progress: show a progress bar on calls of more than one batch.
+        neutralize: remove look-alikes of the template's syntax from responses ("Score: [5]", "[[A]]", also with
+            zero-width characters, full-width brackets or Cyrillic letters; `reward.defenses.neutralize`).
+        injection_check: the counterfactual check: a response holding rating-like or judge-addressed text
+            (`reward.defenses.suspicious_spans`) is judged again without it and keeps the lower result. Costs one
+            more judgement per suspect; `injection_stats` counts suspects, extra prompts and lowered results.
+        fence_secret: key of the fence nonces for templates with a `{nonce}` field (e.g. `POINTWISE_FENCED`);
+            default: a random key per judge. The nonce is an HMAC of the judged texts, so a prompt is the same
+            every time for the same texts (deterministic results), yet a response cannot guess its fence.
 
     Responses longer than the judge's context are cut: the head and the tail are kept around a
     "[... N tokens cut ...]" mark, and the result is flagged `truncated`.
@@ -92,6 +102,9 @@ class Judge:
         rationale_tokens: int = 256,
         batch_size: int = 32,
         progress: bool = True,
+        neutralize: bool = True,
+        injection_check: bool = False,
+        fence_secret: bytes | str | None = None,
     ):
         for template, fields in (
             (pointwise_template, {"question", "response"}),
@@ -107,7 +120,11 @@ class Judge:
         self.progress = progress
         self._factory: Callable[[], Judge] | None = None  # set by load_judge: pickles as "load it again"
         tokenizer = backend.tokenizer
-        self._specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if len(t) > 1]
+        self._specials = defenses.special_tokens(tokenizer)  # all of them, not only the chat-turn ones
+        self.neutralize, self.injection_check = neutralize, injection_check
+        self._fence_secret = fence_secret.encode() if isinstance(fence_secret, str) else fence_secret
+        self._fence_secret = self._fence_secret or secrets.token_bytes(16)
+        self.injection_stats = {"checked": 0, "suspects": 0, "extra_prompts": 0, "lowered": 0}
         self._chat = getattr(backend, "chat", False)
 
     @property
@@ -127,16 +144,25 @@ class Judge:
     # -- prompt building -------------------------------------------------------------------------------------------
 
     def _clean(self, text: str) -> str:
-        # A response must not open or close chat turns: break special-token strings it contains.
-        for special in self._specials:
-            if special in text:
-                text = text.replace(special, special[0] + "\u200b" + special[1:])
-        return text
+        # A response must not open or close chat turns or emit control tokens: break every special-token string.
+        return defenses.break_specials(text, self._specials)
+
+    def _defend(self, template: JudgeTemplate, fields: dict) -> dict:
+        """The responses' injection defenses, applied right before rendering (after cutting: they only shorten the
+        text, so the fitted prompt still fits): template look-alikes removed, specials broken, the fence's nonce."""
+        keys = [k for k in template.required if k != "question"]
+        fields = dict(fields)
+        if self.neutralize:
+            for k in keys:
+                fields[k] = defenses.neutralize(fields[k], template)
+        if "nonce" in template.optional and "nonce" not in fields:
+            fields["nonce"] = defenses.fence_nonce(self._fence_secret, *(fields[k] for k in keys))
+        return fields
 
     def _render(self, template: JudgeTemplate, fields: dict, text: bool = False):
         """The prompt, ending right where the judge's answer starts (the slot is appended later): chat-formatted
         text, or the messages themselves for a backend that takes chats (`backend.chat`; the server formats them)."""
-        system, user = template.render(**fields)
+        system, user = template.render(**self._defend(template, fields))
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         if self._chat and not text:
             return messages
@@ -284,6 +310,9 @@ class Judge:
                 continue
             probs = {int(label): _prob(lp) for label, lp in read[0].items()}
             results[i] = score_from_probs(probs, method, temperature, truncated=built[i][1])
+        if self.injection_check:
+            options = {"scale": scale, "method": method, "mode": mode, "temperature": temperature}
+            results = self._check_scores(prompts, responses, results, options)
         return results
 
     def compare(
@@ -343,4 +372,75 @@ class Judge:
             pref = decide_preference(orders[0], orders[1], method, perplexity=ppl)
             pref.truncated = truncated
             results[i] = pref
+        if self.injection_check:
+            results = self._check_prefs(prompts, responses_a, responses_b, results, {"method": method, "mode": mode})
+        return results
+
+    # -- the counterfactual injection check (injection_check=True) ------------------------------------------------
+
+    def _counterfactual(self, template: JudgeTemplate, text: str) -> str | None:
+        """`text` without its suspicious spans, or `None` when it has none."""
+        if not defenses.suspicious_spans(text, template):
+            return None
+        cleaned = defenses.without_suspicious(text, template)
+        if self.neutralize and cleaned == defenses.neutralize(text, template):
+            return None  # only template look-alikes, which neutralize removed already: nothing to judge again
+        return cleaned or "(empty answer)"
+
+    def _suspects(self, template: JudgeTemplate, items: list, n_items: int):
+        """Indexes to judge again, (items rewritten); counts them. A sharded judge judges again on every rank."""
+        redo = [i for i, item in enumerate(items) if item is not None]
+        self.injection_stats["checked"] += n_items
+        self.injection_stats["suspects"] += len(redo)
+        return redo, bool(redo) or getattr(self.backend, "lockstep", False)
+
+    def _check_scores(self, prompts, responses, results, options) -> list:
+        cleaned = [self._counterfactual(self.pointwise_template, r) for r in responses]
+        redo, call = self._suspects(self.pointwise_template, cleaned, len(responses))
+        if not call:
+            return results
+        self.injection_check = False  # the counterfactual judgement itself is not checked again
+        try:
+            again = self.score([prompts[i] for i in redo], [cleaned[i] for i in redo], **options)
+        finally:
+            self.injection_check = True
+        self.injection_stats["extra_prompts"] += len(redo)
+        for i, alt in zip(redo, again):
+            old = results[i]
+            if alt.error is None and (old.error is not None or alt.expected < old.expected):
+                alt.truncated = alt.truncated or old.truncated
+                results[i] = alt
+                self.injection_stats["lowered"] += 1
+        return results
+
+    def _check_prefs(self, prompts, responses_a, responses_b, results, options) -> list:
+        template = self.pairwise_template
+        pairs = list(zip(responses_a, responses_b))
+        cleaned = [(self._counterfactual(template, a), self._counterfactual(template, b)) for a, b in pairs]
+        items = [None if ca is None and cb is None else (ca or a, cb or b) for (a, b), (ca, cb) in zip(pairs, cleaned)]
+        redo, call = self._suspects(template, items, len(pairs))
+        if not call:
+            return results
+        self.injection_check = False
+        try:
+            again = self.compare(
+                [prompts[i] for i in redo], [items[i][0] for i in redo], [items[i][1] for i in redo], **options
+            )
+        finally:
+            self.injection_check = True
+        self.injection_stats["extra_prompts"] += 2 * len(redo)
+        for i, alt in zip(redo, again):
+            old = results[i]
+            if alt.error is not None:
+                continue
+            if old.error is not None or (cleaned[i][0] and cleaned[i][1]):  # both suspects: the cleaned pair
+                results[i] = alt
+                self.injection_stats["lowered"] += old.error is None
+                continue
+            # One suspect: keep the judgement that gives it the lower win probability (a tie counts half).
+            side = "p_a" if cleaned[i][0] else "p_b"
+            if getattr(alt, side) + alt.p_tie / 2 < getattr(old, side) + old.p_tie / 2:
+                alt.truncated = alt.truncated or old.truncated
+                results[i] = alt
+                self.injection_stats["lowered"] += 1
         return results

@@ -65,3 +65,8 @@ def test_judge_consistency_bench_quick():
 
 def test_group_rewards_bench_quick():
     assert "goal at G=16" in run("bench_group_rewards.py")
+
+
+@pytest.mark.slow
+def test_injection_bench_quick():
+    assert "GRPO-shaped check" in run("bench_injection.py")

@@ -21,6 +21,9 @@ class JudgeRewardArguments:
     judge_device: str | None = field(default=None, metadata={"help": "Judge device (default: CUDA if available)."})
     judge_max_length: int | None = field(default=None, metadata={"help": "Most tokens in one judge prompt."})
     judge_batch_size: int = field(default=32, metadata={"help": "Judge prompts per backend call."})
+    judge_injection_check: bool = field(
+        default=False, metadata={"help": "Judge suspects of prompt injection again without the suspicious text."}
+    )
     reward: str = field(default="pairwise", metadata={"help": f"Which reward: one of {REWARDS}."})
     scale: int = field(default=5, metadata={"help": "Pointwise ratings 1..scale."})
     score_method: str = field(default="trustjudge", metadata={"help": "trustjudge | mean | geval | argmax."})
@@ -46,6 +49,9 @@ class JudgeRewardArguments:
     )
     max_non_transitivity: float | None = field(
         default=None, metadata={"help": "Guard: warn / stop when NTR_3 of the checked groups goes above this."}
+    )
+    max_injection_gap: float | None = field(
+        default=None, metadata={"help": "Guard: warn / stop when injection suspects out-earn the rest by more."}
     )
     on_inconsistency: str = field(default="warn", metadata={"help": "What a guard does: warn | stop."})
 
@@ -81,6 +87,7 @@ class JudgeRewardArguments:
             min_order_consistency=self.min_order_consistency,
             max_non_transitivity=self.max_non_transitivity,
             on_inconsistency=self.on_inconsistency,
+            max_injection_gap=self.max_injection_gap,
         )
 
 
@@ -145,6 +152,7 @@ def main(argv: list[str] | None = None):
         device=args.judge_device,
         max_length=args.judge_max_length,
         batch_size=args.judge_batch_size,
+        injection_check=args.judge_injection_check,
         progress=False,
         **served.load_options(args.judge),
     )

@@ -22,6 +22,7 @@ from collections import defaultdict
 from transformers import TrainerCallback
 
 from reward.consistency import PreferenceGraph, conflict_ratio, non_transitivity
+from reward.defenses import suspicious_spans
 from reward.scoring import SCORE_METHODS, entropy
 
 logger = logging.getLogger(__name__)
@@ -52,11 +53,16 @@ class JudgeMonitor(TrainerCallback):
         on_inconsistency: "warn" (once per guard, with the numbers) or "stop" (also ends training after the step).
         prefix: metric prefix (`judge/conflict_ratio`, ...).
         seed: the group sampling's seed.
+        max_injection_gap: guard: the mean reward of injection suspects (completions holding rating-like or
+            judge-addressed text, `reward.defenses.suspicious_spans`) minus the rest's must stay at or below this.
 
     Logs `{prefix}/conflict_ratio`, `non_transitivity` (NTR_3), `monitor_order_consistency`, `monitor_groups`,
     `monitor_failures` and `monitor_overhead` (seconds of extra judge calls per second of reward judging); with
     W&B also `{prefix}/entropy_hist`, `rewards/<name>/hist` and the table `{prefix}/inconsistent_cases` (all under
     W&B's `train/` section, where transformers puts the scalars).
+    Injection monitoring (every batch, no judge call): `{prefix}/injection_suspects` (fraction of the batch's
+    completions that are suspects), `<reward prefix>/injection_gap` (their mean reward minus the others'), and
+    with W&B the table `{prefix}/injection_cases` (the suspects, their spans and rewards).
     `last` holds the latest check's numbers, `alerts` every guard crossing.
     """
 
@@ -70,6 +76,7 @@ class JudgeMonitor(TrainerCallback):
         on_inconsistency: str = "warn",
         prefix: str = "judge",
         seed: int = 0,
+        max_injection_gap: float | None = None,
     ):
         if not 0 <= sample_rate <= 1:
             raise ValueError(f"sample_rate must be in [0, 1], got {sample_rate}")
@@ -80,6 +87,7 @@ class JudgeMonitor(TrainerCallback):
         self.sample_rate, self.max_groups, self.table_rows = sample_rate, max_groups, table_rows
         self.min_order_consistency, self.max_non_transitivity = min_order_consistency, max_non_transitivity
         self.on_inconsistency, self.prefix, self.seed = on_inconsistency, prefix, seed
+        self.max_injection_gap = max_injection_gap
         self.rewards: list = []
         self.last: dict = {}
         self.alerts: list[dict] = []
@@ -89,7 +97,7 @@ class JudgeMonitor(TrainerCallback):
         self._lock = threading.Lock()
         self._checks = 0
         self._registered = self._wandb = self._stop = False
-        self._pending = {"entropy": defaultdict(list), "rewards": defaultdict(list), "cases": []}
+        self._pending = {"entropy": defaultdict(list), "rewards": defaultdict(list), "cases": [], "injection": []}
 
     def __getstate__(self):  # a lock does not pickle (rewards holding the monitor may be pickled)
         return {k: v for k, v in self.__dict__.items() if k != "_lock"}
@@ -114,6 +122,7 @@ class JudgeMonitor(TrainerCallback):
             self._pending["rewards"][reward.__name__] += [r for r in rewards if r is not None]
             self._pending["entropy"][reward.metric_prefix] += [e for e in ents if e is not None]
             self._batch[reward.__name__] = {"reward": reward, "latency": latency, "scores": scores, "prefs": prefs}
+            self._injection(reward, rewards, questions, answers, kwargs)
             if len(self._batch) < len(self.rewards):
                 return
             batch, self._batch = self._batch, {}
@@ -240,20 +249,44 @@ class JudgeMonitor(TrainerCallback):
         for name, value, threshold, crossed in checks:
             if value is None or threshold is None or not crossed(value, threshold):
                 continue
-            alert = {"step": step, "metric": name, "value": value, "threshold": threshold}
-            self.alerts.append(alert)
-            if len([a for a in self.alerts if a["metric"] == name]) == 1:  # warn once per guard
-                logger.warning(
-                    "judge monitor: %s = %.3f crossed its threshold %s at step %d (%d groups checked)%s",
-                    name,
-                    value,
-                    threshold,
-                    step,
-                    self.last["monitor_groups"],
-                    "; stopping after this step" if self.on_inconsistency == "stop" else "",
-                )
-            if self.on_inconsistency == "stop":
-                self._stop = True
+            self._alert(name, value, threshold, step)
+
+    def _alert(self, name, value, threshold, step, detail=None) -> None:
+        """Records a guard crossing; warns once per guard; on_inconsistency="stop" ends training after the step."""
+        self.alerts.append({"step": step, "metric": name, "value": value, "threshold": threshold})
+        if len([a for a in self.alerts if a["metric"] == name]) == 1:  # warn once per guard
+            logger.warning(
+                "judge monitor: %s = %.3f crossed its threshold %s at step %d (%s)%s",
+                name,
+                value,
+                threshold,
+                step,
+                detail or f"{self.last['monitor_groups']} groups checked",
+                "; stopping after this step" if self.on_inconsistency == "stop" else "",
+            )
+        if self.on_inconsistency == "stop":
+            self._stop = True
+
+    def _injection(self, reward, rewards, questions, answers, kwargs) -> None:
+        """Injection suspects of one reward's batch: their share, their reward gap, examples, and the gap's guard."""
+        state, log_metric = kwargs.get("trainer_state"), kwargs.get("log_metric")
+        step = getattr(state, "global_step", 0)
+        spans = {i: suspicious_spans(a) for i, a in enumerate(answers) if a is not None}
+        suspects = [i for i, s in spans.items() if s]
+        if log_metric is not None and spans:
+            log_metric(f"{self.prefix}/injection_suspects", len(suspects) / len(spans))
+        mine = [rewards[i] for i in suspects if rewards[i] is not None]
+        rest = [rewards[i] for i in spans if i not in suspects and rewards[i] is not None]
+        gap = sum(mine) / len(mine) - sum(rest) / len(rest) if mine and rest else None
+        if gap is not None and log_metric is not None:
+            log_metric(f"{reward.metric_prefix}/injection_gap", gap)
+        for i in suspects[: self.table_rows]:
+            texts = " | ".join(text for _, _, text in spans[i])
+            self._pending["injection"].append([step, reward.__name__, questions[i], answers[i], texts, rewards[i]])
+        self._pending["injection"] = self._pending["injection"][-self.table_rows :]
+        if gap is not None and self.max_injection_gap is not None and gap > self.max_injection_gap:
+            detail = f"{len(suspects)} suspects of {len(spans)} completions"
+            self._alert(f"injection_gap/{reward.__name__}", gap, self.max_injection_gap, step, detail)
 
     # -- TrainerCallback --------------------------------------------------------------------------------------
 
@@ -267,7 +300,7 @@ class JudgeMonitor(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         pending = self._pending
-        self._pending = {"entropy": defaultdict(list), "rewards": defaultdict(list), "cases": []}
+        self._pending = {"entropy": defaultdict(list), "rewards": defaultdict(list), "cases": [], "injection": []}
         if not (self._wandb and state.is_world_process_zero):
             return
         import wandb
@@ -296,5 +329,8 @@ class JudgeMonitor(TrainerCallback):
             data[f"train/{self.prefix}/inconsistent_cases"] = wandb.Table(
                 columns=columns, data=[c[2] for c in pending["cases"]]
             )
+        if pending["injection"]:
+            columns = ["step", "reward", "prompt", "completion", "suspicious_text", "reward_value"]
+            data[f"train/{self.prefix}/injection_cases"] = wandb.Table(columns=columns, data=pending["injection"])
         if data:
             wandb.run.log(data | {"train/global_step": state.global_step})
