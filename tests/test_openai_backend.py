@@ -170,12 +170,16 @@ def test_concurrency_rate_limit_and_api_key(tiny_model_dir, monkeypatch, caplog)
     monkeypatch.setenv("JUDGE_KEY", "sk-test-secret")
     try:
         # At most 2 requests in flight, however many wait (one prompt per request, so that many do).
-        remote = OpenAIBackend(server.url, "tiny", tokenizer, concurrency=2, batch_size=1, api_key_env="JUDGE_KEY")
+        remote = OpenAIBackend(
+            server.url, "tiny", tokenizer, concurrency=2, prompts_per_request=1, api_key_env="JUDGE_KEY"
+        )
         remote.label_logprobs(PROMPTS * 2, ["A", "B"])
         assert server.max_in_flight == 2 and server.authorization == "Bearer sk-test-secret"
         # At most 10 requests per second: starts at least 0.1 s apart (a busy machine only widens the gaps).
         server.arrivals.clear()
-        paced = OpenAIBackend(server.url, "tiny", tokenizer, concurrency=8, batch_size=1, requests_per_second=10)
+        paced = OpenAIBackend(
+            server.url, "tiny", tokenizer, concurrency=8, prompts_per_request=1, requests_per_second=10
+        )
         paced.label_logprobs(PROMPTS, ["A", "B", "C"])
         gaps = [b - a for a, b in zip(server.arrivals, server.arrivals[1:])]
         assert len(server.arrivals) == paced.requests >= 3 and min(gaps) >= 0.09
@@ -218,8 +222,8 @@ def test_batched_requests_judge_exactly_as_single_ones(served):
     # Many prompts per /v1/completions request (and label ends read in batched rounds) give the very numbers of one
     # prompt per request, in a few requests: <= 0.25 per scored item, <= 0.5 per compared pair.
     server, _, tokenizer = served
-    judges = {size: Judge(OpenAIBackend(server.url, "tiny", tokenizer, top_logprobs=len(tokenizer), batch_size=size),
-                          progress=False) for size in (1, 64)}  # fmt: skip
+    judges = {size: Judge(OpenAIBackend(server.url, "tiny", tokenizer, top_logprobs=len(tokenizer),
+                                        prompts_per_request=size), progress=False) for size in (1, 64)}  # fmt: skip
     scores = {size: j.score(QUESTIONS, ANSWERS, scale=10) for size, j in judges.items()}
     requests = {size: j.backend.requests for size, j in judges.items()}
     assert [s.probs for s in scores[64]] == [s.probs for s in scores[1]] and scores[64][0].error is None
@@ -286,8 +290,21 @@ def test_replicas_share_the_work_and_one_down_is_routed_around(served, replica, 
 
 def test_bad_backend_options_are_errors(served):
     server, _, tokenizer = served
-    for bad in ({"batch_size": 0}, {"concurrency": 0}):
+    for bad in ({"prompts_per_request": 0}, {"concurrency": 0}):
         with pytest.raises(ValueError, match="positive integer"):
             OpenAIBackend(server.url, "tiny", tokenizer, **bad)
     with pytest.raises(ValueError, match="http"):
         OpenAIBackend(["localhost:8000"], "tiny", tokenizer)
+
+
+def test_load_judge_takes_a_list_of_replicas(served, replica, tiny_model_dir):
+    from reward import load_judge
+
+    server, _, tokenizer = served
+    judge = load_judge(f"openai:{server.url}, {replica.url}", model="tiny", tokenizer=tiny_model_dir,
+                       server_options={"prompts_per_request": 8}, progress=False)  # fmt: skip
+    assert judge.backend.urls == [server.url, replica.url] and judge.backend.prompts_per_request == 8
+    judge.score(QUESTIONS[:4], ANSWERS[:4])
+    assert judge.backend.sent[server.url] > 0 and judge.backend.sent[replica.url] > 0
+    with pytest.raises(ValueError, match="openai:URL1,URL2"):
+        load_judge(f"openai:{server.url},127.0.0.1:9/v1", model="tiny", tokenizer=tiny_model_dir)

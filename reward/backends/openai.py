@@ -10,8 +10,8 @@ whose tokens fall outside the top-k gets no probability (it shows up as missing 
 label is the listed mass on tokens that do not continue it (a lower bound).
 
 Batched: the reads go in rounds (the slot of every prompt, then every listed label prefix, ...), and a round's
-prompts are packed into few `/v1/completions` requests (`prompt: [...]`, at most `batch_size` each; vLLM, SGLang
-and llama-server answer one choice per prompt, with `index`). Chat servers take one conversation per request, so
+prompts are packed into few `/v1/completions` requests (`prompt: [...]`, at most `prompts_per_request` each; vLLM,
+SGLang and llama-server answer one choice per prompt, with `index`). Chat servers take one conversation per request, so
 the chat endpoint sends one request per read, concurrently. Requests run on one connection pool (an httpx client
 on the backend's own event-loop thread, kept across calls), at most `concurrency` in flight, with timeouts and
 retries with exponential backoff on 429, 5xx, malformed or logprob-less responses and connection errors. A
@@ -162,7 +162,7 @@ class OpenAIBackend:
         max_length: the most tokens a judge prompt may hold (the server's context).
         top_logprobs: k of the top-k (servers cap it: vLLM 20 by default, OpenAI 20).
         concurrency: requests in flight at once (over all URLs).
-        batch_size: the most prompts one `/v1/completions` request holds (chat: always one conversation).
+        prompts_per_request: the most prompts one `/v1/completions` request holds (chat: always one conversation).
         requests_per_second: client-side rate limit (`None`: none).
         timeout: seconds per request.
         max_retries: attempts after the first, with exponential backoff (0.5 s, 1 s, 2 s, ... up to 8 s).
@@ -174,7 +174,7 @@ class OpenAIBackend:
     lockstep = False
 
     def __init__(self, base_url: str | Sequence[str], model: str, tokenizer, *, endpoint: str = "completions",
-                 max_length: int = 4096, top_logprobs: int = 20, concurrency: int = 8, batch_size: int = 64,
+                 max_length: int = 4096, top_logprobs: int = 20, concurrency: int = 8, prompts_per_request: int = 64,
                  requests_per_second: float | None = None, timeout: float = 60.0, max_retries: int = 4,
                  api_key_env: str = "OPENAI_API_KEY"):  # fmt: skip
         if endpoint not in ENDPOINTS:
@@ -182,13 +182,13 @@ class OpenAIBackend:
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
             raise ValueError(f"base_url must be one or more http(s) URLs, got {base_url!r}")
-        for name, value in (("concurrency", concurrency), ("batch_size", batch_size)):
+        for name, value in (("concurrency", concurrency), ("prompts_per_request", prompts_per_request)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.urls = [u.rstrip("/") for u in urls]
         self.base_url, self.model, self.tokenizer = self.urls[0], model, tokenizer
         self.endpoint, self.chat = endpoint, endpoint == "chat"  # `chat`: `Judge` hands over messages
-        self.max_length, self.top_k, self.batch_size = max_length, top_logprobs, batch_size
+        self.max_length, self.top_k, self.prompts_per_request = max_length, top_logprobs, prompts_per_request
         self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
         self.min_interval = 1 / requests_per_second if requests_per_second else 0.0
         self.api_key_env = api_key_env
@@ -317,9 +317,9 @@ class OpenAIBackend:
             return first + second
 
     async def _batched(self, prompts: list, parse: Callable, **request) -> list:
-        """`_send` over all `prompts` in requests of at most `batch_size` (one per conversation for chat), at
-        least one per URL so every replica gets a share, concurrently; results in prompt order."""
-        size = 1 if self.chat else self.batch_size
+        """`_send` over all `prompts` in requests of at most `prompts_per_request` (one per conversation for chat),
+        at least one per URL so every replica gets a share, concurrently; results in prompt order."""
+        size = 1 if self.chat else self.prompts_per_request
         pieces = min(len(prompts), max(-(-len(prompts) // size), len(self.urls)))
         bounds = [len(prompts) * i // pieces for i in range(pieces + 1)]
         sends = [self._send(prompts[a:b], parse, **request) for a, b in zip(bounds, bounds[1:])]
