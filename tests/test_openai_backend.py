@@ -79,13 +79,15 @@ def test_each_fault_is_retried_to_the_same_answer(served, fault):
     server, local, tokenizer = served
     proxy = FaultProxy(server.url, timeout_s=1.5)
     try:
+        clean = OpenAIBackend(proxy.url, "tiny", tokenizer, top_logprobs=len(tokenizer))
+        clean.label_logprobs(PROMPTS, ["A", "B", "C"])
         remote = OpenAIBackend(proxy.url, "tiny", tokenizer, top_logprobs=len(tokenizer), timeout=0.5, max_retries=3)
-        proxy.faults = [fault, fault]  # the first two requests fail, then it recovers
-        got = remote.label_logprobs(PROMPTS, ["A", "B", "C"])  # batched: one request per round
+        proxy.faults, seen = [fault, fault], proxy.seen  # the next two requests fail, then it recovers
+        got = remote.label_logprobs(PROMPTS, ["A", "B", "C"])  # batched: all prompts in one request
         want = local.label_logprobs(PROMPTS, ["A", "B", "C"])
         assert got == [pytest.approx(w, abs=1e-4) for w in want] and remote.failures == 0
-        # Both faults were met and retried (2 rounds of reads + 2 retries at least; a slow machine may add one).
-        assert proxy.faults == [] and remote.requests == proxy.seen >= 2 + 2
+        # Both faults were met and retried (a slow machine may add a timed-out retry: not an exact count).
+        assert proxy.faults == [] and remote.requests == proxy.seen - seen >= clean.requests + 2
     finally:
         proxy.close()
 
@@ -175,14 +177,15 @@ def test_concurrency_rate_limit_and_api_key(tiny_model_dir, monkeypatch, caplog)
         )
         remote.label_logprobs(PROMPTS * 2, ["A", "B"])
         assert server.max_in_flight == 2 and server.authorization == "Bearer sk-test-secret"
-        # At most 10 requests per second: starts at least 0.1 s apart (a busy machine only widens the gaps).
+        # At most 10 requests per second: sent 0.1 s apart (the server sees them with some scheduling jitter).
         server.arrivals.clear()
         paced = OpenAIBackend(
             server.url, "tiny", tokenizer, concurrency=8, prompts_per_request=1, requests_per_second=10
         )
         paced.label_logprobs(PROMPTS, ["A", "B", "C"])
         gaps = [b - a for a, b in zip(server.arrivals, server.arrivals[1:])]
-        assert len(server.arrivals) == paced.requests >= 3 and min(gaps) >= 0.09
+        assert len(server.arrivals) == paced.requests >= 3 and min(gaps) >= 0.05
+        assert server.arrivals[-1] - server.arrivals[0] >= 0.095 * (len(server.arrivals) - 1)
         # A failing server: the warning names the failure, never the key.
         proxy = FaultProxy(server.url)
         proxy.always = "500"
@@ -250,7 +253,7 @@ def test_choices_are_read_by_index_and_the_pool_is_kept(tiny_model_dir):
         for _ in range(3):
             got = remote.label_logprobs(PROMPTS, ["A", "B", "47"])
             assert got == [pytest.approx(w, abs=1e-4) for w in want]
-        assert len(server.peers) <= 2 and remote.requests >= 9
+        assert len(server.peers) <= 2 and remote.requests >= 3
     finally:
         server.close()
 

@@ -9,7 +9,8 @@ does (P("47") = P("4") P("7" | "4") P(end | "47")): one follow-up read per label
 whose tokens fall outside the top-k gets no probability (it shows up as missing `valid_mass`), and the end of a
 label is the listed mass on tokens that do not continue it (a lower bound).
 
-Batched: the reads go in rounds (the slot of every prompt, then every listed label prefix, ...), and a round's
+Batched: the reads go in rounds (the slot of every prompt, then every listed label prefix, ...; with few labels,
+as on a 1-5 scale or for verdicts, the slot and every label's end in one round), and a round's
 prompts are packed into few `/v1/completions` requests (`prompt: [...]`, at most `prompts_per_request` each; vLLM,
 SGLang and llama-server answer one choice per prompt, with `index`). Chat servers take one conversation per request, so
 the chat endpoint sends one request per read, concurrently. Requests run on one connection pool (an httpx client
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 ENDPOINTS = ("completions", "chat")
 DOWN_S = 10.0  # a replica that refused a connection is skipped this long (while another is up)
+READ_AHEAD = 16  # labels with at most this many prefixes (1-10 scales, verdicts) are read in one round
 
 
 class RetryableError(Exception):
@@ -328,7 +330,11 @@ class OpenAIBackend:
 
     async def _label_reads(self, prompts: list, labels: list[str]) -> list[dict[str, float]]:
         """Rounds of batched reads: every prompt's slot first, then every label prefix listed so far, until each
-        prompt's labels are read to their end (or its request failed)."""
+        prompt's labels are read to their end (or its request failed). Where the labels have few prefixes, the
+        first round reads them all at once (the slot and every label's end: one round trip instead of two; a read
+        the labels turn out not to need, e.g. after a label outside the top-k, changes nothing)."""
+        ahead = sorted({label[:n] for label in labels for n in range(len(label) + 1)})
+        ahead = ahead if len(ahead) <= READ_AHEAD else [""]
         tops: list[dict[str, dict | Exception]] = [{} for _ in prompts]
         out: list[dict[str, float] | None] = [None] * len(prompts)
         while True:
@@ -342,7 +348,7 @@ class OpenAIBackend:
                     logger.warning("judge request failed after retries: %s: %s", type(failed).__name__, failed)
                     out[i] = {label: -math.inf for label in labels}
                     continue
-                values, paths = read_labels(node.get, labels)
+                values, paths = read_labels(node.get, labels) if node else ({}, ahead)
                 if paths:
                     wanted += [(i, path) for path in sorted(paths)]
                 else:
