@@ -117,7 +117,7 @@ def proxy(llama_server):
 @pytest.fixture(scope="module")
 def clean_reward(llama_server):
     """The reward of one short answer judged with no faults, and the requests it took: what a retried run must
-    reproduce, with one request more per fault."""
+    reproduce, with at least one request more per fault."""
     judge = load_judge(f"openai:{llama_server}", tokenizer="embedded", progress=False)
     (reward,) = JudgeScoreReward(judge)(prompts=["What is the capital of France?"], completions=["Paris."])
     return reward, judge.backend.requests
@@ -134,7 +134,8 @@ def test_each_fault_is_retried_to_the_same_reward(proxy, clean_reward, fault):
                     log_metric=lambda k, v: log.update({k: v}))  # fmt: skip
     want, requests = clean_reward
     assert got == pytest.approx(want, abs=1e-3) and log["judge/failures"] == 0 and judge.backend.failures == 0
-    assert proxy.seen - seen == judge.backend.requests == requests + 2
+    # Both faults met and retried; not an exact count: on a loaded machine a slow answer may time out once more.
+    assert proxy.faults == [] and proxy.seen - seen == judge.backend.requests >= requests + 2
 
 
 def test_missing_ratings_and_a_dead_server_cost_rewards_not_the_call(proxy):
@@ -155,13 +156,15 @@ def test_missing_ratings_and_a_dead_server_cost_rewards_not_the_call(proxy):
 def test_grpo_recipe_on_the_served_judge_through_faults(tmp_path, tiny_model_dir, proxy):
     # `trustreward grpo` with `--judge openai:URL`: the reward runs as an async reward; the first request fails three
     # times and is retried, then its answer comes without ratings: that completion gets None (counted), the others
-    # are judged, and training goes on. One request at a time keeps the order of faults deterministic.
+    # are judged, and training goes on. One request at a time, one prompt per request (a batched request would
+    # hold the whole step's completions), keeps the order of faults deterministic.
     from trainers.grpo import main
 
     proxy.faults = ["500", "drop", "429", "noratings"]
     trainer = main([
         "--judge", f"openai:{proxy.url}", "--judge_model", "judge", "--judge_tokenizer", "embedded",
-        "--judge_timeout", "30", "--judge_concurrency", "1", "--reward", "score", "--max_prompts", "2",
+        "--judge_timeout", "30", "--judge_concurrency", "1", "--judge_prompts_per_request", "1",
+        "--reward", "score", "--max_prompts", "2",
         "--model_name_or_path", tiny_model_dir,
         "--output_dir", str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "4",
         "--num_generations", "4", "--max_completion_length", "6", "--bf16", "false", "--use_cpu", "true",

@@ -260,36 +260,37 @@ class OpenAIBackend:
 
     async def _post(self, path: str, payload: dict, parse: Callable):
         """One request with retries and backoff, each attempt to the next URL; `parse(body)` raises
-        `RetryableError` on an unusable answer."""
+        `RetryableError` on an unusable answer. It holds its slot of `concurrency` through the backoff: a
+        struggling server gets fewer requests, not more."""
         import httpx
 
         if self._gate is None:
             self._gate = asyncio.Semaphore(self.concurrency)
-        for attempt in range(self.max_retries + 1):
-            url = self._pick()
-            try:
-                async with self._gate:
+        async with self._gate:
+            for attempt in range(self.max_retries + 1):
+                url = self._pick()
+                try:
                     await self._pace()
                     self.requests += 1
                     self.sent[url] += 1
                     response = await self._client.post(f"{url}/{path}", json=payload)
-                if response.status_code in RETRY_STATUS:
-                    raise RetryableError(f"HTTP {response.status_code}")
-                if response.status_code >= 400:
-                    raise RequestError(f"HTTP {response.status_code}: {response.text[:200]}")
-                try:
-                    body = response.json()
-                except ValueError:
-                    raise RetryableError("malformed JSON") from None
-                return parse(body)
-            except (RetryableError, httpx.TransportError) as exc:
-                if attempt == self.max_retries:
-                    raise
-                if isinstance(exc, httpx.ConnectError):  # nobody there: try another replica right away
-                    self._down[url] = time.monotonic() + DOWN_S
-                    if any(self._down.get(u, 0.0) <= time.monotonic() for u in self.urls):
-                        continue
-                await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+                    if response.status_code in RETRY_STATUS:
+                        raise RetryableError(f"HTTP {response.status_code}")
+                    if response.status_code >= 400:
+                        raise RequestError(f"HTTP {response.status_code}: {response.text[:200]}")
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        raise RetryableError("malformed JSON") from None
+                    return parse(body)
+                except (RetryableError, httpx.TransportError) as exc:
+                    if attempt == self.max_retries:
+                        raise
+                    if isinstance(exc, httpx.ConnectError):  # nobody there: another replica, right away
+                        self._down[url] = time.monotonic() + DOWN_S
+                        if any(self._down.get(u, 0.0) <= time.monotonic() for u in self.urls):
+                            continue
+                    await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
 
     async def _pace(self) -> None:
         if self.min_interval:
