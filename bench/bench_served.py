@@ -86,11 +86,12 @@ def main() -> int:
     if args.quick:
         args.items, args.repeat = 32, 1
 
+    from transformers import AutoTokenizer
+
     from reward import Judge
     from reward.backends.openai import OpenAIBackend
     from reward.embedded import embedded_judge_path
     from trainers.data import mt_bench_candidates
-    from transformers import AutoTokenizer
 
     ctx = multiprocessing.get_context("spawn")
     port_out, counter = ctx.Queue(), ctx.Value("l", 0)
