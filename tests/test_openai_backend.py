@@ -1,7 +1,9 @@
 """The OpenAI-compatible backend against a loopback server that serves a transformers model's exact top-k
 logprobs, and through a proxy that injects faults."""
 
+import asyncio
 import math
+import pickle
 
 import pytest
 
@@ -254,6 +256,13 @@ def test_choices_are_read_by_index_and_the_pool_is_kept(tiny_model_dir):
             got = remote.label_logprobs(PROMPTS, ["A", "B", "47"])
             assert got == [pytest.approx(w, abs=1e-4) for w in want]
         assert len(server.peers) <= 2 and remote.requests >= 3
+
+        async def inside_a_running_loop():  # an async reward calls the judge from its own event loop
+            return remote.label_logprobs(PROMPTS, ["A", "B", "47"])
+
+        assert asyncio.run(inside_a_running_loop()) == got
+        copy = pickle.loads(pickle.dumps(remote))  # the loop and its connections stay behind; a copy starts its own
+        assert copy.label_logprobs(PROMPTS, ["A", "B", "47"]) == got
     finally:
         server.close()
 
