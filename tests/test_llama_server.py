@@ -34,6 +34,7 @@ EXPECTED_TOLERANCE = 0.4
 # within 0.013 (ratings) and 0.022 (verdicts), valid mass 0.005, expected scores 0.18; asserted at about twice that.
 BATCHED_TOLERANCE = 0.045
 BATCHED_EXPECTED_TOLERANCE = 0.35
+SEQUENTIAL = {"prompts_per_request": 1, "concurrency": 1}  # one prompt per request, one request at a time
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_batched_requests_agree_with_single_ones(llama_server, items):
     # batched judge needs far fewer requests.
     singles, pairs = items
     judges = {size: load_judge(f"openai:{llama_server}", tokenizer="embedded", progress=False,
-                               server_options={"prompts_per_request": size, "concurrency": 1 if size == 1 else 8})
+                               server_options=SEQUENTIAL if size == 1 else {"prompts_per_request": size})
               for size in (1, 64)}  # fmt: skip
     scores = {size: j.score(*singles) for size, j in judges.items()}
     scored = {size: j.backend.requests for size, j in judges.items()}
@@ -149,8 +150,9 @@ def proxy(llama_server):
 @pytest.fixture(scope="module")
 def clean_reward(llama_server):
     """The reward of one short answer judged with no faults, and the requests it took: what a retried run must
-    reproduce, with at least one request more per fault."""
-    judge = load_judge(f"openai:{llama_server}", tokenizer="embedded", progress=False)
+    reproduce, with at least one request more per fault. One prompt per request, one at a time: llama-server's
+    batched and parallel-slot kernels move log-probs (see BATCHED_TOLERANCE), which an exact check must avoid."""
+    judge = load_judge(f"openai:{llama_server}", tokenizer="embedded", progress=False, server_options=SEQUENTIAL)
     (reward,) = JudgeScoreReward(judge)(prompts=["What is the capital of France?"], completions=["Paris."])
     return reward, judge.backend.requests
 
@@ -158,7 +160,7 @@ def clean_reward(llama_server):
 @pytest.mark.parametrize("fault", ["500", "429", "malformed", "nologprobs", "timeout", "drop"])
 def test_each_fault_is_retried_to_the_same_reward(proxy, clean_reward, fault):
     judge = load_judge(f"openai:{proxy.url}", model="judge", tokenizer="embedded", progress=False,
-                       server_options={"timeout": 0.75, "max_retries": 3})  # fmt: skip
+                       server_options={"timeout": 0.75, "max_retries": 3, **SEQUENTIAL})  # fmt: skip
     proxy.faults, seen = [fault, fault], proxy.seen  # the first two requests fail, then it recovers
     log = {}
     reward = JudgeScoreReward(judge)
