@@ -167,7 +167,9 @@ def test_each_fault_is_retried_to_the_same_reward(proxy, clean_reward, fault):
     (got,) = reward(prompts=["What is the capital of France?"], completions=["Paris."],
                     log_metric=lambda k, v: log.update({k: v}))  # fmt: skip
     want, requests = clean_reward
-    assert got == pytest.approx(want, abs=1e-3) and log["judge/failures"] == 0 and judge.backend.failures == 0
+    # 3e-3: twice what llama-server itself moves between runs of the same request (its slots reuse cached
+    # prefixes: 0.0014 measured 2026-12-01), far below what a wrong item or a lost fault would change.
+    assert got == pytest.approx(want, abs=3e-3) and log["judge/failures"] == 0 and judge.backend.failures == 0
     # Both faults met and retried; not an exact count: on a loaded machine a slow answer may time out once more.
     assert proxy.faults == [] and proxy.seen - seen == judge.backend.requests >= requests + 2
 
