@@ -38,10 +38,12 @@ def load_judge(
         max_length: the most tokens a judge prompt may hold (default: the model's context, at most 8192).
         ds_config: `deepspeed`: the ZeRO-3 config (dict or JSON path; default `launch/judge_zero3.json`).
         tp_size: `deepspeed`: tensor-parallel degree (AutoTP) instead of ZeRO-3.
-        model, tokenizer, server_options: for `spec="openai:http://HOST:PORT/v1"` (an OpenAI-compatible server):
-            the served model's name (default: the first the server lists at `/models`), its tokenizer (a directory,
-            hub id or "embedded"; default: the model's name), and `OpenAIBackend` options (`endpoint`,
-            `concurrency`, `requests_per_second`, `timeout`, `max_retries`, `api_key_env`, `top_logprobs`).
+        model, tokenizer, server_options: for `spec="openai:http://HOST:PORT/v1"` (an OpenAI-compatible server, or
+            a router in front of several), or `"openai:URL1,URL2,..."` (replicas of one judge, which the backend
+            uses round-robin): the served model's name (default: the first the server lists at `/models`), its
+            tokenizer (a directory, hub id or "embedded"; default: the model's name), and `OpenAIBackend` options
+            (`endpoint`, `concurrency`, `prompts_per_request`, `requests_per_second`, `timeout`, `max_retries`,
+            `api_key_env`, `top_logprobs`).
         **options: passed to `Judge` (templates, `rationale_tokens`, `batch_size`, `progress`).
 
     Example:
@@ -76,8 +78,8 @@ def load_judge(
 
         from .backends.openai import OpenAIBackend, served_model
 
-        url, server_options = spec.removeprefix("openai:"), dict(server_options or {})
-        model = model or served_model(url, server_options.get("api_key_env", "OPENAI_API_KEY"))
+        urls, server_options = served_urls(spec), dict(server_options or {})
+        model = model or served_model(urls, server_options.get("api_key_env", "OPENAI_API_KEY"))
         tokenizer = tokenizer or model
         try:
             path = str(embedded_judge_path()) if tokenizer == "embedded" else tokenizer
@@ -85,7 +87,7 @@ def load_judge(
         except Exception as exc:
             raise ValueError(f"cannot load the judge's tokenizer {tokenizer!r} ({exc}); pass tokenizer= (a "
                              "directory, hub id or 'embedded') for the model the server runs") from None  # fmt: skip
-        loaded = OpenAIBackend(url, model, tokenizer, max_length=max_length or 4096, **server_options)
+        loaded = OpenAIBackend(urls, model, tokenizer, max_length=max_length or 4096, **server_options)
     elif backend == "hf":
         from .backends.hf import HFBackend
 
@@ -103,3 +105,19 @@ def load_judge(
     judge = Judge(loaded, **options)
     judge._factory = factory
     return judge
+
+
+def served_urls(spec: str) -> list[str]:
+    """The judge URLs of an `openai:` spec: one, or several separated by commas (replicas, used round-robin).
+
+    ```python
+    >>> served_urls("openai:http://10.0.0.1:8000/v1, http://10.0.0.2:8000/v1")
+    ['http://10.0.0.1:8000/v1', 'http://10.0.0.2:8000/v1']
+
+    ```
+    """
+    urls = [u.strip() for u in spec.removeprefix("openai:").split(",")]
+    bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+    if bad:
+        raise ValueError(f"{spec!r}: expected openai:URL or openai:URL1,URL2,... with http(s) URLs, got {bad}")
+    return urls

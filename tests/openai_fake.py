@@ -23,14 +23,19 @@ class _Server:
         self.httpd.server_close()
 
 
-def fake_openai_server(model, tokenizer, delay_s: float = 0.0) -> _Server:
+def fake_openai_server(model, tokenizer, delay_s: float = 0.0, reverse: bool = False) -> _Server:
     """`POST /v1/completions` with `max_tokens=1, logprobs=k`: the model's exact top-k next tokens (legacy shape);
     `POST /v1/chat/completions` with `logprobs=true, top_logprobs=k`: the same after the chat template, a final
     assistant message continued as vLLM's `continue_final_message` does (content shape). With `max_tokens > 1`:
     a greedy continuation up to a `stop` string, with each token's log-prob.
 
+    `/v1/completions` also takes a list of prompts (`prompt: [...]`, as vLLM, SGLang and llama-server do): one choice
+    per prompt, with its `index` (`reverse=True` lists them last to first, which a client must put back in order).
+    HTTP/1.1 keep-alive, as real servers.
+
     It records what clients did: `authorization` (the last Authorization header), `arrivals` (monotonic time of
-    each request) and `max_in_flight` (most requests handled at once; `delay_s` holds each one that long)."""
+    each request), `prompts` (prompts per request), `peers` (the client ports that connected: one per connection)
+    and `max_in_flight` (most requests handled at once; `delay_s` holds each one that long)."""
     lock, count = threading.Lock(), threading.Lock()
     state = {"in_flight": 0}
 
@@ -69,12 +74,15 @@ def fake_openai_server(model, tokenizer, delay_s: float = 0.0) -> _Server:
         return {"text": text, "logprobs": {"token_logprobs": logprobs}}
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def log_message(self, *args):
             pass
 
         def do_POST(self):
             with count:
                 server.arrivals.append(time.monotonic())
+                server.peers.add(self.client_address[1])
                 server.authorization = self.headers.get("Authorization")
                 state["in_flight"] += 1
                 server.max_in_flight = max(server.max_in_flight, state["in_flight"])
@@ -100,12 +108,18 @@ def fake_openai_server(model, tokenizer, delay_s: float = 0.0) -> _Server:
                     )
             else:
                 prompt = body["prompt"]
-            ids = tokenizer(prompt, add_special_tokens=False).input_ids
-            if body["max_tokens"] > 1:
-                choice = generate(ids, body["max_tokens"], body.get("stop") or [], chat)
-            else:
-                choice = top_k(ids, int(body["top_logprobs"] if chat else body["logprobs"]), chat)
-            out = json.dumps({"choices": [choice]}).encode()
+            prompts = prompt if isinstance(prompt, list) else [prompt]
+            with count:
+                server.prompts.append(len(prompts))
+            out = []
+            for i, prompt in enumerate(prompts):
+                ids = tokenizer(prompt, add_special_tokens=False).input_ids
+                if body["max_tokens"] > 1:
+                    choice = generate(ids, body["max_tokens"], body.get("stop") or [], chat)
+                else:
+                    choice = top_k(ids, int(body["top_logprobs"] if chat else body["logprobs"]), chat)
+                out.append({"index": i, **choice})
+            out = json.dumps({"choices": out[::-1] if reverse else out}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(out)))
@@ -113,7 +127,7 @@ def fake_openai_server(model, tokenizer, delay_s: float = 0.0) -> _Server:
             self.wfile.write(out)
 
     server = _Server(Handler)
-    server.arrivals, server.authorization, server.max_in_flight = [], None, 0
+    server.arrivals, server.prompts, server.peers, server.authorization, server.max_in_flight = [], [], set(), None, 0
     return server
 
 
@@ -121,26 +135,30 @@ def _without_ratings(body: dict) -> dict:
     def keep(token: str) -> bool:
         return not (token.strip().isdigit() or token.strip() in ("A", "B", "C"))
 
-    logprobs = body["choices"][0]["logprobs"]
-    if "content" in logprobs and isinstance(logprobs["content"], list):
-        for step in logprobs["content"]:
-            step["top_logprobs"] = [t for t in step["top_logprobs"] if keep(t["token"])]
-    else:
-        logprobs["top_logprobs"] = [{t: lp for t, lp in top.items() if keep(t)} for top in logprobs["top_logprobs"]]
+    for choice in body["choices"]:
+        logprobs = choice["logprobs"]
+        if "content" in logprobs and isinstance(logprobs["content"], list):
+            for step in logprobs["content"]:
+                step["top_logprobs"] = [t for t in step["top_logprobs"] if keep(t["token"])]
+        else:
+            tops = logprobs["top_logprobs"]
+            logprobs["top_logprobs"] = [{t: lp for t, lp in top.items() if keep(t)} for top in tops]
     return body
 
 
 class FaultProxy(_Server):
     """Forwards to `target`; `faults` is a list consumed one per request ("500", "429", "malformed", "nologprobs",
     "noratings" (digits and verdict letters taken out of the top-k), "timeout", "drop"); `always` injects its
-    fault into every request. `seen` counts requests."""
+    fault into every request; `poison`: a request whose body holds this text gets HTTP 400 (as a server answers a
+    batch with one prompt it rejects, e.g. too long). `seen` counts requests."""
 
     def __init__(self, target: str, timeout_s: float = 2.0):
         import urllib.request
 
-        proxy = self
+        proxy, lock = self, threading.Lock()  # one lock for all requests: they pop the same list
         self.faults: list[str] = []
         self.always: str | None = None
+        self.poison: str | None = None
         self.seen = 0
 
         class Handler(BaseHTTPRequestHandler):
@@ -149,10 +167,12 @@ class FaultProxy(_Server):
 
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
-                with threading.Lock():
+                with lock:
                     proxy.seen += 1
                     fault = proxy.always or (proxy.faults.pop(0) if proxy.faults else None)
-                if fault in ("500", "429"):
+                if proxy.poison and proxy.poison.encode() in raw:
+                    fault = "400"
+                if fault in ("500", "429", "400"):
                     self.send_response(int(fault))
                     self.send_header("Content-Length", "0")
                     self.end_headers()

@@ -55,6 +55,9 @@ class ServedJudgeArguments:
     )
     judge_endpoint: str = field(default="completions", metadata={"help": "openai: completions | chat."})
     judge_concurrency: int = field(default=8, metadata={"help": "openai: requests in flight at once."})
+    judge_prompts_per_request: int = field(
+        default=64, metadata={"help": "openai: most prompts per completions request."}
+    )
     judge_requests_per_second: float | None = field(default=None, metadata={"help": "openai: client rate limit."})
     judge_timeout: float = field(default=60.0, metadata={"help": "openai: seconds per request."})
     judge_max_retries: int = field(default=4, metadata={"help": "openai: retries with backoff per request."})

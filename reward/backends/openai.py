@@ -5,13 +5,23 @@ rendered here with the tokenizer's chat template), or with `endpoint="chat"` to 
 `logprobs=true, top_logprobs=k` (the messages go as they are, the slot pre-filled as an unfinished assistant turn
 that the server continues: llama.cpp does by default, vLLM with `continue_final_message`, which is sent): the top-k
 next tokens and their log-probabilities. A label's probability is read along its tokens like the local backend
-does (P("47") = P("4") P("7" | "4") P(end | "47")), one follow-up request per label prefix the server listed;
-a label whose tokens fall outside the top-k gets no probability (it shows up as missing `valid_mass`), and the
-end of a label is the listed mass on tokens that do not continue it (a lower bound).
+does (P("47") = P("4") P("7" | "4") P(end | "47")): one follow-up read per label prefix the server listed; a label
+whose tokens fall outside the top-k gets no probability (it shows up as missing `valid_mass`), and the end of a
+label is the listed mass on tokens that do not continue it (a lower bound).
 
-Requests run concurrently (bounded), with timeouts and retries with exponential backoff on 429, 5xx, malformed
-or logprob-less responses and connection errors (tenacity). An item that still fails gets `-inf` for every
-label and the reason is logged: the judge then reports it as failed, never as a score.
+Batched: the reads go in rounds (the slot of every prompt, then every listed label prefix, ...; with few labels,
+as on a 1-5 scale or for verdicts, the slot and every label's end in one round), and a round's
+prompts are packed into few `/v1/completions` requests (`prompt: [...]`, at most `prompts_per_request` each; vLLM,
+SGLang and llama-server answer one choice per prompt, with `index`). Chat servers take one conversation per request, so
+the chat endpoint sends one request per read, concurrently. Requests run on one connection pool (an httpx client
+on the backend's own event-loop thread, kept across calls), at most `concurrency` in flight, with timeouts and
+retries with exponential backoff on 429, 5xx, malformed or logprob-less responses and connection errors. A
+request that still fails is split in halves, each retried, before any item is given up (a bad prompt, e.g. too
+long for the server, costs only its own item); an item that still fails gets `-inf` for every label and the
+reason is logged: the judge then reports it as failed, never as a score.
+
+Several judge replicas: `base_url` may be a list; requests go round-robin, a retry to the next URL, and a URL that
+refuses connections is skipped for `DOWN_S` seconds. A router (vLLM's, SGLang's) is just one URL.
 
 Rationale mode (`mode="rationale"`) asks the server for a greedy critique first (`max_tokens=rationale_tokens`,
 `stop` at the slot, the generated tokens' log-probs for the perplexity method), then reads the slot after it.
@@ -23,8 +33,10 @@ import asyncio
 import logging
 import math
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 from ..judge import extend
 
@@ -32,26 +44,32 @@ logger = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 ENDPOINTS = ("completions", "chat")
+DOWN_S = 10.0  # a replica that refused a connection is skipped this long (while another is up)
+READ_AHEAD = 16  # labels with at most this many prefixes (1-10 scales, verdicts) are read in one round
 
 
 class RetryableError(Exception):
     """A response worth asking again for (rate limit, server error, malformed or incomplete body)."""
 
 
-def top_logprobs(body: dict) -> dict[str, float]:
-    """The first generated token's top-k {token text: logprob}, from either response shape.
+class RequestError(Exception):
+    """A response not worth asking again for as it is (e.g. HTTP 400): a smaller batch may still pass."""
+
+
+def top_logprobs(choice: dict) -> dict[str, float]:
+    """The first generated token's top-k {token text: logprob} of one choice, from either response shape.
 
     Legacy completions (`logprobs.top_logprobs[0]` a dict, as vLLM returns) or the content list
     (`logprobs.content[0].top_logprobs` a list of {token, logprob}, as llama.cpp and chat completions return).
 
     ```python
-    >>> top_logprobs({"choices": [{"logprobs": {"top_logprobs": [{"5": -0.1, "4": -2.3}]}}]})
+    >>> top_logprobs({"index": 0, "logprobs": {"top_logprobs": [{"5": -0.1, "4": -2.3}]}})
     {'5': -0.1, '4': -2.3}
 
     ```
     """
     try:
-        logprobs = body["choices"][0]["logprobs"]
+        logprobs = choice["logprobs"]
         if isinstance(logprobs.get("content"), list):
             return {t["token"]: float(t["logprob"]) for t in logprobs["content"][0]["top_logprobs"]}
         return {k: float(v) for k, v in logprobs["top_logprobs"][0].items()}
@@ -59,164 +77,16 @@ def top_logprobs(body: dict) -> dict[str, float]:
         raise RetryableError(f"no top logprobs in the response ({type(exc).__name__}: {exc})") from None
 
 
-class OpenAIBackend:
-    """`JudgeBackend` for an OpenAI-compatible server.
-
-    Args:
-        base_url: e.g. "http://127.0.0.1:8080/v1".
-        model: the served model's name (sent as `model`).
-        tokenizer: the served model's tokenizer (chat template and token counts, for rendering and truncation).
-        endpoint: "completions" (text prompts) or "chat" (messages; for servers that only serve chats).
-        max_length: the most tokens a judge prompt may hold (the server's context).
-        top_logprobs: k of the top-k (servers cap it: vLLM 20 by default, OpenAI 20).
-        concurrency: requests in flight at once.
-        requests_per_second: client-side rate limit (`None`: none).
-        timeout: seconds per request.
-        max_retries: attempts after the first, with exponential backoff (0.5 s, 1 s, 2 s, ... up to 8 s).
-        api_key_env: environment variable holding the API key (sent as a bearer token, never logged).
-    """
-
-    lockstep = False
-
-    def __init__(self, base_url: str, model: str, tokenizer, *, endpoint: str = "completions", max_length: int = 4096,
-                 top_logprobs: int = 20, concurrency: int = 8, requests_per_second: float | None = None,
-                 timeout: float = 60.0, max_retries: int = 4, api_key_env: str = "OPENAI_API_KEY"):  # fmt: skip
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
-        self.base_url, self.model, self.tokenizer = base_url.rstrip("/"), model, tokenizer
-        self.endpoint, self.chat = endpoint, endpoint == "chat"  # `chat`: `Judge` hands over messages
-        self.max_length, self.top_k = max_length, top_logprobs
-        self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
-        self.min_interval = 1 / requests_per_second if requests_per_second else 0.0
-        self.api_key_env = api_key_env
-        self.requests = 0  # sent, retries included
-        self.failures = 0  # items given up on
-
-    # -- HTTP ------------------------------------------------------------------------------------------------------
-
-    def _payload(self, prompt, max_tokens: int = 1, stop: Sequence[str] = ()) -> tuple[str, dict]:
-        """(path, body) of a request for the next `max_tokens` tokens: the top-k of the first one (label reads),
-        or a greedy continuation up to a stop string with its tokens' log-probs (rationale mode)."""
-        body = {"model": self.model, "max_tokens": max_tokens, "temperature": 0.0}
-        if stop:
-            body["stop"] = list(stop)
-        k = self.top_k if max_tokens == 1 else 1
-        if not self.chat:
-            return "completions", body | {"prompt": prompt, "logprobs": k}
-        body |= {"messages": prompt, "logprobs": True, "top_logprobs": k}
-        if prompt[-1]["role"] == "assistant":  # continue the open turn (the slot), do not answer it
-            body |= {"continue_final_message": True, "add_generation_prompt": False}
-        return "chat/completions", body
-
-    async def _post(self, client, prompt, parse, **request):
-        """One request with retries and backoff; `parse(body)` raises `RetryableError` on an unusable answer."""
-        import httpx
-        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=wait_exponential(multiplier=0.5, max=8),
-            retry=retry_if_exception_type((RetryableError, httpx.TransportError)),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                await self._pace()
-                self.requests += 1
-                path, payload = self._payload(prompt, **request)
-                response = await client.post(f"{self.base_url}/{path}", json=payload)
-                if response.status_code in RETRY_STATUS:
-                    raise RetryableError(f"HTTP {response.status_code}")
-                response.raise_for_status()
-                try:
-                    body = response.json()
-                except ValueError:
-                    raise RetryableError("malformed JSON") from None
-                return parse(body)
-
-    async def _pace(self) -> None:
-        if self.min_interval:
-            now = time.monotonic()
-            wait = self._next_slot - now
-            self._next_slot = max(now, self._next_slot) + self.min_interval
-            if wait > 0:
-                await asyncio.sleep(wait)
-
-    async def _each(self, prompts: Sequence, work):
-        """`work(request, prompt)` for every prompt, concurrently: `request(prompt, parse, **options)` sends one
-        request through a shared client, at most `concurrency` at a time, paced by the rate limit."""
-        import httpx
-
-        limits = httpx.Limits(max_connections=self.concurrency)
-        self._next_slot = time.monotonic()
-        gate = asyncio.Semaphore(self.concurrency)
-        async with httpx.AsyncClient(
-            headers=_headers(self.api_key_env), timeout=self.timeout, limits=limits
-        ) as client:
-
-            async def request(prompt, parse, **options):
-                async with gate:
-                    return await self._post(client, prompt, parse, **options)
-
-            return await asyncio.gather(*(work(request, p) for p in prompts))
-
-    async def _labels(self, request, prompt, labels: Sequence[str]) -> dict[str, float]:
-        """log P(label, then a token that does not continue it) for each label; -inf for all on failure."""
-        try:
-            cache: dict[str, asyncio.Task] = {}
-
-            def node(path: str):  # top-k after prompt + path, one request per distinct path
-                if path not in cache:
-                    cache[path] = asyncio.ensure_future(request(extend(prompt, path), top_logprobs))
-                return cache[path]
-
-            async def one(label: str) -> float:
-                total, path = 0.0, ""
-                while path != label:
-                    tops = await node(path)
-                    step = max((t for t in tops if t and label.startswith(path + t)), key=len, default=None)
-                    if step is None:
-                        return -math.inf  # outside the top-k: missing mass
-                    total += tops[step]
-                    path += step
-                tops = await node(label)
-                ends = [lp for t, lp in tops.items() if not t[:1].isalnum()]
-                return total + (math.log(sum(math.exp(lp) for lp in ends)) if ends else -math.inf)
-
-            values = await asyncio.gather(*(one(label) for label in labels))
-            return dict(zip(labels, values))
-        except Exception as exc:  # this item is lost, the others are not
-            self.failures += 1
-            logger.warning("judge request failed after retries: %s: %s", type(exc).__name__, exc)
-            return {label: -math.inf for label in labels}
-
-    # -- JudgeBackend ------------------------------------------------------------------------------------------
-
-    def label_logprobs(self, prompts: Sequence, labels: Sequence[str]) -> list[dict[str, float]]:
-        labels = list(labels)
-        return _run(self._each(list(prompts), lambda request, p: self._labels(request, p, labels)))
-
-    def generate(self, prompts: Sequence, max_new_tokens: int, stop: Sequence[str]) -> list[tuple[str, float, int]]:
-        """Greedy continuations (rationale mode): (text, sum of its tokens' log-probs, token count) each. A prompt
-        that still fails after retries raises: the judge then fails its batch, never guesses a rationale."""
-
-        async def one(request, prompt):
-            return await request(prompt, generation, max_tokens=max_new_tokens, stop=stop)
-
-        return _run(self._each(list(prompts), one))
-
-
-def generation(body: dict) -> tuple[str, float, int]:
-    """(text, sum of log-probs, token count) of a generated answer, from either response shape.
+def generation(choice: dict) -> tuple[str, float, int]:
+    """(text, sum of log-probs, token count) of one generated choice, from either response shape.
 
     ```python
-    >>> generation({"choices": [{"text": " Fine.", "logprobs": {"token_logprobs": [-0.5, -0.25]}}]})
+    >>> generation({"text": " Fine.", "logprobs": {"token_logprobs": [-0.5, -0.25]}})
     (' Fine.', -0.75, 2)
 
     ```
     """
     try:
-        choice = body["choices"][0]
         text = choice["message"]["content"] if "message" in choice else choice["text"]
         logprobs = choice["logprobs"]
         if isinstance(logprobs.get("content"), list):
@@ -232,31 +102,299 @@ def generation(body: dict) -> tuple[str, float, int]:
         ) from None
 
 
+def choices(body: dict, n: int) -> list[dict]:
+    """The `n` choices of a response in prompt order (by `index` where the server gives one).
+
+    ```python
+    >>> choices({"choices": [{"index": 1, "text": "b"}, {"index": 0, "text": "a"}]}, 2)
+    [{'index': 0, 'text': 'a'}, {'index': 1, 'text': 'b'}]
+
+    ```
+    """
+    try:
+        listed = list(body["choices"])
+        if all("index" in c for c in listed):
+            listed.sort(key=lambda c: c["index"])
+            if [c["index"] for c in listed] != list(range(n)):
+                raise ValueError(f"indices {[c['index'] for c in listed]}")
+        if len(listed) != n:
+            raise ValueError(f"{len(listed)} choices")
+        return listed
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise RetryableError(f"expected {n} choices ({type(exc).__name__}: {exc})") from None
+
+
+def read_labels(node: Callable[[str], dict | None], labels: Sequence[str]) -> tuple[dict[str, float], set[str]]:
+    """Label log-probs from the top-k after each path, as far as the reads so far (`node(path)`, `None` if not read
+    yet) allow: ({label: log-prob} of the labels read to the end, {paths still to read}).
+
+    ```python
+    >>> tops = {"": {"4": -0.1, "7": -2.0}, "4": {"]": -0.2, "7": -1.0}}
+    >>> read_labels(tops.get, ["4", "47", "5"])
+    ({'4': -0.30000000000000004, '5': -inf}, {'47'})
+
+    ```
+    """
+    values, wanted = {}, set()
+    for label in labels:
+        total, path = 0.0, ""
+        while (tops := node(path)) is not None:
+            if path == label:  # the end: listed mass on tokens that do not continue the label
+                ends = [lp for t, lp in tops.items() if not t[:1].isalnum()]
+                values[label] = total + (math.log(sum(math.exp(lp) for lp in ends)) if ends else -math.inf)
+                break
+            step = max((t for t in tops if t and label.startswith(path + t)), key=len, default=None)
+            if step is None:
+                values[label] = -math.inf  # outside the top-k: missing mass
+                break
+            total, path = total + tops[step], path + step
+        else:
+            wanted.add(path)
+    return values, wanted
+
+
+class OpenAIBackend:
+    """`JudgeBackend` for an OpenAI-compatible server, or several replicas of one.
+
+    Args:
+        base_url: e.g. "http://127.0.0.1:8080/v1", or a list of such URLs (replicas, used round-robin).
+        model: the served model's name (sent as `model`).
+        tokenizer: the served model's tokenizer (chat template and token counts, for rendering and truncation).
+        endpoint: "completions" (text prompts) or "chat" (messages; for servers that only serve chats).
+        max_length: the most tokens a judge prompt may hold (the server's context).
+        top_logprobs: k of the top-k (servers cap it: vLLM 20 by default, OpenAI 20).
+        concurrency: requests in flight at once (over all URLs).
+        prompts_per_request: the most prompts one `/v1/completions` request holds (chat: always one conversation).
+        requests_per_second: client-side rate limit (`None`: none).
+        timeout: seconds per request.
+        max_retries: attempts after the first, with exponential backoff (0.5 s, 1 s, 2 s, ... up to 8 s).
+        api_key_env: environment variable holding the API key (sent as a bearer token, never logged).
+
+    `requests` counts requests sent (retries included), `sent` them per URL, `failures` the items given up on.
+    """
+
+    lockstep = False
+
+    def __init__(self, base_url: str | Sequence[str], model: str, tokenizer, *, endpoint: str = "completions",
+                 max_length: int = 4096, top_logprobs: int = 20, concurrency: int = 8, prompts_per_request: int = 64,
+                 requests_per_second: float | None = None, timeout: float = 60.0, max_retries: int = 4,
+                 api_key_env: str = "OPENAI_API_KEY"):  # fmt: skip
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
+            raise ValueError(f"base_url must be one or more http(s) URLs, got {base_url!r}")
+        for name, value in (("concurrency", concurrency), ("prompts_per_request", prompts_per_request)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.base_url, self.model, self.tokenizer = self.urls[0], model, tokenizer
+        self.endpoint, self.chat = endpoint, endpoint == "chat"  # `chat`: `Judge` hands over messages
+        self.max_length, self.top_k, self.prompts_per_request = max_length, top_logprobs, prompts_per_request
+        self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
+        self.min_interval = 1 / requests_per_second if requests_per_second else 0.0
+        self.api_key_env = api_key_env
+        self.requests = 0  # sent, retries included
+        self.sent: Counter[str] = Counter()  # the same, per URL
+        self.failures = 0  # items given up on
+        self._lock = threading.Lock()
+        self._loop = None
+
+    def __getstate__(self):  # the event loop, its thread and the connections stay in this process
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_loop", "_client", "_gate")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock(), _loop=None)
+
+    # -- the event loop: one thread, one connection pool, kept across calls ------------------------------------------
+
+    def _run(self, coroutine):
+        """Runs `coroutine` on the backend's event loop (started on first use, and again in a forked child) and
+        waits for it; works from any thread, also from inside another running loop (e.g. an async reward)."""
+        import httpx
+
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                self._loop, self._pid = asyncio.new_event_loop(), os.getpid()
+                threading.Thread(target=self._loop.run_forever, name="openai-judge", daemon=True).start()
+                limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+                self._client = httpx.AsyncClient(headers=_headers(self.api_key_env), timeout=self.timeout,
+                                                 limits=limits)  # fmt: skip
+                self._gate, self._next_slot, self._turn, self._down = None, 0.0, 0, {}
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def close(self) -> None:
+        """Closes the connections and stops the event-loop thread (a later call starts them again)."""
+        with self._lock:
+            if self._loop is not None and self._pid == os.getpid():
+                asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result()
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None
+
+    # -- HTTP ------------------------------------------------------------------------------------------------------
+
+    def _payload(self, prompts: list, max_tokens: int = 1, stop: Sequence[str] = ()) -> tuple[str, dict]:
+        """(path, body) of a request for the next `max_tokens` tokens after each prompt: the top-k of the first one
+        (label reads), or a greedy continuation up to a stop string with its tokens' log-probs (rationale mode)."""
+        body = {"model": self.model, "max_tokens": max_tokens, "temperature": 0.0}
+        if stop:
+            body["stop"] = list(stop)
+        k = self.top_k if max_tokens == 1 else 1
+        if not self.chat:  # one prompt as a string (what every server takes), several as a list
+            return "completions", body | {"prompt": prompts[0] if len(prompts) == 1 else prompts, "logprobs": k}
+        (messages,) = prompts
+        body |= {"messages": messages, "logprobs": True, "top_logprobs": k}
+        if messages[-1]["role"] == "assistant":  # continue the open turn (the slot), do not answer it
+            body |= {"continue_final_message": True, "add_generation_prompt": False}
+        return "chat/completions", body
+
+    def _pick(self) -> str:
+        """The next URL round-robin, skipping those down (unless all are)."""
+        now = time.monotonic()
+        for _ in range(len(self.urls)):
+            url = self.urls[self._turn % len(self.urls)]
+            self._turn += 1
+            if self._down.get(url, 0.0) <= now:
+                return url
+        return url
+
+    async def _post(self, path: str, payload: dict, parse: Callable):
+        """One request with retries and backoff, each attempt to the next URL; `parse(body)` raises
+        `RetryableError` on an unusable answer. It holds its slot of `concurrency` through the backoff: a
+        struggling server gets fewer requests, not more."""
+        import httpx
+
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(self.concurrency)
+        async with self._gate:
+            for attempt in range(self.max_retries + 1):
+                url = self._pick()
+                try:
+                    await self._pace()
+                    self.requests += 1
+                    self.sent[url] += 1
+                    response = await self._client.post(f"{url}/{path}", json=payload)
+                    if response.status_code in RETRY_STATUS:
+                        raise RetryableError(f"HTTP {response.status_code}")
+                    if response.status_code >= 400:
+                        raise RequestError(f"HTTP {response.status_code}: {response.text[:200]}")
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        raise RetryableError("malformed JSON") from None
+                    return parse(body)
+                except (RetryableError, httpx.TransportError) as exc:
+                    if attempt == self.max_retries:
+                        raise
+                    if isinstance(exc, httpx.ConnectError):  # nobody there: another replica, right away
+                        self._down[url] = time.monotonic() + DOWN_S
+                        if any(self._down.get(u, 0.0) <= time.monotonic() for u in self.urls):
+                            continue
+                    await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+
+    async def _pace(self) -> None:
+        if self.min_interval:
+            now = time.monotonic()
+            wait = self._next_slot - now
+            self._next_slot = max(now, self._next_slot) + self.min_interval
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def _send(self, prompts: list, parse: Callable, **request) -> list:
+        """`parse(choice)` for each prompt, from one request; a request that still fails after its retries is
+        split in halves and each sent again, down to single prompts. Returns results, or the exception of each
+        prompt that failed alone (or whose server could not be reached at all: splitting cannot help there)."""
+        import httpx
+
+        try:
+            path, payload = self._payload(prompts, **request)
+            # One unusable choice fails the request: retried, then split below.
+            return await self._post(path, payload, lambda body: [parse(c) for c in choices(body, len(prompts))])
+        except Exception as exc:
+            if len(prompts) == 1 or isinstance(exc, httpx.ConnectError):
+                return [exc] * len(prompts)
+            half = len(prompts) // 2
+            first, second = await asyncio.gather(
+                self._send(prompts[:half], parse, **request), self._send(prompts[half:], parse, **request)
+            )
+            return first + second
+
+    async def _batched(self, prompts: list, parse: Callable, **request) -> list:
+        """`_send` over all `prompts` in requests of at most `prompts_per_request` (one per conversation for chat),
+        at least one per URL so every replica gets a share, concurrently; results in prompt order."""
+        size = 1 if self.chat else self.prompts_per_request
+        pieces = min(len(prompts), max(-(-len(prompts) // size), len(self.urls)))
+        bounds = [len(prompts) * i // pieces for i in range(pieces + 1)]
+        sends = [self._send(prompts[a:b], parse, **request) for a, b in zip(bounds, bounds[1:])]
+        parts = await asyncio.gather(*sends)
+        return [r for part in parts for r in part]
+
+    async def _label_reads(self, prompts: list, labels: list[str]) -> list[dict[str, float]]:
+        """Rounds of batched reads: every prompt's slot first, then every label prefix listed so far, until each
+        prompt's labels are read to their end (or its request failed). Where the labels have few prefixes, the
+        first round reads them all at once (the slot and every label's end: one round trip instead of two; a read
+        the labels turn out not to need, e.g. after a label outside the top-k, changes nothing)."""
+        ahead = sorted({label[:n] for label in labels for n in range(len(label) + 1)})
+        ahead = ahead if len(ahead) <= READ_AHEAD else [""]
+        tops: list[dict[str, dict | Exception]] = [{} for _ in prompts]
+        out: list[dict[str, float] | None] = [None] * len(prompts)
+        while True:
+            wanted = []  # (item, path) to read this round
+            for i, node in enumerate(tops):
+                if out[i] is not None:
+                    continue
+                failed = next((v for v in node.values() if isinstance(v, Exception)), None)
+                if failed is not None:  # this item is lost, the others are not
+                    self.failures += 1
+                    logger.warning("judge request failed after retries: %s: %s", type(failed).__name__, failed)
+                    out[i] = {label: -math.inf for label in labels}
+                    continue
+                values, paths = read_labels(node.get, labels) if node else ({}, ahead)
+                if paths:
+                    wanted += [(i, path) for path in sorted(paths)]
+                else:
+                    out[i] = values
+            if not wanted:
+                return out
+            reads = await self._batched([extend(prompts[i], path) for i, path in wanted], top_logprobs)
+            for (i, path), read in zip(wanted, reads):
+                tops[i][path] = read
+
+    # -- JudgeBackend ------------------------------------------------------------------------------------------
+
+    def label_logprobs(self, prompts: Sequence, labels: Sequence[str]) -> list[dict[str, float]]:
+        prompts, labels = list(prompts), list(labels)
+        return self._run(self._label_reads(prompts, labels)) if prompts else []
+
+    def generate(self, prompts: Sequence, max_new_tokens: int, stop: Sequence[str]) -> list[tuple[str, float, int]]:
+        """Greedy continuations (rationale mode): (text, sum of its tokens' log-probs, token count) each. A prompt
+        that still fails after retries raises: the judge then fails its batch, never guesses a rationale."""
+        if not prompts:
+            return []
+        out = self._run(self._batched(list(prompts), generation, max_tokens=max_new_tokens, stop=stop))
+        for result in out:
+            if isinstance(result, Exception):
+                raise result
+        return out
+
+
 def _headers(api_key_env: str) -> dict[str, str]:
     key = os.environ.get(api_key_env)
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def served_model(base_url: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 30.0) -> str:
-    """The first model an OpenAI-compatible server lists at `GET /models` (vLLM, SGLang and llama.cpp list theirs)."""
+def served_model(base_url: str | Sequence[str], api_key_env: str = "OPENAI_API_KEY", timeout: float = 30.0) -> str:
+    """The first model an OpenAI-compatible server lists at `GET /models` (vLLM, SGLang and llama.cpp list theirs);
+    with several URLs, the first that answers."""
     import httpx
 
-    url = f"{base_url.rstrip('/')}/models"
-    try:
-        response = httpx.get(url, headers=_headers(api_key_env), timeout=timeout)
-        response.raise_for_status()
-        return response.json()["data"][0]["id"]
-    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
-        raise ValueError(f"cannot read the served model's name from {url} ({exc}); pass model=") from None
-
-
-def _run(coroutine):
-    """Runs a coroutine to completion, also from inside a running event loop (e.g. an async reward call)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+    errors = []
+    for url in [base_url] if isinstance(base_url, str) else base_url:
+        url = f"{url.rstrip('/')}/models"
+        try:
+            response = httpx.get(url, headers=_headers(api_key_env), timeout=timeout)
+            response.raise_for_status()
+            return response.json()["data"][0]["id"]
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+            errors.append(f"{url} ({exc})")
+    raise ValueError(f"cannot read the served model's name from {', '.join(errors)}; pass model=")
