@@ -70,3 +70,10 @@ def test_group_rewards_bench_quick():
 @pytest.mark.slow
 def test_injection_bench_quick():
     assert "GRPO-shaped check" in run("bench_injection.py")
+
+
+def test_served_bench_packs_requests():
+    # Counts, not speed: the openai: backend packs prompts and label reads into few requests.
+    out = run("bench_served.py")
+    assert number(r"Judge.score \(openai:\)\s*:\s*\d+ items/s\s+([0-9.]+) requests/item", out) <= 0.25
+    assert number(r"Judge.compare \(openai:\)\s*:\s*\d+ pairs/s\s+([0-9.]+) requests/pair", out) <= 0.5
