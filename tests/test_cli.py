@@ -53,3 +53,17 @@ def test_bad_file_is_a_clear_error(tmp_path, capsys):
 def test_unknown_command(capsys):
     assert main(["train"]) == 2
     assert main([]) == 0 and "grpo" in capsys.readouterr().out
+
+
+def test_flags_parse_after_trl_resolved_the_annotations():
+    # TrlParser (grpo, serve) replaces the dataclasses' string annotations with types in place; the label-only
+    # parser must still read them in the same process (a score after a grpo run in one test session did not).
+    from trl import TrlParser
+
+    from trainers.args import parse
+    from trainers.cli import JudgeFileArguments, ServedJudgeArguments
+
+    TrlParser((JudgeFileArguments, ServedJudgeArguments))
+    argv = ["--input", "a.jsonl", "--output", "b.jsonl", "--scale", "7", "--judge_concurrency", "3"]
+    args, served = parse("t", (JudgeFileArguments, ServedJudgeArguments), argv)
+    assert (args.input, args.scale, served.judge_concurrency) == ("a.jsonl", 7, 3)

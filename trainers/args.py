@@ -48,7 +48,8 @@ def parse(prog: str, dataclass_types: tuple, argv: list[str]) -> tuple:
     owners = {}
     for dc in dataclass_types:
         for f in dataclasses.fields(dc):
-            kind, many = _kind(str(f.type))
+            # TRL's parser, once used in a process, replaces string annotations with the types themselves.
+            kind, many = _kind(f.type.__name__ if isinstance(f.type, type) else str(f.type))
             names = sorted({f"--{f.name}", f"--{f.name.replace('_', '-')}"})
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             options = {"dest": f.name, "help": f.metadata.get("help"), "default": argparse.SUPPRESS}

@@ -291,7 +291,7 @@ class HFBackend:
             logits_to_keep=torch.arange(0, device=self.device),  # no logits: only the cache is wanted
         )
         self.forward_tokens += int(ids.numel())
-        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        layers = [(layer.keys, layer.values) for layer in out.cache.layers]
         return [[(k[r : r + 1, :, : past + len(s)], v[r : r + 1, :, : past + len(s)]) for k, v in layers]
                 for r, s in enumerate(stretches)]  # fmt: skip
 
