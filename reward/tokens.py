@@ -27,9 +27,11 @@ def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 
     Example:
     ```python
-    >>> from transformers import AutoTokenizer  # doctest: +SKIP
-    >>> tok = AutoTokenizer.from_pretrained("gpt2")  # doctest: +SKIP
-    >>> encode(tok, ["Score: [4"]) == [tok("Score: [4", add_special_tokens=False).input_ids]  # doctest: +SKIP
+    >>> from transformers import AutoTokenizer
+    >>> from reward.embedded import embedded_judge_path
+    >>> tok = AutoTokenizer.from_pretrained(embedded_judge_path())
+    >>> texts = ["Score: [4", "<|im_start|>user Hi<|im_end|>"]
+    >>> encode(tok, texts) == [tok(t, add_special_tokens=False).input_ids for t in texts]
     True
 
     ```
