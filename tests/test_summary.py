@@ -4,7 +4,7 @@ from trainers.summary import plot_curves, summarize
 
 HISTORY = [
     {"step": 1, "rewards/pairwise/mean": 0.40, "judge/pairwise/order_consistency": 0.25, "judge/failures": 0.0,
-     "judge/non_transitivity": 0.5, "loss": 0.1},
+     "judge/non_transitivity": 0.5, "judge/monitor_order_consistency": 1.0, "loss": 0.1},
     {"step": 2, "rewards/pairwise/mean": 0.70, "judge/pairwise/order_consistency": 0.75, "judge/failures": 2.0,
      "judge/non_transitivity": 0.0, "loss": 0.2},
     {"step": 2, "train_runtime": 10.0, "train_loss": 0.15},
@@ -18,7 +18,8 @@ def test_summary_reports_first_and_last_step_and_the_judge():
     assert "  reward pairwise: mean 0.4000 (step 1) -> 0.7000 (step 2)" in lines
     assert "  order consistency (pairwise): mean 0.500 over 2 steps, last 0.750" in lines
     assert "  non-transitivity (NTR_3): mean 0.250 over 2 steps, last 0.000" in lines
-    assert "  judge failures: 2 of the steps' judgements" in lines
+    assert "  order consistency (monitor): mean 1.000 over 1 steps, last 1.000" in lines
+    assert "  judge failures: 2 (summed over the steps)" in lines
     assert lines[-1] == "  curves: out/curves.png"  # outputs that were not written are not listed
     assert not any(line.startswith("  model") for line in lines)
 

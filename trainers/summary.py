@@ -56,7 +56,7 @@ def summarize(log_history: list[dict], outputs: dict[str, str | None]) -> str:
         >>> print(summarize(history, {"curves": "runs/x/curves.png"}))
         trustreward grpo: 2 steps
           reward pairwise: mean 0.5000 (step 1) -> 0.5000 (step 2)
-          judge failures: 1 of the steps' judgements
+          judge failures: 1 (summed over the steps)
           curves: runs/x/curves.png
     """
     series = _series(log_history)
@@ -69,11 +69,11 @@ def summarize(log_history: list[dict], outputs: dict[str, str | None]) -> str:
     for suffix, name in CONSISTENCY.items():
         for key in sorted(k for k in series if k.startswith("judge/") and k.endswith(suffix)):
             values = [v for _, v in series[key]]
-            where = key[len("judge/") : -len(suffix)].strip("/")
+            where = key[len("judge/") : -len(suffix)].strip("/_")  # judge/pairwise/..., judge/monitor_...
             lines.append(f"  {name}{f' ({where})' if where else ''}: mean {sum(values) / len(values):.3f} over "
                          f"{len(values)} steps, last {values[-1]:.3f}")  # fmt: skip
     failures = sum(v for k in series if k.startswith("judge/") and k.endswith("/failures") for _, v in series[k])
-    lines.append(f"  judge failures: {failures:g} of the steps' judgements")
+    lines.append(f"  judge failures: {failures:g} (summed over the steps)")
     lines += [f"  {name}: {path}" for name, path in outputs.items() if path]
     return "\n".join(lines)
 
