@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 
 from . import defenses
@@ -18,6 +19,9 @@ MODES = ("direct", "rationale")
 VERDICTS = ("A", "B", "C")
 CUT_MARK = "\n[... {n} tokens cut ...]\n"
 _LABEL_RESERVE = 16  # tokens kept free for the slot's label and the cut marker
+# Set while a thread judges an injection check's counterfactuals (not checked again). Per thread, not a Judge
+# attribute: async rewards call one judge from several threads at once, and the others must still be checked.
+_COUNTERFACTUAL = threading.local()
 
 
 def _prob(logprob: float) -> float:
@@ -310,7 +314,7 @@ class Judge:
                 continue
             probs = {int(label): _prob(lp) for label, lp in read[0].items()}
             results[i] = score_from_probs(probs, method, temperature, truncated=built[i][1])
-        if self.injection_check:
+        if self.injection_check and not getattr(_COUNTERFACTUAL, "active", False):
             options = {"scale": scale, "method": method, "mode": mode, "temperature": temperature}
             results = self._check_scores(prompts, responses, results, options)
         return results
@@ -372,7 +376,7 @@ class Judge:
             pref = decide_preference(orders[0], orders[1], method, perplexity=ppl)
             pref.truncated = truncated
             results[i] = pref
-        if self.injection_check:
+        if self.injection_check and not getattr(_COUNTERFACTUAL, "active", False):
             results = self._check_prefs(prompts, responses_a, responses_b, results, {"method": method, "mode": mode})
         return results
 
@@ -399,11 +403,11 @@ class Judge:
         redo, call = self._suspects(self.pointwise_template, cleaned, len(responses))
         if not call:
             return results
-        self.injection_check = False  # the counterfactual judgement itself is not checked again
+        _COUNTERFACTUAL.active = True  # the counterfactual judgement itself is not checked again
         try:
             again = self.score([prompts[i] for i in redo], [cleaned[i] for i in redo], **options)
         finally:
-            self.injection_check = True
+            _COUNTERFACTUAL.active = False
         self.injection_stats["extra_prompts"] += len(redo)
         for i, alt in zip(redo, again):
             old = results[i]
@@ -421,13 +425,13 @@ class Judge:
         redo, call = self._suspects(template, items, len(pairs))
         if not call:
             return results
-        self.injection_check = False
+        _COUNTERFACTUAL.active = True
         try:
             again = self.compare(
                 [prompts[i] for i in redo], [items[i][0] for i in redo], [items[i][1] for i in redo], **options
             )
         finally:
-            self.injection_check = True
+            _COUNTERFACTUAL.active = False
         self.injection_stats["extra_prompts"] += 2 * len(redo)
         for i, alt in zip(redo, again):
             old = results[i]

@@ -247,3 +247,33 @@ def test_pointwise_reward_warns_and_the_recipes_default_to_pairwise(fake_judge):
     assert JudgeRewardArguments().reward == "pairwise"
     for recipe in sorted((Path(__file__).resolve().parents[1] / "recipes" / "grpo").rglob("*.yaml")):
         assert yaml.safe_load(recipe.read_text()).get("reward", "pairwise") == "pairwise", recipe
+
+
+def test_injection_check_holds_for_a_thread_while_another_judges_counterfactuals(suggestible):
+    # Async rewards call one judge from several threads: one thread's counterfactual pass must not switch the
+    # check off for the others (a flag on the Judge did).
+    import threading
+
+    from reward import judge as judge_module
+
+    attacked = apply(BAD, next(a for a in attack_suite(POINTWISE, 5) if a.family == "request" and a.name != "ignore"))
+    checked = suggestible(injection_check=True)
+    clean = suggestible().score(["Capital of France?"], [BAD])[0].expected
+    inside = threading.Event()
+    release = threading.Event()
+
+    def counterfactual_pass():  # a thread sitting inside its counterfactual judgement
+        judge_module._COUNTERFACTUAL.active = True
+        inside.set()
+        release.wait(10)
+
+    other = threading.Thread(target=counterfactual_pass)
+    other.start()
+    inside.wait(10)
+    try:
+        got = checked.score(["Capital of France?"], [attacked])[0].expected
+    finally:
+        release.set()
+        other.join()
+    assert got == pytest.approx(clean, abs=1e-9)
+    assert checked.injection_stats["suspects"] == 1
