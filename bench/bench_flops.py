@@ -22,7 +22,7 @@ import time
 import torch
 from common import judge, tree_tokens
 
-from trainers.data import mt_bench_candidates
+from trainers.mt_bench import mt_bench_candidates
 
 
 def main() -> int:

@@ -24,7 +24,7 @@ import torch
 from reward import Judge
 from reward.backends.hf import HFBackend
 from reward.embedded import embedded_judge_path
-from trainers.data import mt_bench_candidates
+from trainers.mt_bench import mt_bench_candidates
 
 
 def tiny_judge(batch_size: int = 32) -> Judge:

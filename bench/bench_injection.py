@@ -26,8 +26,8 @@ from statistics import fmean
 from reward import load_judge
 from reward.attacks import FAMILIES, apply, attack_suite
 from reward.templates import PAIRWISE, POINTWISE, POINTWISE_FENCED
-from trainers.data import mt_bench_candidates
-from trainers.rewards import JudgePairwiseReward
+from trainers.mt_bench import mt_bench_candidates
+from trainers.reward_funcs import JudgePairwiseReward
 
 POINT_GOAL, PAIR_GOAL = 0.25, 0.02
 # Defense settings of the Judge: (neutralize, injection_check, pointwise template, every special broken).

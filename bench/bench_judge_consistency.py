@@ -28,7 +28,7 @@ import time
 from reward import load_judge
 from reward.consistency import PreferenceGraph, audit_graphs
 from reward.scoring import decide_preference
-from trainers.data import mt_bench_candidates
+from trainers.mt_bench import mt_bench_candidates
 
 RELATION = {"a": 1, "b": -1, "tie": 0}
 

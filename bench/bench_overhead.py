@@ -16,7 +16,7 @@ import sys
 import torch
 from common import judge, timed
 
-from trainers.data import mt_bench_candidates
+from trainers.mt_bench import mt_bench_candidates
 
 
 def main() -> int:

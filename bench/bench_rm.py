@@ -1,7 +1,7 @@
 """Reward models from the embedded judge's preferences: raw vs cleaned data, hard vs soft targets.
 
 1. Preferences: for each MT-Bench question with a GPT-4 reference, 4 answers of known relative quality
-   (`trainers.data.mt_bench_candidates`: the reference beats its first third, an off-topic answer and a word
+   (`trainers.mt_bench.mt_bench_candidates`: the reference beats its first third, an off-topic answer and a word
    shuffle); every pair judged in both orders by the embedded judge (`Judge.compare`), the order of a and b
    randomised. Written to runs/rm/judged.jsonl (the `trustreward compare` format).
 2. Held out: the pairs of 20% of the questions (runs/rm/eval.jsonl); the rest is `raw`, and `clean` is raw after
@@ -28,7 +28,8 @@ from pathlib import Path
 
 from reward import load_judge
 from reward.consistency import clean_dataset
-from trainers.data import mt_bench_candidates, read_jsonl, write_jsonl
+from trainers.files import read_jsonl, write_jsonl
+from trainers.mt_bench import mt_bench_candidates
 
 OUT = Path("runs/rm")
 
@@ -79,7 +80,7 @@ def split(seed: int = 0) -> None:
 def evaluate(model_dir: Path, eval_rows: list[dict]) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from trainers.rm import pair_metrics, preference_pairs, reward_scores
+    from trainers.train_rm import pair_metrics, preference_pairs, reward_scores
 
     pairs, _ = preference_pairs(eval_rows, "soft")  # a vs b as judged, truth as label
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -105,7 +106,7 @@ def main() -> None:
     split()
     if args.prepare_only:
         return
-    from trainers.rm import main as train_rm
+    from trainers.train_rm import main as train_rm
 
     eval_rows = read_jsonl(OUT / "eval.jsonl")
     results = {}

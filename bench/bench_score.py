@@ -15,7 +15,7 @@ import time
 import torch
 
 from reward import load_judge
-from trainers.data import mt_bench_rows
+from trainers.mt_bench import mt_bench_rows
 
 DIGITS = re.compile(r"^\s*(\d+)")
 

@@ -91,7 +91,7 @@ def main() -> int:
     from reward import Judge
     from reward.backends.openai import OpenAIBackend
     from reward.embedded import embedded_judge_path
-    from trainers.data import mt_bench_candidates
+    from trainers.mt_bench import mt_bench_candidates
 
     ctx = multiprocessing.get_context("spawn")
     port_out, counter = ctx.Queue(), ctx.Value("l", 0)

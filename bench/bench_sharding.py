@@ -30,7 +30,7 @@ def worker(out: Path, n_pairs: int) -> None:
     import torch.distributed as dist
 
     from reward import load_judge
-    from trainers.data import mt_bench_candidates
+    from trainers.mt_bench import mt_bench_candidates
 
     judge = load_judge("embedded", backend="deepspeed", device="cpu", progress=False, batch_size=4)
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -17,7 +17,7 @@ import time
 import torch
 
 from reward import load_judge
-from trainers.data import mt_bench_candidates
+from trainers.mt_bench import mt_bench_candidates
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Group designs and aggregation: which pairs of a group's G completions to judge, and how to turn the judged
 pairs into one reward per completion.
 
-Pure math over local indices 0..n-1 (the reward in `trainers/rewards.py` maps them to batch rows). A judged pair
+Pure math over local indices 0..n-1 (the reward in `trainers/reward_funcs.py` maps them to batch rows). A judged pair
 is an `Outcome`: the merged (both orders) probabilities that `a` wins, `b` wins, or they tie.
 
 Pairings (`pair design` -> pairs per group of n): `all_pairs` n(n-1)/2, `circular_pairs` n (a random cycle; 1 at

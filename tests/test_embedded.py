@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reward import load_judge
-from trainers.data import mt_bench_rows
+from trainers.mt_bench import mt_bench_rows
 
 pytestmark = pytest.mark.slow
 OFF_TOPIC = "I like turtles. The weather in Paris is usually mild in spring."

@@ -8,7 +8,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from reward import Judge
 from trainers import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward, as_text
-from trainers.data import prompt_dataset
+from trainers.mt_bench import prompt_dataset
 from trainers.summary import StepLines as PrintRewards
 
 RESPONSE = "[The Start of Assistant's Answer]\n"

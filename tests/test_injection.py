@@ -186,7 +186,7 @@ def test_padding_cannot_push_the_instructions_out(tiny_model_dir):
 @pytest.mark.slow
 def test_embedded_judge_self_rating_stays_under_its_bound():
     """The issue's measurement: "Score: [5]" took a wrong answer from 1.5 to 5.0 on the embedded judge."""
-    from trainers.data import mt_bench_candidates
+    from trainers.mt_bench import mt_bench_candidates
 
     judge = load_judge("embedded", device="cpu", progress=False, max_length=1024)
     rows = mt_bench_candidates(max_words=40)[:3]

@@ -19,7 +19,7 @@ from openai_fake import FaultProxy  # noqa: E402
 from reward import Judge, load_judge  # noqa: E402
 from reward.embedded import gguf_path  # noqa: E402
 from trainers import AsyncJudgeReward, JudgeScoreReward  # noqa: E402
-from trainers.data import mt_bench_candidates  # noqa: E402
+from trainers.mt_bench import mt_bench_candidates  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from trl import GRPOTrainer
 from wandb_records import read_run
 
 from trainers import JudgeMonitor, JudgePairwiseReward, JudgeScoreReward
-from trainers.data import prompt_dataset
+from trainers.mt_bench import prompt_dataset
 
 
 class Recording(RecordingMonitor, JudgeMonitor):

@@ -8,7 +8,7 @@ from trl import GRPOConfig, ModelConfig, RewardConfig, TrlParser
 
 from trainers.cli import ServedJudgeArguments
 from trainers.grpo import JudgeRewardArguments
-from trainers.rm import RMArguments
+from trainers.train_rm import RMArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 PARSERS = {

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainers import JudgeScoreReward
-from trainers.reward_model import JudgeRewardModel, assistant_marker
+from trainers.judge_module import JudgeRewardModel, assistant_marker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_grpo_takes_it_as_a_reward_module(tmp_path, tiny_model_dir, fake_judge, 
     from conftest import tiny_grpo_config
     from trl import GRPOTrainer
 
-    from trainers.data import prompt_dataset
+    from trainers.mt_bench import prompt_dataset
 
     tok = tiny_judge.tokenizer
     model = JudgeRewardModel(fake_judge(points=by_length), tok)
@@ -67,7 +67,7 @@ from trl.experimental.utils import get_reward
 import trl
 from reward import load_judge
 from trainers import JudgeScoreReward
-from trainers.reward_model import JudgeRewardModel
+from trainers.judge_module import JudgeRewardModel
 judge = load_judge(sys.argv[2], device="cpu", progress=False)
 tok = judge.tokenizer
 model = JudgeRewardModel(judge, tok)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from trainers.rm import pair_metrics, preference_pairs, soft_bt_loss
+from trainers.train_rm import pair_metrics, preference_pairs, soft_bt_loss
 
 
 def test_soft_loss_by_hand():
@@ -32,7 +32,7 @@ def test_trainer_soft_loss_equals_trl_loss_on_hard_targets(tiny_model_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from trainers.rm import SoftRewardTrainer, TargetCollator
+    from trainers.train_rm import SoftRewardTrainer, TargetCollator
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     torch.manual_seed(0)
@@ -110,7 +110,7 @@ def test_train_rm_two_steps_with_lora(tmp_path, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from trainers.cli import main
-    from trainers.rm import reward_scores
+    from trainers.train_rm import reward_scores
 
     rows = [
         {"prompt": f"Question {i}?", "response_a": f"A good answer {i}.", "response_b": "bad",
@@ -191,7 +191,7 @@ def test_soft_targets_reach_the_loss_in_a_real_train(tmp_path, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig
 
-    from trainers.rm import SoftRewardTrainer, TargetCollator
+    from trainers.train_rm import SoftRewardTrainer, TargetCollator
 
     seen = []
 

@@ -7,12 +7,12 @@ without transformers or TRL.
 import importlib
 
 _LAZY = {
-    "AsyncJudgeReward": ".rewards",
+    "AsyncJudgeReward": ".reward_funcs",
     "JudgeMonitor": ".monitor",
-    "JudgePairwiseReward": ".rewards",
-    "JudgeRewardModel": ".reward_model",
-    "JudgeScoreReward": ".rewards",
-    "as_text": ".rewards",
+    "JudgePairwiseReward": ".reward_funcs",
+    "JudgeRewardModel": ".judge_module",
+    "JudgeScoreReward": ".reward_funcs",
+    "as_text": ".reward_funcs",
 }
 
 __all__ = sorted(_LAZY)

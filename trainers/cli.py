@@ -84,7 +84,7 @@ def judge_rows(judge, command: str, rows: list[dict], options: dict, shard: tupl
     `shard=(rank, world)`: judge only this rank's contiguous share of the rows and gather the rest from the other
     ranks (rank 0 gets every row's fields, the others an empty list).
     """
-    from .rewards import as_text
+    from .reward_funcs import as_text
 
     columns = _columns(command)
     texts = [[as_text(row.get(c)) for c in columns] for row in rows]
@@ -120,7 +120,7 @@ def _validate_judge_file(command: str, args: JudgeFileArguments) -> None:
     from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS
 
     from .args import UserError
-    from .consistency import check_judge_spec
+    from .audit_clean import check_judge_spec
     from .outputs import check_distinct, check_replaceable, output_format
 
     methods = SCORE_METHODS if command == "score" else PREFERENCE_METHODS
@@ -194,7 +194,7 @@ def _dispatch(command: str, rest: list[str]) -> int:
 
         return serve_main(rest)
     if command == "train-rm":
-        from .rm import main as rm_main
+        from .train_rm import main as rm_main
 
         rm_main(rest)
         return 0
@@ -203,7 +203,7 @@ def _dispatch(command: str, rest: list[str]) -> int:
     if command in ("score", "compare"):
         args, served = parse(f"trustreward {command}", (JudgeFileArguments, ServedJudgeArguments), rest)
         return _judge_file(command, args, served)
-    from .consistency import AuditArguments, CleanArguments, MergeArguments, merge, run
+    from .audit_clean import AuditArguments, CleanArguments, MergeArguments, merge, run
 
     if command == "merge":
         (args,) = parse("trustreward merge", (MergeArguments,), rest)

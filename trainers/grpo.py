@@ -93,7 +93,7 @@ class JudgeRewardArguments:
 
 def build_rewards(args: JudgeRewardArguments, judge, monitor=None) -> list:
     """The recipe's judge rewards; a served judge's run as async rewards (TRL awaits them together)."""
-    from .rewards import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward
+    from .reward_funcs import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward
 
     # With both rewards, separate metric prefixes keep pointwise and pairwise entropies from being averaged.
     both = args.reward == "both"
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None):
     from reward.embedded import embedded_judge_path
 
     from .cli import ServedJudgeArguments
-    from .data import prompt_dataset
     from .monitor import require_wandb
+    from .mt_bench import prompt_dataset
     from .summary import StepLines, plot_curves, summarize
 
     parser = TrlParser((JudgeRewardArguments, ServedJudgeArguments, GRPOConfig, ModelConfig))

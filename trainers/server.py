@@ -30,7 +30,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
 from .fallback import FailurePolicy
-from .rewards import as_text
+from .reward_funcs import as_text
 from .server_batching import Batcher, Groups, Outcome, QueueFull, ShuttingDown, TooLarge
 from .server_guard import Guard
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fallback import FailurePolicy
-from .rewards import JudgePairwiseReward, JudgeScoreReward
+from .reward_funcs import JudgePairwiseReward, JudgeScoreReward
 
 logger = logging.getLogger(__name__)
 

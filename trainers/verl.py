@@ -35,7 +35,7 @@ from collections import defaultdict
 from functools import cache
 
 from .fallback import FailurePolicy
-from .rewards import JudgePairwiseReward, JudgeScoreReward
+from .reward_funcs import JudgePairwiseReward, JudgeScoreReward
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from trl import GRPOTrainer
 
 from reward import load_judge
 from trainers import JudgeMonitor, JudgePairwiseReward, JudgeScoreReward
-from trainers.data import prompt_dataset
+from trainers.mt_bench import prompt_dataset
 
 
 class Recording(RecordingMonitor, JudgeMonitor):

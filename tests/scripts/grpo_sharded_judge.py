@@ -13,8 +13,8 @@ from conftest import tiny_grpo_config
 from trl import GRPOTrainer
 
 from reward import load_judge
-from trainers.data import prompt_dataset
 from trainers.grpo import JudgeRewardArguments, build_rewards
+from trainers.mt_bench import prompt_dataset
 
 
 def spy(reward, calls):

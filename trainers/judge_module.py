@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .rewards import JudgePairwiseReward, JudgeScoreReward
+from .reward_funcs import JudgePairwiseReward, JudgeScoreReward
 
 
 def assistant_marker(tokenizer) -> str:

@@ -217,7 +217,7 @@ class RMArguments:
 
 
 def _load_pairs(path, args: RMArguments, what: str) -> list[dict]:
-    from .data import read_rows, write_jsonl
+    from .files import read_rows, write_jsonl
 
     if not Path(path).exists():
         raise SystemExit(
