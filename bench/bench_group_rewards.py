@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scipy.stats import kendalltau  # noqa: E402
 
 from reward import Judge  # noqa: E402
+from reward.backends import JudgeBackend  # noqa: E402
 from reward.groups import AGGREGATES  # noqa: E402
 from trainers import JudgePairwiseReward  # noqa: E402
 
@@ -44,7 +45,7 @@ def shown(prompt: str, start: str, end: str) -> str:
     return prompt.split(start, 1)[1].split(end, 1)[0]
 
 
-class LatentJudge:
+class LatentJudge(JudgeBackend):
     """A JudgeBackend whose verdicts follow latent qualities (see the module docstring for the model)."""
 
     max_length = 4096
@@ -79,7 +80,7 @@ class LatentJudge:
         return [("", 0.0, 0) for _ in prompts]
 
 
-class Cached:
+class Cached(JudgeBackend):
     """Wraps a backend: each distinct prompt is computed once (the judges here are deterministic), every prompt
     asked is counted, so the aggregations of one pairing share its judgements."""
 

@@ -9,8 +9,10 @@ import threading
 from collections.abc import Callable, Sequence
 
 from . import defenses
+from .backends import check_backend
 from .scoring import PREFERENCE_METHODS, SCORE_METHODS, Preference, Score, decide_preference, score_from_probs
 from .templates import PAIRWISE, POINTWISE, JudgeTemplate
+from .text import check_texts, extend
 from .tokens import bytes_bound, encode
 
 logger = logging.getLogger(__name__)
@@ -26,52 +28,6 @@ _COUNTERFACTUAL = threading.local()
 
 def _prob(logprob: float) -> float:
     return 0.0 if logprob == -math.inf else math.exp(logprob)
-
-
-def as_text(value) -> str | None:
-    """Plain text of a prompt or completion (plain string or conversational messages); `None` if unusable.
-
-    A conversation of one user message (after an optional system message) becomes that message; longer
-    conversations are written out turn by turn so the judge sees the context.
-    """
-    if isinstance(value, str):
-        return value if value.strip() else None
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        value = [value]
-    if not isinstance(value, list) or not all(
-        isinstance(m, dict) and isinstance(m.get("content"), str) for m in value
-    ):
-        return None
-    turns = [m for m in value if m.get("role") != "system"]
-    if len(turns) == 1:
-        text = turns[0]["content"]
-    else:
-        text = "\n\n".join(f"{m.get('role', 'user').capitalize()}: {m['content']}" for m in turns)
-    return text if text.strip() else None
-
-
-def extend(prompt, text: str):
-    """A prompt continued by `text`: appended to a text prompt, or to the assistant turn a chat prompt ends with
-    (opened if needed), which chat servers continue rather than answer."""
-    if isinstance(prompt, str):
-        return prompt + text
-    if prompt and prompt[-1]["role"] == "assistant":
-        return [*prompt[:-1], {"role": "assistant", "content": prompt[-1]["content"] + text}]
-    return [*prompt, {"role": "assistant", "content": text}]
-
-
-def check_texts(name: str, values: Sequence, n: int | None = None) -> list[str]:
-    """Raises a clear error unless `values` is a sequence of non-empty strings (of length `n`)."""
-    if isinstance(values, str) or not isinstance(values, Sequence):
-        raise TypeError(f"{name} must be a list of strings, got {type(values).__name__}")
-    if n is not None and len(values) != n:
-        raise ValueError(f"{name} has {len(values)} items, expected {n}")
-    for i, v in enumerate(values):
-        if not isinstance(v, str):
-            raise TypeError(f"{name}[{i}] must be a string, got {type(v).__name__}")
-        if not v.strip():
-            raise ValueError(f"{name}[{i}] is empty or whitespace")
-    return list(values)
 
 
 class Judge:
@@ -123,13 +79,14 @@ class Judge:
         self.batch_size = batch_size
         self.progress = progress
         self._factory: Callable[[], Judge] | None = None  # set by load_judge: pickles as "load it again"
+        check_backend(backend)
         tokenizer = backend.tokenizer
         self._specials = defenses.special_tokens(tokenizer)  # all of them, not only the chat-turn ones
         self.neutralize, self.injection_check = neutralize, injection_check
         self._fence_secret = fence_secret.encode() if isinstance(fence_secret, str) else fence_secret
         self._fence_secret = self._fence_secret or secrets.token_bytes(16)
         self.injection_stats = {"checked": 0, "suspects": 0, "extra_prompts": 0, "lowered": 0}
-        self._chat = getattr(backend, "chat", False)
+        self._chat = backend.chat
 
     @property
     def model(self):
@@ -242,7 +199,7 @@ class Judge:
         """Label log-probs (and the judge's output log-prob and length) per prompt; failures become error strings."""
         out: list[tuple[dict[str, float], float, int] | str] = []
         marker = template.slot.split("[")[0].strip() or template.slot
-        lockstep = getattr(self.backend, "lockstep", False)
+        lockstep = self.backend.lockstep
         n = len(prompts)
         if lockstep:  # a sharded judge: every rank makes as many backend calls as the busiest (empty ones too)
             n = max(n, self.backend.agree(-(-n // self.batch_size)) * self.batch_size)
@@ -396,7 +353,7 @@ class Judge:
         redo = [i for i, item in enumerate(items) if item is not None]
         self.injection_stats["checked"] += n_items
         self.injection_stats["suspects"] += len(redo)
-        return redo, bool(redo) or getattr(self.backend, "lockstep", False)
+        return redo, bool(redo) or self.backend.lockstep
 
     def _check_scores(self, prompts, responses, results, options) -> list:
         cleaned = [self._counterfactual(self.pointwise_template, r) for r in responses]

@@ -36,7 +36,7 @@ def load_judge(
         dtype: e.g. `"float32"`, `"bfloat16"` (default: fp32 on CPU, bf16 on GPU).
         adapter: path of a PEFT LoRA adapter to merge into the judge (a fine-tuned judge; `hf` only).
         max_length: the most tokens a judge prompt may hold (default: the model's context, at most 8192).
-        ds_config: `deepspeed`: the ZeRO-3 config (dict or JSON path; default `launch/judge_zero3.json`).
+        ds_config: `deepspeed`: the ZeRO-3 config (dict or JSON path; default `reward/backends/judge_zero3.json`).
         tp_size: `deepspeed`: tensor-parallel degree (AutoTP) instead of ZeRO-3.
         model, tokenizer, server_options: for `spec="openai:http://HOST:PORT/v1"` (an OpenAI-compatible server, or
             a router in front of several), or `"openai:URL1,URL2,..."` (replicas of one judge, which the backend

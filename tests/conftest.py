@@ -9,6 +9,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from reward import Judge
+from reward.backends import JudgeBackend
 from reward.templates import PAIRWISE_SYSTEM, PAIRWISE_USER, POINTWISE_SYSTEM, POINTWISE_USER
 
 CHAT_TEMPLATE = (
@@ -79,7 +80,7 @@ def tiny_judge(tiny_model_dir):
     return load_judge(tiny_model_dir, device="cpu", progress=False)
 
 
-class FakeBackend:
+class FakeBackend(JudgeBackend):
     """A JudgeBackend whose verdicts come from a rule, for testing what Judge does with them.
 
     `rule(prompt) -> {"A": p, "B": p, "C": p}` for pairwise prompts; pointwise prompts get `points` (a dict, or

@@ -24,7 +24,7 @@ def test_score_file(tmp_path, tiny_model_dir):
     ]
     write_jsonl(tmp_path / "in.jsonl", rows)
     args = ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"), "--judge", tiny_model_dir]
-    assert main(["score", *args, "--scale", "10", "--method", "mean", "--device", "cpu"]) == 0
+    assert main(["score", *args, "--scale", "10", "--method", "mean", "--judge_device", "cpu"]) == 0
     out = read_jsonl(tmp_path / "out.jsonl")
     assert [r["id"] for r in out] == [1, 2, 3]  # nothing lost, input order kept
     assert "missing or empty" in out[1]["judge_error"] and "score" not in out[1]
@@ -38,7 +38,7 @@ def test_score_file(tmp_path, tiny_model_dir):
 def test_compare_file(tmp_path, tiny_model_dir):
     write_jsonl(tmp_path / "in.jsonl", [{"prompt": "q?", "response_a": "yes", "response_b": "no"}])
     args = ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"), "--judge", tiny_model_dir]
-    assert main(["compare", *args, "--device", "cpu"]) == 0
+    assert main(["compare", *args, "--judge_device", "cpu"]) == 0
     (r,) = read_jsonl(tmp_path / "out.jsonl")
     assert r["p_a"] + r["p_b"] + r["p_tie"] == pytest.approx(1.0)
     assert set(r["order_ab"]) == {"A", "B", "C"} and r["verdict"] in ("a", "b", "tie")
@@ -61,7 +61,8 @@ def test_flags_parse_after_trl_resolved_the_annotations():
     from trl import TrlParser
 
     from trainers.args import parse
-    from trainers.cli import JudgeFileArguments, ServedJudgeArguments
+    from trainers.judge_args import JudgeArguments as ServedJudgeArguments
+    from trainers.judge_file import JudgeFileArguments
 
     TrlParser((JudgeFileArguments, ServedJudgeArguments))
     argv = ["--input", "a.jsonl", "--output", "b.jsonl", "--scale", "7", "--judge_concurrency", "3"]

@@ -107,7 +107,7 @@ def test_clean_with_a_judge(tmp_path, tiny_model_dir):
     write_jsonl(tmp_path / "in.jsonl", rows)
     out, rej, rep = tmp_path / "kept.jsonl", tmp_path / "rejects.jsonl", tmp_path / "report.json"
     args = ["--input", str(tmp_path / "in.jsonl"), "--output", str(out), "--rejects", str(rej), "--report", str(rep)]
-    judge = ["--judge", tiny_model_dir, "--device", "cpu", "--relations", "judge"]
+    judge = ["--judge", tiny_model_dir, "--judge_device", "cpu", "--relations", "judge"]
     assert main(["clean", *args, *judge, "--policy", "order-inconsistent", "drop-cycles"]) == 0
     report = json.loads(rep.read_text())
     assert report["judged_pairs"] == 3 and report["judge_failures"] == 0 and report["relations"] == "judge"

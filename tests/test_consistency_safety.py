@@ -204,7 +204,7 @@ def test_compare_reads_parquet_and_writes_by_extension(tmp_path, tiny_model_dir)
 
     rows = [{"prompt": "q?", "response_a": "yes", "response_b": "no", "id": 7}]
     Dataset.from_list(rows).to_parquet(str(tmp_path / "in.parquet"))
-    args = ["--input", str(tmp_path / "in.parquet"), "--judge", tiny_model_dir, "--device", "cpu"]
+    args = ["--input", str(tmp_path / "in.parquet"), "--judge", tiny_model_dir, "--judge_device", "cpu"]
     assert main(["compare", *args, "--output", str(tmp_path / "out.jsonl")]) == 0
     (r,) = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert r["id"] == 7 and r["p_a"] + r["p_b"] + r["p_tie"] == pytest.approx(1.0)

@@ -88,14 +88,14 @@ def test_bad_configs_fail_before_loading(tiny_model_dir):
 
 
 def test_sharded_compare_file(tmp_path, tiny_model_dir, expected):
-    """`trustreward compare --backend deepspeed` under torchrun: each rank judges a shard, rank 0 writes all rows."""
+    """`compare --judge_backend deepspeed` under torchrun: each rank judges a shard, rank 0 writes all rows."""
     rows = [{"id": i, "prompt": q, "response_a": a, "response_b": b} for i, (q, a, b) in enumerate(PAIRS)]
     rows.insert(2, {"id": "bad", "prompt": "q", "response_a": "", "response_b": "x"})  # unjudged, kept in place
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = os.environ | {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "trainers.cli", "compare", "--input",
            str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"), "--judge", tiny_model_dir,
-           "--backend", "deepspeed", "--device", "cpu"]  # fmt: skip
+           "--judge_backend", "deepspeed", "--judge_device", "cpu"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert (tmp_path / "out.jsonl").exists(), proc.stderr[-4000:]
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]

@@ -5,6 +5,7 @@ import pytest
 from conftest import answer_in_slot
 
 from reward import PAIRWISE, JudgeTemplate, load_judge
+from reward.backends import JudgeBackend
 from reward.judge import CUT_MARK
 
 
@@ -157,7 +158,7 @@ def test_lora_adapter_is_applied(tmp_path, tiny_model_dir, tiny_judge):
     assert judge.score(["q?"], ["answer"])[0].expected == pytest.approx(got.expected, abs=1e-5)
 
 
-class Critic:
+class Critic(JudgeBackend):
     """A backend whose critique names the better answer (the longer one) and whose slot only follows the critique:
     without the critique its verdict is a coin toss (A = B), its score a 1."""
 

@@ -87,7 +87,7 @@ def work(tmp_path_factory):
 def compared(work, tiny_model_dir):
     """`trustreward compare` over PAIRS: the rows come back in order with what the library's Judge computes."""
     trustreward("compare", "--input", write(work / "pairs.jsonl", PAIRS), "--output", work / "judged.jsonl",
-                "--judge", tiny_model_dir, "--device", "cpu")  # fmt: skip
+                "--judge", tiny_model_dir, "--judge_device", "cpu")  # fmt: skip
     return jsonl(work / "judged.jsonl")
 
 
@@ -100,7 +100,7 @@ def test_score_and_compare(work, tiny_model_dir, tiny_judge, compared):
         assert got["verdict"] == w.verdict and got["judge_error"] is None
     rows = [{"prompt": r["prompt"], "response": r["response_a"]} for r in PAIRS]
     trustreward("score", "--input", write(work / "points.jsonl", rows), "--output", work / "scored.jsonl",
-                "--judge", tiny_model_dir, "--device", "cpu", "--scale", "10", "--method", "mean")  # fmt: skip
+                "--judge", tiny_model_dir, "--judge_device", "cpu", "--scale", "10", "--method", "mean")  # fmt: skip
     want = tiny_judge.score([r["prompt"] for r in rows], [r["response"] for r in rows], scale=10, method="mean")
     assert [r["score"] for r in jsonl(work / "scored.jsonl")] == pytest.approx([s.expected for s in want], abs=1e-5)
 
@@ -136,7 +136,7 @@ def test_serve_answers_openrlhf(tiny_model_dir, tiny_judge):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [EXE, "serve", "--judge", tiny_model_dir, "--device", "cpu", "--port", str(port), "--reward", "score"]
+    cmd = [EXE, "serve", "--judge", tiny_model_dir, "--judge_device", "cpu", "--port", str(port), "--reward", "score"]
     proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -6,14 +6,14 @@ import pytest
 import yaml
 from trl import GRPOConfig, ModelConfig, RewardConfig, TrlParser
 
-from trainers.cli import ServedJudgeArguments
 from trainers.grpo import JudgeRewardArguments
+from trainers.judge_args import JudgeArguments
 from trainers.train_rm import RMArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 PARSERS = {
-    "grpo": (JudgeRewardArguments, ServedJudgeArguments, GRPOConfig, ModelConfig),
-    "rm": (RMArguments, RewardConfig, ModelConfig),
+    "grpo": (JudgeRewardArguments, JudgeArguments, GRPOConfig, ModelConfig),
+    "rm": (RMArguments, JudgeArguments, RewardConfig, ModelConfig),
 }
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 

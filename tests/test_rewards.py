@@ -203,10 +203,14 @@ def test_bad_options_fail_when_the_reward_is_built(fake_judge, build, message):
     ],
 )
 def test_recipe_options_fail_when_parsed(option, message):
-    from trainers.grpo import JudgeRewardArguments
+    from dataclasses import fields
 
+    from trainers.grpo import JudgeRewardArguments
+    from trainers.judge_args import JudgeArguments
+
+    judge_flags = {f.name for f in fields(JudgeArguments)}
     with pytest.raises(ValueError, match=message):
-        JudgeRewardArguments(**option)
+        (JudgeArguments if set(option) <= judge_flags else JudgeRewardArguments)(**option)
 
 
 def test_grpo_command_stops_on_a_typo_before_loading_anything(monkeypatch):

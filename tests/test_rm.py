@@ -224,3 +224,35 @@ def test_soft_targets_reach_the_loss_in_a_real_train(tmp_path, tiny_model_dir):
     assert loss == pytest.approx(soft_bt_loss(d, p).item(), rel=1e-5)
     assert abs(d).min() > 0.1, d  # (else the soft and hard losses could not be told apart)
     assert loss != pytest.approx(-torch.nn.functional.logsigmoid(d).mean().item(), rel=1e-3)  # not the hard loss
+
+
+def test_a_judge_gives_unjudged_rows_their_soft_targets(fake_judge):
+    """`train-rm --judge`: rows without probabilities get the judge's, both orders merged; nothing else moves."""
+    from conftest import answer_in_slot
+
+    from trainers.train_rm import judge_unjudged
+
+    def longer_wins(prompt):
+        a, b = answer_in_slot(prompt, "A"), answer_in_slot(prompt, "B")
+        if "FAIL" in a + b:
+            return {"A": 0.0, "B": 0.0, "C": 0.0}  # no probability on any verdict: a failed judgement
+        return {"A": 0.8, "B": 0.1, "C": 0.1} if len(a) > len(b) else {"A": 0.1, "B": 0.8, "C": 0.1}
+
+    rows = [
+        {"prompt": "q", "chosen": "a long answer", "rejected": "short", "id": 0},  # TRL preference
+        {"prompt": "q", "response_a": "short", "response_b": "a long answer"},  # pairwise, unlabelled
+        {"prompt": "q", "response_a": "x", "response_b": "yy", "p_a": 0.7, "p_b": 0.2, "p_tie": 0.1},  # judged
+        {"prompt": "q", "response_a": "FAIL", "response_b": "other"},  # the judge fails on it
+        {"prompt": "q", "responses": ["a", "b"], "scores": [1, 2]},  # not a pair of two responses
+    ]
+    out, judged, failed = judge_unjudged(rows, fake_judge(rule=longer_wins))
+    assert (judged, failed) == (2, 1)
+    assert out[2:] == rows[2:]
+    first = {k: v for k, v in out[0].items() if k not in ("p_a", "p_b", "p_tie")}
+    assert first == {"prompt": "q", "response_a": "a long answer", "response_b": "short", "id": 0, "label": "a"}
+    # Both orders agree that the longer answer wins: merged P(a) = (0.8 + 0.8) / 2 in the one and P(b) in the other.
+    assert out[0]["p_a"] == pytest.approx(0.8) and out[1]["p_b"] == pytest.approx(0.8)
+    pairs, rejects = preference_pairs(out)
+    assert [p["target"] for p in pairs][:2] == [pytest.approx(0.85), pytest.approx(0.15)]  # p_a + p_tie / 2
+    assert pairs[0]["label"] == 1 and pairs[1]["label"] is None  # the row's own label kept for evaluation
+    assert [r["row_index"] for r in rejects] == [3]  # still unlabelled: rejected with its reason, as before

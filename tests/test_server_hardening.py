@@ -183,8 +183,9 @@ def test_sigterm_mid_request_stops_judging_within_seconds(tiny_model_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "trainers.cli", "serve", "--judge", tiny_model_dir, "--device",
-                               "cpu", "--port", str(port), "--max_request_items", "4000", "--batch_size", "8"],
+    server = subprocess.Popen([sys.executable, "-m", "trainers.cli", "serve", "--judge", tiny_model_dir,
+                               "--judge_device", "cpu", "--port", str(port), "--max_request_items", "4000",
+                               "--judge_batch_size", "8"],
                               env=os.environ | {"PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

@@ -20,6 +20,7 @@ from reward.consistency.graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT
 from reward.consistency.metrics import merge_audits
 
 from .args import UserError
+from .judge_args import JudgeArguments
 from .outputs import OutputSet, check_distinct, check_replaceable, output_format
 from .shards import (
     ShardStore,
@@ -44,15 +45,9 @@ class _FileArguments:
     k: list[int] = field(default_factory=lambda: [3, 4, 5], metadata={"help": "Subset sizes for NTR_k."})
     delta: float = field(default=0.0, metadata={"help": "Conflict ratio: scores closer than this expect a tie."})
     split: str | None = field(default=None, metadata={"help": "Split of a saved DatasetDict."})
-    judge: str | None = field(
-        default=None, metadata={"help": "Judge ('embedded', a directory, a hub id, openai:URL) for fresh preferences."}
-    )
     relations: str = field(
         default="both", metadata={"help": "With --judge: labels | judge | both (labels; the judge where none)."}
     )
-    device: str | None = field(default=None, metadata={"help": "Judge device (default: CUDA if available)."})
-    max_length: int | None = field(default=None, metadata={"help": "Most tokens in one judge prompt."})
-    batch_size: int = field(default=16, metadata={"help": "Judge prompts per backend call."})
     shard: str | None = field(
         default=None, metadata={"help": "I/N: only prompt-hash partition I of N (then `trustreward merge`)."}
     )
@@ -94,40 +89,25 @@ class MergeArguments:
     format: str | None = field(default=None, metadata={"help": "Output format: jsonl | parquet | dataset."})
 
 
-def check_judge_spec(spec: str) -> None:
-    """A judge that cannot exist is an error now, not a hub lookup error after the data is read."""
-    if spec == "embedded" or spec.startswith("openai:"):
-        return
-    path = Path(spec).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise UserError(f"--judge {spec}: a file, not a model directory")
-        return
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
-        raise UserError(f"--judge {spec}: no such model directory")
-
-
 def _finite(name: str, value: float) -> None:
     if not math.isfinite(value) or value < 0:
         raise UserError(f"--{name} must be a finite number >= 0, got {value}")
 
 
-def validate(command: str, args) -> None:
-    """Every option of audit / clean checked, before anything is read or loaded."""
+def validate(command: str, args, judge_args: JudgeArguments) -> None:
+    """Every option of audit / clean checked, before anything is read or loaded (the judge's: when parsed)."""
     for k in args.k:
         if not 3 <= k <= MAX_K:
             raise UserError(f"--k values must be in 3..{MAX_K}, got {k}")
     _finite("delta", args.delta)
     if args.relations not in RELATIONS:
         raise UserError(f"--relations must be one of {', '.join(RELATIONS)}, got {args.relations!r}")
-    for name in ("batch_size", "num_proc"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.num_proc < 1:
+        raise UserError(f"--num_proc must be >= 1, got {args.num_proc}")
     if not args.shard_mb > 0:
         raise UserError(f"--shard_mb must be > 0, got {args.shard_mb}")
     shard = parse_shard_spec(args.shard)
-    if args.judge:
-        check_judge_spec(args.judge)
+    if judge_args.judge:
         if args.num_proc > 1:
             raise UserError("--num_proc > 1 is for label-only runs (each process would load the judge)")
     paths = {"input": args.input, "report": args.report}
@@ -138,7 +118,7 @@ def validate(command: str, args) -> None:
         _finite("margin", args.margin)
         if not 0 <= args.exact_max_nodes <= MAX_EXACT_LIMIT:
             raise UserError(f"--exact_max_nodes must be in 0..{MAX_EXACT_LIMIT}, got {args.exact_max_nodes}")
-        if args.labels_only and args.judge:
+        if args.labels_only and judge_args.judge:
             raise UserError("--labels_only and --judge exclude each other")
         if not args.rejects:
             raise UserError("clean: --rejects is required")
@@ -160,10 +140,10 @@ def validate(command: str, args) -> None:
     check_distinct(paths)
 
 
-def _options(command: str, args) -> dict:
+def _options(command: str, args, judge: str | None) -> dict:
     """What must agree between the shards of one run."""
-    options = {"k": list(args.k), "delta": args.delta, "split": args.split, "judge": args.judge}
-    options["relations"] = args.relations if args.judge else "labels"
+    options = {"k": list(args.k), "delta": args.delta, "split": args.split, "judge": judge}
+    options["relations"] = args.relations if judge else "labels"
     if command == "clean":
         options |= {"policies": [p for p in POLICIES if p in args.policy], "margin": args.margin}
         options |= {"exact_max_nodes": args.exact_max_nodes}
@@ -236,16 +216,13 @@ def _audit_layout(body: dict) -> dict:
     return rest | {"rows_usable": body["rows_kept"], "rows_unusable": body["rows_rejected"]} | body["before"]
 
 
-def run(command: str, args, served=None) -> int:
-    validate(command, args)
+def run(command: str, args, judge_args: JudgeArguments | None = None) -> int:
+    """Runs `audit` / `clean` on `args.input`; the judge (`judge_args.judge`) only labels fresh preferences."""
+    judge_args = judge_args or JudgeArguments()
+    validate(command, args, judge_args)
     source = Source(args.input, args.split)
     shard = parse_shard_spec(args.shard)
-    judge = None
-    if args.judge:
-        from reward import load_judge
-
-        judge = load_judge(args.judge, device=args.device, max_length=args.max_length, batch_size=args.batch_size,
-                           **(served.load_options(args.judge) if served else {}))  # fmt: skip
+    judge = judge_args.load(default=None, progress=True)
     policies = [p for p in POLICIES if p in args.policy] if command == "clean" else []
     options = {"relations": args.relations, "delta": args.delta, "ks": tuple(args.k)}
     if command == "clean":
@@ -275,7 +252,8 @@ def run(command: str, args, served=None) -> int:
             results = [_clean_shard(t) for t in tasks]
         body = merge_bodies([r for r, _, _ in results])
         header = {"command": command, "input": str(args.input), "input_fingerprint": source.fingerprint()}
-        header |= {"input_rows": store.rows_in, "judge": args.judge, "options": _options(command, args)}
+        header |= {"input_rows": store.rows_in, "judge": judge_args.judge}
+        header["options"] = _options(command, args, judge_args.judge)
         header |= {"shard": args.shard}
         rows = {}
         if command == "clean":

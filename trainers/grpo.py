@@ -10,20 +10,8 @@ REWARDS = ("pairwise", "score", "both")
 
 @dataclass
 class JudgeRewardArguments:
-    """The judge and the data: the part of a GRPO recipe that TRL's own dataclasses don't cover."""
+    """Rewards and data: the part of a GRPO recipe that neither TRL's dataclasses nor `JudgeArguments` cover."""
 
-    judge: str = field(default="embedded", metadata={"help": "'embedded', a model directory, a hub id or openai:URL."})
-    judge_backend: str = field(default="hf", metadata={"help": "hf | deepspeed (the judge sharded over the job)."})
-    judge_ds_config: str | None = field(
-        default=None, metadata={"help": "deepspeed: the judge's ZeRO-3 config (default launch/judge_zero3.json)."}
-    )
-    judge_tp_size: int | None = field(default=None, metadata={"help": "deepspeed: AutoTP degree instead of ZeRO-3."})
-    judge_device: str | None = field(default=None, metadata={"help": "Judge device (default: CUDA if available)."})
-    judge_max_length: int | None = field(default=None, metadata={"help": "Most tokens in one judge prompt."})
-    judge_batch_size: int = field(default=32, metadata={"help": "Judge prompts per backend call."})
-    judge_injection_check: bool = field(
-        default=False, metadata={"help": "Judge suspects of prompt injection again without the suspicious text."}
-    )
     reward: str = field(default="pairwise", metadata={"help": f"Which reward: one of {REWARDS}."})
     scale: int = field(default=5, metadata={"help": "Pointwise ratings 1..scale."})
     score_method: str = field(default="trustjudge", metadata={"help": "trustjudge | mean | geval | argmax."})
@@ -58,12 +46,11 @@ class JudgeRewardArguments:
     def __post_init__(self):
         # Checked here, before any model loads: a typo must not turn into None rewards and a warning every step.
         from reward.judge import MODES
-        from reward.load import BACKENDS
         from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS, check_choice
 
         from .monitor import ACTIONS
 
-        for name, choices in (("reward", REWARDS), ("judge_backend", BACKENDS), ("score_method", SCORE_METHODS),
+        for name, choices in (("reward", REWARDS), ("score_method", SCORE_METHODS),
                               ("preference_method", PREFERENCE_METHODS), ("judge_mode", MODES),
                               ("on_inconsistency", ACTIONS)):  # fmt: skip
             check_choice(name, getattr(self, name), choices)
@@ -71,8 +58,6 @@ class JudgeRewardArguments:
             raise ValueError(f"scale must be an integer in [2, 100], got {self.scale!r}")
         if not 0 <= self.monitor_sample_rate <= 1:
             raise ValueError(f"monitor_sample_rate must be in [0, 1], got {self.monitor_sample_rate}")
-        if self.judge.startswith("openai:") and self.judge_device is not None:
-            raise ValueError("judge_device does not apply to a served judge (openai:...): the server places the model")
 
     def build_monitor(self):
         """The `JudgeMonitor` these arguments ask for, or `None` when `monitor_sample_rate` is 0."""
@@ -91,8 +76,8 @@ class JudgeRewardArguments:
         )
 
 
-def build_rewards(args: JudgeRewardArguments, judge, monitor=None) -> list:
-    """The recipe's judge rewards; a served judge's run as async rewards (TRL awaits them together)."""
+def build_rewards(args: JudgeRewardArguments, judge, monitor=None, served: bool = False) -> list:
+    """The recipe's judge rewards; `served` (an `openai:` judge): async rewards, which TRL awaits together."""
     from .reward_funcs import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward
 
     # With both rewards, separate metric prefixes keep pointwise and pairwise entropies from being averaged.
@@ -119,7 +104,7 @@ def build_rewards(args: JudgeRewardArguments, judge, monitor=None) -> list:
                 monitor=monitor,
             )
         )
-    if args.judge.startswith("openai:"):
+    if served:
         rewards = [AsyncJudgeReward(r) for r in rewards]
     return rewards
 
@@ -129,36 +114,24 @@ def main(argv: list[str] | None = None):
     from transformers.trainer_callback import ProgressCallback
     from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
-    from reward import load_judge
     from reward.embedded import embedded_judge_path
 
-    from .cli import ServedJudgeArguments
+    from .judge_args import JudgeArguments
     from .monitor import require_wandb
     from .mt_bench import prompt_dataset
     from .summary import StepLines, plot_curves, summarize
 
-    parser = TrlParser((JudgeRewardArguments, ServedJudgeArguments, GRPOConfig, ModelConfig))
-    args, served, training_args, model_args = parser.parse_args_and_config(args=argv)
+    parser = TrlParser((JudgeRewardArguments, JudgeArguments, GRPOConfig, ModelConfig))
+    args, judge_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     require_wandb(training_args.report_to)  # before anything is loaded, not mid-run
     monitor = args.build_monitor()
     policy = model_args.model_name_or_path or "embedded"
     if policy == "embedded":  # the embedded SmolLM2-135M-Instruct doubles as a small policy
         policy = str(embedded_judge_path())
-    judge = load_judge(
-        args.judge,
-        backend=args.judge_backend,
-        ds_config=args.judge_ds_config,
-        tp_size=args.judge_tp_size,
-        device=args.judge_device,
-        max_length=args.judge_max_length,
-        batch_size=args.judge_batch_size,
-        injection_check=args.judge_injection_check,
-        progress=False,
-        **served.load_options(args.judge),
-    )
+    judge = judge_args.load()
     trainer = GRPOTrainer(
         model=policy,
-        reward_funcs=build_rewards(args, judge, monitor),
+        reward_funcs=build_rewards(args, judge, monitor, judge_args.served),
         args=training_args,
         train_dataset=prompt_dataset(args.dataset, args.max_prompts),
         processing_class=AutoTokenizer.from_pretrained(policy, padding_side="left"),

@@ -138,7 +138,7 @@ class JudgeMonitor(TrainerCallback):
         self._checks += 1
         sampled = [m for m in groups.values() if len(m) >= 2 and rng.random() < self.sample_rate][: self.max_groups]
         judge = next(iter(batch.values()))["reward"].judge
-        lockstep = getattr(judge.backend, "lockstep", False)  # a sharded judge: every rank makes every call
+        lockstep = judge.backend.lockstep  # a sharded judge: every rank makes every call
         if not sampled and not lockstep:
             return
         scores, prefs, score_reward, pair_reward = {}, {}, None, None

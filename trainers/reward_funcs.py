@@ -6,7 +6,6 @@ treats `None` as "no reward for this sample". We never turn a failed judgement i
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -14,7 +13,7 @@ import warnings
 from collections import defaultdict
 from statistics import fmean
 
-from reward import Judge, load_judge
+from reward import Judge
 from reward.groups import (
     AGGREGATES,
     Outcome,
@@ -28,8 +27,9 @@ from reward.groups import (
     swiss_pairs,
     swiss_rounds,
 )
-from reward.judge import MODES, as_text
+from reward.judge import MODES
 from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS, check_choice, entropy
+from reward.text import as_text, text_key
 
 logger = logging.getLogger(__name__)
 INJECTION_WARNING = (
@@ -53,7 +53,9 @@ class _JudgeReward:
     @property
     def judge(self) -> Judge:
         if isinstance(self._judge, str):  # a spec: load in the process that uses it
-            self._judge = load_judge(self._judge, progress=False)
+            from .judge_args import JudgeArguments
+
+            self._judge = JudgeArguments(judge=self._judge).load()
         return self._judge
 
     def _finish(self, rewards: list, failures: int, metrics: dict, latency: float, kwargs: dict, **results) -> list:
@@ -239,7 +241,7 @@ class JudgePairwiseReward(_JudgeReward):
         groups = defaultdict(list)
         for i, prompt in enumerate(prompts):
             if answers[i] is not None:
-                groups[json.dumps(prompt, sort_keys=True, default=str)].append(i)
+                groups[text_key(prompt)].append(i)
         return list(groups.values())
 
     def _pairs(self, groups, answers, scores):
@@ -278,7 +280,7 @@ class JudgePairwiseReward(_JudgeReward):
     def _judge_pairs(self, groups, questions, answers, references, scores, judged: list) -> None:
         """Judges the pairing's pairs, appending ((i, j, b_text), Preference) to `judged` call by call (a failed
         call keeps the calls before it)."""
-        lockstep = getattr(self.judge.backend, "lockstep", False)
+        lockstep = self.judge.backend.lockstep
         has_ref = [references is not None and all(as_text(references[i]) for i in m) for m in groups]
         with_ref = [m for m, ref in zip(groups, has_ref) if ref]
         peers = [m for m, ref in zip(groups, has_ref) if not ref]

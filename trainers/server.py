@@ -29,8 +29,9 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
+from reward.text import as_text
+
 from .fallback import FailurePolicy
-from .reward_funcs import as_text
 from .server_batching import Batcher, Groups, Outcome, QueueFull, ShuttingDown, TooLarge
 from .server_guard import Guard
 
@@ -249,9 +250,6 @@ def create_app(
 
 @dataclass
 class ServeArguments:
-    judge: str = field(
-        default="embedded", metadata={"help": "Judge spec: 'embedded', a directory, a hub id, openai:URL."}
-    )
     host: str = field(default="127.0.0.1", metadata={"help": "Bind address (loopback unless told otherwise)."})
     port: int = field(default=8000, metadata={"help": "Port."})
     reward: str = field(default="pairwise", metadata={"help": "/get_reward: pairwise (within a group) | score."})
@@ -270,9 +268,6 @@ class ServeArguments:
         default="group_mean",
         metadata={"help": "A failed judgement's reward: group_mean | value:X | retry (503, the client retries)."},
     )
-    device: str | None = field(default=None, metadata={"help": "Judge device."})
-    max_length: int | None = field(default=None, metadata={"help": "Most tokens in one judge prompt."})
-    batch_size: int = field(default=32, metadata={"help": "Judge prompts per backend call."})
     max_batch: int = field(default=64, metadata={"help": "Most items judged in one call across requests."})
     max_wait_s: float = field(default=0.02, metadata={"help": "How long a request waits for others to batch with."})
     max_queue: int = field(default=4096, metadata={"help": "Items queued at most; beyond, 503."})
@@ -311,17 +306,14 @@ def main(argv: list[str]) -> int:
     import uvicorn
     from trl import TrlParser
 
-    from reward import load_judge
+    from .judge_args import JudgeArguments
 
-    from .cli import ServedJudgeArguments
-
-    args, served = TrlParser((ServeArguments, ServedJudgeArguments)).parse_args_and_config(args=argv)
+    args, judge_args = TrlParser((ServeArguments, JudgeArguments)).parse_args_and_config(args=argv)
     check_options(args)
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
         raise SystemExit(f"serve: --token_env {args.token_env} is not set")
-    judge = load_judge(args.judge, device=args.device, max_length=args.max_length, batch_size=args.batch_size,
-                       progress=False, **served.load_options(args.judge))  # fmt: skip
+    judge = judge_args.load()
     app = create_app(judge, reward=args.reward, scale=args.scale, pairing=args.pairing, aggregate=args.aggregate,
                      group_size=args.group_size,
                      group_timeout=args.group_timeout, on_failure=args.on_failure, max_batch=args.max_batch,

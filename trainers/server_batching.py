@@ -294,7 +294,7 @@ class Batcher:
             return self._score(part)
         if kind == "group":
             return [self._group(*part[0].payload)]
-        from .cli import judge_rows
+        from .judge_file import judge_rows
 
         command = kind.removesuffix("_rows")
         rows = [r for p in part for r in p.payload]

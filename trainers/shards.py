@@ -38,7 +38,8 @@ def prompt_shard(key: str | None, row_index: int, n: int) -> int:
 
 
 def _prompt_key(row) -> str | None:
-    from reward.consistency.rows import BadRow, parse_row, text_key
+    from reward.consistency.rows import BadRow, parse_row
+    from reward.text import text_key
 
     if not isinstance(row, dict):
         return None

@@ -3,7 +3,8 @@
 Soft targets: with p = P(a beats b) from the judge's merged bidirectional probabilities (ties count half), the
 loss is -[p log sigmoid(d) + (1 - p) log sigmoid(-d)] with d = r(a) - r(b), so a 0.55 preference does not pull
 as hard as a 0.99 one. At p = 1 it is TRL's Bradley-Terry loss. TRL's `RewardTrainer` does the rest (tokenising,
-LoRA, logging); `SoftRewardTrainer` only swaps the loss.
+LoRA, logging); `SoftRewardTrainer` only swaps the loss. With `--judge`, rows that have no probabilities yet
+(TRL `chosen, rejected` rows too) are judged in both orders first (`judge_unjudged`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from reward.consistency import BadRow, parse_row
-from reward.consistency.rows import text_key
+from reward.text import text_key
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +217,37 @@ class RMArguments:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
 
-def _load_pairs(path, args: RMArguments, what: str) -> list[dict]:
+def judge_unjudged(rows, judge) -> tuple[list[dict], int, int]:
+    """Rows of two responses without the judge's probabilities, judged in both orders (`p_a, p_b, p_tie` added).
+
+    TRL `prompt, chosen, rejected` rows become `response_a, response_b` rows with `label: "a"` (the row's own
+    label stays for evaluation; the soft target comes from the judge). Other rows, and rows the judge failed on,
+    are returned as they were. Returns `(rows, judged, failed)`.
+    """
+    from .judge_file import judge_rows
+
+    rows, todo = [dict(r) for r in rows], []
+    for i, row in enumerate(rows):
+        if row.get("p_a") is not None:
+            continue
+        if row.get("prompt") is not None and "chosen" in row and "rejected" in row and "response_a" not in row:
+            todo.append(i)
+        elif "response_a" in row and "response_b" in row:
+            todo.append(i)
+    asked = [rows[i] if "response_a" in rows[i] else rows[i] | {"response_a": rows[i]["chosen"],
+             "response_b": rows[i]["rejected"]} for i in todo]  # fmt: skip
+    failed = 0
+    for i, row, fields in zip(todo, asked, judge_rows(judge, "compare", asked, {}) if asked else []):
+        if fields["judge_error"] is not None:
+            failed += 1
+            continue
+        if "chosen" in row:  # now a pairwise row whose label is the chosen response's win
+            row = {k: v for k, v in row.items() if k not in ("chosen", "rejected")} | {"label": "a"}
+        rows[i] = row | {k: fields[k] for k in ("p_a", "p_b", "p_tie")}
+    return rows, len(todo) - failed, failed
+
+
+def _load_pairs(path, args: RMArguments, what: str, judge=None) -> list[dict]:
     from .files import read_rows, write_jsonl
 
     if not Path(path).exists():
@@ -225,6 +256,9 @@ def _load_pairs(path, args: RMArguments, what: str) -> list[dict]:
             "(pairs judged in both orders), cleaned by `trustreward clean`; see recipes/rm/README.md."
         )
     rows, _ = read_rows(path, args.split)
+    if judge is not None:
+        rows, judged, failed = judge_unjudged(rows, judge)
+        print(f"train-rm: {what} {path}: the judge labelled {judged} rows ({failed} failed)", file=sys.stderr)
     pairs, rejects = preference_pairs(rows, args.loss, args.margin_scale)
     reasons = {}
     for r in rejects:
@@ -246,14 +280,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     from reward.embedded import embedded_judge_path
 
+    from .judge_args import JudgeArguments
     from .monitor import require_wandb
 
-    parser = TrlParser((RMArguments, RewardConfig, ModelConfig))
-    args, config, model_args = parser.parse_args_and_config(args=argv)
+    parser = TrlParser((RMArguments, JudgeArguments, RewardConfig, ModelConfig))
+    args, judge_args, config, model_args = parser.parse_args_and_config(args=argv)
     require_wandb(config.report_to)
-    pairs = _load_pairs(args.train_file, args, "train")
+    judge = judge_args.load(default=None)  # only when asked: rows without probabilities then get the judge's
+    pairs = _load_pairs(args.train_file, args, "train", judge)
     if args.eval_file:
-        train, held_out = pairs, _load_pairs(args.eval_file, args, "eval")
+        train, held_out = pairs, _load_pairs(args.eval_file, args, "eval", judge)
     else:  # hold out whole rows (a multi-response row's pairs stay together), deterministically
         rows = sorted({p["row"] for p in pairs})
         random.Random(config.seed).shuffle(rows)

@@ -42,9 +42,9 @@ logger = logging.getLogger(__name__)
 
 @cache
 def _load(spec: str):
-    from reward import load_judge
+    from .judge_args import JudgeArguments
 
-    return load_judge(spec, progress=False)
+    return JudgeArguments(judge=spec).load()
 
 
 def _judge(judge):

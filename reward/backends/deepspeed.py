@@ -19,7 +19,7 @@ import torch
 
 from .hf import HFBackend, _pick_device, _pick_dtype
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "launch" / "judge_zero3.json"
+DEFAULT_CONFIG = Path(__file__).with_name("judge_zero3.json")  # package data: a wheel install has it too
 
 
 def _free_port() -> int:
@@ -43,7 +43,7 @@ def init_distributed() -> None:
 
 
 def zero3_config(config: str | Path | dict | None, dtype: torch.dtype) -> dict:
-    """The judge's ZeRO-3 inference config: ours (`launch/judge_zero3.json`) or the user's, checked, no optimizer."""
+    """The judge's ZeRO-3 inference config: ours (`judge_zero3.json` here) or the user's, checked, no optimizer."""
     if config is None:
         config = DEFAULT_CONFIG
     if not isinstance(config, dict):
@@ -76,7 +76,7 @@ class DeepSpeedBackend(HFBackend):
         """Loads a causal LM sharded over the job's ranks.
 
         Args:
-            config: ZeRO-3 config (dict or JSON path; default `launch/judge_zero3.json`); `offload_param` in it
+            config: ZeRO-3 config (dict or JSON path; default `judge_zero3.json` here); `offload_param` in it
                 moves the shards to CPU or NVMe.
             tp_size: use DeepSpeed AutoTP with this many ranks per model instead of ZeRO-3 (every rank of a
                 tensor-parallel group must judge the same batch).

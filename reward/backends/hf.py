@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 
 from ..tokens import encode
+from . import JudgeBackend
 
 
 def _common(a: list[int], b: list[int], limit: int) -> int:
@@ -51,7 +52,7 @@ def _pick_dtype(dtype, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-class HFBackend:
+class HFBackend(JudgeBackend):
     """Runs a transformers causal LM as a judge.
 
     Args:

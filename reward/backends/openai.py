@@ -38,7 +38,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from ..judge import extend
+from ..text import extend
+from . import JudgeBackend
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def read_labels(node: Callable[[str], dict | None], labels: Sequence[str]) -> tu
     return values, wanted
 
 
-class OpenAIBackend:
+class OpenAIBackend(JudgeBackend):
     """`JudgeBackend` for an OpenAI-compatible server, or several replicas of one.
 
     Args:
@@ -172,8 +173,6 @@ class OpenAIBackend:
 
     `requests` counts requests sent (retries included), `sent` them per URL, `failures` the items given up on.
     """
-
-    lockstep = False
 
     def __init__(self, base_url: str | Sequence[str], model: str, tokenizer, *, endpoint: str = "completions",
                  max_length: int = 4096, top_logprobs: int = 20, concurrency: int = 8, prompts_per_request: int = 64,

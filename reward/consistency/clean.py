@@ -21,10 +21,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..scoring import entropy
+from ..text import text_key
 from .columns import PairColumns, build_columns
 from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_tree, components, min_feedback
 from .metrics import PreferenceGraph, audit_graphs
-from .rows import LABELS, BadRow, parse_row, text_key
+from .rows import LABELS, BadRow, parse_row
 
 POLICIES = ("order-inconsistent", "score-conflict", "equivalence", "min-feedback", "drop-cycles")
 RELATIONS = ("labels", "judge", "both")
@@ -155,7 +156,7 @@ def _build(parsed_rows, rejects: _Rejects) -> dict:
 
 def _apply_judge(graphs, judge, relations: str, rejects: _Rejects, need_scores: bool) -> dict:
     """Fresh bidirectional preferences for every pair (and scores for candidates), folded into the graphs."""
-    from ..judge import as_text
+    from ..text import as_text
 
     edges = [(g, e) for g in graphs.values() for e in g.edges]
     prefs = (

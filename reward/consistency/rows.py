@@ -5,11 +5,11 @@ Every problem is a `BadRow` whose message is the reason written to the rejects f
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
 from ..scoring import entropy
+from ..text import text_key
 
 LABELS = {"a": 1, "b": -1, "tie": 0}
 _PROB_TOLERANCE = 1e-3  # p_a + p_b + p_tie must be within this of 1
@@ -17,11 +17,6 @@ _PROB_TOLERANCE = 1e-3  # p_a + p_b + p_tie must be within this of 1
 
 class BadRow(ValueError):
     """A row that cannot be used; its message is the reason written to the rejects."""
-
-
-def text_key(value) -> str:
-    """A hashable identity for a text or a conversation."""
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
 def _text(row: dict, name: str):

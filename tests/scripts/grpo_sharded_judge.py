@@ -29,7 +29,7 @@ def spy(reward, calls):
 
 def main():
     out, model = Path(sys.argv[1]), sys.argv[2]
-    args = JudgeRewardArguments(judge=model, judge_backend="deepspeed", reward="both", monitor_sample_rate=0)
+    args = JudgeRewardArguments(reward="both", monitor_sample_rate=0)
     judge = load_judge(model, backend="deepspeed", device="cpu", progress=False)
     calls = []
     config = tiny_grpo_config(out / "run")
