@@ -8,6 +8,9 @@
   finite float and every answer has the same keys (OpenRLHF stacks them into one tensor per key).
 - Pairwise rewards over per-sample clients: with `group_size=N`, a prompt's samples are held until N arrived
   (or `group_timeout` passed) and judged together (`trainers.server_batching.Groups`).
+- `reward="reference"`: each sample against the reference answer in its `labels` entry (OpenRLHF's
+  `--label_key`), both orders merged: P(the sample wins) + P(tie) / 2 in [0, 1]. A sample without a usable
+  reference is a failure (the `on_failure` stand-in, counted); a request without `labels` answers 400.
 - `POST /score`, `POST /compare`: `{"rows": [...]}` in the `trustreward score` / `compare` row format; the rows
   come back with the judge's fields added.
 - `GET /health`.
@@ -112,11 +115,14 @@ def extra_logs(outcomes: list[Outcome], latency: float) -> dict[str, float]:
     }
 
 
+REWARDS = ("pairwise", "score", "reference")
+
+
 def option_problems(reward, group_size, group_timeout, on_failure) -> list[str]:
     """What is wrong with the reward options (empty when they are fine)."""
     problems = []
-    if reward not in ("pairwise", "score"):
-        problems.append(f"reward must be pairwise or score, got {reward!r}")
+    if reward not in REWARDS:
+        problems.append(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
     if group_size is not None and (reward != "pairwise" or group_size < 2):
         problems.append(f"group_size needs reward pairwise and at least 2 samples, got {group_size!r}")
     if not group_timeout > 0:
@@ -214,6 +220,12 @@ def create_app(
         responses = [response_of(q, p, stops) for q, p in zip(body.query, body.prompts)]
         if reward == "score":
             work = batcher.submit("score", (body.prompts, responses), len(responses))
+        elif reward == "reference":
+            if body.labels is None:
+                raise HTTPException(400, "reward reference compares each sample with its labels entry; the request "
+                                    "has no labels (OpenRLHF: --label_key)")  # fmt: skip
+            references = [as_text(label) for label in body.labels]
+            work = batcher.submit("reference", (body.prompts, responses, references), len(responses))
         else:
             work = groups.judge(body.prompts, responses)
         outcomes = await answered(request, work)
@@ -252,7 +264,10 @@ def create_app(
 class ServeArguments:
     host: str = field(default="127.0.0.1", metadata={"help": "Bind address (loopback unless told otherwise)."})
     port: int = field(default=8000, metadata={"help": "Port."})
-    reward: str = field(default="pairwise", metadata={"help": "/get_reward: pairwise (within a group) | score."})
+    reward: str = field(
+        default="pairwise",
+        metadata={"help": "/get_reward: pairwise (within a group) | score | reference (each sample vs its labels)."},
+    )
     scale: int = field(default=5, metadata={"help": "Pointwise ratings 1..scale."})
     pairing: str = field(default="all", metadata={"help": "pairwise: all | adaptive | circular | swiss (per group)."})
     aggregate: str = field(default="mean_win", metadata={"help": "pairwise: mean_win | bradley_terry | cycle_free."})

@@ -8,6 +8,9 @@
   one `JudgePairwiseReward` call) or `timeout` seconds passed (then it is judged with what arrived; a lone sample
   gets its pointwise score). More samples of the prompt start a new group. Other prompts keep flowing.
 
+- `reference` rewards (PPO with a reference answer per sample, OpenRLHF's `labels`): each sample against its own
+  reference, both orders merged, P(sample wins) + P(tie) / 2; no peers needed, so samples of any prompts batch.
+
 Every judged sample ends as an `Outcome` whose reward is a number unless the failure policy is `retry`.
 """
 
@@ -19,6 +22,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from reward.text import as_text
 
 from .fallback import FailurePolicy
 from .reward_funcs import JudgePairwiseReward, JudgeScoreReward
@@ -67,13 +72,15 @@ class Stats:
     started: float = field(default_factory=time.time)
 
 
-KINDS = ("score", "group", "score_rows", "compare_rows")
+KINDS = ("score", "reference", "group", "score_rows", "compare_rows")
+PER_SAMPLE = ("score", "reference")  # rewards of samples judged one by one (failures filled per prompt)
 
 
 @dataclass(eq=False)
 class _Job:
-    kind: str  # "score" (pointwise rewards), "group" (one group's rewards), "score_rows", "compare_rows"
-    payload: Any  # score: (prompts, responses); group: (prompt, responses, incomplete); rows: the rows
+    kind: str  # one of KINDS: pointwise rewards, rewards against references, one group's rewards, rows
+    payload: Any  # score: (prompts, responses); reference: (prompts, responses, references); group: (prompt,
+    # responses, incomplete); rows: the rows
     future: asyncio.Future
     size: int
     taken: int = 0  # items handed to the worker so far (a large job is judged piece by piece)
@@ -83,8 +90,8 @@ class _Job:
     def part(self, start: int, end: int):
         if self.kind == "group":
             return self.payload
-        if self.kind == "score":
-            return self.payload[0][start:end], self.payload[1][start:end]
+        if self.kind in PER_SAMPLE:
+            return tuple(column[start:end] for column in self.payload)
         return self.payload[start:end]
 
 
@@ -114,7 +121,7 @@ class Batcher:
 
     Args:
         judge: a `reward.Judge`.
-        reward: "pairwise" or "score" (what `/get_reward` computes).
+        reward: "pairwise", "score" or "reference" (what `/get_reward` computes).
         scale: pointwise ratings 1..scale.
         on_failure: a `FailurePolicy`.
         max_batch, max_wait_s, max_queue: items per judge call, how long the first job waits for others, items
@@ -242,7 +249,7 @@ class Batcher:
             return
         job.results[piece.start : piece.end] = result
         job.done += piece.end - piece.start
-        if job.kind in ("score", "group"):  # counted once, when delivered
+        if job.kind in (*PER_SAMPLE, "group"):  # counted once, when delivered
             self.stats.groups += job.kind == "group"
             for o in result:
                 self.stats.failures += o.failed
@@ -254,8 +261,9 @@ class Batcher:
     def _isolated(self, kind: str, part: list[_Piece]) -> list:
         """The pieces' results from one call; an item that failed in it is judged again alone."""
         results = self._judged(kind, part)
-        if kind == "score":  # failures filled last, per prompt within the piece
-            results = [self._fill(piece, result) for piece, result in zip(part, results)]
+        if kind in PER_SAMPLE:  # failures filled last, per prompt within the piece
+            neutral = (1 + self.scale) / 2 if kind == "score" else 0.5
+            results = [self._fill(piece, result, neutral) for piece, result in zip(part, results)]
         return results
 
     def _judged(self, kind: str, part: list[_Piece]) -> list:
@@ -278,20 +286,22 @@ class Batcher:
                     result[k] = self._judged(kind, [_Piece(piece.job, piece.start + k, piece.start + k + 1)])[0][0]
         return results
 
-    def _fill(self, piece: _Piece, outcomes: list[Outcome]) -> list[Outcome]:
+    def _fill(self, piece: _Piece, outcomes: list[Outcome], neutral: float) -> list[Outcome]:
         by_prompt: dict[str, list[int]] = {}
         for i, q in enumerate(piece.payload[0]):
             by_prompt.setdefault(q, []).append(i)
         for members in by_prompt.values():
-            filled = self.on_failure.fill([outcomes[i].reward for i in members], (1 + self.scale) / 2)
+            filled = self.on_failure.fill([outcomes[i].reward for i in members], neutral)
             for i, r in zip(members, filled):
-                outcomes[i] = Outcome(r, failed=outcomes[i].failed)
+                outcomes[i].reward = r
         return outcomes
 
     def _call(self, kind: str, part: list[_Piece]) -> list:
         self.stats.judge_calls += 1
         if kind == "score":
             return self._score(part)
+        if kind == "reference":
+            return self._reference(part)
         if kind == "group":
             return [self._group(*part[0].payload)]
         from .judge_file import judge_rows
@@ -320,6 +330,26 @@ class Batcher:
         for piece_prompts, _ in payloads:
             out.append([Outcome(r, failed=r is None) for r in rewards[start : start + len(piece_prompts)]])
             start += len(piece_prompts)
+        return out
+
+    def _reference(self, part: list[_Piece]) -> list[list[Outcome]]:
+        """Each sample against its reference in one `compare` call (both orders); no reference: a failure."""
+        samples = [s for p in part for s in zip(*p.payload)]
+        usable = [k for k, sample in enumerate(samples) if None not in map(as_text, sample)]
+        try:
+            prefs = self.judge.compare(*[[samples[k][c] for k in usable] for c in range(3)]) if usable else []
+        except Exception as exc:  # counted as failures of every item (then each is judged again alone)
+            logger.warning("reference reward failed: %s", exc)
+            prefs = []
+        outcomes = [Outcome(None, failed=True) for _ in samples]
+        for k, pref in zip(usable, prefs):
+            if pref.error is None:
+                outcomes[k] = Outcome(pref.p_a + 0.5 * pref.p_tie, compared_pairs=1.0,
+                                      consistent_pairs=float(pref.order_consistent))  # fmt: skip
+        out, start = [], 0
+        for p in part:
+            out.append(outcomes[start : start + p.end - p.start])
+            start += p.end - p.start
         return out
 
     def _group(self, prompt: str, responses: list[str], incomplete: bool) -> list[Outcome]:

@@ -34,6 +34,8 @@ import time
 from collections import defaultdict
 from functools import cache
 
+from reward.text import as_text
+
 from .fallback import FailurePolicy
 from .reward_funcs import JudgePairwiseReward, JudgeScoreReward
 
@@ -64,11 +66,13 @@ def _policy(on_failure: str) -> FailurePolicy:
     return policy
 
 
-def _post(url: str, prompts: list[str], responses: list[str], timeout: float, tries: int) -> list[float]:
-    """`/get_reward` of a trustreward server, retried on 503 (queue full, or its own on_failure=retry)."""
+def _post(url: str, prompts: list[str], responses: list[str], labels: list, timeout: float, tries: int) -> list[float]:
+    """`/get_reward` of a trustreward server, retried on 503 (queue full, or its own on_failure=retry). `labels`:
+    verl's ground truths (a server with `--reward reference` compares each sample with its own)."""
     import httpx
 
-    body = {"query": [p + r for p, r in zip(prompts, responses)], "prompts": prompts}
+    labels = [g if isinstance(g, str) else None for g in labels]  # JSON-safe (verl may hold arrays or dicts)
+    body = {"query": [p + r for p, r in zip(prompts, responses)], "prompts": prompts, "labels": labels}
     for attempt in range(tries):
         try:
             r = httpx.post(f"{url.rstrip('/')}/get_reward", json=body, timeout=timeout)
@@ -90,6 +94,7 @@ def compute_score(
     *,
     judge="embedded",
     url: str | None = None,
+    reward: str = "score",
     scale: int = 5,
     prompt_key: str = "question",
     on_failure: str = "group_mean",
@@ -98,26 +103,45 @@ def compute_score(
     retries: int = 4,
     **_,
 ) -> float | dict:
-    """One sample's reward: the judge's expected score (1..scale), or the reward server's answer with `url`.
+    """One sample's reward: the judge's expected score (1..scale); with `reward="reference"`, P(the sample beats
+    `ground_truth`, a reference answer) + P(tie) / 2, both orders merged; with `url`, the reward server's answer
+    (`ground_truth` sent as the sample's `labels` entry).
 
-    A failure gets `on_failure`'s stand-in (alone, `group_mean` is the scale's midpoint); `details=True` returns
-    `{"score": reward, "judge_failed": 0.0 | 1.0}` (verl logs the extra keys).
+    A failure gets `on_failure`'s stand-in (alone, `group_mean` is the scale's midpoint, 0.5 for `reference`);
+    `details=True` returns `{"score": reward, "judge_failed": 0.0 | 1.0}` (verl logs the extra keys).
     """
+    if reward not in ("score", "reference"):
+        raise ValueError(f"compute_score: reward must be 'score' or 'reference', got {reward!r}")
     policy = _policy(on_failure)
     prompt = _prompt(extra_info, prompt_key)
+    value = None
     if url is not None:
         try:
-            (reward,) = _post(url, [prompt], [solution_str], timeout, retries + 1)
+            (value,) = _post(url, [prompt], [solution_str], [ground_truth], timeout, retries + 1)
         except Exception as exc:
             logger.warning("verl reward: server failed: %s", exc)
-            reward = None
+    elif reward == "reference":
+        value = _against_reference(_judge(judge), prompt, solution_str, ground_truth)
     else:
-        (reward,) = JudgeScoreReward(_judge(judge), scale=scale)(prompts=[prompt], completions=[solution_str])
-    failed = reward is None
-    (reward,) = policy.fill([reward], (1 + scale) / 2)
+        (value,) = JudgeScoreReward(_judge(judge), scale=scale)(prompts=[prompt], completions=[solution_str])
+    failed = value is None
+    (reward,) = policy.fill([value], 0.5 if reward == "reference" else (1 + scale) / 2)
     if failed:
         logger.warning("verl reward: a failed judgement got %s", reward)
     return {"score": reward, "judge_failed": float(failed)} if details else reward
+
+
+def _against_reference(judge, prompt: str, response: str, reference) -> float | None:
+    """P(response beats reference) + P(tie) / 2 from both orders; `None` when it cannot be judged."""
+    texts = (as_text(prompt), as_text(response), as_text(reference))
+    if None in texts:
+        return None
+    try:
+        (pref,) = judge.compare(*[[t] for t in texts])
+    except Exception as exc:
+        logger.warning("verl reward: judgement against the reference failed: %s", exc)
+        return None
+    return None if pref.error is not None else pref.p_a + 0.5 * pref.p_tie
 
 
 def compute_score_batch(
@@ -150,8 +174,9 @@ def compute_score_batch(
     rewards: list[float | None] = [None] * len(solution_strs)
     failed = 0
     for members in groups.values():
+        labels = [None if ground_truths is None else ground_truths[i] for i in members]
         mine = _group(judge, url, reward, scale, [prompts[i] for i in members],
-                      [solution_strs[i] for i in members], timeout, retries + 1)  # fmt: skip
+                      [solution_strs[i] for i in members], labels, timeout, retries + 1)  # fmt: skip
         failed += sum(r is None for r in mine)
         neutral = 0.5 if reward == "pairwise" else (1 + scale) / 2
         for i, raw, r in zip(members, mine, policy.fill(mine, neutral)):
@@ -161,11 +186,11 @@ def compute_score_batch(
     return rewards
 
 
-def _group(judge, url, reward, scale, prompts, responses, timeout, tries) -> list[float | None]:
+def _group(judge, url, reward, scale, prompts, responses, labels, timeout, tries) -> list[float | None]:
     """One group's raw rewards (`None` = failed): pairwise in one call, a lone sample pointwise in [0, 1]."""
     try:
         if url is not None:  # a server without --group_size takes one request's samples of a prompt as a group
-            return _post(url, prompts, responses, timeout, tries)
+            return _post(url, prompts, responses, labels, timeout, tries)
         if reward == "score" or len(responses) == 1:
             scores = JudgeScoreReward(_judge(judge), scale=scale)(prompts=prompts, completions=responses)
             if reward == "score":
