@@ -29,3 +29,14 @@ def test_curves_png_is_written(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_curves([{"step": 1, "loss": 0.1}], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_pairwise_reward_is_summarised_by_its_spread():
+    """A within-group win rate always averages 0.5: the summary says so and shows the spread that moves."""
+    history = [{"step": 1, "rewards/pairwise/mean": 0.5, "rewards/pairwise/std": 0.02},
+               {"step": 2, "rewards/pairwise/mean": 0.5, "rewards/pairwise/std": 0.05}]  # fmt: skip
+    (line,) = [x for x in summarize(history, {}).splitlines() if x.startswith("  reward pairwise")]
+    assert line.startswith("  reward pairwise: mean 0.5000 (step 1) -> 0.5000 (step 2), std 0.0200 -> 0.0500 ")
+    assert "0.5 by construction" in line
+    moving = [history[0], {**history[1], "rewards/pairwise/mean": 0.6}]  # Bradley-Terry rewards may move
+    assert "by construction" not in summarize(moving, {})

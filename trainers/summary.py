@@ -51,11 +51,11 @@ def summarize(log_history: list[dict], outputs: dict[str, str | None]) -> str:
     """A short text summary of a GRPO run from `trainer.state.log_history`.
 
     Example:
-        >>> history = [{"step": 1, "rewards/pairwise/mean": 0.5, "judge/failures": 0.0},
-        ...            {"step": 2, "rewards/pairwise/mean": 0.5, "judge/failures": 1.0}]
+        >>> history = [{"step": 1, "rewards/score/mean": 3.1, "rewards/score/std": 0.4, "judge/failures": 0.0},
+        ...            {"step": 2, "rewards/score/mean": 3.4, "rewards/score/std": 0.3, "judge/failures": 1.0}]
         >>> print(summarize(history, {"curves": "runs/x/curves.png"}))
         trustreward grpo: 2 steps
-          reward pairwise: mean 0.5000 (step 1) -> 0.5000 (step 2)
+          reward score: mean 3.1000 (step 1) -> 3.4000 (step 2), std 0.4000 -> 0.3000
           judge failures: 1 (summed over the steps)
           curves: runs/x/curves.png
     """
@@ -65,7 +65,14 @@ def summarize(log_history: list[dict], outputs: dict[str, str | None]) -> str:
     for key in sorted(k for k in series if k.startswith("rewards/") and k.endswith("/mean")):
         (s0, v0), (s1, v1) = series[key][0], series[key][-1]
         name = key[len("rewards/") : -len("/mean")]
-        lines.append(f"  reward {name}: mean {v0:.4f} (step {s0}) -> {v1:.4f} (step {s1})")
+        line = f"  reward {name}: mean {v0:.4f} (step {s0}) -> {v1:.4f} (step {s1})"
+        spread = series.get(key.removesuffix("/mean") + "/std")
+        if spread:
+            line += f", std {spread[0][1]:.4f} -> {spread[-1][1]:.4f}"
+        if all(abs(v - 0.5) < 1e-6 for _, v in series[key]):
+            # A within-group win rate averages 0.5 whatever the policy writes: its signal is the spread.
+            line += " (a win rate within each group: its mean is 0.5 by construction, the spread ranks completions)"
+        lines.append(line)
     for suffix, name in CONSISTENCY.items():
         for key in sorted(k for k in series if k.startswith("judge/") and k.endswith(suffix)):
             values = [v for _, v in series[key]]
