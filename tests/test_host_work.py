@@ -152,14 +152,16 @@ def test_bytes_bound_and_fast_encode(tiny_model_dir):
 
 def test_one_forward_per_micro_batch_and_sibling_stretches_together(tiny_model_dir):
     model, tokenizer, backend = tiny(tiny_model_dir, prefix_cache=False)
+    cached = HFBackend(model, tokenizer, min_prefix=4)
+    assert backend._own_head() is model.lm_head and cached._own_head() is model.lm_head  # (its check: 1 forward)
     calls = []
-    forward = model.forward
+    forward = model.model.forward  # the body: with our own head, the only part a micro-batch runs
 
     def counting(*args, **kwargs):
         calls.append((kwargs["input_ids"] if "input_ids" in kwargs else args[0]).shape)
         return forward(*args, **kwargs)
 
-    model.forward = counting
+    model.model.forward = counting
     prompts = ["What is two plus two? Score: [", "Paris is in France. Score: ["]
     labels = [str(s) for s in range(1, 101)]
     got = backend.label_logprobs(prompts, labels)
@@ -175,7 +177,6 @@ def test_one_forward_per_micro_batch_and_sibling_stretches_together(tiny_model_d
     prompts = [f"{system}{q} [A] {a} Verdict: [" for q in questions for a in answers]
     lengths = {len(tokenizer(system + q, add_special_tokens=False).input_ids) for q in questions}
     assert len(lengths) == 1
-    cached = HFBackend(model, tokenizer, min_prefix=4)
     calls.clear()
     got = cached.label_logprobs(prompts, ["A", "B", "C"])
     extends = [shape for shape in calls if shape[0] > 1 and shape[1] < 30]  # the question stretches
