@@ -8,6 +8,7 @@ path) for all paths at once, so a 1-100 distribution costs one forward of the pr
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -36,6 +37,8 @@ class _Trie(NamedTuple):
     first: torch.Tensor  # [L] each label's first token (read at the root)
     last: torch.Tensor  # [L] the node where each label ends
     steps: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # (label, node, token) of every later token
+    picks: tuple[torch.Tensor, torch.Tensor]  # (row, token) of each label logit: row 0 (root) x first, 1 + node
+    pick_order: tuple[list[int], list[int]]  # picks in token order: their indices, their tokens (for slices)
 
 
 _LOG2E = 1 / math.log(2)  # exp(x) = exp2(x * log2(e)): a CPU's exp2 is ~3x cheaper than its exp (AVX-512)
@@ -170,6 +173,8 @@ class HFBackend(JudgeBackend):
                     ancestor[q, index[path[:k]]] = True
             steps = [(j, index[ids[:k]], ids[k]) for j, ids in enumerate(label_ids) for k in range(1, len(ids))]
             dev = self.device
+            picks = [(0, ids[0]) for ids in label_ids] + [(1 + node, token) for _, node, token in steps]
+            order = sorted(range(len(picks)), key=lambda p: picks[p][1])
             self._tries[label_ids] = _Trie(
                 tokens=torch.tensor([p[-1] for p in nodes], device=dev),
                 depth=torch.tensor([len(p) - 1 for p in nodes], device=dev),
@@ -177,6 +182,8 @@ class HFBackend(JudgeBackend):
                 first=torch.tensor([ids[0] for ids in label_ids], device=dev),
                 last=torch.tensor([index[ids] for ids in label_ids], device=dev),
                 steps=tuple(torch.tensor(c, device=dev) for c in zip(*steps)) if steps else None,
+                picks=tuple(torch.tensor(c, device=dev) for c in zip(*picks)),
+                pick_order=(order, [picks[p][1] for p in order]),
             )
         return self._tries[label_ids]
 
@@ -380,40 +387,75 @@ class HFBackend(JudgeBackend):
     def _read(self, outs: list[torch.Tensor], trie: _Trie) -> list[torch.Tensor]:
         """log P(label) [B, L] of `_trie_forward` outputs (concatenated), as a list of row chunks.
 
-        Per row (root, then each node): the log-normaliser and the end-token mass, log P(label complete | path),
-        from one exp pass over chunks of logits small enough to stay in a CPU's cache; no [B, Q, V] log-softmax,
-        and only the columns the labels need are read otherwise."""
+        Per row (root, then each node): the log-normaliser and the end-token mass, log P(label complete | path);
+        no [B, Q, V] log-softmax, and only the columns the labels need are read otherwise. From hidden states
+        (our head) on a CPU, the head runs a slice of the vocabulary at a time and the sums merge as they come
+        (a running max): each slice's logits stay in the core's cache through their exp pass, where a whole
+        [rows, V] block would go to memory and back once per pass."""
         if not outs:
             return []
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
         n_rows, vocab = out.shape[1], self._vocab()
         cuda = self.device.type == "cuda"
         per = max(1, (self.max_logits if cuda else min(self.max_logits, 2**22)) // (vocab * n_rows))  # items/chunk
-        ends, last = self._ends(), 1 + trie.last
+        last = 1 + trie.last
+        rows_at, tokens = trie.picks  # every label logit: the root's first tokens, then each step's token
         lps = []
         for part in out.split(per):
-            logits = self._logits(part.reshape(-1, part.shape[-1]))  # [k (1 + Q), V]
-            # The labels' own logits, read before the exp pass overwrites them.
-            grid = logits.view(len(part), n_rows, vocab)
-            lp = grid[:, 0, trie.first]  # [k, L]: each label's first token at the root
-            picked = grid[:, 1 + trie.steps[1], trie.steps[2]] if trie.steps is not None else None
-            top = logits.amax(-1, keepdim=True)
-            mass = logits.sub_(top).mul_(_LOG2E).exp2_()
-            norm = (top[:, 0] + mass.sum(-1).log()).view(len(part), n_rows)
-            end = (top[:, 0] + mass.mul_(ends).sum(-1).log()).view(len(part), n_rows)  # (sum's pairwise adds)
+            flat = part.reshape(-1, part.shape[-1])  # [k (1 + Q), d or V]
+            if self._own_head() is not None and not cuda:
+                norm, end, picked = self._sliced(flat, len(part), n_rows, trie)
+            else:
+                norm, end, picked = self._whole(self._logits(flat), len(part), n_rows, trie)
             lost = torch.isinf(end)  # end tokens all below exp's range next to the row's best token (P < 1e-38)
             lost[:, 0] = False  # (the root's own end mass is not used)
             if lost.any():
-                rows = self._logits(part[lost])
-                end[lost] = rows.index_select(-1, self._end_ids).logsumexp(-1)
+                end[lost] = self._logits(part[lost]).index_select(-1, self._end_ids).logsumexp(-1)
             # log P(label) = root's first token + each later token given its path + the end; summed as tensors
             # and read back once (a read per label would wait on the GPU each time).
-            lp = lp - norm[:, :1] + end[:, last] - norm[:, last]
-            if picked is not None:
+            n_labels = len(trie.first)
+            lp = picked[:, :n_labels] - norm[:, :1] + end[:, last] - norm[:, last]
+            if trie.steps is not None:
                 label, node, _ = trie.steps
-                lp = lp.index_add(1, label, picked - norm[:, 1 + node])
+                lp = lp.index_add(1, label, picked[:, n_labels:] - norm[:, 1 + node])
             lps.append(lp)
         return lps
+
+    def _whole(self, logits: torch.Tensor, k: int, n_rows: int, trie: _Trie):
+        """(log-normaliser [k, R], log end mass [k, R], label logits [k, P]) of fresh logits [k R, V] (overwritten)."""
+        grid = logits.view(k, n_rows, -1)
+        picked = grid[:, trie.picks[0], trie.picks[1]]  # read before the exp pass overwrites them
+        top = logits.amax(-1, keepdim=True)
+        mass = logits.sub_(top).mul_(_LOG2E).exp2_()
+        norm = (top[:, 0] + mass.sum(-1).log()).view(k, n_rows)
+        end = (top[:, 0] + mass.mul_(self._ends()).sum(-1).log()).view(k, n_rows)  # (sum's pairwise adds)
+        return norm, end, picked
+
+    def _sliced(self, hidden: torch.Tensor, k: int, n_rows: int, trie: _Trie):
+        """`_whole` from hidden states [k R, d], the head applied to ~128K logits at a time (half a core's L2)."""
+        weight, bias, ends = self._head.weight, self._head.bias, self._ends()
+        vocab = weight.shape[0]
+        width = min(vocab, max(256, 2**17 // hidden.shape[0]))
+        top = torch.full((hidden.shape[0],), -math.inf, device=hidden.device)
+        total, end = torch.zeros_like(top), torch.zeros_like(top)
+        picked = torch.empty(k, len(trie.picks[1]), device=hidden.device)
+        order, sorted_tokens = trie.pick_order
+        for start in range(0, vocab, width):
+            stop = min(start + width, vocab)
+            logits = torch.nn.functional.linear(
+                hidden, weight[start:stop], None if bias is None else bias[start:stop]
+            ).float()
+            a, b = bisect.bisect_left(sorted_tokens, start), bisect.bisect_left(sorted_tokens, stop)
+            if b > a:  # label logits in this slice: read before the exp pass overwrites them
+                at = order[a:b]
+                picked[:, at] = logits.view(k, n_rows, -1)[:, trie.picks[0][at], trie.picks[1][at] - start]
+            new_top = torch.maximum(top, logits.amax(-1))
+            rescale = (top - new_top).mul_(_LOG2E).exp2_()  # the sums so far, relative to the new max
+            mass = logits.sub_(new_top[:, None]).mul_(_LOG2E).exp2_()
+            total = total.mul_(rescale).add_(mass.sum(-1))
+            end = end.mul_(rescale).add_(mass.mul_(ends[start:stop]).sum(-1))
+            top = new_top
+        return (top + total.log()).view(k, n_rows), (top + end.log()).view(k, n_rows), picked
 
     def _trie_logprobs(
         self, rows: list[list[int]], label_ids: tuple[tuple[int, ...], ...], prefix_kv=None
