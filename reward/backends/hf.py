@@ -4,7 +4,11 @@ The labels of a scale form a token trie (on digit-split tokenizers "47" is "4" -
 as one extra token after the prompt's own, in the same forward: each node attends to the prompt and to its own
 ancestors only (a 4D mask), at the position it would have in a plain sequence. That gives P(next token | prompt,
 path) for all paths at once, so a 1-100 distribution costs one forward of the prompt plus ~100 tokens instead of
-100 full forwards, and it is exact (tests compare it with the brute force)."""
+100 full forwards, and it is exact (tests compare it with the brute force).
+
+The output layer is ours when it provably is the model's (`HFBackend._own_head`): a forward then runs the base
+model only, and the root and node rows of a whole call go through the head together at the end, a vocabulary
+slice at a time on a CPU (the label sums merge as they come, in cache)."""
 
 from __future__ import annotations
 
@@ -73,8 +77,9 @@ class HFBackend(JudgeBackend):
             its many small forwards cost more than the compute they save (H100, 2026-11-27, `launch/gpu_check.py`:
             8.1 vs 34.1 items/s at 135M parameters, 14.0 vs 21.2 at 1.1B, fp32).
         min_prefix: shortest shared stretch (tokens) worth a cache level.
-        max_logits: most vocabulary-wide logits values one label forward may hold (rows x vocabulary): caps the
-            rows of a micro-batch on large label sets (1-100 has ~100 trie nodes per prompt).
+        max_logits: most vocabulary-wide logits values held at once (rows x vocabulary): the label read's chunks,
+            and, when the model's own head writes them, the rows of a micro-batch on large label sets (1-100 has
+            ~100 trie nodes per prompt).
     """
 
     takes_token_ids = True  # label_logprobs(..., token_ids=) skips tokenising prompts the Judge tokenised
