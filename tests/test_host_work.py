@@ -235,3 +235,24 @@ def test_neutralize_fast_path_for_ascii_is_the_general_one():
         for text in texts:
             assert defenses._spans(text, patterns) == defenses._spans(text + "\n\u2603", patterns)
     assert defenses.neutralize(texts[0]) == "Berlin." and defenses._spans(texts[1], defenses._SYNTAX)
+
+
+def test_head_by_vocabulary_slices_equals_the_whole_head(tiny_model_dir):
+    # 606 rows: slices of 256 logits (the tiny vocabulary in 3), merged under a running max; against the whole.
+    model, tokenizer, backend = tiny(tiny_model_dir)
+    labels = [str(s) for s in range(1, 101)]
+    trie = backend._trie(backend._label_tokens("Score: [", labels))
+    assert backend._own_head() is model.lm_head
+    torch.manual_seed(0)
+    for scale in (1.0, 300.0):  # 300: most rows' end mass below exp's range in some slices, or in all of them
+        hidden = torch.randn(6, 1 + len(trie.tokens), model.config.hidden_size) * scale
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        assert 256 == min(model.config.vocab_size, max(256, 2**17 // flat.shape[0])) < model.config.vocab_size
+        with torch.inference_mode():
+            got = backend._sliced(flat, 6, hidden.shape[1], trie)
+            want = backend._whole(model.lm_head(flat).float(), 6, hidden.shape[1], trie)
+        for g, w in zip(got, want):
+            finite = torch.isfinite(w)
+            assert torch.equal(finite, torch.isfinite(g))
+            assert torch.allclose(g[finite], w[finite], rtol=1e-6, atol=1e-5)
+        assert torch.equal(got[2], want[2])  # the label logits: the same products, read before the exp pass
