@@ -256,3 +256,17 @@ def test_head_by_vocabulary_slices_equals_the_whole_head(tiny_model_dir):
             assert torch.equal(finite, torch.isfinite(g))
             assert torch.allclose(g[finite], w[finite], rtol=1e-6, atol=1e-5)
         assert torch.equal(got[2], want[2])  # the label logits: the same products, read before the exp pass
+
+
+@pytest.mark.slow
+def test_host_bench_quick_checks_against_the_brute_force():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_host.py"
+    out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert float(re.search(r"max \|d log p\| = ([0-9.e+-]+)", out.stdout).group(1)) <= 1e-5
+    assert all(name in out.stdout for name in ("tokenise once", "score 5-pt", "compare/pair", "score 1-100"))
