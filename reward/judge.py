@@ -50,9 +50,10 @@ _FRAME_PROBES = (
 )
 
 
-def _frame(tokenizer):
-    """`(system, user) -> text` equal to `_apply_chat` when the chat template only pastes the texts into a fixed
-    frame, else None (then every prompt is rendered in full).
+def _frame(tokenizer) -> tuple[str, str, str] | None:
+    """(head, middle, tail): `head + system + middle + user + tail` is `_apply_chat`'s text when the chat template
+    only pastes the texts into a fixed frame; else None (then every prompt is rendered in full). Plain strings,
+    so a Judge holding them still pickles.
 
     The template is rendered once with a marker per text, and the frame (what surrounds the markers) is used only
     if it gives exactly `_apply_chat`'s text on every `_FRAME_PROBES` pair; never for a template that reads the
@@ -70,16 +71,12 @@ def _frame(tokenizer):
         return None
     head, rest = text.split(marks[0])
     middle, tail = rest.split(marks[1])
-
-    def frame(system: str, user: str) -> str:
-        return head + system + middle + user + tail
-
     try:
-        if any(frame(s, u) != _apply_chat(tokenizer, s, u) for s, u in _FRAME_PROBES):
+        if any(head + s + middle + u + tail != _apply_chat(tokenizer, s, u) for s, u in _FRAME_PROBES):
             return None
     except Exception:
         return None
-    return frame
+    return head, middle, tail
 
 
 class Judge:
@@ -192,7 +189,7 @@ class Judge:
             self._framed = (template, _frame(tok))
         frame = self._framed[1]
         if frame is not None:
-            return frame(system, user)
+            return frame[0] + system + frame[1] + user + frame[2]
         return _apply_chat(tok, system, user)
 
     def _count(self, text: str) -> int:

@@ -1,5 +1,7 @@
 """Chat templates rendered once per template (`reward.judge._frame`): byte-identical prompts or no frame at all."""
 
+import pickle
+
 import pytest
 from conftest import FakeBackend
 from transformers import AutoTokenizer
@@ -46,6 +48,7 @@ def test_frame_gives_the_chat_templates_bytes(tokenizer, template):
                 name: judge._clean(v) for name, v in fields.items() if name in {*template.required, *template.optional}
             }
             assert judge._render(template, fields, text=True) == full(judge, template, fields)
+    assert pickle.loads(pickle.dumps(judge._framed)) == judge._framed  # plain strings: a Judge still pickles
 
 
 def test_templates_that_are_not_a_frame_are_rendered_in_full(tokenizer):
@@ -70,8 +73,8 @@ def test_a_template_without_system_role_gets_a_folded_frame(tokenizer):
         "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
         "<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n"
     )
-    frame = _frame(tok)
-    assert frame is not None and frame("S {x}", "U <|im_end|>") == _apply_chat(tok, "S {x}", "U <|im_end|>")
+    head, middle, tail = _frame(tok)
+    assert head + "S {x}" + middle + "U <|im_end|>" + tail == _apply_chat(tok, "S {x}", "U <|im_end|>")
     judge = Judge(FakeBackend(tok), progress=False)
     fields = {"question": "q", "response": "a", "min_score": "1", "max_score": "5"}
     system, user = POINTWISE.render(**judge._defend(POINTWISE, fields))
