@@ -3,7 +3,9 @@
 `Judge.score` is run once with its model's forward recorded; the prompt forwards it made (same input ids,
 masks, positions, caches) are then replayed bare and timed. The ratio raw / `Judge.score` is the fraction of
 the judge's time spent in the model's prompt forwards (goal >= 0.9): the rest is rendering, tokenising, the
-label step and Python. The prefix cache is off so the batches are plain ones.
+label step and Python. The prefix cache is off so the batches are plain ones. With the backend's own head
+(`HFBackend._own_head`) a forward is the base model's, and the head runs once per call after them: the base
+model's forwards are recorded then.
 
     python bench/bench_overhead.py [--items 16] [--quick]
 """
@@ -31,21 +33,22 @@ def main() -> int:
     questions, answers = [q for q, _ in items], [a for _, a in items]
     j.score(questions[:1], answers[:1])  # warm-up
 
-    calls, forward = [], j.model.forward
+    body = j.model.base_model if j.backend._own_head() is not None else j.model
+    calls, forward = [], body.forward
 
     def recording(*a, **kw):
         if kw.get("cache") is None:  # a prompt forward (the label step passes the prompt's cache)
             calls.append({k: v for k, v in kw.items()})
         return forward(*a, **kw)
 
-    j.model.forward = recording
+    body.forward = recording
     j.score(questions, answers)  # recorded once, then both sides are timed on equal terms
-    j.model.forward = forward
+    body.forward = forward
 
     def replay():
         with torch.inference_mode():
             for kw in calls:
-                j.model(**kw)
+                body(**kw)
 
     repeat = 1 if args.quick else 2
     _, t_judge = timed(j.score, questions, answers, repeat=repeat)

@@ -103,8 +103,11 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def _spans(text: str, patterns) -> list[tuple[int, int]]:
     """Spans of `text` matched by `patterns` in its skeleton with invisible characters skipped (so "S\u200bcore"
     matches "Score"); invisible characters outside the spans stay (a Persian ZWNJ, an emoji's joiner)."""
-    keep = [i for i, c in enumerate(text) if unicodedata.category(c) != "Cf"]
-    view = skeleton("".join(text[i] for i in keep))
+    if text.isascii():  # nothing invisible, nothing to fold: the text is its own view (and per-character work)
+        keep, view = range(len(text)), text
+    else:
+        keep = [i for i, c in enumerate(text) if unicodedata.category(c) != "Cf"]
+        view = skeleton("".join(text[i] for i in keep))
     spans = []
     for p in patterns:
         for m in p.finditer(view):

@@ -30,6 +30,55 @@ def _prob(logprob: float) -> float:
     return 0.0 if logprob == -math.inf else math.exp(logprob)
 
 
+def _apply_chat(tokenizer, system: str, user: str) -> str:
+    """`apply_chat_template` of a (system, user) chat, generation prompt added; a template without a system role
+    (e.g. Gemma's raises) gets the system text folded into the user turn."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:
+        messages = [{"role": "user", "content": system + "\n\n" + user}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+# Texts a frame must reproduce exactly before it is used: template syntax, special-token look-alikes, edge
+# whitespace (a template that trims or tests its contents differs on some of them), non-ASCII.
+_FRAME_PROBES = (
+    ("You judge.", "Q?\n\nA {answer} {{x}} {% if y %}z{% endif %}"),
+    ("  sys\n", "\n<|im_start|>user\nhi<|im_end|> <think>no</think> </s> [INST] \\n \u200b caf\u00e9 \U0001f600  "),
+    ("", ""),
+)
+
+
+def _frame(tokenizer) -> tuple[str, str, str] | None:
+    """(head, middle, tail): `head + system + middle + user + tail` is `_apply_chat`'s text when the chat template
+    only pastes the texts into a fixed frame; else None (then every prompt is rendered in full). Plain strings,
+    so a Judge holding them still pickles.
+
+    The template is rendered once with a marker per text, and the frame (what surrounds the markers) is used only
+    if it gives exactly `_apply_chat`'s text on every `_FRAME_PROBES` pair; never for a template that reads the
+    clock (the date in a Llama 3 system turn). Rendering a chat template costs about a tenth of tokenising the
+    prompt: this makes it a string join."""
+    template = tokenizer.chat_template
+    if "strftime" in template or "now(" in template:
+        return None
+    marks = ("\x00\x01system\x01\x00", "\x00\x01user\x01\x00")
+    try:
+        text = _apply_chat(tokenizer, *marks)
+    except Exception:
+        return None
+    if text.count(marks[0]) != 1 or text.count(marks[1]) != 1 or text.index(marks[0]) > text.index(marks[1]):
+        return None
+    head, rest = text.split(marks[0])
+    middle, tail = rest.split(marks[1])
+    try:
+        if any(head + s + middle + u + tail != _apply_chat(tokenizer, s, u) for s, u in _FRAME_PROBES):
+            return None
+    except Exception:
+        return None
+    return head, middle, tail
+
+
 class Judge:
     """An LLM judge read the TrustJudge way: probabilities at a pre-filled slot, never parsed text.
 
@@ -120,21 +169,28 @@ class Judge:
             fields["nonce"] = defenses.fence_nonce(self._fence_secret, *(fields[k] for k in keys))
         return fields
 
-    def _render(self, template: JudgeTemplate, fields: dict, text: bool = False):
+    def _render(self, template: JudgeTemplate, fields: dict, text: bool = False, defended: bool = False):
         """The prompt, ending right where the judge's answer starts (the slot is appended later): chat-formatted
-        text, or the messages themselves for a backend that takes chats (`backend.chat`; the server formats them)."""
-        system, user = template.render(**self._defend(template, fields))
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        text, or the messages themselves for a backend that takes chats (`backend.chat`; the server formats them).
+        `defended`: `fields` went through `_defend` already."""
+        system, user = template.render(**(fields if defended else self._defend(template, fields)))
         if self._chat and not text:
-            return messages
+            return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return self._chat_text(system, user)
+
+    def _chat_text(self, system: str, user: str) -> str:
+        """The chat template's text of a (system, user) chat with the generation prompt: the template's frame,
+        rendered once, around the two texts (see `_frame`), or the template rendered in full."""
         tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            try:
-                return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            except Exception:  # templates without a system role (e.g. Gemma): fold it into the user turn
-                messages = [{"role": "user", "content": system + "\n\n" + user}]
-                return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return f"{tok.bos_token or ''}{system}\n\n{user}\n\n"
+        template = getattr(tok, "chat_template", None)
+        if not template:
+            return f"{tok.bos_token or ''}{system}\n\n{user}\n\n"
+        if self.__dict__.get("_framed", (None,))[0] is not template:  # once per chat template
+            self._framed = (template, _frame(tok))
+        frame = self._framed[1]
+        if frame is not None:
+            return frame[0] + system + frame[1] + user + frame[2]
+        return _apply_chat(tok, system, user)
 
     def _count(self, text: str) -> int:
         return len(encode(self.tokenizer, [text])[0])
@@ -308,9 +364,10 @@ class Judge:
             fitted, truncated, error = self._fit(
                 self.pairwise_template, dict(zip(("question", *keys), (q, a, b))), keys, mode
             )
-            if fitted:
+            if fitted:  # the defenses work per response (the nonce is order-free): once for both orders
+                fitted = self._defend(self.pairwise_template, fitted)
                 swapped = {**fitted, "response_a": fitted["response_b"], "response_b": fitted["response_a"]}
-                fitted = (self._render(self.pairwise_template, fitted), self._render(self.pairwise_template, swapped))
+                fitted = tuple(self._render(self.pairwise_template, f, defended=True) for f in (fitted, swapped))
             built.append((fitted, truncated, error))
         ok = [i for i, (orders, _, _) in enumerate(built) if orders]
         flat = [built[i][0][order] for i in ok for order in (0, 1)]

@@ -4,10 +4,16 @@ The labels of a scale form a token trie (on digit-split tokenizers "47" is "4" -
 as one extra token after the prompt's own, in the same forward: each node attends to the prompt and to its own
 ancestors only (a 4D mask), at the position it would have in a plain sequence. That gives P(next token | prompt,
 path) for all paths at once, so a 1-100 distribution costs one forward of the prompt plus ~100 tokens instead of
-100 full forwards, and it is exact (tests compare it with the brute force)."""
+100 full forwards, and it is exact (tests compare it with the brute force).
+
+The output layer is ours when it provably is the model's (`HFBackend._own_head`): a forward then runs the base
+model only, and the root and node rows of a whole call go through the head together at the end, a vocabulary
+slice at a time on a CPU (the label sums merge as they come, in cache)."""
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -35,6 +41,11 @@ class _Trie(NamedTuple):
     first: torch.Tensor  # [L] each label's first token (read at the root)
     last: torch.Tensor  # [L] the node where each label ends
     steps: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # (label, node, token) of every later token
+    picks: tuple[torch.Tensor, torch.Tensor]  # (row, token) of each label logit: row 0 (root) x first, 1 + node
+    pick_order: tuple[list[int], list[int]]  # picks in token order: their indices, their tokens (for slices)
+
+
+_LOG2E = 1 / math.log(2)  # exp(x) = exp2(x * log2(e)): a CPU's exp2 is ~3x cheaper than its exp (AVX-512)
 
 
 def _pick_device(device: str | None) -> torch.device:
@@ -66,8 +77,9 @@ class HFBackend(JudgeBackend):
             its many small forwards cost more than the compute they save (H100, 2026-11-27, `launch/gpu_check.py`:
             8.1 vs 34.1 items/s at 135M parameters, 14.0 vs 21.2 at 1.1B, fp32).
         min_prefix: shortest shared stretch (tokens) worth a cache level.
-        max_logits: most vocabulary-wide logits values one label forward may hold (rows x vocabulary): caps the
-            rows of a micro-batch on large label sets (1-100 has ~100 trie nodes per prompt).
+        max_logits: most vocabulary-wide logits values held at once (rows x vocabulary): the label read's chunks,
+            and, when the model's own head writes them, the rows of a micro-batch on large label sets (1-100 has
+            ~100 trie nodes per prompt).
     """
 
     takes_token_ids = True  # label_logprobs(..., token_ids=) skips tokenising prompts the Judge tokenised
@@ -97,6 +109,7 @@ class HFBackend(JudgeBackend):
         self._tries: dict[tuple[tuple[int, ...], ...], _Trie] = {}
         self._end_ids: torch.Tensor | None = None
         self._end_mask: torch.Tensor | None = None
+        self._head_checked, self._head = False, None
 
     @classmethod
     def from_pretrained(cls, path: str, *, device=None, dtype=None, adapter: str | None = None, **kwargs) -> HFBackend:
@@ -165,6 +178,8 @@ class HFBackend(JudgeBackend):
                     ancestor[q, index[path[:k]]] = True
             steps = [(j, index[ids[:k]], ids[k]) for j, ids in enumerate(label_ids) for k in range(1, len(ids))]
             dev = self.device
+            picks = [(0, ids[0]) for ids in label_ids] + [(1 + node, token) for _, node, token in steps]
+            order = sorted(range(len(picks)), key=lambda p: picks[p][1])
             self._tries[label_ids] = _Trie(
                 tokens=torch.tensor([p[-1] for p in nodes], device=dev),
                 depth=torch.tensor([len(p) - 1 for p in nodes], device=dev),
@@ -172,12 +187,15 @@ class HFBackend(JudgeBackend):
                 first=torch.tensor([ids[0] for ids in label_ids], device=dev),
                 last=torch.tensor([index[ids] for ids in label_ids], device=dev),
                 steps=tuple(torch.tensor(c, device=dev) for c in zip(*steps)) if steps else None,
+                picks=tuple(torch.tensor(c, device=dev) for c in zip(*picks)),
+                pick_order=(order, [picks[p][1] for p in order]),
             )
         return self._tries[label_ids]
 
-    def _batches(self, lengths: list[int], label_rows: int = 0) -> list[list[int]]:
+    def _batches(self, lengths: list[int], label_rows: int = 0, cap: bool = True) -> list[list[int]]:
         """Indices sorted by length, grouped so that rows x (longest row + `label_rows`) stays within the token
-        budget, and rows x (label_rows + 1) logits rows within `max_logits` vocabulary-wide values.
+        budget, and (if `cap`: the model's head writes them) rows x (label_rows + 1) logits rows within
+        `max_logits` vocabulary-wide values.
 
         On a CPU a row shorter than 90% of its batch's longest starts a new batch: padding is compute thrown away,
         and a batch of one is as fast per token as a big one. Not on a GPU, where each forward's fixed cost (tens of
@@ -187,7 +205,7 @@ class HFBackend(JudgeBackend):
         batches, current = [], []
         ragged = 0.9 if self.device.type == "cpu" else 0.0
         vocab = self.model.config.get_text_config().vocab_size
-        most_rows = max(1, self.max_logits // (vocab * (label_rows + 1))) if label_rows else len(lengths)
+        most_rows = max(1, self.max_logits // (vocab * (label_rows + 1))) if label_rows and cap else len(lengths)
         for i in order:
             longest = lengths[current[0]] if current else 0
             if current and (
@@ -207,6 +225,26 @@ class HFBackend(JudgeBackend):
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
         return ids, mask
 
+    def _own_head(self):
+        """The output layer if the model's logits are exactly `head(base_model(...).last_hidden_state)`, else None.
+
+        Then a micro-batch runs the base model only, and the vocabulary-wide rows of a whole call go through the
+        head together, after the last forward: one pass over the head's weight instead of one per forward (on a
+        CPU a small judge's forward mostly streams that weight: 12.6 MB for 49152 x 64), and no head for the
+        prefix cache's stretches. Checked once on a probe, bit for bit (a logit soft-cap or scale would show). Not
+        under lockstep: ZeRO-3 gathers the head at each of its calls, which must then be the same on every rank.
+        """
+        if not self._head_checked:
+            self._head_checked = True
+            head, base = self.model.get_output_embeddings(), getattr(self.model, "base_model", self.model)
+            if not self.lockstep and isinstance(head, torch.nn.Linear) and base is not self.model:
+                vocab = self.model.config.get_text_config().vocab_size
+                ids = torch.arange(min(8, vocab), device=self.device)[None]
+                full = self.model(input_ids=ids).logits
+                if torch.equal(full, head(base(input_ids=ids).last_hidden_state)):
+                    self._head = head
+        return self._head
+
     @torch.inference_mode()
     def label_logprobs(
         self, prompts: Sequence[str], labels: Sequence[str], *, token_ids: Sequence[list[int]] | None = None
@@ -222,15 +260,25 @@ class HFBackend(JudgeBackend):
         for i in range(len(prompts)):
             by_labels.setdefault(self._label_tokens(prompts[i], labels), []).append(i)
         for label_ids, members in by_labels.items():
-            for i, lp in self._shared(encoded, members, label_ids, 0, None):
+            trie, rows, outs = self._trie(label_ids), [], []
+            for batch, out in self._shared(encoded, members, trie, 0, None):
+                rows += batch
+                outs.append(out)
+            # Hidden states (our head): read all together; logits (the model's head): one micro-batch at a time.
+            groups = [outs] if self._own_head() is not None else [[o] for o in outs]
+            lps = [lp for group in groups for lp in self._read(group, trie)]
+            for i, lp in zip(rows, torch.cat(lps).tolist()):
                 results[i] = dict(zip(labels, lp))
         return results
 
-    def _shared(self, encoded, members, label_ids, start: int, prefix_kv):
-        """Label log-probs of `members`, whose first `start` tokens are in `prefix_kv`: runs of members sharing a
-        further stretch of >= min_prefix tokens get that stretch run once (a deeper cache level; sibling stretches
-        in one forward), the rest are run in length-sorted micro-batches on top of the current prefix. Yields
-        (index, log-probs)."""
+    def _vocab(self) -> int:
+        return self.model.config.get_text_config().vocab_size
+
+    def _shared(self, encoded, members, trie: _Trie, start: int, prefix_kv):
+        """Forwards of `members`, whose first `start` tokens are in `prefix_kv`: runs of members sharing a further
+        stretch of >= min_prefix tokens get that stretch run once (a deeper cache level; sibling stretches in one
+        forward), the rest are run in length-sorted micro-batches on top of the current prefix. Yields (indices,
+        `_trie_forward`'s output)."""
         leaves = members
         if self.prefix_cache and len(members) > 1:
             leaves, shared_runs = [], []
@@ -248,11 +296,13 @@ class HFBackend(JudgeBackend):
                 kvs = self._extend([stretches[b] for b in batch], prefix_kv)
                 for b, kv in zip(batch, kvs):
                     run, shared = shared_runs[b]
-                    yield from self._shared(encoded, run, label_ids, shared, kv)
-        trie = self._trie(label_ids)
-        for batch in self._batches([len(encoded[i]) - start for i in leaves], label_rows=len(trie.tokens)):
+                    yield from self._shared(encoded, run, trie, shared, kv)
+        own = self._own_head() is not None  # no vocabulary-wide rows in a micro-batch: no cap on them
+        for batch in self._batches(
+            [len(encoded[i]) - start for i in leaves], label_rows=len(trie.tokens), cap=not own
+        ):
             rows = [leaves[b] for b in batch]
-            yield from zip(rows, self._trie_logprobs([encoded[i][start:] for i in rows], label_ids, prefix_kv))
+            yield rows, self._trie_forward([encoded[i][start:] for i in rows], trie, prefix_kv)
 
     def _runs(self, encoded, members, start: int) -> list[list[int]]:
         """Members in token order, split where neighbours share fewer than min_prefix tokens past `start`."""
@@ -283,25 +333,26 @@ class HFBackend(JudgeBackend):
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in stretches], device=self.device)
         mask = torch.tensor([[1] * (past + len(s)) + [0] * (width - len(s)) for s in stretches], device=self.device)
         positions = torch.arange(past, past + width, device=self.device)[None].expand(len(stretches), -1)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask if len(stretches) > 1 else None,
-            position_ids=positions,
-            cache=self._cache(prefix_kv, len(stretches)),
-            use_cache=True,
-            logits_to_keep=torch.arange(0, device=self.device),  # no logits: only the cache is wanted
-        )
+        inputs = {
+            "input_ids": ids,
+            "attention_mask": mask if len(stretches) > 1 else None,
+            "position_ids": positions,
+            "cache": self._cache(prefix_kv, len(stretches)),
+            "use_cache": True,
+        }
+        if self._own_head() is not None:  # only the cache is wanted: the base model, no head
+            out = self.model.base_model(**inputs)
+        else:
+            out = self.model(**inputs, logits_to_keep=torch.arange(0, device=self.device))
         self.forward_tokens += int(ids.numel())
         layers = [(layer.keys, layer.values) for layer in out.cache.layers]
         return [[(k[r : r + 1, :, : past + len(s)], v[r : r + 1, :, : past + len(s)]) for k, v in layers]
                 for r, s in enumerate(stretches)]  # fmt: skip
 
-    def _trie_logprobs(
-        self, rows: list[list[int]], label_ids: tuple[tuple[int, ...], ...], prefix_kv=None
-    ) -> list[list[float]]:
-        """Label log-probs of each row (its tokens past `prefix_kv`), from one forward: the rows' tokens, then every
-        trie node as one more token that attends to its row and to its own ancestors (a 4D mask)."""
-        trie = self._trie(label_ids)
+    def _trie_forward(self, rows: list[list[int]], trie: _Trie, prefix_kv=None) -> torch.Tensor:
+        """One forward of the rows (their tokens past `prefix_kv`), then every trie node as one more token that
+        attends to its row and to its own ancestors (a 4D mask). Returns, per row, the root (its last token) and
+        each node: final hidden states [B, 1 + Q, d] if the head is ours (`_own_head`), else logits [B, 1 + Q, V]."""
         ids, pad = self._pad_left(rows)
         batch, width, n_nodes, dev = len(rows), ids.shape[1], len(trie.tokens), self.device
         past = 0 if prefix_kv is None else prefix_kv[0][0].shape[-2]
@@ -319,42 +370,105 @@ class HFBackend(JudgeBackend):
         if self.model.config._attn_implementation == "eager":  # eager adds the mask to the scores
             additive = torch.zeros(mask.shape, dtype=self.model.dtype, device=dev)
             mask = additive.masked_fill(~mask, torch.finfo(self.model.dtype).min)
-        out = self.model(
-            input_ids=torch.cat([ids, trie.tokens[None].expand(batch, -1)], -1),
-            attention_mask=mask,
-            position_ids=past + positions,
-            cache=self._cache(prefix_kv, batch),
-            use_cache=False,
-            logits_to_keep=torch.arange(width - 1, width + n_nodes, device=dev),  # the root (last row token), nodes
-        )
+        inputs = {
+            "input_ids": torch.cat([ids, trie.tokens[None].expand(batch, -1)], -1),
+            "attention_mask": mask,
+            "position_ids": past + positions,
+            "cache": self._cache(prefix_kv, batch),
+            "use_cache": False,
+        }
         self.forward_tokens += int(ids.numel())  # prompt tokens, padding included (not the label step)
-        # Per row (root, then each node): the log-normaliser and the end-token mass, log P(label complete | path),
-        # from one exp pass over slices small enough to stay in a CPU's cache; no [B, Q, V] log-softmax is ever
-        # materialised, and only the columns the labels need are read otherwise.
-        logits = out.logits  # [B, 1 + Q, V] in the model's dtype: row 0 is the root, row 1 + q is node q
-        flat = logits.view(-1, logits.shape[-1])
-        step = flat.shape[0] if dev.type == "cuda" else max(1, self.max_logits // 32 // flat.shape[-1])
-        ends, norm, end = self._ends(), [], []
-        for chunk in flat.split(step):
-            chunk = chunk.float()
-            top = chunk.amax(-1, keepdim=True)
-            mass = (chunk - top).exp_()
-            norm.append(top[:, 0] + mass.sum(-1).log())
-            end.append(top[:, 0] + mass.mul_(ends).sum(-1).log())  # (sum's pairwise adds: a matvec lost 1e-5)
-        norm, end = torch.cat(norm).view(batch, -1), torch.cat(end).view(batch, -1)
-        lost = torch.isinf(end)  # end tokens all below exp's range next to the row's best token (P < 1e-38)
-        lost[:, 0] = False  # (the root's own end mass is not used)
-        if lost.any():
-            rows = flat.view(batch, -1, flat.shape[-1])[lost].float()
-            end[lost] = rows.index_select(-1, self._end_ids).logsumexp(-1)
-        # log P(label) = root's first token + each later token given its path + the end; summed as tensors and
-        # read back once (a read per label would wait on the GPU each time).
+        if self._own_head() is not None:
+            return self.model.base_model(**inputs).last_hidden_state[:, width - 1 :]
+        keep = torch.arange(width - 1, width + n_nodes, device=dev)  # the root (last row token), then the nodes
+        return self.model(**inputs, logits_to_keep=keep).logits
+
+    def _logits(self, flat: torch.Tensor) -> torch.Tensor:
+        """Fresh fp32 logits of rows of `_trie_forward`'s output (the caller may overwrite them)."""
+        if self._own_head() is not None:
+            return self._head(flat).float()  # (.float() of the fp32 result: the result itself, no copy)
+        return flat.float() if flat.dtype != torch.float32 else flat.clone()
+
+    def _read(self, outs: list[torch.Tensor], trie: _Trie) -> list[torch.Tensor]:
+        """log P(label) [B, L] of `_trie_forward` outputs (concatenated), as a list of row chunks.
+
+        Per row (root, then each node): the log-normaliser and the end-token mass, log P(label complete | path);
+        no [B, Q, V] log-softmax, and only the columns the labels need are read otherwise. From hidden states
+        (our head) on a CPU, the head runs a slice of the vocabulary at a time and the sums merge as they come
+        (a running max): each slice's logits stay in the core's cache through their exp pass, where a whole
+        [rows, V] block would go to memory and back once per pass."""
+        if not outs:
+            return []
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        n_rows, vocab = out.shape[1], self._vocab()
+        cuda = self.device.type == "cuda"
+        per = max(1, (self.max_logits if cuda else min(self.max_logits, 2**22)) // (vocab * n_rows))  # items/chunk
         last = 1 + trie.last
-        lp = logits[:, 0, trie.first].float() - norm[:, :1] + end[:, last] - norm[:, last]  # [B, L]
-        if trie.steps is not None:
-            label, node, token = trie.steps
-            lp = lp.index_add(1, label, logits[:, 1 + node, token].float() - norm[:, 1 + node])
-        return lp.tolist()
+        rows_at, tokens = trie.picks  # every label logit: the root's first tokens, then each step's token
+        lps = []
+        for part in out.split(per):
+            flat = part.reshape(-1, part.shape[-1])  # [k (1 + Q), d or V]
+            if self._own_head() is not None and not cuda:
+                norm, end, picked = self._sliced(flat, len(part), n_rows, trie)
+            else:
+                norm, end, picked = self._whole(self._logits(flat), len(part), n_rows, trie)
+            lost = torch.isinf(end)  # end tokens all below exp's range next to the row's best token (P < 1e-38)
+            lost[:, 0] = False  # (the root's own end mass is not used)
+            if lost.any():
+                end[lost] = self._logits(part[lost]).index_select(-1, self._end_ids).logsumexp(-1)
+            # log P(label) = root's first token + each later token given its path + the end; summed as tensors
+            # and read back once (a read per label would wait on the GPU each time).
+            n_labels = len(trie.first)
+            lp = picked[:, :n_labels] - norm[:, :1] + end[:, last] - norm[:, last]
+            if trie.steps is not None:
+                label, node, _ = trie.steps
+                lp = lp.index_add(1, label, picked[:, n_labels:] - norm[:, 1 + node])
+            lps.append(lp)
+        return lps
+
+    def _whole(self, logits: torch.Tensor, k: int, n_rows: int, trie: _Trie):
+        """(log-normaliser [k, R], log end mass [k, R], label logits [k, P]) of fresh logits [k R, V] (overwritten)."""
+        grid = logits.view(k, n_rows, -1)
+        picked = grid[:, trie.picks[0], trie.picks[1]]  # read before the exp pass overwrites them
+        top = logits.amax(-1, keepdim=True)
+        mass = logits.sub_(top).mul_(_LOG2E).exp2_()
+        norm = (top[:, 0] + mass.sum(-1).log()).view(k, n_rows)
+        end = (top[:, 0] + mass.mul_(self._ends()).sum(-1).log()).view(k, n_rows)  # (sum's pairwise adds)
+        return norm, end, picked
+
+    def _sliced(self, hidden: torch.Tensor, k: int, n_rows: int, trie: _Trie):
+        """`_whole` from hidden states [k R, d], the head applied to ~128K logits at a time (half a core's L2)."""
+        weight, bias, ends = self._head.weight, self._head.bias, self._ends()
+        vocab = weight.shape[0]
+        width = min(vocab, max(256, 2**17 // hidden.shape[0]))
+        top = torch.full((hidden.shape[0],), -math.inf, device=hidden.device)
+        total, end = torch.zeros_like(top), torch.zeros_like(top)
+        picked = torch.empty(k, len(trie.picks[1]), device=hidden.device)
+        order, sorted_tokens = trie.pick_order
+        for start in range(0, vocab, width):
+            stop = min(start + width, vocab)
+            logits = torch.nn.functional.linear(
+                hidden, weight[start:stop], None if bias is None else bias[start:stop]
+            ).float()
+            a, b = bisect.bisect_left(sorted_tokens, start), bisect.bisect_left(sorted_tokens, stop)
+            if b > a:  # label logits in this slice: read before the exp pass overwrites them
+                at = order[a:b]
+                picked[:, at] = logits.view(k, n_rows, -1)[:, trie.picks[0][at], trie.picks[1][at] - start]
+            new_top = torch.maximum(top, logits.amax(-1))
+            rescale = (top - new_top).mul_(_LOG2E).exp2_()  # the sums so far, relative to the new max
+            mass = logits.sub_(new_top[:, None]).mul_(_LOG2E).exp2_()
+            total = total.mul_(rescale).add_(mass.sum(-1))
+            end = end.mul_(rescale).add_(mass.mul_(ends[start:stop]).sum(-1))
+            top = new_top
+        return (top + total.log()).view(k, n_rows), (top + end.log()).view(k, n_rows), picked
+
+    def _trie_logprobs(
+        self, rows: list[list[int]], label_ids: tuple[tuple[int, ...], ...], prefix_kv=None
+    ) -> list[list[float]]:
+        """Label log-probs of each row (its tokens past `prefix_kv`), from one forward (`_trie_forward`) and its
+        head, before the next forward (a sharded judge keeps its forwards in step this way)."""
+        trie = self._trie(label_ids)
+        return torch.cat(self._read([self._trie_forward(rows, trie, prefix_kv)], trie)).tolist()
 
     # -- generation (rationale mode) --------------------------------------------------------------------------------
 
