@@ -1,7 +1,8 @@
 """Graph algorithms behind cleaning: strongly connected components, a cycle as evidence, minimum feedback arcs.
 
-Edges are `(winner, loser)` pairs over candidates 0..n-1 (a tie is two edges, one each way). Plain Python:
-graphs are a prompt's candidates (tens of nodes); the minimum-feedback DP is vectorised with numpy.
+Edges are `(winner, loser)` pairs over candidates 0..n-1 (a tie is two edges, one each way). A prompt's graph is
+small (tens of candidates), a dataset has 100k of them: `strong_labels` finds the components of all prompts at
+once with numpy; one prompt's algorithms are plain Python, the minimum-feedback DP vectorised with numpy.
 """
 
 from __future__ import annotations
@@ -63,6 +64,63 @@ def components(n: int, edges) -> list[int]:
                 parent = work[-1][0]
                 low[parent] = min(low[parent], low[u])
     return comp
+
+
+CLOSURE_MAX_NODES = 48  # strong_labels: transitive closure (n^3 / prompt) up to this many candidates, Tarjan beyond
+_CLOSURE_CHUNK = 1 << 24  # booleans of stacked n x n matrices held at a time
+
+
+def strong_labels(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray) -> np.ndarray:
+    """Strongly connected components of many prompts' graphs at once: each node's label is the smallest node of its
+    component.
+
+    Nodes are numbered across prompts (prompt p's are `start[p]..start[p] + sizes[p] - 1`, in order); arcs
+    `tails[i] -> heads[i]` join nodes of one prompt. Prompts of one size are stacked as (G, n, n) reachability
+    matrices and closed Floyd-Warshall style (n vectorised steps); prompts above `CLOSURE_MAX_NODES` candidates go
+    through `components`.
+
+    ```python
+    >>> strong_labels(np.array([3, 2]), np.array([0, 1, 2, 3, 4]), np.array([1, 0, 1, 4, 3])).tolist()
+    [0, 0, 2, 3, 3]
+
+    ```
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    label = np.arange(start[-1], dtype=np.int64)
+    if not len(tails):
+        return label
+    prompt = np.searchsorted(start, tails, side="right") - 1
+    arcs_of = np.argsort(prompt, kind="stable")
+    bounds = np.searchsorted(prompt[arcs_of], np.arange(len(sizes) + 1))
+    has_arc = np.diff(bounds) > 0
+    for n in np.unique(sizes[has_arc & (sizes > 1)]).tolist():
+        group = np.flatnonzero(has_arc & (sizes == n))
+        if n > CLOSURE_MAX_NODES:
+            for p in group.tolist():
+                arcs = arcs_of[bounds[p] : bounds[p + 1]]
+                comp = np.array(
+                    components(n, zip((tails[arcs] - start[p]).tolist(), (heads[arcs] - start[p]).tolist()))
+                )
+                smallest = np.full(n, n, dtype=np.int64)
+                np.minimum.at(smallest, comp, np.arange(n))
+                label[start[p] : start[p] + n] = start[p] + smallest[comp]
+            continue
+        step = max(1, _CLOSURE_CHUNK // (n * n))
+        for lo in range(0, len(group), step):
+            chunk = group[lo : lo + step]
+            local = np.full(len(sizes), -1, dtype=np.int64)
+            local[chunk] = np.arange(len(chunk))
+            arcs = arcs_of[local[prompt[arcs_of]] >= 0]
+            g = local[prompt[arcs]]
+            reach = np.zeros((len(chunk), n, n), dtype=bool)
+            reach[g, tails[arcs] - start[prompt[arcs]], heads[arcs] - start[prompt[arcs]]] = True
+            reach |= np.eye(n, dtype=bool)
+            for k in range(n):  # paths through nodes 0..k
+                reach |= reach[:, :, k, None] & reach[:, None, k, :]
+            mutual = reach & reach.transpose(0, 2, 1)
+            label[start[chunk][:, None] + np.arange(n)] = start[chunk][:, None] + mutual.argmax(axis=2)
+    return label
 
 
 def bfs_tree(adj, start: int) -> dict:
