@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..scoring import entropy
 
@@ -65,13 +66,24 @@ def _split_implicit(chosen, rejected):
     return None, chosen, rejected
 
 
+class Pair(NamedTuple):
+    """Responses i and j of a row (their positions) and r(i, j), `None` when the row carries no relation."""
+
+    i: int
+    j: int
+    relation: int | None
+    weight: float
+    order_consistent: bool | None
+    entropy: float | None
+
+
 @dataclass
 class _Row:
     prompt: object
     category: object = None
     responses: list = field(default_factory=list)
     scores: list = field(default_factory=list)  # per response, None when unknown
-    pairs: list = field(default_factory=list)  # (i, j, relation or None, weight, order_consistent, entropy)
+    pairs: list[Pair] = field(default_factory=list)
 
 
 def _pairwise_relation(row: dict) -> tuple[int | None, float, float | None]:
@@ -102,8 +114,8 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
     `order_consistent`); `responses` with `scores` or `ranks` (1 = best); `response` with `score` (pointwise).
 
     ```python
-    >>> parse_row({"prompt": "q", "chosen": "good", "rejected": "bad"}).pairs  # (i, j, r, weight, consistent, entropy)
-    [(0, 1, 1, 1.0, None, None)]
+    >>> parse_row({"prompt": "q", "chosen": "good", "rejected": "bad"}).pairs
+    [Pair(i=0, j=1, relation=1, weight=1.0, order_consistent=None, entropy=None)]
 
     ```
     """
@@ -116,7 +128,7 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
             prompt, chosen, rejected = _split_implicit(chosen, rejected)
             if prompt is None:
                 raise BadRow("no prompt column and no shared prompt at the start of chosen and rejected")
-        out = _Row(prompt, row.get("category"), [chosen, rejected], [None, None], [(0, 1, 1, 1.0, None, None)])
+        out = _Row(prompt, row.get("category"), [chosen, rejected], [None, None], [Pair(0, 1, 1, 1.0, None, None)])
     elif "response_a" in row or "response_b" in row:
         a, b = _text(row, "response_a"), _text(row, "response_b")
         relation, weight, ent = _pairwise_relation(row)
@@ -130,7 +142,7 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
         ]
         consistent = row.get("order_consistent")
         consistent = consistent if isinstance(consistent, bool) else None
-        out = _Row(prompt, row.get("category"), [a, b], scores, [(0, 1, relation, weight, consistent, ent)])
+        out = _Row(prompt, row.get("category"), [a, b], scores, [Pair(0, 1, relation, weight, consistent, ent)])
     elif "responses" in row:
         responses = row["responses"]
         if not isinstance(responses, list) or len(responses) < 2:
@@ -149,7 +161,7 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
         values = [_number(v, "scores / ranks") for v in values]
         scores = values if scores is None else scores
         pairs = [
-            (i, j, sign * ((values[i] > values[j]) - (values[i] < values[j])), 1.0, None, None)
+            Pair(i, j, sign * ((values[i] > values[j]) - (values[i] < values[j])), 1.0, None, None)
             for i in range(len(values))
             for j in range(i + 1, len(values))
         ]
@@ -284,6 +296,6 @@ def parse_columns(table, need_label: bool = True) -> list:
     flags, entropies, sa, sb = cols["consistent"], cols["entropy"], cols["score_a"], cols["score_b"]
     for i in np.flatnonzero(cols["ok"]).tolist():
         r = rel_list[i]
-        pair = (0, 1, None if r == -2 else r, w_list[i], flags[i], entropies[i])
+        pair = Pair(0, 1, None if r == -2 else r, w_list[i], flags[i], entropies[i])
         out[i] = _Row(prompts[i], categories[i], [a_texts[i], b_texts[i]], [sa[i], sb[i]], [pair])
     return out
