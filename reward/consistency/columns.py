@@ -86,13 +86,12 @@ def build_columns(cols: PairColumns, rejects) -> Graphs:
     """`_build` for `cols`: the graphs by prompt key, rejects recorded (bad input, self-loops, duplicates)."""
     for r, exc in sorted(cols.bad.items()):
         rejects.add(r, "bad-input", str(exc))
-    prompts, texts = {}, {}
+    prompts, texts, categories = {}, {}, {}
     parts = []
     for start, c in cols.blocks:
         ok = np.flatnonzero(c["ok"])
         if not len(ok):
             continue
-        cat_values = c["category"][0]
         parts.append({
             "r": ok + start,
             "p": _codes(c["prompt"], prompts)[ok],
@@ -100,19 +99,17 @@ def build_columns(cols: PairColumns, rejects) -> Graphs:
             "b": _codes(c["b"], texts)[ok],
             "rel": c["relation"][ok],
             "w": c["weight"][ok],
-            "cons": [c["consistent"][i] for i in ok.tolist()],
-            "ent": [c["entropy"][i] for i in ok.tolist()],
-            "sa": np.array([np.nan if c["score_a"][i] is None else c["score_a"][i] for i in ok.tolist()]),
-            "sb": np.array([np.nan if c["score_b"][i] is None else c["score_b"][i] for i in ok.tolist()]),
-            "cat": [cat_values[i] for i in c["category"][1][ok].tolist()],
+            "cons": c["consistent"][ok],
+            "ent": c["entropy"][ok],
+            "sa": c["score_a"][ok],
+            "sb": c["score_b"][ok],
+            "cat": _codes(c["category"], categories)[ok],
         })  # fmt: skip
     if not parts:
         return _no_graphs()
     cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
     r, p, a, b, rel, w, sa, sb = (cat(k) for k in ("r", "p", "a", "b", "rel", "w", "sa", "sb"))
-    cons = [x for part in parts for x in part["cons"]]
-    ent = [x for part in parts for x in part["ent"]]
-    category = [x for part in parts for x in part["cat"]]
+    cons, ent, category = cat("cons"), cat("ent"), cat("cat")
     n_texts = len(texts)
     # Candidates: (prompt, text) in order of first appearance, a before b, numbered within each prompt.
     ev_key = np.stack([p * n_texts + a, p * n_texts + b], axis=1).ravel()
@@ -163,13 +160,11 @@ def build_columns(cols: PairColumns, rejects) -> Graphs:
     edge_rows = np.array(sorted(edge_rows), dtype=np.int64)
     edge_rows = edge_rows[np.argsort(rank[p[edge_rows]], kind="stable")]
     rel = rel[edge_rows]
-    consistent = np.array([CONSISTENT[cons[i]] for i in edge_rows.tolist()], dtype=np.int8)
-    entropies = np.array([np.nan if ent[i] is None else ent[i] for i in edge_rows.tolist()], dtype=float)
-    edges = Edges(rank[p[edge_rows]], lo[edge_rows], hi[edge_rows], rel, w[edge_rows].astype(float), consistent,
-                  r[edge_rows], rel.copy(), entropies)  # fmt: skip
-    prompt_values, text_values = list(prompts), list(texts)
+    edges = Edges(rank[p[edge_rows]], lo[edge_rows], hi[edge_rows], rel, w[edge_rows].astype(float),
+                  cons[edge_rows], r[edge_rows], rel.copy(), ent[edge_rows].astype(float))  # fmt: skip
+    prompt_values, text_values, category_values = list(prompts), list(texts), list(categories)
     return Graphs.from_columns(
-        [prompt_values[i] for i in p[firsts].tolist()], [category[i] for i in firsts.tolist()], sizes,
+        [prompt_values[i] for i in p[firsts].tolist()], [category_values[i] for i in category[firsts].tolist()], sizes,
         [text_values[i] for i in (uniq % n_texts)[nodes].tolist()], node_score[nodes], edges,
     )  # fmt: skip
 

@@ -198,8 +198,8 @@ def _conflict_ratio(c: GraphColumns, delta: float) -> dict:
     where = code[c.prompt[known]]
     conflicts = np.bincount(where[relation != expected], minlength=len(categories)).tolist()
     pairs = np.bincount(where, minlength=len(categories)).tolist()
-    agreement = np.zeros((3, 3), dtype=np.int64)
-    np.add.at(agreement, (1 - expected.astype(np.int64), 1 - relation.astype(np.int64)), 1)
+    cell = (1 - expected.astype(np.int64)) * 3 + (1 - relation.astype(np.int64))
+    agreement = np.bincount(cell, minlength=9).reshape(3, 3)
 
     def entry(c, p):
         return {"ratio": c / p if p else None, "conflicts": c, "pairs": p}

@@ -196,7 +196,8 @@ def pair_arrays(table, need_label: bool = True) -> dict | None:
 
     Returns `None` for a table of another format or with columns of other types, else a dict of per-row values:
     `ok` (the row parses; where not, `parse_row` must say why), `prompt`, `a`, `b` (`(distinct values, index)`),
-    `relation` (-2: none), `weight`, `consistent`, `entropy`, `score_a`, `score_b`, `category` (lists).
+    `relation` (-2: none), `weight`, `consistent` (1, 0, -1: unknown), `entropy`, `score_a`, `score_b` (NaN:
+    unknown), `category` (`(distinct values, index)`).
     """
     import numpy as np
     import pyarrow as pa
@@ -260,11 +261,14 @@ def pair_arrays(table, need_label: bool = True) -> dict | None:
     for s in scores:
         v = _numbers(s, n)
         ok &= ~np.isinf(v)
-        score_values.append([None if x != x else x for x in v.tolist()])
-    flags = [None] * n if consistent is None else consistent.to_pylist()
-    entropies = [None] * n
+        score_values.append(v)
+    flags = np.full(n, -1, dtype=np.int8)
+    if consistent is not None:
+        known = ~np.asarray(pc.is_null(consistent).to_numpy(zero_copy_only=False), dtype=bool)
+        flags[known] = pc.fill_null(consistent, False).to_numpy(zero_copy_only=False)[known]
+    entropies = np.full(n, np.nan)
     pa_list, pb_list, pt_list = p_a.tolist(), p_b.tolist(), p_tie.tolist()
-    for i in np.flatnonzero(have_probs & ok).tolist():
+    for i in np.flatnonzero(have_probs & ok).tolist():  # as `parse_row` computes it, to the last bit
         entropies[i] = entropy({"a": pa_list[i], "b": pb_list[i], "tie": pt_list[i]})
     return {
         "ok": ok, "prompt": prompts, "a": a_texts, "b": b_texts, "relation": relation, "weight": weight,
@@ -290,10 +294,15 @@ def parse_columns(table, need_label: bool = True) -> list:
         uniques, index = pair
         return [uniques[i] for i in index.tolist()]
 
+    def value(array):
+        return [None if x != x else x for x in array.tolist()]  # NaN: unknown
+
     prompts, a_texts, b_texts, categories = (shared(cols[k]) for k in ("prompt", "a", "b", "category"))
     out = [None] * table.num_rows
     rel_list, w_list = cols["relation"].tolist(), cols["weight"].tolist()
-    flags, entropies, sa, sb = cols["consistent"], cols["entropy"], cols["score_a"], cols["score_b"]
+    flag = {1: True, 0: False, -1: None}
+    flags = [flag[c] for c in cols["consistent"].tolist()]
+    entropies, sa, sb = value(cols["entropy"]), value(cols["score_a"]), value(cols["score_b"])
     for i in np.flatnonzero(cols["ok"]).tolist():
         r = rel_list[i]
         pair = Pair(0, 1, None if r == -2 else r, w_list[i], flags[i], entropies[i])
