@@ -437,8 +437,12 @@ def parse_shard_spec(spec: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # json.dumps(..., these options), built once
+
+
 def reject_lines(rejected) -> list[bytes]:
-    return [json.dumps(r, ensure_ascii=False, default=str).encode() + b"\n" for r in rejected]
+    encode = _ENCODER.encode
+    return [encode(r).encode() + b"\n" for r in rejected]
 
 
 def _index_of(line: bytes) -> int:
