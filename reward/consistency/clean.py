@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..scoring import entropy
 from .columns import CONSISTENT, NONE, Edges, Graphs, PairColumns, build_columns
-from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_tree, min_feedback, strong_labels
+from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_paths, min_feedback, strong_labels
 from .metrics import audit_columns
 from .rows import LABELS, BadRow, parse_row, text_key
 
@@ -243,34 +243,6 @@ def _apply_judge(graphs: Graphs, judge, relations: str, rejects: _Rejects, need_
     return stats
 
 
-class _Walks:
-    """Directed arcs winner -> loser (both ways for a tie) of some edges of one prompt, and the rows along shortest
-    paths. BFS trees are cached per start node: on a dense prompt most dropped pairs share a few start nodes."""
-
-    def __init__(self, run: _Run, edges: list[int]):
-        self.run, self.arcs = run, {}
-        xs, ys, rel = run.x, run.y, run.relation
-        for i in edges:
-            if rel[i] >= 0:
-                self.arcs[(xs[i], ys[i])] = i
-            if rel[i] <= 0:
-                self.arcs[(ys[i], xs[i])] = i
-        self.adj = defaultdict(list)
-        for u, v in sorted(self.arcs):
-            self.adj[u].append(v)
-        self.trees = {}
-
-    def rows(self, start: int, goal: int) -> list[int]:
-        """Rows of the edges on a shortest path start -> goal (deterministic: neighbours in sorted order)."""
-        if start not in self.trees:
-            self.trees[start] = bfs_tree(self.adj, start)
-        prev, out, v, rows = self.trees[start], [], goal, self.run.rows
-        while v != start:
-            out.append(rows[self.arcs[(prev[v], v)]])
-            v = prev[v]
-        return out[::-1]
-
-
 @dataclass(slots=True)
 class _Run:
     """What the policies share: the graphs, their edges as lists (read one at a time), the rejects and counts."""
@@ -300,25 +272,35 @@ class _Run:
     def winner_loser(self, i: int) -> tuple[int, int]:
         return (self.x[i], self.y[i]) if self.relation[i] == 1 else (self.y[i], self.x[i])
 
-    def same_component(self, arcs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Of the graph of the edges in `arcs` (a mask): each node's strongly connected component (its smallest node),
-        and per edge whether both its ends are in one."""
+    def arcs(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The directed arcs winner -> loser (both ways for a tie) of the edges in `edges` (a mask): tails, heads
+        (node numbers across prompts) and the edge of each."""
         rel, (gx, gy) = self.graphs.edges.relation, self.nodes
-        forward, backward = arcs & (rel >= 0), arcs & (rel <= 0)
-        tails = np.concatenate([gx[forward], gy[backward]])
-        heads = np.concatenate([gy[forward], gx[backward]])
+        forward, backward = np.flatnonzero(edges & (rel >= 0)), np.flatnonzero(edges & (rel <= 0))
+        return (
+            np.concatenate([gx[forward], gy[backward]]),
+            np.concatenate([gy[forward], gx[backward]]),
+            np.concatenate([forward, backward]),
+        )
+
+    def same_component(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Of the graph of the edges in `edges` (a mask): each node's strongly connected component (its smallest
+        node), and per edge whether both its ends are in one."""
+        tails, heads, _ = self.arcs(edges)
         label = strong_labels(np.diff(self.graphs.node_start), tails, heads)
-        return label, label[gx] == label[gy]
+        return label, label[self.nodes[0]] == label[self.nodes[1]]
 
-    def by_prompt(self, edges: np.ndarray):
-        """`(prompt, its edges among `edges`)` for each prompt that has some, in order."""
-        prompt = self.graphs.edges.prompt[edges]
-        for part in np.split(edges, np.flatnonzero(np.diff(prompt)) + 1) if len(edges) else []:
-            yield int(self.graphs.edges.prompt[part[0]]), part.tolist()
+    def paths(self, edges: np.ndarray, starts, goals) -> list[list[int]]:
+        """The rows along the shortest path start -> goal of each query, over the graph of the edges in `edges`."""
+        tails, heads, edge_of = self.arcs(edges)
+        row_of = self.graphs.edges.row[edge_of].tolist()
+        paths = bfs_paths(np.diff(self.graphs.node_start), tails, heads, starts, goals)
+        return [[row_of[a] for a in path] for path in paths]
 
-    def walks(self, p: int, arcs: np.ndarray) -> _Walks:
-        lo, hi = self.graphs.edge_start[p], self.graphs.edge_start[p + 1]
-        return _Walks(self, (lo + np.flatnonzero(arcs[lo:hi])).tolist())
+    def ends(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Winner and loser (node numbers across prompts) of strict edges."""
+        rel, (gx, gy) = self.graphs.edges.relation[edges], self.nodes[:, edges]
+        return np.where(rel == 1, gx, gy), np.where(rel == 1, gy, gx)
 
 
 def _order_inconsistent(run: _Run, live: np.ndarray) -> None:
@@ -350,13 +332,13 @@ def _equivalence(run: _Run, live: np.ndarray) -> None:
     comps, first = np.unique(comp[strict], return_index=True)  # each component's first strict pair
     strict_of = dict(zip(comps.tolist(), strict[first].tolist()))
     ties = np.flatnonzero(live & (rel == 0) & np.isin(comp, comps))
-    for p, edges in run.by_prompt(ties):
-        walks = run.walks(p, live)
-        for i in edges:
-            s = strict_of[int(comp[i])]
-            w, l_ = run.winner_loser(s)
-            evidence = walks.rows(l_, run.x[i]) + walks.rows(run.y[i], w) + [run.rows[s]]
-            run.drop(i, "equivalence", "a tie contradicted by a strict pair through a chain of ties", evidence)
+    pair = np.array([strict_of[c] for c in comp[ties].tolist()], dtype=np.int64)
+    w, l_ = run.ends(pair)
+    (gx, gy), k = run.nodes[:, ties], len(ties)
+    paths = run.paths(live, np.concatenate([l_, gy]), np.concatenate([gx, w]))  # l -> x, then y -> w
+    for t, (i, s) in enumerate(zip(ties.tolist(), pair.tolist())):
+        evidence = paths[t] + paths[k + t] + [run.rows[s]]
+        run.drop(i, "equivalence", "a tie contradicted by a strict pair through a chain of ties", evidence)
 
 
 def _min_feedback(run: _Run, live: np.ndarray) -> None:
@@ -365,29 +347,27 @@ def _min_feedback(run: _Run, live: np.ndarray) -> None:
     strict = live & (e.relation != 0)
     _, inside = run.same_component(strict)
     weight = e.weight.tolist()
-    sizes = np.diff(run.graphs.node_start)
-    for p, _ in run.by_prompt(np.flatnonzero(strict & inside)):
+    sizes, out = np.diff(run.graphs.node_start), []
+    for p in np.unique(e.prompt[strict & inside]).tolist():
         lo = run.graphs.edge_start[p]
         edges = (lo + np.flatnonzero(strict[lo : run.graphs.edge_start[p + 1]])).tolist()
         dropped, methods = min_feedback(int(sizes[p]), {run.winner_loser(i): weight[i] for i in edges},
                                         run.exact_max_nodes)  # fmt: skip
         for k, v in methods.items():
             run.stats["min_feedback_components"][k] += v
-        walks = run.walks(p, strict)
-        for i in edges:
-            w, l_ = run.winner_loser(i)
-            if (w, l_) in dropped:
-                detail = "on a cycle; in the least-weight set of pairs that breaks every cycle"
-                run.drop(i, "min-feedback", detail, walks.rows(l_, w))
+        out += [i for i in edges if run.winner_loser(i) in dropped]
+    w, l_ = run.ends(np.array(out, dtype=np.int64))
+    detail = "on a cycle; in the least-weight set of pairs that breaks every cycle"
+    for i, path in zip(out, run.paths(strict, l_, w)):
+        run.drop(i, "min-feedback", detail, path)
 
 
 def _drop_cycles(run: _Run, live: np.ndarray) -> None:
     _, inside = run.same_component(live)
-    for p, edges in run.by_prompt(np.flatnonzero(live & (run.graphs.edges.relation != 0) & inside)):
-        walks = run.walks(p, live)
-        for i in edges:
-            w, l_ = run.winner_loser(i)
-            run.drop(i, "cycle", "a strict pair on a cycle of preferences", walks.rows(l_, w))
+    edges = np.flatnonzero(live & (run.graphs.edges.relation != 0) & inside)
+    w, l_ = run.ends(edges)
+    for i, path in zip(edges.tolist(), run.paths(live, l_, w)):
+        run.drop(i, "cycle", "a strict pair on a cycle of preferences", path)
 
 
 # The policies in the order they run, whatever order they are asked in. Each sees the pairs that survived the

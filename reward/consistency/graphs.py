@@ -123,6 +123,113 @@ def strong_labels(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray) -> np
     return label
 
 
+def bfs_paths(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray, starts, goals) -> list[list[int]]:
+    """The shortest path `start -> goal` that `bfs_tree` finds (neighbours in sorted order), for many queries on
+    many prompts' graphs at once; each path as the indices of its arcs, in order.
+
+    Nodes and arcs as in `strong_labels`, at most one arc per ordered pair of nodes; every goal must be reachable.
+    BFS from each distinct start runs level by level over stacked (B, n, n) adjacency matrices: a new node's
+    predecessor is the earliest-queued node of the level before with an arc to it, and the new level is queued in
+    order of (predecessor's place, node), as a FIFO queue with sorted neighbours would have it.
+
+    ```python
+    >>> bfs_paths(np.array([4]), np.array([0, 0, 1, 2]), np.array([1, 2, 3, 3]), [0], [3])  # 0 -> 1 -> 3
+    [[0, 2]]
+
+    ```
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    starts, goals = np.asarray(starts, dtype=np.int64), np.asarray(goals, dtype=np.int64)
+    out: list = [None] * len(starts)
+    prompt_of = np.searchsorted(start, starts, side="right") - 1
+    arc_prompt = np.searchsorted(start, tails, side="right") - 1
+    for n in np.unique(sizes[prompt_of]).tolist():
+        queries = np.flatnonzero(sizes[prompt_of] == n)
+        if n > CLOSURE_MAX_NODES:
+            _bfs_paths_python(start, tails, heads, arc_prompt, starts, goals, prompt_of, queries, out)
+            continue
+        prompts, pos = np.unique(prompt_of[queries], return_inverse=True)  # this size's prompts with a query
+        local = np.full(len(sizes), -1, dtype=np.int64)
+        local[prompts] = np.arange(len(prompts))
+        arcs = np.flatnonzero(local[arc_prompt] >= 0)
+        arc_of = np.full((len(prompts), n, n), -1, dtype=np.int64)
+        base = start[arc_prompt[arcs]]
+        arc_of[local[arc_prompt[arcs]], tails[arcs] - base, heads[arcs] - base] = arcs
+        runs, run_of = np.unique(
+            np.stack([pos, starts[queries] - start[prompt_of[queries]]]), axis=1, return_inverse=True
+        )
+        step = max(1, _CLOSURE_CHUNK // (n * n))
+        prev = np.empty((runs.shape[1], n), dtype=np.int64)
+        for lo in range(0, runs.shape[1], step):
+            p, s = runs[0, lo : lo + step], runs[1, lo : lo + step]
+            prev[lo : lo + step] = _bfs_levels(arc_of[p] >= 0, s)
+        # Walk back from each goal to its start, an arc per step.
+        run_of = run_of.ravel()
+        q_prompt, goal = pos, goals[queries] - start[prompt_of[queries]]
+        first = starts[queries] - start[prompt_of[queries]]
+        path = np.full((len(queries), n), -1, dtype=np.int64)
+        v = goal.copy()
+        for k in range(n):
+            on = v != first
+            if not on.any():
+                break
+            u = prev[run_of[on], v[on]]
+            if (u < 0).any():
+                raise ValueError("bfs_paths: a goal is not reachable from its start")
+            path[on, k] = arc_of[q_prompt[on], u, v[on]]
+            v[on] = u
+        for q, row in zip(queries.tolist(), path.tolist()):
+            row = row[: row.index(-1)] if -1 in row else row
+            out[q] = row[::-1]
+    return out
+
+
+def _bfs_levels(adj: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Predecessors (B, n) of BFS from `source[b]` over adjacency `adj` (B, n, n); -1 where not reached."""
+    b, n = adj.shape[:2]
+    rows = np.arange(b)
+    prev = np.full((b, n), -1, dtype=np.int64)
+    seen = np.zeros((b, n), dtype=bool)
+    seen[rows, source] = True
+    frontier = seen.copy()
+    place = np.zeros((b, n), dtype=np.int64)  # queue place within the frontier's level
+    big = n * n + n
+    for _ in range(n):
+        cand = adj & frontier[:, :, None] & ~seen[:, None, :]
+        found = cand.any(axis=1)
+        if not found.any():
+            break
+        parent = np.where(cand, place[:, :, None], big).argmin(axis=1)
+        prev[found] = parent[found]
+        seen |= found
+        order = np.where(found, np.take_along_axis(place, parent, 1) * n + np.arange(n), big).argsort(axis=1)
+        place[rows[:, None], order] = np.arange(n)
+        frontier = found
+    return prev
+
+
+def _bfs_paths_python(start, tails, heads, arc_prompt, starts, goals, prompt_of, queries, out) -> None:
+    """`bfs_paths` for prompts too large to stack: `bfs_tree` on each."""
+    for p in np.unique(prompt_of[queries]).tolist():
+        arcs = np.flatnonzero(arc_prompt == p).tolist()
+        index = {(int(tails[i]), int(heads[i])): i for i in arcs}
+        adj = {}
+        for u, v in sorted(index):
+            adj.setdefault(u, []).append(v)
+        trees = {}
+        for q in queries[prompt_of[queries] == p].tolist():
+            first, v = int(starts[q]), int(goals[q])
+            prev = trees.get(first) or trees.setdefault(first, bfs_tree(adj, first))
+            if v not in prev:
+                raise ValueError("bfs_paths: a goal is not reachable from its start")
+            path = []
+            while v != first:
+                path.append(index[(prev[v], v)])
+                v = prev[v]
+            out[q] = path[::-1]
+
+
 def bfs_tree(adj, start: int) -> dict:
     """Breadth-first tree from `start`: node -> its predecessor on a shortest path (`start` -> None).
 
