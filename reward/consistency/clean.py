@@ -105,6 +105,9 @@ def parse_rows(rows, need_label: bool = True):
             yield r, exc
 
 
+_new = tuple.__new__  # `_new(Edge, fields)`: a NamedTuple without its Python-level __new__, half the cost per row
+
+
 def _build(parsed_rows, rejects: _Rejects) -> Graphs:
     graphs: dict[str, _Prompt] = {}
     parsed = []
@@ -131,7 +134,7 @@ def _build(parsed_rows, rejects: _Rejects) -> Graphs:
                 break
             if x > y:
                 x, y, relation = y, x, None if relation is None else -relation
-            edges.append(Edge(x, y, relation, weight, consistent, r, ent))
+            edges.append(_new(Edge, (x, y, relation, weight, consistent, r, ent)))
         else:
             parsed.append((r, g, edges))
             for e in edges:
@@ -345,14 +348,16 @@ def _min_feedback(run: _Run, live: np.ndarray) -> None:
     # Only prompts with a cycle of strict pairs have anything to drop (or components to count).
     e = run.graphs.edges
     strict = live & (e.relation != 0)
-    _, inside = run.same_component(strict)
+    label, inside = run.same_component(strict)
     weight = e.weight.tolist()
     sizes, out = np.diff(run.graphs.node_start), []
     for p in np.unique(e.prompt[strict & inside]).tolist():
         lo = run.graphs.edge_start[p]
         edges = (lo + np.flatnonzero(strict[lo : run.graphs.edge_start[p + 1]])).tolist()
-        dropped, methods = min_feedback(int(sizes[p]), {run.winner_loser(i): weight[i] for i in edges},
-                                        run.exact_max_nodes)  # fmt: skip
+        lo_node = run.graphs.node_start[p]
+        comp = (label[lo_node : lo_node + sizes[p]] - lo_node).tolist()  # the components, found already
+        weights = {run.winner_loser(i): weight[i] for i in edges}
+        dropped, methods = min_feedback(int(sizes[p]), weights, run.exact_max_nodes, comp)
         for k, v in methods.items():
             run.stats["min_feedback_components"][k] += v
         out += [i for i in edges if run.winner_loser(i) in dropped]

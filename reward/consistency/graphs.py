@@ -323,11 +323,12 @@ def _eades_order(nodes: list[int], weight: dict) -> list[int]:
     return front + back[::-1]
 
 
-def min_feedback(n: int, weight: dict, exact_max_nodes: int = EXACT_MAX_NODES) -> tuple[set, dict]:
+def min_feedback(n: int, weight: dict, exact_max_nodes: int = EXACT_MAX_NODES, comp=None) -> tuple[set, dict]:
     """Edges to drop so that the strict graph (`weight[(winner, loser)] = w`) has no cycle, of least total weight.
 
     Works component by component (an edge between components is never on a cycle): exact DP up to
-    `exact_max_nodes` nodes (at most `MAX_EXACT_LIMIT`), Eades-Lin-Smyth beyond.
+    `exact_max_nodes` nodes (at most `MAX_EXACT_LIMIT`), Eades-Lin-Smyth beyond. `comp`: each node's strongly
+    connected component (any ids) where known already, else found with `components`.
 
     Returns:
         (the dropped `(winner, loser)` edges, `{"exact": components, "eades-lin-smyth": components}` solved each way).
@@ -341,7 +342,7 @@ def min_feedback(n: int, weight: dict, exact_max_nodes: int = EXACT_MAX_NODES) -
     """
     if not 0 <= exact_max_nodes <= MAX_EXACT_LIMIT:
         raise ValueError(f"exact_max_nodes must be in 0..{MAX_EXACT_LIMIT}, got {exact_max_nodes}")
-    comp = components(n, weight)
+    comp = components(n, weight) if comp is None else comp
     members = {}
     for u, c in enumerate(comp):
         members.setdefault(c, []).append(u)

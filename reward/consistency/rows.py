@@ -77,6 +77,10 @@ class Pair(NamedTuple):
     entropy: float | None
 
 
+_new = tuple.__new__  # `_new(Pair, fields)`: a NamedTuple without its Python-level __new__, half the cost per row
+_CHOSEN_REJECTED = Pair(0, 1, 1, 1.0, None, None)  # every chosen / rejected row's pair (immutable: shared)
+
+
 @dataclass
 class _Row:
     prompt: object
@@ -128,7 +132,7 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
             prompt, chosen, rejected = _split_implicit(chosen, rejected)
             if prompt is None:
                 raise BadRow("no prompt column and no shared prompt at the start of chosen and rejected")
-        out = _Row(prompt, row.get("category"), [chosen, rejected], [None, None], [Pair(0, 1, 1, 1.0, None, None)])
+        out = _Row(prompt, row.get("category"), [chosen, rejected], [None, None], [_CHOSEN_REJECTED])
     elif "response_a" in row or "response_b" in row:
         a, b = _text(row, "response_a"), _text(row, "response_b")
         relation, weight, ent = _pairwise_relation(row)
@@ -142,7 +146,9 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
         ]
         consistent = row.get("order_consistent")
         consistent = consistent if isinstance(consistent, bool) else None
-        out = _Row(prompt, row.get("category"), [a, b], scores, [Pair(0, 1, relation, weight, consistent, ent)])
+        out = _Row(
+            prompt, row.get("category"), [a, b], scores, [_new(Pair, (0, 1, relation, weight, consistent, ent))]
+        )
     elif "responses" in row:
         responses = row["responses"]
         if not isinstance(responses, list) or len(responses) < 2:
@@ -305,6 +311,6 @@ def parse_columns(table, need_label: bool = True) -> list:
     entropies, sa, sb = value(cols["entropy"]), value(cols["score_a"]), value(cols["score_b"])
     for i in np.flatnonzero(cols["ok"]).tolist():
         r = rel_list[i]
-        pair = Pair(0, 1, None if r == -2 else r, w_list[i], flags[i], entropies[i])
+        pair = _new(Pair, (0, 1, None if r == -2 else r, w_list[i], flags[i], entropies[i]))
         out[i] = _Row(prompts[i], categories[i], [a_texts[i], b_texts[i]], [sa[i], sb[i]], [pair])
     return out
