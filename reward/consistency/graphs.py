@@ -68,6 +68,7 @@ def components(n: int, edges) -> list[int]:
 
 CLOSURE_MAX_NODES = 48  # strong_labels: transitive closure (n^3 / prompt) up to this many candidates, Tarjan beyond
 _CLOSURE_CHUNK = 1 << 24  # booleans of stacked n x n matrices held at a time
+_BFS_CHUNK = 1 << 22  # BFS: entries of stacked n x n matrices at a time (int64 temporaries: 32 MB each)
 
 
 def strong_labels(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray) -> np.ndarray:
@@ -159,7 +160,7 @@ def bfs_paths(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray, starts, g
         runs, run_of = np.unique(
             np.stack([pos, starts[queries] - start[prompt_of[queries]]]), axis=1, return_inverse=True
         )
-        step = max(1, _CLOSURE_CHUNK // (n * n))
+        step = max(1, _BFS_CHUNK // (n * n))
         prev = np.empty((runs.shape[1], n), dtype=np.int64)
         for lo in range(0, runs.shape[1], step):
             p, s = runs[0, lo : lo + step], runs[1, lo : lo + step]
