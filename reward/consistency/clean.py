@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..scoring import entropy
 from .columns import CONSISTENT, NONE, Edges, Graphs, PairColumns, build_columns
-from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_paths, min_feedback, strong_labels
+from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_path_arrays, min_feedback, strong_labels
 from .metrics import audit_columns
 from .rows import LABELS, BadRow, parse_row, text_key
 
@@ -296,9 +296,9 @@ class _Run:
     def paths(self, edges: np.ndarray, starts, goals) -> list[list[int]]:
         """The rows along the shortest path start -> goal of each query, over the graph of the edges in `edges`."""
         tails, heads, edge_of = self.arcs(edges)
-        row_of = self.graphs.edges.row[edge_of].tolist()
-        paths = bfs_paths(np.diff(self.graphs.node_start), tails, heads, starts, goals)
-        return [[row_of[a] for a in path] for path in paths]
+        path, length = bfs_path_arrays(np.diff(self.graphs.node_start), tails, heads, starts, goals)
+        rows = self.graphs.edges.row[edge_of][path]  # -1 (no arc) picks some row: cut off by `length`
+        return [r[:k] for r, k in zip(rows.tolist(), length.tolist())]
 
     def ends(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Winner and loser (node numbers across prompts) of strict edges."""

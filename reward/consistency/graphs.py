@@ -126,7 +126,7 @@ def strong_labels(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray) -> np
 
 def bfs_paths(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray, starts, goals) -> list[list[int]]:
     """The shortest path `start -> goal` that `bfs_tree` finds (neighbours in sorted order), for many queries on
-    many prompts' graphs at once; each path as the indices of its arcs, in order.
+    many prompts' graphs at once; each path as the indices of its arcs, in order (see `bfs_path_arrays`).
 
     Nodes and arcs as in `strong_labels`, at most one arc per ordered pair of nodes; every goal must be reachable.
     BFS from each distinct start runs level by level over stacked (B, n, n) adjacency matrices: a new node's
@@ -139,10 +139,17 @@ def bfs_paths(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray, starts, g
 
     ```
     """
+    path, length = bfs_path_arrays(sizes, tails, heads, starts, goals)
+    return [row[:k] for row, k in zip(path.tolist(), length.tolist())]
+
+
+def bfs_path_arrays(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray, starts, goals):
+    """`bfs_paths` as arrays: `(path, length)`, query q's arcs `path[q, :length[q]]` (the rest -1)."""
     sizes = np.asarray(sizes, dtype=np.int64)
     start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     starts, goals = np.asarray(starts, dtype=np.int64), np.asarray(goals, dtype=np.int64)
-    out: list = [None] * len(starts)
+    width = int(sizes.max(initial=1))
+    out = np.full((len(starts), width), -1, dtype=np.int64)  # each query's arcs, from its goal back
     prompt_of = np.searchsorted(start, starts, side="right") - 1
     arc_prompt = np.searchsorted(start, tails, side="right") - 1
     for n in np.unique(sizes[prompt_of]).tolist():
@@ -180,10 +187,11 @@ def bfs_paths(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray, starts, g
                 raise ValueError("bfs_paths: a goal is not reachable from its start")
             path[on, k] = arc_of[q_prompt[on], u, v[on]]
             v[on] = u
-        for q, row in zip(queries.tolist(), path.tolist()):
-            row = row[: row.index(-1)] if -1 in row else row
-            out[q] = row[::-1]
-    return out
+        out[queries, :n] = path
+    length = (out >= 0).sum(axis=1)
+    back = length[:, None] - 1 - np.arange(width)  # start -> goal: the arcs found from the goal, reversed
+    ordered = np.take_along_axis(out, np.maximum(back, 0), axis=1)
+    return np.where(back >= 0, ordered, -1), length
 
 
 def _bfs_levels(adj: np.ndarray, source: np.ndarray) -> np.ndarray:
@@ -211,7 +219,7 @@ def _bfs_levels(adj: np.ndarray, source: np.ndarray) -> np.ndarray:
 
 
 def _bfs_paths_python(start, tails, heads, arc_prompt, starts, goals, prompt_of, queries, out) -> None:
-    """`bfs_paths` for prompts too large to stack: `bfs_tree` on each."""
+    """`bfs_path_arrays` for prompts too large to stack: `bfs_tree` on each (arcs into `out` from the goal back)."""
     for p in np.unique(prompt_of[queries]).tolist():
         arcs = np.flatnonzero(arc_prompt == p).tolist()
         index = {(int(tails[i]), int(heads[i])): i for i in arcs}
@@ -224,11 +232,10 @@ def _bfs_paths_python(start, tails, heads, arc_prompt, starts, goals, prompt_of,
             prev = trees.get(first) or trees.setdefault(first, bfs_tree(adj, first))
             if v not in prev:
                 raise ValueError("bfs_paths: a goal is not reachable from its start")
-            path = []
+            k = 0
             while v != first:
-                path.append(index[(prev[v], v)])
-                v = prev[v]
-            out[q] = path[::-1]
+                out[q, k] = index[(prev[v], v)]
+                v, k = prev[v], k + 1
 
 
 def bfs_tree(adj, start: int) -> dict:
