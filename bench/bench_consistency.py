@@ -7,10 +7,12 @@ networkx `simple_cycles` for cycle dropping) run on a sample of the same graphs 
     python bench/bench_consistency.py --quick    # 20,000 relations, CI: checks results, never times
     python bench/bench_consistency.py --file     # end to end: the CLI on a 1M-row JSONL next to a json.loads read
     python bench/bench_consistency.py --file --quick   # the same on ~57k rows
+    python bench/bench_consistency.py --file --rows 10000000 --clean-only   # peak memory on 10M rows (1.4 GB)
 
 File mode (issue #19's goals): `audit` <= 3x a plain `json.loads` read of the same file, `clean` <= 5x, peak RSS
-<= 4x the file size; four `clean --shard I/4` runs plus `merge` equal the one-shot run exactly. The file (in
-/tmp by default) has 36,000 prompts of 3-12 answers and every pair of each, 5% of the labels random.
+<= 4x the file size; four `clean --shard I/4` runs plus `merge` equal the one-shot run exactly. Each command runs
+next to a read of its own (the machine's load drifts), and CPU seconds are compared too (steadier under load).
+The file (in /tmp by default) has 36,000 prompts of 3-12 answers and every pair of each, 5% of the labels random.
 
 Synthetic data: graphs of 3 to 20 candidates; each candidate gets a random quality level (equal levels are
 planted ties), relations follow the levels, then 5% are flipped (planted cycles) and 5% left unknown.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import random
 import subprocess
@@ -34,6 +37,7 @@ import numpy as np
 from reward.consistency import TRIPLE_TABLE, PreferenceGraph, audit_graphs, clean_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+ROWS_PER_PROMPT = 28.46  # file mode: the mean of C(k, 2) for k = 3..12 answers
 
 
 def synthetic(n_relations: int, seed: int = 0):
@@ -133,8 +137,9 @@ def write_pairwise_file(path: Path, n_prompts: int, seed: int = 0) -> int:
     return n
 
 
-def run_cli(*args) -> tuple[float, float]:
-    """Runs `trustreward ARGS` in a fresh process: (wall seconds, peak RSS in MB, the process and its workers)."""
+def run_cli(*args) -> tuple[float, float, float]:
+    """Runs `trustreward ARGS` in a fresh process: (wall seconds, CPU seconds, peak RSS in MB), the process and
+    its workers together."""
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "trainers.cli", *args], env=env)
@@ -142,7 +147,7 @@ def run_cli(*args) -> tuple[float, float]:
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"trustreward {' '.join(args)} failed")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def file_mode(args) -> int:
@@ -154,14 +159,14 @@ def file_mode(args) -> int:
         print(f"wrote {rows:,} rows to {path}")
     size_mb = path.stat().st_size / 2**20
 
-    def plain_read() -> tuple[int, float]:
-        start = time.perf_counter()
+    def plain_read() -> tuple[int, float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
         with open(path) as f:
             rows = sum(1 for line in f if json.loads(line))
-        return rows, time.perf_counter() - start
+        return rows, time.perf_counter() - start, time.process_time() - cpu
 
-    rows, t_read = plain_read()
-    print(f"{path}: {rows:,} rows, {size_mb:.0f} MB; json.loads read: {t_read:.2f} s")
+    rows, t_read, c_read = plain_read()
+    print(f"{path}: {rows:,} rows, {size_mb:.0f} MB; json.loads read: {t_read:.2f} s ({c_read:.2f} s CPU)")
     out = folder / "bench_out"
     out.mkdir(exist_ok=True)
     common = ["--input", str(path)]
@@ -176,22 +181,27 @@ def file_mode(args) -> int:
                                            str(out / "kept_np.jsonl"), "--report", str(out / "clean_np.json"),
                                            "--num_proc", "2"],
     }  # fmt: skip
+    if args.clean_only:
+        runs = {"clean drop-cycles": runs["clean drop-cycles"]}
     results = {}
     for name, cli_args in runs.items():
-        wall, rss = run_cli(*cli_args)
-        results[name] = (wall, rss)
-        print(f"{name:32s} {wall:6.2f} s = {wall / t_read:4.1f}x the read   peak RSS {rss:6.0f} MB = "
-              f"{rss / size_mb:4.1f}x the file")  # fmt: skip
-    _, t_read_after = plain_read()  # the machine's load drifts: the read again, after the commands
-    print(f"json.loads read again after the commands: {t_read_after:.2f} s (ratios above use the first)")
+        _, t_read, c_read = plain_read()  # the machine's load drifts: each command next to a read of its own
+        wall, cpu, rss = run_cli(*cli_args)
+        results[name] = (wall / t_read, cpu / c_read, rss)
+        print(f"{name:32s} {wall:6.2f} s = {wall / t_read:4.1f}x the read ({t_read:.2f} s), CPU {cpu:6.2f} s = "
+              f"{cpu / c_read:4.1f}x   peak RSS {rss:6.0f} MB = {rss / size_mb:4.1f}x the file")  # fmt: skip
+    rss = max(r for _, _, r in results.values())
+    if args.clean_only:
+        print(f"peak RSS {rss:.0f} MB for a {size_mb:.0f} MB file of {rows:,} rows (goal at 10M rows: < 2048 MB)")
+        return 0
     t_shards = 0.0
     for i in range(4):
         shard = ["clean", *common, "--labels-only", "--policy", "drop-cycles", "--shard", f"{i}/4"]
-        wall, _ = run_cli(*shard, "--rejects", str(out / f"r{i}.jsonl"), "--report", str(out / f"p{i}.json"))
+        wall, _, _ = run_cli(*shard, "--rejects", str(out / f"r{i}.jsonl"), "--report", str(out / f"p{i}.json"))
         t_shards += wall
     merged = ["--report", str(out / "merged.json"), "--output", str(out / "kept_m.jsonl")]
-    wall, _ = run_cli("merge", "--reports", *[str(out / f"p{i}.json") for i in range(4)], *merged,
-                      "--rejects", str(out / "rejects_m.jsonl"))  # fmt: skip
+    wall, _, _ = run_cli("merge", "--reports", *[str(out / f"p{i}.json") for i in range(4)], *merged,
+                         "--rejects", str(out / "rejects_m.jsonl"))  # fmt: skip
 
     def report(name):
         r = json.loads((out / name).read_text())
@@ -200,12 +210,13 @@ def file_mode(args) -> int:
 
     same = report("merged.json") == report("clean.json") == report("clean_np.json")
     same_rows = (out / "kept_m.jsonl").read_bytes() == (out / "kept.jsonl").read_bytes()
+    same_rejects = (out / "rejects_m.jsonl").read_bytes() == (out / "rejects.jsonl").read_bytes()
     print(f"4 x clean --shard I/4 ({t_shards:.2f} s in all) + merge ({wall:.2f} s): report equal to the one-shot "
-          f"run: {same}, kept rows byte-identical: {same_rows}")  # fmt: skip
-    audit, clean = results["audit"][0] / t_read, results["clean drop-cycles"][0] / t_read
-    rss = max(r for _, r in results.values()) / size_mb
-    print(f"goals: audit {audit:.1f}x <= 3x, clean {clean:.1f}x <= 5x, peak RSS {rss:.1f}x <= 4x the file")
-    if not (same and same_rows):
+          f"run: {same}, kept rows and rejects byte-identical: {same_rows and same_rejects}")  # fmt: skip
+    (audit, audit_cpu, _), (clean, clean_cpu, _) = results["audit"], results["clean drop-cycles"]
+    print(f"goals: audit {audit:.1f}x (CPU {audit_cpu:.1f}x) <= 3x, clean {clean:.1f}x (CPU {clean_cpu:.1f}x) <= 5x, "
+          f"peak RSS {rss / size_mb:.1f}x <= 4x the file")  # fmt: skip
+    if not (same and same_rows and same_rejects):
         print("FAIL: the sharded run differs from the one-shot run", file=sys.stderr)
         return 1
     return 0
@@ -215,6 +226,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--file", action="store_true", help="end-to-end mode: the CLI on a JSONL file")
     parser.add_argument("--prompts", type=int, default=36_000, help="file mode: prompts (about 28 rows each)")
+    parser.add_argument("--rows", type=int, help="file mode: about this many rows (sets --prompts), e.g. 10000000")
+    parser.add_argument("--clean-only", action="store_true", help="file mode: only the one-shot clean (big files)")
     parser.add_argument("--dir", default="/tmp/trustreward-bench", help="file mode: where the file is written")
     parser.add_argument("--relations", type=int, default=1_000_000)
     parser.add_argument("--sample", type=int, default=100, help="graphs given to the baselines")
@@ -222,6 +235,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="CI mode: 20k relations, 40 baseline graphs, 0.1 s cap")
     args = parser.parse_args()
     if args.file:
+        if args.rows:
+            args.prompts = math.ceil(args.rows / ROWS_PER_PROMPT)
         if args.quick:
             args.prompts = 2000
         return file_mode(args)

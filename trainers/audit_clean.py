@@ -166,10 +166,10 @@ def _clean_shard(task):
     parsed = rows.columns(need_label)
     parsed = rows.parsed(need_label) if parsed is None else parsed
     reasons, report = clean_parsed(parsed, len(rows), policies, judge, **options)
-    ids = rows.ids
+    ids = rows.ids.tolist()  # Python ints: read once per evidence row
     rejected = (
-        {"row_index": int(ids[r]), "reason": reason, "detail": detail,
-         "evidence_rows": [int(ids[x]) for x in evidence], "row": rows.row(r)}
+        {"row_index": ids[r], "reason": reason, "detail": detail,
+         "evidence_rows": [ids[x] for x in evidence], "row": rows.row(r)}
         for r, (reason, detail, evidence) in sorted(reasons.items())
     )  # fmt: skip
     lines = reject_lines(rejected)
@@ -177,7 +177,7 @@ def _clean_shard(task):
         with open(rejects_path, "wb") as f:
             f.writelines(lines)
         lines = None
-    return report, ids[sorted(reasons)] if reasons else [], lines
+    return report, rows.ids[sorted(reasons)] if reasons else [], lines
 
 
 _EQUAL = ("policies", "relations", "margin", "min_feedback_exact_max_nodes")

@@ -9,6 +9,7 @@ JSONL lines are skipped and not counted). Kept rows are copied from the input: J
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 import json
@@ -282,20 +283,21 @@ class ShardRows:
 
     def __init__(self, path, ids):
         self.path, self.ids, self.parts, self.n = path, ids, [], 0
+        self._starts = []  # each part's first row, for `row` (called once per rejected row)
 
     def add(self, kind: str, payload, table=None) -> None:
         """A part: `lines` (raw JSONL lines, `table` their pyarrow reading if made already), `dicts` or `table`."""
         size = payload.num_rows if kind == "table" else len(payload)
         if size:
             self.parts.append((self.n, kind, payload, table))
+            self._starts.append(self.n)
             self.n += size
 
     def __len__(self):
         return self.n
 
     def _part(self, r: int):
-        i = max(k for k, part in enumerate(self.parts) if part[0] <= r)
-        return self.parts[i]
+        return self.parts[bisect.bisect_right(self._starts, r) - 1]
 
     def row(self, r: int) -> dict:
         start, kind, payload, _ = self._part(r)
@@ -438,8 +440,12 @@ def parse_shard_spec(spec: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # json.dumps(..., these options), built once
+
+
 def reject_lines(rejected) -> list[bytes]:
-    return [json.dumps(r, ensure_ascii=False, default=str).encode() + b"\n" for r in rejected]
+    encode = _ENCODER.encode
+    return [encode(r).encode() + b"\n" for r in rejected]
 
 
 def _index_of(line: bytes) -> int:

@@ -16,18 +16,19 @@ import contextlib
 import gc
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..scoring import entropy
 from ..text import text_key
-from .columns import PairColumns, build_columns
-from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_tree, components, min_feedback
-from .metrics import PreferenceGraph, audit_graphs
+from .columns import CONSISTENT, NONE, Edges, Graphs, PairColumns, build_columns
+from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_path_arrays, min_feedback, strong_labels
+from .metrics import audit_columns
 from .rows import LABELS, BadRow, parse_row
 
-POLICIES = ("order-inconsistent", "score-conflict", "equivalence", "min-feedback", "drop-cycles")
 RELATIONS = ("labels", "judge", "both")
 
 
@@ -44,15 +45,29 @@ def _no_gc():
             gc.enable()
 
 
-class _Graph:
-    """One prompt during cleaning: candidates by text, edges (x < y) with the row each came from."""
+class Edge(NamedTuple):
+    """A pair read from a row: candidates x < y of its prompt, r(x, y) (None: unlabelled), and the row's numbers."""
+
+    x: int
+    y: int
+    relation: int | None
+    weight: float
+    order_consistent: bool | None
+    row: int
+    entropy: float | None
+
+
+class _Prompt:
+    """One prompt while rows are read one by one: candidates by text, its edges, the rows that carry each pair."""
+
+    __slots__ = ("prompt", "category", "nodes", "texts", "scores", "edges", "pairs", "seen")
 
     def __init__(self, prompt, category):
         self.prompt, self.category = prompt, category
         self.nodes: dict[str, int] = {}
         self.texts: list = []
         self.scores: list = []
-        self.edges: list[list] = []  # [x, y, relation, weight, order_consistent, row, label_relation, entropy]
+        self.edges: list[Edge] = []
         self.pairs = defaultdict(list)  # (x, y) -> [(row, relation)] of every row that carries the pair
         self.seen: set = set()  # pairs already in `edges`
 
@@ -66,13 +81,6 @@ class _Graph:
             self.scores[self.nodes[k]] = score
         return self.nodes[k]
 
-    def preference_graph(self, alive) -> PreferenceGraph:
-        live = [e for e in self.edges if alive(e)]
-        g = PreferenceGraph.from_edges(len(self.texts), [(e[0], e[1], e[2]) for e in live], self.scores, self.category)
-        if any(e[7] is not None for e in live):
-            g.entropy = np.array([math.nan if e[7] is None else e[7] for e in live])
-        return g
-
 
 class _Rejects:
     """The first reason each row is rejected for (policies run in a fixed order, so the first is the earliest)."""
@@ -82,6 +90,11 @@ class _Rejects:
 
     def add(self, row: int, reason: str, detail: str = "", evidence=()):
         self.reason.setdefault(row, (reason, detail, sorted(set(evidence))))
+
+    def mask(self, n_rows: int) -> np.ndarray:
+        out = np.zeros(n_rows, dtype=bool)
+        out[np.fromiter(self.reason, dtype=np.int64, count=len(self.reason))] = True
+        return out
 
 
 def parse_rows(rows, need_label: bool = True):
@@ -93,8 +106,11 @@ def parse_rows(rows, need_label: bool = True):
             yield r, exc
 
 
-def _build(parsed_rows, rejects: _Rejects) -> dict:
-    graphs: dict[str, _Graph] = {}
+_new = tuple.__new__  # `_new(Edge, fields)`: a NamedTuple without its Python-level __new__, half the cost per row
+
+
+def _build(parsed_rows, rejects: _Rejects) -> Graphs:
+    graphs: dict[str, _Prompt] = {}
     parsed = []
     for r, p in parsed_rows:
         if isinstance(p, BadRow):
@@ -104,7 +120,7 @@ def _build(parsed_rows, rejects: _Rejects) -> dict:
         k = prompt if type(prompt) is str else text_key(prompt)  # inlined: this loop runs once per row
         g = graphs.get(k)
         if g is None:
-            g = graphs[k] = _Graph(prompt, p.category)
+            g = graphs[k] = _Prompt(prompt, p.category)
         nodes, ids = g.nodes, []
         for text, score in zip(p.responses, p.scores):
             x = nodes.get(text if type(text) is str else text_key(text))
@@ -119,11 +135,11 @@ def _build(parsed_rows, rejects: _Rejects) -> dict:
                 break
             if x > y:
                 x, y, relation = y, x, None if relation is None else -relation
-            edges.append([x, y, relation, weight, consistent, r, relation, ent])
+            edges.append(_new(Edge, (x, y, relation, weight, consistent, r, ent)))
         else:
             parsed.append((r, g, edges))
             for e in edges:
-                g.pairs[(e[0], e[1])].append((r, e[2]))
+                g.pairs[(e.x, e.y)].append((r, e.relation))
     # A pair labelled both ways contradicts itself: every row carrying it goes.
     for pair_rows in (rows for g in graphs.values() for rows in g.pairs.values() if len(rows) > 1):
         if len({rel for _, rel in pair_rows}) > 1:
@@ -140,7 +156,7 @@ def _build(parsed_rows, rejects: _Rejects) -> dict:
             continue
         if len(edges) == 1:  # the common case, without building lists
             e = edges[0]
-            key = (e[0], e[1])
+            key = (e.x, e.y)
             if key in g.seen:
                 first = g.pairs[key][0][0]
                 rejects.add(r, "duplicate-pair", "this pair already appears in another row", [first, r])
@@ -148,155 +164,228 @@ def _build(parsed_rows, rejects: _Rejects) -> dict:
                 g.seen.add(key)
                 g.edges.append(e)
             continue
-        fresh = [e for e in edges if (e[0], e[1]) not in g.seen]
-        g.seen.update((e[0], e[1]) for e in fresh)
+        fresh = [e for e in edges if (e.x, e.y) not in g.seen]
+        g.seen.update((e.x, e.y) for e in fresh)
         g.edges += fresh
-    return graphs
+    return _graphs_of(list(graphs.values()))
 
 
-def _apply_judge(graphs, judge, relations: str, rejects: _Rejects, need_scores: bool) -> dict:
+def _graphs_of(prompts: list[_Prompt]) -> Graphs:
+    """The prompts' candidates and edges, gathered into columns."""
+    edges = [e for g in prompts for e in g.edges]
+    x, y, relation, weight, consistent, row, ent = zip(*edges) if edges else ((),) * 7
+    relation = np.array([NONE if r is None else r for r in relation], dtype=np.int64)
+    columns = Edges(
+        np.repeat(np.arange(len(prompts)), [len(g.edges) for g in prompts]).astype(np.int64),
+        np.array(x, dtype=np.int64),
+        np.array(y, dtype=np.int64),
+        relation,
+        np.array(weight, dtype=float),
+        np.array([CONSISTENT[c] for c in consistent], dtype=np.int8),
+        np.array(row, dtype=np.int64),
+        relation.copy(),
+        np.array([math.nan if v is None else v for v in ent], dtype=float),
+    )
+    scores = [math.nan if s is None else s for g in prompts for s in g.scores]
+    return Graphs.from_columns(
+        [g.prompt for g in prompts], [g.category for g in prompts], [len(g.texts) for g in prompts],
+        [t for g in prompts for t in g.texts], scores, columns,
+    )  # fmt: skip
+
+
+def _apply_judge(graphs: Graphs, judge, relations: str, rejects: _Rejects, need_scores: bool) -> dict:
     """Fresh bidirectional preferences for every pair (and scores for candidates), folded into the graphs."""
     from ..text import as_text
 
-    edges = [(g, e) for g in graphs.values() for e in g.edges]
+    e = graphs.edges
+    prompt, start = e.prompt.tolist(), graphs.node_start[e.prompt]
+    xs, ys = (start + e.x).tolist(), (start + e.y).tolist()
     prefs = (
         judge.compare(
-            [as_text(g.prompt) for g, _ in edges],
-            [as_text(g.texts[e[0]]) for g, e in edges],
-            [as_text(g.texts[e[1]]) for g, e in edges],
+            [as_text(graphs.prompts[p]) for p in prompt],
+            [as_text(graphs.texts[x]) for x in xs],
+            [as_text(graphs.texts[y]) for y in ys],
         )
-        if edges
+        if len(prompt)
         else []
     )
-    stats = {"judged_pairs": len(edges), "judge_failures": 0, "judge_contradicts_label": 0}
-    for (_, e), pref in zip(edges, prefs):
+    stats = {"judged_pairs": len(prompt), "judge_failures": 0, "judge_contradicts_label": 0}
+    labels, rows = e.label_relation.tolist(), e.row.tolist()
+    for i, pref in enumerate(prefs):
+        label = None if labels[i] == NONE else labels[i]
         if pref.error is not None or pref.verdict is None:
             stats["judge_failures"] += 1
-            if relations == "judge" or e[6] is None:
-                rejects.add(e[5], "judge-error", str(pref.error))
+            if relations == "judge" or label is None:
+                rejects.add(rows[i], "judge-error", str(pref.error))
             continue
         verdict = LABELS[pref.verdict]
-        e[3], e[4] = abs(pref.p_a - pref.p_b), pref.order_consistent
-        e[7] = entropy({"a": pref.p_a, "b": pref.p_b, "tie": pref.p_tie})
-        if relations == "judge" or e[6] is None:
-            e[2] = verdict
-        elif relations == "both" and verdict != 0 and verdict == -e[6] and e[6] != 0:
+        e.weight[i], e.order_consistent[i] = abs(pref.p_a - pref.p_b), CONSISTENT[pref.order_consistent]
+        e.entropy[i] = entropy({"a": pref.p_a, "b": pref.p_b, "tie": pref.p_tie})
+        if relations == "judge" or label is None:
+            e.relation[i] = verdict
+        elif relations == "both" and verdict != 0 and verdict == -label and label != 0:
             stats["judge_contradicts_label"] += 1
             rejects.add(
-                e[5],
+                rows[i],
                 "judge-contradicts-label",
-                f"label says {'a' if e[6] == 1 else 'b'} wins, the judge {'a' if verdict == 1 else 'b'} "
+                f"label says {'a' if label == 1 else 'b'} wins, the judge {'a' if verdict == 1 else 'b'} "
                 f"(p_a={pref.p_a:.3f}, p_b={pref.p_b:.3f}, p_tie={pref.p_tie:.3f})",
             )
     if need_scores:
-        todo = [
-            (g, i) for g in graphs.values() for i in range(len(g.texts)) if relations == "judge" or g.scores[i] is None
-        ]
+        todo = np.arange(len(graphs.texts)) if relations == "judge" else np.flatnonzero(np.isnan(graphs.scores))
+        todo = todo.tolist()
+        owner = (np.searchsorted(graphs.node_start, todo, side="right") - 1).tolist()
         scores = (
-            judge.score([as_text(g.prompt) for g, _ in todo], [as_text(g.texts[i]) for g, i in todo]) if todo else []
+            judge.score([as_text(graphs.prompts[p]) for p in owner], [as_text(graphs.texts[i]) for i in todo])
+            if todo
+            else []
         )
-        for (g, i), s in zip(todo, scores):
-            g.scores[i] = s.expected  # None on failure: the pair just has no score
+        for i, s in zip(todo, scores):
+            graphs.scores[i] = math.nan if s.expected is None else s.expected  # unknown on failure: no score
         stats["judged_candidates"] = len(todo)
         stats["judge_score_failures"] = sum(s.expected is None for s in scores)
     return stats
 
 
-class _Walks:
-    """Directed arcs winner -> loser (both ways for a tie) of live edges, and the rows along shortest paths.
+@dataclass(slots=True)
+class _Run:
+    """What the policies share: the graphs, their edges as lists (read one at a time), the rejects and counts."""
 
-    BFS trees are cached per start node: on a dense prompt most dropped pairs share a few start nodes.
-    """
+    graphs: Graphs
+    rejects: _Rejects
+    stats: dict
+    margin: float
+    exact_max_nodes: int
+    x: list = field(default_factory=list)
+    y: list = field(default_factory=list)
+    relation: list = field(default_factory=list)
+    rows: list = field(default_factory=list)
+    nodes: np.ndarray | None = None  # each edge's (x, y) as node numbers across prompts, (2, edges)
+    dead: list = field(default_factory=list)  # edges dropped by the policy running now
 
-    def __init__(self, n: int, edges):
-        self.arcs = {}
-        for e in edges:
-            if e[2] >= 0:
-                self.arcs[(e[0], e[1])] = e
-            if e[2] <= 0:
-                self.arcs[(e[1], e[0])] = e
-        self.comp = components(n, self.arcs)
-        self.adj = defaultdict(list)
-        for u, v in sorted(self.arcs):
-            self.adj[u].append(v)
-        self.trees = {}
+    def __post_init__(self):
+        e = self.graphs.edges
+        self.x, self.y, self.relation, self.rows = e.x.tolist(), e.y.tolist(), e.relation.tolist(), e.row.tolist()
+        start = self.graphs.node_start[e.prompt]
+        self.nodes = np.stack([start + e.x, start + e.y])
 
-    def rows(self, start: int, goal: int) -> list[int]:
-        """Rows of the edges on a shortest path start -> goal (deterministic: neighbours in sorted order)."""
-        if start not in self.trees:
-            self.trees[start] = bfs_tree(self.adj, start)
-        prev, out, v = self.trees[start], [], goal
-        while v != start:
-            out.append(self.arcs[(prev[v], v)][5])
-            v = prev[v]
-        return out[::-1]
+    def drop(self, i: int, reason: str, detail: str = "", evidence=()) -> None:
+        self.rejects.add(self.rows[i], reason, detail, [self.rows[i], *evidence])
+        self.dead.append(i)
+
+    def winner_loser(self, i: int) -> tuple[int, int]:
+        return (self.x[i], self.y[i]) if self.relation[i] == 1 else (self.y[i], self.x[i])
+
+    def arcs(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The directed arcs winner -> loser (both ways for a tie) of the edges in `edges` (a mask): tails, heads
+        (node numbers across prompts) and the edge of each."""
+        rel, (gx, gy) = self.graphs.edges.relation, self.nodes
+        forward, backward = np.flatnonzero(edges & (rel >= 0)), np.flatnonzero(edges & (rel <= 0))
+        return (
+            np.concatenate([gx[forward], gy[backward]]),
+            np.concatenate([gy[forward], gx[backward]]),
+            np.concatenate([forward, backward]),
+        )
+
+    def same_component(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Of the graph of the edges in `edges` (a mask): each node's strongly connected component (its smallest
+        node), and per edge whether both its ends are in one."""
+        tails, heads, _ = self.arcs(edges)
+        label = strong_labels(np.diff(self.graphs.node_start), tails, heads)
+        return label, label[self.nodes[0]] == label[self.nodes[1]]
+
+    def paths(self, edges: np.ndarray, starts, goals) -> list[list[int]]:
+        """The rows along the shortest path start -> goal of each query, over the graph of the edges in `edges`."""
+        tails, heads, edge_of = self.arcs(edges)
+        path, length = bfs_path_arrays(np.diff(self.graphs.node_start), tails, heads, starts, goals)
+        rows = self.graphs.edges.row[edge_of][path]  # -1 (no arc) picks some row: cut off by `length`
+        return [r[:k] for r, k in zip(rows.tolist(), length.tolist())]
+
+    def ends(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Winner and loser (node numbers across prompts) of strict edges."""
+        rel, (gx, gy) = self.graphs.edges.relation[edges], self.nodes[:, edges]
+        return np.where(rel == 1, gx, gy), np.where(rel == 1, gy, gx)
 
 
-def _winner_loser(e) -> tuple[int, int]:
-    return (e[0], e[1]) if e[2] == 1 else (e[1], e[0])
+def _order_inconsistent(run: _Run, live: np.ndarray) -> None:
+    consistent = run.graphs.edges.order_consistent
+    for i in np.flatnonzero(live & (consistent == 0)).tolist():
+        run.drop(i, "order-inconsistent", "the judge's verdict flips with the order the responses are shown")
+    run.stats["order_unknown"] += int((live & (consistent == -1)).sum())
 
 
-def _policies(g: _Graph, live: list, policies, margin: float, exact_max_nodes: int, rejects: _Rejects, stats: dict):
-    """Runs the policies on one prompt's live edges, recording each dropped edge's row with its evidence."""
-    dead = set()
+def _score_conflict(run: _Run, live: np.ndarray) -> None:
+    rel, (gx, gy) = run.graphs.edges.relation, run.nodes
+    sx, sy = run.graphs.scores[gx], run.graphs.scores[gy]
+    known = live & ~(np.isnan(sx) | np.isnan(sy))
+    with np.errstate(invalid="ignore"):
+        against = np.where(rel == 1, sy - sx, np.where(rel == -1, sx - sy, np.abs(sx - sy)))
+        conflict = known & (against > run.margin)
+    for i in np.flatnonzero(conflict).tolist():
+        kind = "tie" if run.relation[i] == 0 else "win"
+        run.drop(i, "score-conflict", f"pairwise {kind} vs scores {float(sx[i]):.3f}, {float(sy[i]):.3f}")
 
-    def drop(e, reason, detail="", evidence=()):
-        rejects.add(e[5], reason, detail, [e[5], *evidence])
-        dead.add(id(e))
 
-    def survivors():
-        return [e for e in live if id(e) not in dead]
+def _equivalence(run: _Run, live: np.ndarray) -> None:
+    # A tie inside a strongly connected component that holds a strict pair lies on a closed walk
+    # x = y >= ... > ... >= x: the tie contradicts the strict pair through the tie chain.
+    rel = run.graphs.edges.relation
+    label, inside = run.same_component(live)
+    comp = label[run.nodes[0]]
+    strict = np.flatnonzero(live & (rel != 0) & inside)
+    comps, first = np.unique(comp[strict], return_index=True)  # each component's first strict pair
+    strict_of = dict(zip(comps.tolist(), strict[first].tolist()))
+    ties = np.flatnonzero(live & (rel == 0) & np.isin(comp, comps))
+    pair = np.array([strict_of[c] for c in comp[ties].tolist()], dtype=np.int64)
+    w, l_ = run.ends(pair)
+    (gx, gy), k = run.nodes[:, ties], len(ties)
+    paths = run.paths(live, np.concatenate([l_, gy]), np.concatenate([gx, w]))  # l -> x, then y -> w
+    for t, (i, s) in enumerate(zip(ties.tolist(), pair.tolist())):
+        evidence = paths[t] + paths[k + t] + [run.rows[s]]
+        run.drop(i, "equivalence", "a tie contradicted by a strict pair through a chain of ties", evidence)
 
-    if "order-inconsistent" in policies:
-        for e in live:
-            if e[4] is False:
-                drop(e, "order-inconsistent", "the judge's verdict flips with the order the responses are shown")
-            elif e[4] is None:
-                stats["order_unknown"] += 1
-        live = survivors()
-    if "score-conflict" in policies:
-        for e in live:
-            sx, sy = g.scores[e[0]], g.scores[e[1]]
-            if sx is None or sy is None:
-                continue
-            against = (sy - sx) if e[2] == 1 else (sx - sy) if e[2] == -1 else abs(sx - sy)
-            if against > margin:
-                drop(e, "score-conflict", f"pairwise {'tie' if e[2] == 0 else 'win'} vs scores {sx:.3f}, {sy:.3f}")
-        live = survivors()
-    if "equivalence" in policies:
-        # A tie inside a strongly connected component that holds a strict pair lies on a closed walk
-        # x = y >= ... > ... >= x: the tie contradicts the strict pair through the tie chain.
-        walks = _Walks(len(g.texts), live)
-        strict = {}
-        for e in live:
-            if e[2] != 0 and walks.comp[e[0]] == walks.comp[e[1]]:
-                strict.setdefault(walks.comp[e[0]], e)
-        for e in live:
-            if e[2] == 0 and walks.comp[e[0]] in strict:
-                s = strict[walks.comp[e[0]]]
-                w, l_ = _winner_loser(s)
-                evidence = walks.rows(l_, e[0]) + walks.rows(e[1], w) + [s[5]]
-                drop(e, "equivalence", "a tie contradicted by a strict pair through a chain of ties", evidence)
-        live = survivors()
-    if "min-feedback" in policies:
-        strict = [e for e in live if e[2] != 0]
-        weights = {_winner_loser(e): e[3] for e in strict}
-        dropped, methods = min_feedback(len(g.texts), weights, exact_max_nodes)
+
+def _min_feedback(run: _Run, live: np.ndarray) -> None:
+    # Only prompts with a cycle of strict pairs have anything to drop (or components to count).
+    e = run.graphs.edges
+    strict = live & (e.relation != 0)
+    label, inside = run.same_component(strict)
+    weight = e.weight.tolist()
+    sizes, out = np.diff(run.graphs.node_start), []
+    for p in np.unique(e.prompt[strict & inside]).tolist():
+        lo = run.graphs.edge_start[p]
+        edges = (lo + np.flatnonzero(strict[lo : run.graphs.edge_start[p + 1]])).tolist()
+        lo_node = run.graphs.node_start[p]
+        comp = (label[lo_node : lo_node + sizes[p]] - lo_node).tolist()  # the components, found already
+        weights = {run.winner_loser(i): weight[i] for i in edges}
+        dropped, methods = min_feedback(int(sizes[p]), weights, run.exact_max_nodes, comp)
         for k, v in methods.items():
-            stats["min_feedback_components"][k] += v
-        walks = _Walks(len(g.texts), strict)
-        for e in strict:
-            w, l_ = _winner_loser(e)
-            if (w, l_) in dropped:
-                detail = "on a cycle; in the least-weight set of pairs that breaks every cycle"
-                drop(e, "min-feedback", detail, walks.rows(l_, w))
-        live = survivors()
-    if "drop-cycles" in policies:
-        walks = _Walks(len(g.texts), live)
-        for e in live:
-            if e[2] != 0 and walks.comp[e[0]] == walks.comp[e[1]]:
-                w, l_ = _winner_loser(e)
-                drop(e, "cycle", "a strict pair on a cycle of preferences", walks.rows(l_, w))
+            run.stats["min_feedback_components"][k] += v
+        out += [i for i in edges if run.winner_loser(i) in dropped]
+    w, l_ = run.ends(np.array(out, dtype=np.int64))
+    detail = "on a cycle; in the least-weight set of pairs that breaks every cycle"
+    for i, path in zip(out, run.paths(strict, l_, w)):
+        run.drop(i, "min-feedback", detail, path)
+
+
+def _drop_cycles(run: _Run, live: np.ndarray) -> None:
+    _, inside = run.same_component(live)
+    edges = np.flatnonzero(live & (run.graphs.edges.relation != 0) & inside)
+    w, l_ = run.ends(edges)
+    for i, path in zip(edges.tolist(), run.paths(live, l_, w)):
+        run.drop(i, "cycle", "a strict pair on a cycle of preferences", path)
+
+
+# The policies in the order they run, whatever order they are asked in. Each sees the pairs that survived the
+# policies before it (`live`), and drops pairs through `run.drop`.
+POLICY_TABLE = (
+    ("order-inconsistent", _order_inconsistent),
+    ("score-conflict", _score_conflict),
+    ("equivalence", _equivalence),
+    ("min-feedback", _min_feedback),
+    ("drop-cycles", _drop_cycles),
+)
+POLICIES = tuple(name for name, _ in POLICY_TABLE)
 
 
 def clean_dataset(
@@ -384,21 +473,26 @@ def clean_parsed(
     """
     rejects = _Rejects()
     with _no_gc():
-        graphs = build_columns(parsed, rejects, _Graph) if isinstance(parsed, PairColumns) else _build(parsed, rejects)
+        graphs = build_columns(parsed, rejects) if isinstance(parsed, PairColumns) else _build(parsed, rejects)
     stats = {"order_unknown": 0, "min_feedback_components": {"exact": 0, "eades-lin-smyth": 0}}
     if judge is not None:
         stats |= _apply_judge(
             graphs, judge, relations, rejects, need_scores="score-conflict" in policies or relations == "judge"
         )
 
-    def usable(e):
-        return e[5] not in rejects.reason and e[2] is not None
+    def usable():
+        return ~rejects.mask(n_rows)[graphs.edges.row] & (graphs.edges.relation != NONE)
 
     with _no_gc():
-        before = [g.preference_graph(usable) for g in graphs.values()]
-        for g in tqdm(list(graphs.values()), desc="cleaning", disable=not progress or not policies, leave=False):
-            _policies(g, [e for e in g.edges if usable(e)], policies, margin, exact_max_nodes, rejects, stats)
-        after = [g.preference_graph(usable) for g in graphs.values()] if policies else before
+        live = usable()
+        before = graphs.metrics(live)
+        run = _Run(graphs, rejects, stats, margin, exact_max_nodes)
+        todo = [(name, policy) for name, policy in POLICY_TABLE if name in policies]
+        for _, policy in tqdm(todo, desc="cleaning", disable=not progress or not policies, leave=False):
+            policy(run, live)
+            live[run.dead] = False
+            run.dead = []
+        after = graphs.metrics(usable()) if policies else before
         by_reason = defaultdict(int)
         for reason, _, _ in rejects.reason.values():
             by_reason[reason] += 1
@@ -413,7 +507,7 @@ def clean_parsed(
             "margin": margin,
             "min_feedback_exact_max_nodes": exact_max_nodes,
             **stats,
-            "before": audit_graphs(before, ks, delta),
+            "before": audit_columns(before, ks, delta),
         }
-        report["after"] = audit_graphs(after, ks, delta) if policies else report["before"]  # no policy: no change
+        report["after"] = audit_columns(after, ks, delta) if policies else report["before"]  # no policy: no change
     return rejects.reason, report

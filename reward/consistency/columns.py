@@ -1,8 +1,9 @@
 """Preference graphs built from columns: `clean._build` vectorised for pairwise rows read by `rows.pair_arrays`.
 
-A million rows through `_build` cost a dict lookup per candidate and a list per pair in Python; here candidates,
-edges and duplicates are found with numpy sorts, and Python only assembles each prompt's `_Graph`. The result is
-the same as `_build` on the same rows (tested on rows with duplicates, contradictions, self-loops and bad rows).
+A million rows through `_build` cost a dict lookup per candidate and a record per pair in Python; here candidates,
+edges and duplicates are found with numpy sorts, straight into the columns of `Graphs` that the policies and the
+metrics read. The result is the same as `_build` on the same rows (tested on rows with duplicates, contradictions,
+self-loops and bad rows).
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .metrics import GraphColumns
+
+NONE = -2  # relation code of a pair without a relation (unlabelled, before the judge)
+CONSISTENT = {True: 1, False: 0, None: -1}  # order_consistent as a code
 
 
 @dataclass
@@ -21,6 +27,54 @@ class PairColumns:
     n_rows: int = 0
 
 
+@dataclass(slots=True)
+class Edges:
+    """Every prompt's pairs as columns: each prompt's together, in row order; x < y candidates of the prompt.
+
+    `relation` and `label_relation` (the row's own) are r(x, y), `NONE` where unknown; `order_consistent` is 1, 0
+    or -1 (unknown); `entropy` NaN where unknown.
+    """
+
+    prompt: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    relation: np.ndarray
+    weight: np.ndarray
+    order_consistent: np.ndarray
+    row: np.ndarray
+    label_relation: np.ndarray
+    entropy: np.ndarray
+
+
+@dataclass(slots=True)
+class Graphs:
+    """A shard's prompts during cleaning: prompt p's candidates are nodes `node_start[p]..node_start[p + 1] - 1`
+    (`texts`, `scores`: NaN where unknown), its pairs `edge_start[p]..edge_start[p + 1] - 1` of `edges`."""
+
+    prompts: list
+    categories: list
+    node_start: np.ndarray
+    texts: list
+    scores: np.ndarray
+    edges: Edges
+    edge_start: np.ndarray
+
+    @classmethod
+    def from_columns(cls, prompts, categories, sizes, texts, scores, edges: Edges) -> Graphs:
+        node_start = np.concatenate([[0], np.cumsum(np.asarray(sizes, dtype=np.int64))]).astype(np.int64)
+        edge_start = np.searchsorted(edges.prompt, np.arange(len(prompts) + 1)).astype(np.int64)
+        return cls(prompts, categories, node_start, texts, np.asarray(scores, dtype=float), edges, edge_start)
+
+    def metrics(self, keep: np.ndarray) -> GraphColumns:
+        """The graphs of the pairs in `keep`, as the metrics read them (every candidate counts, kept pairs or not)."""
+        e, idx = self.edges, np.flatnonzero(keep)
+        sizes = np.diff(self.node_start)
+        return GraphColumns(
+            sizes, self.categories, np.ones(len(sizes), dtype=bool), self.node_start[:-1], self.scores,
+            e.prompt[idx], e.x[idx], e.y[idx], e.relation[idx].astype(np.int8), e.entropy[idx],
+        )  # fmt: skip
+
+
 def _codes(pairs, table: dict) -> np.ndarray:
     """Global ids of `(distinct values, index)` pairs, the ids kept in `table` (value -> id) across blocks."""
     uniques, index = pairs
@@ -28,17 +82,16 @@ def _codes(pairs, table: dict) -> np.ndarray:
     return ids[index]
 
 
-def build_columns(cols: PairColumns, rejects, graph_type) -> dict:
+def build_columns(cols: PairColumns, rejects) -> Graphs:
     """`_build` for `cols`: the graphs by prompt key, rejects recorded (bad input, self-loops, duplicates)."""
     for r, exc in sorted(cols.bad.items()):
         rejects.add(r, "bad-input", str(exc))
-    prompts, texts = {}, {}
+    prompts, texts, categories = {}, {}, {}
     parts = []
     for start, c in cols.blocks:
         ok = np.flatnonzero(c["ok"])
         if not len(ok):
             continue
-        cat_values = c["category"][0]
         parts.append({
             "r": ok + start,
             "p": _codes(c["prompt"], prompts)[ok],
@@ -46,19 +99,17 @@ def build_columns(cols: PairColumns, rejects, graph_type) -> dict:
             "b": _codes(c["b"], texts)[ok],
             "rel": c["relation"][ok],
             "w": c["weight"][ok],
-            "cons": [c["consistent"][i] for i in ok.tolist()],
-            "ent": [c["entropy"][i] for i in ok.tolist()],
-            "sa": np.array([np.nan if c["score_a"][i] is None else c["score_a"][i] for i in ok.tolist()]),
-            "sb": np.array([np.nan if c["score_b"][i] is None else c["score_b"][i] for i in ok.tolist()]),
-            "cat": [cat_values[i] for i in c["category"][1][ok].tolist()],
+            "cons": c["consistent"][ok],
+            "ent": c["entropy"][ok],
+            "sa": c["score_a"][ok],
+            "sb": c["score_b"][ok],
+            "cat": _codes(c["category"], categories)[ok],
         })  # fmt: skip
     if not parts:
-        return {}
+        return _no_graphs()
     cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
     r, p, a, b, rel, w, sa, sb = (cat(k) for k in ("r", "p", "a", "b", "rel", "w", "sa", "sb"))
-    cons = [x for part in parts for x in part["cons"]]
-    ent = [x for part in parts for x in part["ent"]]
-    category = [x for part in parts for x in part["cat"]]
+    cons, ent, category = cat("cons"), cat("ent"), cat("cat")
     n_texts = len(texts)
     # Candidates: (prompt, text) in order of first appearance, a before b, numbered within each prompt.
     ev_key = np.stack([p * n_texts + a, p * n_texts + b], axis=1).ravel()
@@ -99,32 +150,26 @@ def build_columns(cols: PairColumns, rejects, graph_type) -> dict:
             edge_rows.append(int(members[0]))
             for row in rows[1:]:
                 rejects.add(row, "duplicate-pair", "this pair already appears in another row", [rows[0], row])
-    # Each prompt's graph: candidates and edges (in row order), as `_build` makes them.
+    # The prompts in order of their first row, each one's candidates in order, its edges in row order.
+    prompt_order = np.unique(p, return_index=True)[1]  # each prompt's first row
+    rank = np.full(len(prompts), -1, dtype=np.int64)
+    firsts = np.sort(prompt_order)
+    rank[p[firsts]] = np.arange(len(firsts))
+    nodes = np.lexsort((first, rank[node_prompt]))
+    sizes = np.bincount(rank[node_prompt], minlength=len(firsts))
     edge_rows = np.array(sorted(edge_rows), dtype=np.int64)
-    prompt_values = list(prompts)
-    text_values = list(texts)
-    first_row_of_prompt = {}
-    for i, pid in enumerate(p.tolist()):
-        if pid not in first_row_of_prompt:
-            first_row_of_prompt[pid] = i
-    graphs = {}
-    node_text = uniq % n_texts
-    by_prompt_nodes = np.split(order, np.flatnonzero(np.diff(sorted_prompt)) + 1)
-    nodes_of = {int(node_prompt[g[0]]): g for g in by_prompt_nodes if len(g)}
-    edge_prompt = p[edge_rows]
-    e_order = edge_rows[np.argsort(edge_prompt, kind="stable")]
-    e_split = np.split(e_order, np.flatnonzero(np.diff(np.sort(edge_prompt, kind="stable"))) + 1)
-    edges_of = {int(p[g[0]]): g for g in e_split if len(g)}
-    rel_l, w_l, lo_l, hi_l, r_l = rel.tolist(), w.tolist(), lo.tolist(), hi.tolist(), r.tolist()
-    for pid, first_i in sorted(first_row_of_prompt.items(), key=lambda kv: kv[1]):
-        prompt = prompt_values[pid]
-        g = graph_type(prompt, category[first_i])
-        nodes = nodes_of[pid]
-        g.texts = [text_values[t] for t in node_text[nodes].tolist()]
-        g.scores = [None if s != s else s for s in node_score[nodes].tolist()]
-        g.nodes = {t: i for i, t in enumerate(g.texts)}
-        for i in edges_of.get(pid, np.zeros(0, np.int64)).tolist():
-            relation = None if rel_l[i] == -2 else rel_l[i]
-            g.edges.append([lo_l[i], hi_l[i], relation, w_l[i], cons[i], r_l[i], relation, ent[i]])
-        graphs[prompt] = g
-    return graphs
+    edge_rows = edge_rows[np.argsort(rank[p[edge_rows]], kind="stable")]
+    rel = rel[edge_rows]
+    edges = Edges(rank[p[edge_rows]], lo[edge_rows], hi[edge_rows], rel, w[edge_rows].astype(float),
+                  cons[edge_rows], r[edge_rows], rel.copy(), ent[edge_rows].astype(float))  # fmt: skip
+    prompt_values, text_values, category_values = list(prompts), list(texts), list(categories)
+    return Graphs.from_columns(
+        [prompt_values[i] for i in p[firsts].tolist()], [category_values[i] for i in category[firsts].tolist()], sizes,
+        [text_values[i] for i in (uniq % n_texts)[nodes].tolist()], node_score[nodes], edges,
+    )  # fmt: skip
+
+
+def _no_graphs() -> Graphs:
+    empty = np.zeros(0, dtype=np.int64)
+    edges = Edges(empty, empty, empty, empty, np.zeros(0), np.zeros(0, np.int8), empty, empty, np.zeros(0))
+    return Graphs.from_columns([], [], empty, [], np.zeros(0), edges)

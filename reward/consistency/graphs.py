@@ -1,7 +1,8 @@
 """Graph algorithms behind cleaning: strongly connected components, a cycle as evidence, minimum feedback arcs.
 
-Edges are `(winner, loser)` pairs over candidates 0..n-1 (a tie is two edges, one each way). Plain Python:
-graphs are a prompt's candidates (tens of nodes); the minimum-feedback DP is vectorised with numpy.
+Edges are `(winner, loser)` pairs over candidates 0..n-1 (a tie is two edges, one each way). A prompt's graph is
+small (tens of candidates), a dataset has 100k of them: `strong_labels` finds the components of all prompts at
+once with numpy; one prompt's algorithms are plain Python, the minimum-feedback DP vectorised with numpy.
 """
 
 from __future__ import annotations
@@ -63,6 +64,178 @@ def components(n: int, edges) -> list[int]:
                 parent = work[-1][0]
                 low[parent] = min(low[parent], low[u])
     return comp
+
+
+CLOSURE_MAX_NODES = 48  # strong_labels: transitive closure (n^3 / prompt) up to this many candidates, Tarjan beyond
+_CLOSURE_CHUNK = 1 << 24  # booleans of stacked n x n matrices held at a time
+_BFS_CHUNK = 1 << 22  # BFS: entries of stacked n x n matrices at a time (int64 temporaries: 32 MB each)
+
+
+def strong_labels(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray) -> np.ndarray:
+    """Strongly connected components of many prompts' graphs at once: each node's label is the smallest node of its
+    component.
+
+    Nodes are numbered across prompts (prompt p's are `start[p]..start[p] + sizes[p] - 1`, in order); arcs
+    `tails[i] -> heads[i]` join nodes of one prompt. Prompts of one size are stacked as (G, n, n) reachability
+    matrices and closed Floyd-Warshall style (n vectorised steps); prompts above `CLOSURE_MAX_NODES` candidates go
+    through `components`.
+
+    ```python
+    >>> strong_labels(np.array([3, 2]), np.array([0, 1, 2, 3, 4]), np.array([1, 0, 1, 4, 3])).tolist()
+    [0, 0, 2, 3, 3]
+
+    ```
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    label = np.arange(start[-1], dtype=np.int64)
+    if not len(tails):
+        return label
+    prompt = np.searchsorted(start, tails, side="right") - 1
+    arcs_of = np.argsort(prompt, kind="stable")
+    bounds = np.searchsorted(prompt[arcs_of], np.arange(len(sizes) + 1))
+    has_arc = np.diff(bounds) > 0
+    for n in np.unique(sizes[has_arc & (sizes > 1)]).tolist():
+        group = np.flatnonzero(has_arc & (sizes == n))
+        if n > CLOSURE_MAX_NODES:
+            for p in group.tolist():
+                arcs = arcs_of[bounds[p] : bounds[p + 1]]
+                comp = np.array(
+                    components(n, zip((tails[arcs] - start[p]).tolist(), (heads[arcs] - start[p]).tolist()))
+                )
+                smallest = np.full(n, n, dtype=np.int64)
+                np.minimum.at(smallest, comp, np.arange(n))
+                label[start[p] : start[p] + n] = start[p] + smallest[comp]
+            continue
+        step = max(1, _CLOSURE_CHUNK // (n * n))
+        for lo in range(0, len(group), step):
+            chunk = group[lo : lo + step]
+            local = np.full(len(sizes), -1, dtype=np.int64)
+            local[chunk] = np.arange(len(chunk))
+            arcs = arcs_of[local[prompt[arcs_of]] >= 0]
+            g = local[prompt[arcs]]
+            reach = np.zeros((len(chunk), n, n), dtype=bool)
+            reach[g, tails[arcs] - start[prompt[arcs]], heads[arcs] - start[prompt[arcs]]] = True
+            reach |= np.eye(n, dtype=bool)
+            for k in range(n):  # paths through nodes 0..k
+                reach |= reach[:, :, k, None] & reach[:, None, k, :]
+            mutual = reach & reach.transpose(0, 2, 1)
+            label[start[chunk][:, None] + np.arange(n)] = start[chunk][:, None] + mutual.argmax(axis=2)
+    return label
+
+
+def bfs_paths(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray, starts, goals) -> list[list[int]]:
+    """The shortest path `start -> goal` that `bfs_tree` finds (neighbours in sorted order), for many queries on
+    many prompts' graphs at once; each path as the indices of its arcs, in order (see `bfs_path_arrays`).
+
+    Nodes and arcs as in `strong_labels`, at most one arc per ordered pair of nodes; every goal must be reachable.
+    BFS from each distinct start runs level by level over stacked (B, n, n) adjacency matrices: a new node's
+    predecessor is the earliest-queued node of the level before with an arc to it, and the new level is queued in
+    order of (predecessor's place, node), as a FIFO queue with sorted neighbours would have it.
+
+    ```python
+    >>> bfs_paths(np.array([4]), np.array([0, 0, 1, 2]), np.array([1, 2, 3, 3]), [0], [3])  # 0 -> 1 -> 3
+    [[0, 2]]
+
+    ```
+    """
+    path, length = bfs_path_arrays(sizes, tails, heads, starts, goals)
+    return [row[:k] for row, k in zip(path.tolist(), length.tolist())]
+
+
+def bfs_path_arrays(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray, starts, goals):
+    """`bfs_paths` as arrays: `(path, length)`, query q's arcs `path[q, :length[q]]` (the rest -1)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    starts, goals = np.asarray(starts, dtype=np.int64), np.asarray(goals, dtype=np.int64)
+    width = int(sizes.max(initial=1))
+    out = np.full((len(starts), width), -1, dtype=np.int64)  # each query's arcs, from its goal back
+    prompt_of = np.searchsorted(start, starts, side="right") - 1
+    arc_prompt = np.searchsorted(start, tails, side="right") - 1
+    for n in np.unique(sizes[prompt_of]).tolist():
+        queries = np.flatnonzero(sizes[prompt_of] == n)
+        if n > CLOSURE_MAX_NODES:
+            _bfs_paths_python(start, tails, heads, arc_prompt, starts, goals, prompt_of, queries, out)
+            continue
+        prompts, pos = np.unique(prompt_of[queries], return_inverse=True)  # this size's prompts with a query
+        local = np.full(len(sizes), -1, dtype=np.int64)
+        local[prompts] = np.arange(len(prompts))
+        arcs = np.flatnonzero(local[arc_prompt] >= 0)
+        arc_of = np.full((len(prompts), n, n), -1, dtype=np.int64)
+        base = start[arc_prompt[arcs]]
+        arc_of[local[arc_prompt[arcs]], tails[arcs] - base, heads[arcs] - base] = arcs
+        runs, run_of = np.unique(
+            np.stack([pos, starts[queries] - start[prompt_of[queries]]]), axis=1, return_inverse=True
+        )
+        step = max(1, _BFS_CHUNK // (n * n))
+        prev = np.empty((runs.shape[1], n), dtype=np.int64)
+        for lo in range(0, runs.shape[1], step):
+            p, s = runs[0, lo : lo + step], runs[1, lo : lo + step]
+            prev[lo : lo + step] = _bfs_levels(arc_of[p] >= 0, s)
+        # Walk back from each goal to its start, an arc per step.
+        run_of = run_of.ravel()
+        q_prompt, goal = pos, goals[queries] - start[prompt_of[queries]]
+        first = starts[queries] - start[prompt_of[queries]]
+        path = np.full((len(queries), n), -1, dtype=np.int64)
+        v = goal.copy()
+        for k in range(n):
+            on = v != first
+            if not on.any():
+                break
+            u = prev[run_of[on], v[on]]
+            if (u < 0).any():
+                raise ValueError("bfs_paths: a goal is not reachable from its start")
+            path[on, k] = arc_of[q_prompt[on], u, v[on]]
+            v[on] = u
+        out[queries, :n] = path
+    length = (out >= 0).sum(axis=1)
+    back = length[:, None] - 1 - np.arange(width)  # start -> goal: the arcs found from the goal, reversed
+    ordered = np.take_along_axis(out, np.maximum(back, 0), axis=1)
+    return np.where(back >= 0, ordered, -1), length
+
+
+def _bfs_levels(adj: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Predecessors (B, n) of BFS from `source[b]` over adjacency `adj` (B, n, n); -1 where not reached."""
+    b, n = adj.shape[:2]
+    rows = np.arange(b)
+    prev = np.full((b, n), -1, dtype=np.int64)
+    seen = np.zeros((b, n), dtype=bool)
+    seen[rows, source] = True
+    frontier = seen.copy()
+    place = np.zeros((b, n), dtype=np.int64)  # queue place within the frontier's level
+    big = n * n + n
+    for _ in range(n):
+        cand = adj & frontier[:, :, None] & ~seen[:, None, :]
+        found = cand.any(axis=1)
+        if not found.any():
+            break
+        parent = np.where(cand, place[:, :, None], big).argmin(axis=1)
+        prev[found] = parent[found]
+        seen |= found
+        order = np.where(found, np.take_along_axis(place, parent, 1) * n + np.arange(n), big).argsort(axis=1)
+        place[rows[:, None], order] = np.arange(n)
+        frontier = found
+    return prev
+
+
+def _bfs_paths_python(start, tails, heads, arc_prompt, starts, goals, prompt_of, queries, out) -> None:
+    """`bfs_path_arrays` for prompts too large to stack: `bfs_tree` on each (arcs into `out` from the goal back)."""
+    for p in np.unique(prompt_of[queries]).tolist():
+        arcs = np.flatnonzero(arc_prompt == p).tolist()
+        index = {(int(tails[i]), int(heads[i])): i for i in arcs}
+        adj = {}
+        for u, v in sorted(index):
+            adj.setdefault(u, []).append(v)
+        trees = {}
+        for q in queries[prompt_of[queries] == p].tolist():
+            first, v = int(starts[q]), int(goals[q])
+            prev = trees.get(first) or trees.setdefault(first, bfs_tree(adj, first))
+            if v not in prev:
+                raise ValueError("bfs_paths: a goal is not reachable from its start")
+            k = 0
+            while v != first:
+                out[q, k] = index[(prev[v], v)]
+                v, k = prev[v], k + 1
 
 
 def bfs_tree(adj, start: int) -> dict:
@@ -158,11 +331,12 @@ def _eades_order(nodes: list[int], weight: dict) -> list[int]:
     return front + back[::-1]
 
 
-def min_feedback(n: int, weight: dict, exact_max_nodes: int = EXACT_MAX_NODES) -> tuple[set, dict]:
+def min_feedback(n: int, weight: dict, exact_max_nodes: int = EXACT_MAX_NODES, comp=None) -> tuple[set, dict]:
     """Edges to drop so that the strict graph (`weight[(winner, loser)] = w`) has no cycle, of least total weight.
 
     Works component by component (an edge between components is never on a cycle): exact DP up to
-    `exact_max_nodes` nodes (at most `MAX_EXACT_LIMIT`), Eades-Lin-Smyth beyond.
+    `exact_max_nodes` nodes (at most `MAX_EXACT_LIMIT`), Eades-Lin-Smyth beyond. `comp`: each node's strongly
+    connected component (any ids) where known already, else found with `components`.
 
     Returns:
         (the dropped `(winner, loser)` edges, `{"exact": components, "eades-lin-smyth": components}` solved each way).
@@ -176,7 +350,7 @@ def min_feedback(n: int, weight: dict, exact_max_nodes: int = EXACT_MAX_NODES) -
     """
     if not 0 <= exact_max_nodes <= MAX_EXACT_LIMIT:
         raise ValueError(f"exact_max_nodes must be in 0..{MAX_EXACT_LIMIT}, got {exact_max_nodes}")
-    comp = components(n, weight)
+    comp = components(n, weight) if comp is None else comp
     members = {}
     for u, c in enumerate(comp):
         members.setdefault(c, []).append(u)

@@ -108,12 +108,56 @@ class PreferenceGraph:
         return R
 
 
-def _by_size(graphs, min_n: int):
-    groups = defaultdict(list)
-    for g in graphs:
-        if g.n >= min_n:
-            groups[g.n].append(g)
-    return sorted(groups.items())
+@dataclass(slots=True)
+class GraphColumns:
+    """Many prompts' graphs as columns, what the metrics compute on: no Python loop over prompts or pairs.
+
+    Attributes:
+        n, category, scored: per prompt, its candidates, its category and whether it has scores at all.
+        node_start: per prompt, where its candidates start in `scores` (NaN where unknown or unscored).
+        prompt, first, second, relation, entropy: per known pair (prompts' pairs in order), the prompt it belongs to,
+            r(first, second) and the entropy of its probabilities (NaN where unknown).
+    """
+
+    n: np.ndarray
+    category: list
+    scored: np.ndarray
+    node_start: np.ndarray
+    scores: np.ndarray
+    prompt: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+    relation: np.ndarray
+    entropy: np.ndarray
+
+    @classmethod
+    def of_graphs(cls, graphs) -> GraphColumns:
+        graphs = list(graphs)
+        n = np.array([g.n for g in graphs], dtype=np.int64)
+        sizes = np.array([len(g.relation) for g in graphs], dtype=np.int64)
+
+        def cat(arrays, dtype):
+            return np.concatenate([np.asarray(a, dtype=dtype) for a in arrays]) if graphs else np.zeros(0, dtype)
+
+        return cls(
+            n,
+            [g.category for g in graphs],
+            np.array([g.scores is not None for g in graphs], dtype=bool),
+            np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64) if graphs else np.zeros(0, np.int64),
+            cat((np.full(g.n, np.nan) if g.scores is None else g.scores for g in graphs), float),
+            np.repeat(np.arange(len(graphs)), sizes),
+            cat((g.first for g in graphs), np.int64),
+            cat((g.second for g in graphs), np.int64),
+            cat((g.relation for g in graphs), np.int8),
+            cat((np.full(len(g.relation), np.nan) if g.entropy is None else g.entropy for g in graphs), float),
+        )
+
+    def codes(self, prompts=None) -> tuple[np.ndarray, list]:
+        """Each prompt's category code (-1 outside `prompts`, a mask) and the categories, in order of first use."""
+        index, out = {}, np.full(len(self.n), -1, dtype=np.int64)
+        for i in range(len(self.n)) if prompts is None else np.flatnonzero(prompts).tolist():
+            out[i] = index.setdefault(self.category[i], len(index))
+        return out, list(index)
 
 
 def conflict_ratio(graphs, delta: float = 0.0) -> dict:
@@ -134,28 +178,35 @@ def conflict_ratio(graphs, delta: float = 0.0) -> dict:
 
     ```
     """
+    cols = graphs if isinstance(graphs, GraphColumns) else GraphColumns.of_graphs(graphs)
+    return _conflict_ratio(cols, delta)
+
+
+def _conflict_ratio(c: GraphColumns, delta: float) -> dict:
     if delta < 0 or math.isnan(delta):
         raise ValueError(f"delta must be >= 0, got {delta}")
-    counts = defaultdict(lambda: [0, 0])
-    agreement = np.zeros((3, 3), dtype=np.int64)
-    for g in graphs:
-        if g.scores is None or not len(g.relation):
-            continue
-        sx, sy = g.scores[g.first], g.scores[g.second]
-        known = ~(np.isnan(sx) | np.isnan(sy))
-        diff = (sx - sy)[known]
-        expected = np.where((np.abs(diff) < delta) | (diff == 0), 0, np.sign(diff))
-        c = counts[g.category]
-        c[0] += int((g.relation[known] != expected).sum())
-        c[1] += int(known.sum())
-        np.add.at(agreement, (1 - expected.astype(np.int64), 1 - g.relation[known].astype(np.int64)), 1)
-    conflicts, pairs = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
+    # A category is listed once a scored prompt of it has a pair, even with no pair scored on both sides.
+    touched = c.scored & (np.bincount(c.prompt, minlength=len(c.n)) > 0)
+    code, categories = c.codes(touched)
+    on = touched[c.prompt]
+    start = c.node_start[c.prompt]
+    sx, sy = c.scores[start + c.first], c.scores[start + c.second]
+    known = on & ~(np.isnan(sx) | np.isnan(sy))
+    diff = (sx - sy)[known]
+    expected = np.where((np.abs(diff) < delta) | (diff == 0), 0, np.sign(diff))
+    relation = c.relation[known]
+    where = code[c.prompt[known]]
+    conflicts = np.bincount(where[relation != expected], minlength=len(categories)).tolist()
+    pairs = np.bincount(where, minlength=len(categories)).tolist()
+    cell = (1 - expected.astype(np.int64)) * 3 + (1 - relation.astype(np.int64))
+    agreement = np.bincount(cell, minlength=9).reshape(3, 3)
 
     def entry(c, p):
         return {"ratio": c / p if p else None, "conflicts": c, "pairs": p}
 
+    counts = dict(zip(categories, zip(conflicts, pairs)))
     by_category = {k: entry(*v) for k, v in sorted(counts.items(), key=lambda kv: str(kv[0])) if k is not None}
-    return entry(conflicts, pairs) | {"by_category": by_category, "agreement": agreement.tolist()}
+    return entry(sum(conflicts), sum(pairs)) | {"by_category": by_category, "agreement": agreement.tolist()}
 
 
 @lru_cache(maxsize=256)
@@ -195,18 +246,50 @@ def non_transitivity(graphs, k: int = 3, chunk: int = 1 << 22) -> dict:
 
     ```
     """
-    if k < 3:
-        raise ValueError(f"k must be >= 3, got {k}")
-    counts = np.zeros(8, dtype=np.int64)
-    for n, group in _by_size(graphs, k):
-        _, cols = _subset_triples(n, k)
-        step = max(1, chunk // (len(cols) * cols.shape[1]))
-        for start in range(0, len(group), step):
-            status = triple_status(np.stack([g.matrix() for g in group[start : start + step]]))
-            flags = status[:, cols[:, 0]]
-            for c in range(1, cols.shape[1]):
-                flags |= status[:, cols[:, c]]
-            counts += np.bincount(flags.ravel(), minlength=8)
+    cols = graphs if isinstance(graphs, GraphColumns) else GraphColumns.of_graphs(graphs)
+    return _ntr_entry(_ntr_counts(cols, (k,), np.zeros(len(cols.n), np.int64), 1, chunk)[0, 0])
+
+
+def _ntr_counts(c: GraphColumns, ks, code: np.ndarray, n_codes: int, chunk: int = 1 << 22) -> np.ndarray:
+    """Subset status counts (len(ks), n_codes, 8) of each k by each prompt's `code` (a category).
+
+    Prompts of one size are stacked into (G, n, n) relation matrices, a chunk of them at a time; each triple gets
+    its status once, and each k-subset the OR of its triples' statuses.
+    """
+    for k in ks:
+        if k < 3:
+            raise ValueError(f"k must be >= 3, got {k}")
+    counts = np.zeros((len(ks), n_codes, 8), dtype=np.int64)
+    edge_size = c.n[c.prompt]
+    for n in np.unique(c.n[c.n >= min(ks, default=3)]).tolist():
+        group = np.flatnonzero(c.n == n)
+        local = np.full(len(c.n), -1, dtype=np.int64)
+        local[group] = np.arange(len(group))
+        edges = np.flatnonzero(edge_size == n)
+        edges = edges[np.argsort(local[c.prompt[edges]], kind="stable")]  # by prompt, each prompt's in order
+        at = local[c.prompt[edges]]
+        tables = [(i, _subset_triples(n, k)[1]) for i, k in enumerate(ks) if k <= n]
+        if not tables:
+            continue
+        step = max(1, chunk // max(len(t) * t.shape[1] for _, t in tables))
+        for lo in range(0, len(group), step):
+            hi = min(lo + step, len(group))
+            e = edges[np.searchsorted(at, lo) : np.searchsorted(at, hi)]
+            R = np.full((hi - lo, n, n), MISSING, dtype=np.int8)
+            g = local[c.prompt[e]] - lo
+            R[g, c.first[e], c.second[e]] = c.relation[e]  # as `PreferenceGraph.matrix`, a graph at a time
+            R[g, c.second[e], c.first[e]] = -c.relation[e]
+            status = triple_status(R)
+            where = code[group[lo:hi]][:, None] * 8
+            for i, table in tables:
+                flags = status[:, table[:, 0]]
+                for t in range(1, table.shape[1]):
+                    flags |= status[:, table[:, t]]
+                counts[i] += np.bincount((where + flags).ravel(), minlength=n_codes * 8).reshape(n_codes, 8)
+    return counts
+
+
+def _ntr_entry(counts: np.ndarray) -> dict:
     bits = np.arange(8)
     known = counts[(bits & UNKNOWN) == 0]
     subsets, left_out = int(known.sum()), int(counts.sum() - known.sum())
@@ -364,22 +447,25 @@ def audit_graphs(graphs, ks=(3, 4, 5), delta: float = 0.0) -> dict:
         "non_transitivity_by_category": {category: {"3": ratio, ...}}, "score_histogram", "entropy_histogram"}`
         (histograms `{"edges", "counts"}` or `None` without values; `agreement` as in `conflict_ratio`).
     """
-    graphs = list(graphs)
-    cr = conflict_ratio(graphs, delta)
-    by_category = defaultdict(list)  # NTR per category; the totals are the sums of the categories' counts
-    for g in graphs:
-        by_category[g.category].append(g)
-    parts = {c: {str(k): non_transitivity(gs, k) for k in ks} for c, gs in by_category.items()}
-    by_category_cr = {c: (e["conflicts"], e["pairs"]) for c, e in cr["by_category"].items()}
+    return audit_columns(GraphColumns.of_graphs(graphs), ks, delta)
+
+
+def audit_columns(c: GraphColumns, ks=(3, 4, 5), delta: float = 0.0) -> dict:
+    """`audit_graphs` of prompts' graphs as columns (how cleaning audits a million pairs)."""
+    cr = _conflict_ratio(c, delta)
+    code, categories = c.codes()  # NTR per category; the totals are the sums of the categories' counts
+    counts = _ntr_counts(c, ks, code, len(categories))
+    parts = {cat: {str(k): _ntr_entry(counts[i, j]) for i, k in enumerate(ks)} for j, cat in enumerate(categories)}
+    by_category_cr = {cat: (e["conflicts"], e["pairs"]) for cat, e in cr["by_category"].items()}
     return _audit(
-        len(graphs),
-        int(sum(len(g.relation) for g in graphs)),
+        len(c.n),
+        len(c.relation),
         (cr["conflicts"], cr["pairs"]),
         by_category_cr,
         cr["agreement"],
         parts,
         [str(k) for k in ks],
         delta,
-        _histogram([g.scores for g in graphs if g.scores is not None]),
-        _histogram([g.entropy for g in graphs if g.entropy is not None]),
+        _histogram([c.scores]),
+        _histogram([c.entropy]),
     )

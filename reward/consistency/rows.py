@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..scoring import entropy
 from ..text import text_key
@@ -60,13 +61,28 @@ def _split_implicit(chosen, rejected):
     return None, chosen, rejected
 
 
+class Pair(NamedTuple):
+    """Responses i and j of a row (their positions) and r(i, j), `None` when the row carries no relation."""
+
+    i: int
+    j: int
+    relation: int | None
+    weight: float
+    order_consistent: bool | None
+    entropy: float | None
+
+
+_new = tuple.__new__  # `_new(Pair, fields)`: a NamedTuple without its Python-level __new__, half the cost per row
+_CHOSEN_REJECTED = Pair(0, 1, 1, 1.0, None, None)  # every chosen / rejected row's pair (immutable: shared)
+
+
 @dataclass
 class _Row:
     prompt: object
     category: object = None
     responses: list = field(default_factory=list)
     scores: list = field(default_factory=list)  # per response, None when unknown
-    pairs: list = field(default_factory=list)  # (i, j, relation or None, weight, order_consistent, entropy)
+    pairs: list[Pair] = field(default_factory=list)
 
 
 def _pairwise_relation(row: dict) -> tuple[int | None, float, float | None]:
@@ -97,8 +113,8 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
     `order_consistent`); `responses` with `scores` or `ranks` (1 = best); `response` with `score` (pointwise).
 
     ```python
-    >>> parse_row({"prompt": "q", "chosen": "good", "rejected": "bad"}).pairs  # (i, j, r, weight, consistent, entropy)
-    [(0, 1, 1, 1.0, None, None)]
+    >>> parse_row({"prompt": "q", "chosen": "good", "rejected": "bad"}).pairs
+    [Pair(i=0, j=1, relation=1, weight=1.0, order_consistent=None, entropy=None)]
 
     ```
     """
@@ -111,7 +127,7 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
             prompt, chosen, rejected = _split_implicit(chosen, rejected)
             if prompt is None:
                 raise BadRow("no prompt column and no shared prompt at the start of chosen and rejected")
-        out = _Row(prompt, row.get("category"), [chosen, rejected], [None, None], [(0, 1, 1, 1.0, None, None)])
+        out = _Row(prompt, row.get("category"), [chosen, rejected], [None, None], [_CHOSEN_REJECTED])
     elif "response_a" in row or "response_b" in row:
         a, b = _text(row, "response_a"), _text(row, "response_b")
         relation, weight, ent = _pairwise_relation(row)
@@ -125,7 +141,9 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
         ]
         consistent = row.get("order_consistent")
         consistent = consistent if isinstance(consistent, bool) else None
-        out = _Row(prompt, row.get("category"), [a, b], scores, [(0, 1, relation, weight, consistent, ent)])
+        out = _Row(
+            prompt, row.get("category"), [a, b], scores, [_new(Pair, (0, 1, relation, weight, consistent, ent))]
+        )
     elif "responses" in row:
         responses = row["responses"]
         if not isinstance(responses, list) or len(responses) < 2:
@@ -144,7 +162,7 @@ def parse_row(row: dict, need_label: bool = True) -> _Row:
         values = [_number(v, "scores / ranks") for v in values]
         scores = values if scores is None else scores
         pairs = [
-            (i, j, sign * ((values[i] > values[j]) - (values[i] < values[j])), 1.0, None, None)
+            Pair(i, j, sign * ((values[i] > values[j]) - (values[i] < values[j])), 1.0, None, None)
             for i in range(len(values))
             for j in range(i + 1, len(values))
         ]
@@ -179,7 +197,8 @@ def pair_arrays(table, need_label: bool = True) -> dict | None:
 
     Returns `None` for a table of another format or with columns of other types, else a dict of per-row values:
     `ok` (the row parses; where not, `parse_row` must say why), `prompt`, `a`, `b` (`(distinct values, index)`),
-    `relation` (-2: none), `weight`, `consistent`, `entropy`, `score_a`, `score_b`, `category` (lists).
+    `relation` (-2: none), `weight`, `consistent` (1, 0, -1: unknown), `entropy`, `score_a`, `score_b` (NaN:
+    unknown), `category` (`(distinct values, index)`).
     """
     import numpy as np
     import pyarrow as pa
@@ -243,11 +262,14 @@ def pair_arrays(table, need_label: bool = True) -> dict | None:
     for s in scores:
         v = _numbers(s, n)
         ok &= ~np.isinf(v)
-        score_values.append([None if x != x else x for x in v.tolist()])
-    flags = [None] * n if consistent is None else consistent.to_pylist()
-    entropies = [None] * n
+        score_values.append(v)
+    flags = np.full(n, -1, dtype=np.int8)
+    if consistent is not None:
+        known = ~np.asarray(pc.is_null(consistent).to_numpy(zero_copy_only=False), dtype=bool)
+        flags[known] = pc.fill_null(consistent, False).to_numpy(zero_copy_only=False)[known]
+    entropies = np.full(n, np.nan)
     pa_list, pb_list, pt_list = p_a.tolist(), p_b.tolist(), p_tie.tolist()
-    for i in np.flatnonzero(have_probs & ok).tolist():
+    for i in np.flatnonzero(have_probs & ok).tolist():  # as `parse_row` computes it, to the last bit
         entropies[i] = entropy({"a": pa_list[i], "b": pb_list[i], "tie": pt_list[i]})
     return {
         "ok": ok, "prompt": prompts, "a": a_texts, "b": b_texts, "relation": relation, "weight": weight,
@@ -273,12 +295,17 @@ def parse_columns(table, need_label: bool = True) -> list:
         uniques, index = pair
         return [uniques[i] for i in index.tolist()]
 
+    def value(array):
+        return [None if x != x else x for x in array.tolist()]  # NaN: unknown
+
     prompts, a_texts, b_texts, categories = (shared(cols[k]) for k in ("prompt", "a", "b", "category"))
     out = [None] * table.num_rows
     rel_list, w_list = cols["relation"].tolist(), cols["weight"].tolist()
-    flags, entropies, sa, sb = cols["consistent"], cols["entropy"], cols["score_a"], cols["score_b"]
+    flag = {1: True, 0: False, -1: None}
+    flags = [flag[c] for c in cols["consistent"].tolist()]
+    entropies, sa, sb = value(cols["entropy"]), value(cols["score_a"]), value(cols["score_b"])
     for i in np.flatnonzero(cols["ok"]).tolist():
         r = rel_list[i]
-        pair = (0, 1, None if r == -2 else r, w_list[i], flags[i], entropies[i])
+        pair = _new(Pair, (0, 1, None if r == -2 else r, w_list[i], flags[i], entropies[i]))
         out[i] = _Row(prompts[i], categories[i], [a_texts[i], b_texts[i]], [sa[i], sb[i]], [pair])
     return out
