@@ -261,3 +261,78 @@ def test_vectorised_build_equals_the_row_by_row_build(seed):
         slow = clean_parsed(shard.parsed(need_label=True), len(rows), policies)
         assert fast == slow
         assert {"conflicting-duplicate", "duplicate-pair", "bad-input"} <= {v[0] for v in fast[0].values()}
+
+
+# Raw JSONL lines as a rejects file must show them: each is spliced or re-encoded, and either way the bytes must
+# be what `json.dumps(record, ensure_ascii=False, default=str)` writes (the rejects as they were before splicing).
+_REJECT_LINES = [
+    b'{"prompt": "p", "response_a": "a", "response_b": "b", "label": "a"}',  # the layout learnt first
+    b'{"prompt": "p", "response_a": "caf\xc3\xa9 \xe2\x80\xa8 \xf0\x9f\x99\x82", "response_b": "b", "label": "b"}',
+    b'{"prompt": "p", "response_a": "caf\\u00e9", "response_b": "b", "label": "a"}',  # escaped unicode: re-encoded raw
+    b'{"prompt": "p", "response_a": "tab\\t nl\\n q\\" bs\\\\ \\b\\f\\r", "response_b": "b", "label": "a"}',
+    b'{"prompt": "p", "response_a": "\\u001f \\u0001", "response_b": "\\/", "label": "a"}',
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": 1}',
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": -0}',  # comes back as 0
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": 1e-7}',  # comes back as 1e-07
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": 0.1}',
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": 1.0}',
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": null}',
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": true}',
+    b'{"prompt": "p", "response_a": ["x", {"k": [1, 2.5]}], "response_b": {"role": "user"}, "label": "a"}',
+    b'{"prompt": "p", "response_a": [1,2], "response_b": "y", "label": "a"}',
+    b'{"label": "a", "prompt": "p", "response_a": "x", "response_b": "y"}',  # another key order
+    b'{"prompt":"p","response_a":"x","response_b":"y","label":"a"}',  # compact separators
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": "a", "label": "b"}',  # duplicate key
+    b'{"prompt": "p", "prompt": "q", "response_b": "y", "label": "a"}',  # duplicate key, four keys
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": "a"} ',  # trailing space
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": "a"}\r',  # CRLF file
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": 123456789012345678901234567890}',
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": 007}',  # not JSON: never spliced
+    b'{"prompt": "p", "response_a": "x", "response_b": "y", "label": "a"}',  # the fast path after all of those
+]
+
+
+def test_spliced_reject_lines_are_byte_identical_to_re_encoded_ones():
+    from trainers.shards import _ENCODER, ShardRows, UserError, reject_lines
+
+    rows = ShardRows("in.jsonl", np.arange(len(_REJECT_LINES)))
+    rows.add("lines", _REJECT_LINES)
+    records = [
+        {"row_index": i, "reason": 'cyc"le, "row": 9', "detail": "é\n", "evidence_rows": [i, 3], "row": i}
+        for i in range(len(_REJECT_LINES))
+    ]
+    for i, record in enumerate(records):
+        try:
+            row = json.loads(_REJECT_LINES[i].decode())
+        except json.JSONDecodeError:
+            with pytest.raises(UserError, match="not valid JSON"):
+                reject_lines([record], rows)
+            continue
+        expected = _ENCODER.encode(record | {"row": row}).encode() + b"\n"
+        assert json.dumps(record | {"row": row}, ensure_ascii=False, default=str).encode() + b"\n" == expected
+        # Learnt from line 0 first, as a shard's rejects are written: line i then takes the fast path if it can.
+        assert reject_lines([records[0], record], rows)[1] == expected, _REJECT_LINES[i]
+    # The splice did run (the first line's layout, the last line), and bytes the encoder would change did not.
+    splice = __import__("trainers.shards", fromlist=["_Splicer"])._Splicer()
+    splice.learn(json.loads(_REJECT_LINES[0]))
+    spliced = [i for i, line in enumerate(_REJECT_LINES) if splice.canonical(line)]
+    assert spliced == [0, 1, 3, 5, 10, 11, len(_REJECT_LINES) - 1]
+
+
+def test_rejects_of_a_file_with_awkward_rows_equal_re_encoding(tmp_path):
+    """End to end: every rejected row's `row` is the row `json.loads` reads, written as the encoder writes it."""
+    lines = [line for line in _REJECT_LINES if b"007" not in line]
+    pair = b'{"prompt": "c", "response_a": "%s", "response_b": "%s", "label": "a"}'
+    cycle = [pair % (p[:1], p[1:]) for p in (b"xy", b"yz", b"zx")]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(cycle + lines + cycle[:1]) + b"\n")
+    out = [str(tmp_path / n) for n in ("kept.jsonl", "rejects.jsonl", "report.json")]
+    args = ["clean", "--input", str(path), "--labels-only", "--policy", "drop-cycles", "--output", out[0]]
+    assert main([*args, "--rejects", out[1], "--report", out[2]]) == 0
+    rejects = Path(out[1]).read_bytes().splitlines(keepends=True)
+    assert [json.loads(line)["row_index"] for line in rejects] == [0, 1, 2, *range(8, 26)]  # kept: 3-7
+    rows_in = path.read_bytes().splitlines()
+    for line in rejects:
+        record = json.loads(line)
+        assert record["row"] == json.loads(rows_in[record["row_index"]])
+        assert json.dumps(record, ensure_ascii=False, default=str).encode() + b"\n" == line

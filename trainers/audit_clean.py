@@ -169,10 +169,10 @@ def _clean_shard(task):
     ids = rows.ids.tolist()  # Python ints: read once per evidence row
     rejected = (
         {"row_index": ids[r], "reason": reason, "detail": detail,
-         "evidence_rows": [ids[x] for x in evidence], "row": rows.row(r)}
+         "evidence_rows": [ids[x] for x in evidence], "row": r}
         for r, (reason, detail, evidence) in sorted(reasons.items())
     )  # fmt: skip
-    lines = reject_lines(rejected)
+    lines = reject_lines(rejected, rows)  # `row` a position: the row itself is spliced in or read there
     if rejects_path is not None:
         with open(rejects_path, "wb") as f:
             f.writelines(lines)
