@@ -293,7 +293,8 @@ _REJECT_LINES = [
 
 
 def test_spliced_reject_lines_are_byte_identical_to_re_encoded_ones():
-    from trainers.shards import _ENCODER, ShardRows, UserError, reject_lines
+    from trainers.rejects import _ENCODER, reject_lines
+    from trainers.shards import ShardRows, UserError
 
     rows = ShardRows("in.jsonl", np.arange(len(_REJECT_LINES)))
     rows.add("lines", _REJECT_LINES)
@@ -313,7 +314,7 @@ def test_spliced_reject_lines_are_byte_identical_to_re_encoded_ones():
         # Learnt from line 0 first, as a shard's rejects are written: line i then takes the fast path if it can.
         assert reject_lines([records[0], record], rows)[1] == expected, _REJECT_LINES[i]
     # The splice did run (the first line's layout, the last line), and bytes the encoder would change did not.
-    splice = __import__("trainers.shards", fromlist=["_Splicer"])._Splicer()
+    splice = __import__("trainers.rejects", fromlist=["_Splicer"])._Splicer()
     splice.learn(json.loads(_REJECT_LINES[0]))
     spliced = [i for i, line in enumerate(_REJECT_LINES) if splice.canonical(line)]
     assert spliced == [0, 1, 3, 5, 10, 11, len(_REJECT_LINES) - 1]

@@ -22,14 +22,12 @@ from reward.consistency.metrics import merge_audits
 from .args import UserError
 from .judge_args import JudgeArguments
 from .outputs import OutputSet, check_distinct, check_replaceable, output_format
+from .rejects import merge_reject_files, reject_lines, rejected_indices
 from .shards import (
     ShardStore,
     Source,
     cpu_count,
-    merge_reject_files,
     parse_shard_spec,
-    reject_lines,
-    rejected_indices,
     write_kept,
 )
 
