@@ -66,6 +66,11 @@ class Preference:
     error: str | None = None
     truncated: bool = False
 
+    @property
+    def win(self) -> float | None:
+        """P(a beats b), a tie counted half; `None` when the judgement failed."""
+        return None if self.error is not None or self.p_a is None else self.p_a + 0.5 * self.p_tie
+
 
 def check_choice(name: str, value, choices: tuple) -> None:
     """Raises a `ValueError` listing the valid choices unless `value` is one of them (options checked when built)."""

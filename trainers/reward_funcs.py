@@ -28,7 +28,7 @@ from reward.groups import (
     swiss_rounds,
 )
 from reward.judge import MODES
-from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS, check_choice, entropy
+from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS, Preference, check_choice, entropy
 from reward.text import as_text, text_key
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,24 @@ class _JudgeReward:
         if self.monitor is not None:
             self.monitor.observe(self, rewards=rewards, latency=latency, kwargs=kwargs, **results)
         return rewards
+
+
+def against_references(judge: Judge, prompts, responses, references) -> list[Preference | None]:
+    """Each response judged against its own reference answer in one `compare` call, both orders merged (its reward
+    is `Preference.win`); `None` where a text is unusable or the judge failed (the caller counts those)."""
+    texts = [tuple(map(as_text, sample)) for sample in zip(prompts, responses, references)]
+    usable = [k for k, sample in enumerate(texts) if None not in sample]
+    out: list[Preference | None] = [None] * len(texts)
+    if not usable:
+        return out
+    try:
+        prefs = judge.compare(*[[texts[k][c] for k in usable] for c in range(3)])
+    except Exception as exc:  # a broken judge costs these rewards, never the caller
+        logger.warning("judging against references failed: %s", exc)
+        return out
+    for k, pref in zip(usable, prefs):
+        out[k] = pref if pref.error is None else None
+    return out
 
 
 def _check_scale(scale) -> None:

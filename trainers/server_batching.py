@@ -23,10 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from reward.text import as_text
-
 from .fallback import FailurePolicy
-from .reward_funcs import JudgePairwiseReward, JudgeScoreReward
+from .reward_funcs import JudgePairwiseReward, JudgeScoreReward, against_references
 
 logger = logging.getLogger(__name__)
 
@@ -334,18 +332,10 @@ class Batcher:
 
     def _reference(self, part: list[_Piece]) -> list[list[Outcome]]:
         """Each sample against its reference in one `compare` call (both orders); no reference: a failure."""
-        samples = [s for p in part for s in zip(*p.payload)]
-        usable = [k for k, sample in enumerate(samples) if None not in map(as_text, sample)]
-        try:
-            prefs = self.judge.compare(*[[samples[k][c] for k in usable] for c in range(3)]) if usable else []
-        except Exception as exc:  # counted as failures of every item (then each is judged again alone)
-            logger.warning("reference reward failed: %s", exc)
-            prefs = []
-        outcomes = [Outcome(None, failed=True) for _ in samples]
-        for k, pref in zip(usable, prefs):
-            if pref.error is None:
-                outcomes[k] = Outcome(pref.p_a + 0.5 * pref.p_tie, compared_pairs=1.0,
-                                      consistent_pairs=float(pref.order_consistent))  # fmt: skip
+        columns = [[x for p in part for x in p.payload[c]] for c in range(3)]
+        outcomes = [Outcome(None, failed=True) if pref is None else
+                    Outcome(pref.win, compared_pairs=1.0, consistent_pairs=float(pref.order_consistent))
+                    for pref in against_references(self.judge, *columns)]  # fmt: skip
         out, start = [], 0
         for p in part:
             out.append(outcomes[start : start + p.end - p.start])

@@ -34,10 +34,8 @@ import time
 from collections import defaultdict
 from functools import cache
 
-from reward.text import as_text
-
 from .fallback import FailurePolicy
-from .reward_funcs import JudgePairwiseReward, JudgeScoreReward
+from .reward_funcs import JudgePairwiseReward, JudgeScoreReward, against_references
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +119,8 @@ def compute_score(
         except Exception as exc:
             logger.warning("verl reward: server failed: %s", exc)
     elif reward == "reference":
-        value = _against_reference(_judge(judge), prompt, solution_str, ground_truth)
+        (pref,) = against_references(_judge(judge), [prompt], [solution_str], [ground_truth])
+        value = None if pref is None else pref.win
     else:
         (value,) = JudgeScoreReward(_judge(judge), scale=scale)(prompts=[prompt], completions=[solution_str])
     failed = value is None
@@ -129,19 +128,6 @@ def compute_score(
     if failed:
         logger.warning("verl reward: a failed judgement got %s", reward)
     return {"score": reward, "judge_failed": float(failed)} if details else reward
-
-
-def _against_reference(judge, prompt: str, response: str, reference) -> float | None:
-    """P(response beats reference) + P(tie) / 2 from both orders; `None` when it cannot be judged."""
-    texts = (as_text(prompt), as_text(response), as_text(reference))
-    if None in texts:
-        return None
-    try:
-        (pref,) = judge.compare(*[[t] for t in texts])
-    except Exception as exc:
-        logger.warning("verl reward: judgement against the reference failed: %s", exc)
-        return None
-    return None if pref.error is not None else pref.p_a + 0.5 * pref.p_tie
 
 
 def compute_score_batch(
