@@ -152,8 +152,15 @@ def test_backends_and_text_helpers_do_not_depend_on_the_judge():
 
 
 def test_a_wheel_carries_the_judge_config_and_the_prompts(tmp_path):
+    import shutil
+
+    src = tmp_path / "src"  # built from a copy: setuptools writes build/ and *.egg-info next to the sources
+    for name in ("reward", "trainers"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True)  # fmt: skip
+                    str(tmp_path), str(src)], check=True, capture_output=True)  # fmt: skip
     (wheel,) = tmp_path.glob("trustreward-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"reward/backends/judge_zero3.json", "trainers/mt_bench/question.jsonl",
