@@ -4,8 +4,9 @@
 masks, positions, caches) are then replayed bare and timed. The ratio raw / `Judge.score` is the fraction of
 the judge's time spent in the model's prompt forwards (goal >= 0.9): the rest is rendering, tokenising, the
 label step and Python. The prefix cache is off so the batches are plain ones. With the backend's own head
-(`HFBackend._own_head`) a forward is the base model's, and the head runs once per call after them: the base
-model's forwards are recorded then.
+(`HFBackend._own_head`) a forward is the base model's (run by the backend's lean loop where it has one,
+`reward/backends/decoder.py`), and the head runs once per call after them: the base model's forwards are recorded
+then, at the backend's `_base`, and replayed through transformers' own base model.
 
     python bench/bench_overhead.py [--items 16] [--quick]
 """
@@ -33,17 +34,30 @@ def main() -> int:
     questions, answers = [q for q, _ in items], [a for _, a in items]
     j.score(questions[:1], answers[:1])  # warm-up
 
-    body = j.model.base_model if j.backend._own_head() is not None else j.model
-    calls, forward = [], body.forward
+    own = j.backend._own_head() is not None
+    body = j.model.base_model if own else j.model
+    calls = []
+    if own:  # the backend's seam to the base model: (ids, positions, mask, prefix KV, keep)
+        seam = j.backend._base
 
-    def recording(*a, **kw):
-        if kw.get("cache") is None:  # a prompt forward (the label step passes the prompt's cache)
-            calls.append({k: v for k, v in kw.items()})
-        return forward(*a, **kw)
+        def recording(ids, positions, mask, prefix_kv, keep):
+            calls.append({"input_ids": ids, "position_ids": positions, "attention_mask": mask})
+            return seam(ids, positions, mask, prefix_kv, keep)
 
-    body.forward = recording
-    j.score(questions, answers)  # recorded once, then both sides are timed on equal terms
-    body.forward = forward
+        j.backend._base = recording
+        j.score(questions, answers)  # recorded once, then both sides are timed on equal terms
+        del j.backend._base
+    else:
+        forward = body.forward
+
+        def recording(*a, **kw):
+            if kw.get("cache") is None:  # a prompt forward (the label step passes the prompt's cache)
+                calls.append(dict(kw))
+            return forward(*a, **kw)
+
+        body.forward = recording
+        j.score(questions, answers)
+        body.forward = forward
 
     def replay():
         with torch.inference_mode():

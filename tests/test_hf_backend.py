@@ -117,11 +117,20 @@ def test_prefix_cache_equals_uncached(tiny_model_dir, attn):
     assert cached.forward_tokens < 0.5 * plain.forward_tokens
 
 
-def test_batches_split_by_length_on_cpu_only(tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_batches_split_by_length_on_cpu_only(tiny_model_dir, monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     backend = HFBackend(model, AutoTokenizer.from_pretrained(tiny_model_dir), max_batch_tokens=1000)
+    # A 64-wide judge: padding 50 tokens costs less than one more forward's host work, padding 80 does not.
+    ffn = model.config.intermediate_size
+    assert backend._free_padding() == int(5e6 / (2 * (4 * 64 * 64 + 3 * 64 * ffn))) > 30
+    assert backend._batches([20, 100, 50]) == [[1, 2], [0]]
+    wide = SimpleNamespace(model=SimpleNamespace(config=LlamaConfig(hidden_size=576, intermediate_size=1536)))
+    assert HFBackend._free_padding(wide) == 0  # the embedded judge's width: padding is compute
+    monkeypatch.setattr(backend, "_free_padding", lambda: 0)
     assert backend._batches([20, 100, 50]) == [[1], [2], [0]]  # CPU: padding is compute, a batch of one is cheap
     assert backend._batches([600, 500]) == [[0], [1]]  # the token budget splits everywhere
     backend.device = torch.device("cuda")  # (only its type is read) GPU: each forward has a fixed cost

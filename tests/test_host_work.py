@@ -150,18 +150,107 @@ def test_bytes_bound_and_fast_encode(tiny_model_dir):
         tokenizer._tokenizer.no_truncation()
 
 
+def test_shared_start_tokenised_once_gives_the_same_ids(tiny_model_dir, monkeypatch):
+    import random
+
+    from transformers import AutoTokenizer
+
+    from reward import tokens
+    from reward.embedded import embedded_judge_path
+
+    # Texts built to break the cut: whitespace runs around newlines, "\r\n", a non-breaking space, contractions,
+    # digits, accents, special tokens, right at and next to the shared start's end.
+    pieces = ["\n", " ", "\t", "\r", "a", "Z", "1", "]", "[", ".", "\u00e9", "'s", "<|im_end|>", "\u00a0", "  ",
+              "\n\n", "ab", "9", "\n[", "]\n", " \n", "x\ny"]  # fmt: skip
+    rng = random.Random(0)
+    seen, cut = [], tokens._shared_cut
+    monkeypatch.setattr(tokens, "_shared_cut", lambda texts: seen.append(cut(texts)) or seen[-1])
+    for tokenizer in (tiny(tiny_model_dir)[1], AutoTokenizer.from_pretrained(str(embedded_judge_path()))):
+        assert tokens._splits_at_newlines(tokenizer._tokenizer)
+        for _ in range(1500):
+            start = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+            texts = [start + "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))) for _ in range(3)]
+            assert encode(tokenizer, texts) == tokenizer(texts, add_special_tokens=False).input_ids, texts
+    assert sum(cut > 0 for cut in seen) > 400  # the cut was taken often, not just allowed
+    # Judge prompts: the template's instructions (everything up to the question) are tokenised once.
+    judge = Judge(tiny(tiny_model_dir)[2], progress=False)
+    fields = [{"question": q, "response": a, "min_score": "1", "max_score": "5"} for q, a in zip(QUESTIONS, ANSWERS)]
+    prompts = [judge._render(judge.pointwise_template, f, text=True) for f in fields]
+    assert cut(prompts) > len(prompts[0]) // 2 and prompts[0][: cut(prompts)].endswith("\n")
+
+
+def test_shared_start_not_cut_where_the_tokenizer_may_merge_across(tiny_model_dir):
+    from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
+
+    from reward import tokens
+
+    tokenizer = tiny(tiny_model_dir)[1]
+    assert tokens._shared_cut(["ab\ncd x", "ab\ncd y"]) == 3  # after "b\n", before "c"
+    assert tokens._shared_cut(["ab \ncd x", "ab \ncd y"]) == 0  # " \n" at a text's end is one piece, not two
+    assert tokens._shared_cut(["ab\n\ncd", "ab\n\nce"]) == 0 and tokens._shared_cut(["ab\nc", "ab\nd"]) == 0
+    for pre in (pre_tokenizers.ByteLevel(add_prefix_space=True), pre_tokenizers.Metaspace(),
+                pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.ByteLevel()])):  # fmt: skip
+        raw = Tokenizer(models.BPE())
+        raw.pre_tokenizer = pre
+        assert not tokens._splits_at_newlines(raw)
+    raw = Tokenizer.from_str(tokenizer._tokenizer.to_str())
+    raw.normalizer = normalizers.NFKC()
+    assert not tokens._splits_at_newlines(raw)
+    raw = Tokenizer.from_str(tokenizer._tokenizer.to_str())
+    raw.add_special_tokens([AddedToken("<x>", lstrip=True)])  # would take the "\n" before it
+    assert not tokens._splits_at_newlines(raw)
+
+
+def test_lean_forward_is_transformers_forward(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from reward.backends.decoder import lean_decoder, model_mask
+
+    for attn in ("sdpa", "eager"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn).eval()
+        lean = lean_decoder(model)
+        assert lean is not None
+        torch.manual_seed(1)
+        past_ids, ids = torch.randint(0, 500, (1, 9)), torch.randint(0, 500, (3, 6))
+        mask = torch.rand(3, 1, 6, 15) < 0.7
+        mask[..., 0] = True
+        positions = torch.randint(9, 40, (3, 6))
+        with torch.inference_mode():
+            first = model.model(input_ids=past_ids, use_cache=True)
+            past = [(layer.keys, layer.values) for layer in first.cache.layers]
+            cache = DynamicCache(ddp_cache_data=[(k.expand(3, -1, -1, -1), v.expand(3, -1, -1, -1)) for k, v in past],
+                                 config=model.config)  # fmt: skip
+            want = model.model(input_ids=ids, attention_mask=model_mask(mask, model), position_ids=positions,
+                               cache=cache)  # fmt: skip
+            got, kv = lean(ids, positions, model_mask(mask, model), past, True)
+        assert torch.equal(got, want.last_hidden_state)
+        assert all(torch.equal(k, layer.keys) and torch.equal(v, layer.values)
+                   for (k, v), layer in zip(kv, want.cache.layers))  # fmt: skip
+    # What it does not know, it leaves to transformers: another architecture, or a model that changed its forward.
+    model.config.model_type = "qwen3"
+    assert lean_decoder(model) is None
+    model.config.model_type = "llama"
+    model.model.norm.register_forward_hook(lambda module, args, out: out * 2)  # seen by both: still equal
+    assert lean_decoder(model) is not None
+    model.model.register_forward_hook(lambda module, args, out: out.__setitem__("last_hidden_state", out[0] + 1))
+    assert lean_decoder(model) is None
+
+
 def test_one_forward_per_micro_batch_and_sibling_stretches_together(tiny_model_dir):
     model, tokenizer, backend = tiny(tiny_model_dir, prefix_cache=False)
     cached = HFBackend(model, tokenizer, min_prefix=4)
     assert backend._own_head() is model.lm_head and cached._own_head() is model.lm_head  # (its check: 1 forward)
+    assert backend._lean is not None  # a Llama: the lean forward (`reward.backends.decoder`) runs the base model
     calls = []
-    forward = model.model.forward  # the body: with our own head, the only part a micro-batch runs
 
-    def counting(*args, **kwargs):
-        calls.append((kwargs["input_ids"] if "input_ids" in kwargs else args[0]).shape)
-        return forward(*args, **kwargs)
+    def counting(forward):  # the base model's forward (lean or transformers'): with our own head, all a batch runs
+        def count(ids, *args, **kwargs):
+            calls.append(ids.shape)
+            return forward(ids, *args, **kwargs)
 
-    model.model.forward = counting
+        return count
+
+    backend._base, cached._base = counting(backend._base), counting(cached._base)
     prompts = ["What is two plus two? Score: [", "Paris is in France. Score: ["]
     labels = [str(s) for s in range(1, 101)]
     got = backend.label_logprobs(prompts, labels)
@@ -169,20 +258,22 @@ def test_one_forward_per_micro_batch_and_sibling_stretches_together(tiny_model_d
     assert got[1]["47"] == pytest.approx(brute_force(model, tokenizer, prompts[1], "47"), abs=1e-5)
     calls.clear()
     # Three questions of the same length after one shared instruction: the instruction, then the three
-    # questions' stretches side by side in one forward, then each question's two answers (one forward each on a
-    # CPU: their lengths differ).
+    # questions' stretches side by side in one forward, then each question's two answers: together on this
+    # 64-wide judge (padding ~10 tokens is cheaper than a forward), one forward each where padding is compute.
     system = "You are a judge. The quick brown fox jumps over the lazy dog. " * 2
     questions = [f"[Q] What is {x} plus two? a b c d e f g h" for x in ("two", "three", "over")]
     answers = ["It is four.", "The answer is 42, accurate and relevant. Paris."]
     prompts = [f"{system}{q} [A] {a} Verdict: [" for q in questions for a in answers]
     lengths = {len(tokenizer(system + q, add_special_tokens=False).input_ids) for q in questions}
     assert len(lengths) == 1
-    calls.clear()
-    got = cached.label_logprobs(prompts, ["A", "B", "C"])
-    extends = [shape for shape in calls if shape[0] > 1 and shape[1] < 30]  # the question stretches
-    assert len(calls) == 1 + 1 + 6 and len(extends) == 1 and extends[0][0] == 3
     want = HFBackend(model, tokenizer, prefix_cache=False).label_logprobs(prompts, ["A", "B", "C"])
-    assert max(abs(math.exp(g[k]) - math.exp(w[k])) for g, w in zip(got, want) for k in "ABC") <= 1e-5
+    for free, forwards in ((cached._free_padding(), 1 + 1 + 3), (0, 1 + 1 + 6)):
+        cached._free_padding = lambda free=free: free
+        calls.clear()
+        got = cached.label_logprobs(prompts, ["A", "B", "C"])
+        extends = [shape for shape in calls if shape[0] == 3 and shape[1] < 30]  # the question stretches
+        assert len(calls) == forwards and len(extends) == 1
+        assert max(abs(math.exp(g[k]) - math.exp(w[k])) for g, w in zip(got, want) for k in "ABC") <= 1e-5
 
 
 def test_micro_batches_cap_label_logits():
@@ -191,7 +282,7 @@ def test_micro_batches_cap_label_logits():
 
     class Config:
         def get_text_config(self):
-            return type("T", (), {"vocab_size": 1000})()
+            return type("T", (), {"vocab_size": 1000, "hidden_size": 576, "intermediate_size": 1536})()
 
     backend.model = type("M", (), {"config": Config()})()
     assert [len(b) for b in backend._batches([50] * 7, label_rows=100)] == [3, 3, 1]  # 3 rows x 101 logits rows

@@ -8,7 +8,9 @@ path) for all paths at once, so a 1-100 distribution costs one forward of the pr
 
 The output layer is ours when it provably is the model's (`HFBackend._own_head`): a forward then runs the base
 model only, and the root and node rows of a whole call go through the head together at the end, a vocabulary
-slice at a time on a CPU (the label sums merge as they come, in cache)."""
+slice at a time on a CPU (the label sums merge as they come, in cache). With it, a Llama's base model runs through
+`decoder.lean_decoder` (its own modules without transformers' per-call bookkeeping) where that is bit for bit
+transformers' forward."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 
 from ..tokens import encode
 from . import JudgeBackend
+from .decoder import lean_decoder, model_mask
 
 
 def _common(a: list[int], b: list[int], limit: int) -> int:
@@ -109,7 +112,7 @@ class HFBackend(JudgeBackend):
         self._tries: dict[tuple[tuple[int, ...], ...], _Trie] = {}
         self._end_ids: torch.Tensor | None = None
         self._end_mask: torch.Tensor | None = None
-        self._head_checked, self._head = False, None
+        self._head_checked, self._head, self._lean = False, None, None
 
     @classmethod
     def from_pretrained(cls, path: str, *, device=None, dtype=None, adapter: str | None = None, **kwargs) -> HFBackend:
@@ -197,26 +200,37 @@ class HFBackend(JudgeBackend):
         budget, and (if `cap`: the model's head writes them) rows x (label_rows + 1) logits rows within
         `max_logits` vocabulary-wide values.
 
-        On a CPU a row shorter than 90% of its batch's longest starts a new batch: padding is compute thrown away,
-        and a batch of one is as fast per token as a big one. Not on a GPU, where each forward's fixed cost (tens of
-        ms of launches and host work for a small judge) outweighs the padding.
+        On a CPU a row shorter than 90% of its batch's longest, less `_free_padding()` tokens, starts a new batch:
+        padding is compute thrown away, and a batch of one is as fast per token as a big one. Not on a GPU, where
+        each forward's fixed cost (tens of ms of launches and host work for a small judge) outweighs the padding.
         """
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches, current = [], []
-        ragged = 0.9 if self.device.type == "cpu" else 0.0
+        cpu = self.device.type == "cpu"
+        ragged, free = (0.9, self._free_padding()) if cpu else (0.0, 0)
         vocab = self.model.config.get_text_config().vocab_size
         most_rows = max(1, self.max_logits // (vocab * (label_rows + 1))) if label_rows and cap else len(lengths)
         for i in order:
             longest = lengths[current[0]] if current else 0
             if current and (
                 (len(current) + 1) * (longest + label_rows) > self.max_batch_tokens
-                or lengths[i] < ragged * longest
+                or lengths[i] < ragged * longest - free
                 or len(current) >= most_rows
             ):
                 batches.append(current)
                 current = []
             current.append(i)
         return batches + ([current] if current else [])
+
+    def _free_padding(self) -> int:
+        """Padding tokens (per row) that cost about what one more forward's fixed host work does on a CPU: ~5 MFLOP a
+        layer (the lean forward's ~0.1 ms a layer at ~50 GFLOP/s) over a token's ~2 x (4 d^2 + 3 d d_ff) FLOPs a
+        layer. ~60 tokens for the 1-layer, 64-wide bench judge (fewer, fuller forwards: `bench/bench_host.py`); 0
+        from ~200-wide models on, where padding is the cost."""
+        config = self.model.config.get_text_config()
+        width = config.hidden_size
+        ffn = getattr(config, "intermediate_size", None) or 4 * width
+        return int(5e6 / (2 * (4 * width * width + 3 * width * ffn)))
 
     def _pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(map(len, rows))
@@ -233,6 +247,7 @@ class HFBackend(JudgeBackend):
         CPU a small judge's forward mostly streams that weight: 12.6 MB for 49152 x 64), and no head for the
         prefix cache's stretches. Checked once on a probe, bit for bit (a logit soft-cap or scale would show). Not
         under lockstep: ZeRO-3 gathers the head at each of its calls, which must then be the same on every rank.
+        The lean forward (`decoder.lean_decoder`, checked likewise) comes with it, under the same conditions.
         """
         if not self._head_checked:
             self._head_checked = True
@@ -242,7 +257,7 @@ class HFBackend(JudgeBackend):
                 ids = torch.arange(min(8, vocab), device=self.device)[None]
                 full = self.model(input_ids=ids).logits
                 if torch.equal(full, head(base(input_ids=ids).last_hidden_state)):
-                    self._head = head
+                    self._head, self._lean = head, lean_decoder(self.model)
         return self._head
 
     @torch.inference_mode()
@@ -331,23 +346,28 @@ class HFBackend(JudgeBackend):
         width = max(map(len, stretches))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in stretches], device=self.device)
-        mask = torch.tensor([[1] * (past + len(s)) + [0] * (width - len(s)) for s in stretches], device=self.device)
+        mask = torch.ones(width, past + width, dtype=torch.bool, device=self.device).tril(past)  # causal after past
+        mask = model_mask(mask[None, None].expand(len(stretches), -1, -1, -1), self.model)
         positions = torch.arange(past, past + width, device=self.device)[None].expand(len(stretches), -1)
-        inputs = {
-            "input_ids": ids,
-            "attention_mask": mask if len(stretches) > 1 else None,
-            "position_ids": positions,
-            "cache": self._cache(prefix_kv, len(stretches)),
-            "use_cache": True,
-        }
-        if self._own_head() is not None:  # only the cache is wanted: the base model, no head
-            out = self.model.base_model(**inputs)
-        else:
-            out = self.model(**inputs, logits_to_keep=torch.arange(0, device=self.device))
         self.forward_tokens += int(ids.numel())
-        layers = [(layer.keys, layer.values) for layer in out.cache.layers]
+        if self._own_head() is not None:  # only the cache is wanted: the base model, no head
+            _, layers = self._base(ids, positions, mask, prefix_kv, keep=True)
+        else:
+            none = torch.arange(0, device=self.device)  # no logits: only the cache is wanted
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             cache=self._cache(prefix_kv, len(stretches)), logits_to_keep=none)  # fmt: skip
+            layers = [(layer.keys, layer.values) for layer in out.cache.layers]
         return [[(k[r : r + 1, :, : past + len(s)], v[r : r + 1, :, : past + len(s)]) for k, v in layers]
                 for r, s in enumerate(stretches)]  # fmt: skip
+
+    def _base(self, ids, positions, mask, prefix_kv, keep: bool):
+        """(final hidden states, the KV cache with these tokens if `keep`) of the base model: the lean forward
+        (`decoder.lean_decoder`) where the model has one, else transformers'."""
+        if self._lean is not None:
+            return self._lean(ids, positions, mask, prefix_kv, keep)
+        out = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=keep,
+                                    cache=self._cache(prefix_kv, len(ids)))  # fmt: skip
+        return out.last_hidden_state, ([(layer.keys, layer.values) for layer in out.cache.layers] if keep else None)
 
     def _trie_forward(self, rows: list[list[int]], trie: _Trie, prefix_kv=None) -> torch.Tensor:
         """One forward of the rows (their tokens past `prefix_kv`), then every trie node as one more token that
@@ -366,22 +386,14 @@ class HFBackend(JudgeBackend):
         mask = torch.cat([prompt, nodes], 1)  # [B, T + Q, T + Q]
         if past:
             mask = torch.cat([torch.ones(batch, width + n_nodes, past, dtype=torch.bool, device=dev), mask], -1)
-        mask = mask[:, None]
-        if self.model.config._attn_implementation == "eager":  # eager adds the mask to the scores
-            additive = torch.zeros(mask.shape, dtype=self.model.dtype, device=dev)
-            mask = additive.masked_fill(~mask, torch.finfo(self.model.dtype).min)
-        inputs = {
-            "input_ids": torch.cat([ids, trie.tokens[None].expand(batch, -1)], -1),
-            "attention_mask": mask,
-            "position_ids": past + positions,
-            "cache": self._cache(prefix_kv, batch),
-            "use_cache": False,
-        }
-        self.forward_tokens += int(ids.numel())  # prompt tokens, padding included (not the label step)
+        mask = model_mask(mask[:, None], self.model)
+        ids, positions = torch.cat([ids, trie.tokens[None].expand(batch, -1)], -1), past + positions
+        self.forward_tokens += batch * width  # prompt tokens, padding included (not the label step)
         if self._own_head() is not None:
-            return self.model.base_model(**inputs).last_hidden_state[:, width - 1 :]
+            return self._base(ids, positions, mask, prefix_kv, keep=False)[0][:, width - 1 :]
         keep = torch.arange(width - 1, width + n_nodes, device=dev)  # the root (last row token), then the nodes
-        return self.model(**inputs, logits_to_keep=keep).logits
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                          cache=self._cache(prefix_kv, batch), logits_to_keep=keep).logits  # fmt: skip
 
     def _logits(self, flat: torch.Tensor) -> torch.Tensor:
         """Fresh fp32 logits of rows of `_trie_forward`'s output (the caller may overwrite them)."""
@@ -402,13 +414,15 @@ class HFBackend(JudgeBackend):
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
         n_rows, vocab = out.shape[1], self._vocab()
         cuda = self.device.type == "cuda"
-        per = max(1, (self.max_logits if cuda else min(self.max_logits, 2**22)) // (vocab * n_rows))  # items/chunk
+        sliced = self._own_head() is not None and not cuda  # logits a slice at a time: chunks of up to 2048 rows
+        most = 2048 if sliced else (self.max_logits if cuda else min(self.max_logits, 2**22)) // vocab
+        per = max(1, most // n_rows)  # items per chunk
         last = 1 + trie.last
         rows_at, tokens = trie.picks  # every label logit: the root's first tokens, then each step's token
         lps = []
         for part in out.split(per):
             flat = part.reshape(-1, part.shape[-1])  # [k (1 + Q), d or V]
-            if self._own_head() is not None and not cuda:
+            if sliced:
                 norm, end, picked = self._sliced(flat, len(part), n_rows, trie)
             else:
                 norm, end, picked = self._whole(self._logits(flat), len(part), n_rows, trie)
