@@ -71,6 +71,12 @@ def brute_force(model, tokenizer, prompt: str, labels) -> dict[str, float]:
     return out
 
 
+def floor(hidden: torch.Tensor, weight: torch.Tensor) -> None:
+    """The head matmul of `hidden`'s rows by 256-token vocabulary slices, each slice's logits dropped at once."""
+    for w in weight.split(256):
+        torch.nn.functional.linear(hidden, w)
+
+
 def check(j: Judge, calls) -> tuple[float, float]:
     """Largest |P - P_ref| and |log P - log P_ref| against `brute_force`, over the label reads of `calls`
     (functions calling the judge); 1-100 on 8 of its labels, the others on all. (A random model spreads its
@@ -85,7 +91,9 @@ def check(j: Judge, calls) -> tuple[float, float]:
     j.backend.label_logprobs = record
     try:
         for call in calls:
-            call()
+            failed = [r.error for r in call() if r.error]
+            if failed:  # a failed batch reads nothing: the check must not pass on no reads
+                raise SystemExit(f"FAIL: the judge failed: {failed[0]}")
     finally:
         j.backend.label_logprobs = read
     dp = dlogp = 0.0
@@ -134,7 +142,7 @@ def main() -> int:
     cases = {
         "tokenise": (lambda: tokenise(prompts), len(prompts)),
         "tokenise pair": (lambda: tokenise(pair_prompts), len(pair_prompts)),
-        "floor100": (lambda: [torch.nn.functional.linear(hidden, w) for w in weight.split(256)], len(qs)),
+        "floor100": (lambda: floor(hidden, weight), len(qs)),
         "score": (lambda: j.score(qs, rs), len(qs)),
         "score100": (lambda: j.score(qs, rs, scale=100), len(qs)),
         "compare": (lambda: j.compare(pq, pa, pb), len(pq)),

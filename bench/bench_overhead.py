@@ -40,13 +40,15 @@ def main() -> int:
     if own:  # the backend's seam to the base model: (ids, positions, mask, prefix KV, keep)
         seam = j.backend._base
 
-        def recording(ids, positions, mask, prefix_kv, keep):
+        def recording(ids, positions, mask, prefix_kv, keep, start=0):
             calls.append({"input_ids": ids, "position_ids": positions, "attention_mask": mask})
-            return seam(ids, positions, mask, prefix_kv, keep)
+            return seam(ids, positions, mask, prefix_kv, keep, start)
 
         j.backend._base = recording
-        j.score(questions, answers)  # recorded once, then both sides are timed on equal terms
+        failed = [r.error for r in j.score(questions, answers) if r.error]  # recorded once, then both timed
         del j.backend._base
+        if failed:
+            raise SystemExit(f"the judge failed: {failed[0]}")
     else:
         forward = body.forward
 

@@ -223,7 +223,12 @@ def test_lean_forward_is_transformers_forward(tiny_model_dir):
             want = model.model(input_ids=ids, attention_mask=model_mask(mask, model), position_ids=positions,
                                cache=cache)  # fmt: skip
             got, kv = lean(ids, positions, model_mask(mask, model), past, True)
+            # Only the last rows read: the last layer runs their queries alone, the same numbers.
+            tail, _ = lean(ids, positions, model_mask(mask, model), past, False, 4)
+            none, kv_only = lean(ids, positions, model_mask(mask, model), past, True, 6)
         assert torch.equal(got, want.last_hidden_state)
+        assert tail.shape == (3, 2, 64) and torch.allclose(tail, got[:, 4:], rtol=0, atol=1e-6)
+        assert none.shape == (3, 0, 64) and all(torch.equal(a, b) for x, y in zip(kv, kv_only) for a, b in zip(x, y))
         assert all(torch.equal(k, layer.keys) and torch.equal(v, layer.values)
                    for (k, v), layer in zip(kv, want.cache.layers))  # fmt: skip
     # What it does not know, it leaves to transformers: another architecture, or a model that changed its forward.

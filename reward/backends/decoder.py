@@ -32,7 +32,8 @@ def lean_decoder(model) -> Callable | None:
 
     ids, positions: [B, T]; mask: `model_mask` of [B, 1, T, P + T] (always given: eager attention reads no causality
     of its own), P the tokens in `past` (a KV of batch 1 or B, or None); hidden: the final normalised hidden states
-    [B, T, d]; kv: past plus these tokens if `keep`, else None.
+    [B, T - start, d] (the rows from `start` on: the last layer runs its queries, o projection and MLP for those
+    only, which on a 1-layer judge is most of a forward); kv: past plus these tokens if `keep`, else None.
     """
     base = getattr(model, "model", None)
     if model.config.model_type not in _KNOWN or base is None or getattr(model.config, "sliding_window", None):
@@ -43,10 +44,10 @@ def lean_decoder(model) -> Callable | None:
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(model.config._attn_implementation, eager_attention_forward)
     layers = list(base.layers[: model.config.num_hidden_layers])
 
-    def forward(ids, positions, mask, past: KV | None, keep: bool):
+    def forward(ids, positions, mask, past: KV | None, keep: bool, start: int = 0):
         hidden = base.embed_tokens(ids)
         cos, sin = base.rotary_emb(hidden, positions)
-        shape, kv = (*ids.shape, -1), []
+        kv = []
         for i, layer in enumerate(layers):
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
@@ -61,8 +62,12 @@ def lean_decoder(model) -> Callable | None:
                 v = torch.cat([pv.expand(len(ids), -1, -1, -1), v], -2)
             if keep:
                 kv.append((k, v))
+            if start and i == len(layers) - 1:  # only rows `start:` are read: the last layer's queries, o and MLP
+                q, mask, hidden = q[:, :, start:], mask[:, :, start:], hidden[:, start:]
+                if not q.shape[2]:  # none (only the KV cache is wanted)
+                    break
             out, _ = attention(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling)
-            hidden = hidden + attn.o_proj(out.reshape(shape))
+            hidden = hidden + attn.o_proj(out.reshape(*hidden.shape[:-1], -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return base.norm(hidden), (kv if keep else None)
 

@@ -351,7 +351,7 @@ class HFBackend(JudgeBackend):
         positions = torch.arange(past, past + width, device=self.device)[None].expand(len(stretches), -1)
         self.forward_tokens += int(ids.numel())
         if self._own_head() is not None:  # only the cache is wanted: the base model, no head
-            _, layers = self._base(ids, positions, mask, prefix_kv, keep=True)
+            _, layers = self._base(ids, positions, mask, prefix_kv, keep=True, start=width)  # no hidden rows read
         else:
             none = torch.arange(0, device=self.device)  # no logits: only the cache is wanted
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
@@ -360,14 +360,15 @@ class HFBackend(JudgeBackend):
         return [[(k[r : r + 1, :, : past + len(s)], v[r : r + 1, :, : past + len(s)]) for k, v in layers]
                 for r, s in enumerate(stretches)]  # fmt: skip
 
-    def _base(self, ids, positions, mask, prefix_kv, keep: bool):
-        """(final hidden states, the KV cache with these tokens if `keep`) of the base model: the lean forward
-        (`decoder.lean_decoder`) where the model has one, else transformers'."""
+    def _base(self, ids, positions, mask, prefix_kv, keep: bool, start: int = 0):
+        """(final hidden states of the rows from `start` on, the KV cache with these tokens if `keep`) of the base
+        model: the lean forward (`decoder.lean_decoder`) where the model has one, else transformers'."""
         if self._lean is not None:
-            return self._lean(ids, positions, mask, prefix_kv, keep)
+            return self._lean(ids, positions, mask, prefix_kv, keep, start)
         out = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=keep,
                                     cache=self._cache(prefix_kv, len(ids)))  # fmt: skip
-        return out.last_hidden_state, ([(layer.keys, layer.values) for layer in out.cache.layers] if keep else None)
+        kv = [(layer.keys, layer.values) for layer in out.cache.layers] if keep else None
+        return out.last_hidden_state[:, start:], kv
 
     def _trie_forward(self, rows: list[list[int]], trie: _Trie, prefix_kv=None) -> torch.Tensor:
         """One forward of the rows (their tokens past `prefix_kv`), then every trie node as one more token that
@@ -390,7 +391,7 @@ class HFBackend(JudgeBackend):
         ids, positions = torch.cat([ids, trie.tokens[None].expand(batch, -1)], -1), past + positions
         self.forward_tokens += batch * width  # prompt tokens, padding included (not the label step)
         if self._own_head() is not None:
-            return self._base(ids, positions, mask, prefix_kv, keep=False)[0][:, width - 1 :]
+            return self._base(ids, positions, mask, prefix_kv, keep=False, start=width - 1)[0]
         keep = torch.arange(width - 1, width + n_nodes, device=dev)  # the root (last row token), then the nodes
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
                           cache=self._cache(prefix_kv, batch), logits_to_keep=keep).logits  # fmt: skip
