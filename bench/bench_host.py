@@ -11,8 +11,8 @@ on one torch thread: on a shared, oversubscribed machine wall time mostly measur
 wait at every barrier for each other to be scheduled); CPU time measures the work.
 Goals: score <= 4x and compare <= 8x one tokenisation (compare is shown against both prompts' tokenisation: a
 pair is two pairwise prompts, each ~1.6x a pointwise one), 1-100 <= 2x the 5-point score. On this model the 1-100
-floor alone is ~4x the 5-point score: 2x holds where the forward is the cost (`bench/bench_flops.py`, the embedded
-judge), not on a model with almost no forward.
+floor alone is 2.5-4x the 5-point score (by the machine): 2x holds where the forward is the cost
+(`bench/bench_flops.py`, the embedded judge), not on a model with almost no forward.
 
 Every run also checks the numbers: each label probability of the first question's prompts (5-point, 1-100,
 both orders of each pair) against one full forward per label (`brute_force`), the largest differences printed;

@@ -246,12 +246,12 @@ def score_from_probs(
     valid_mass = sum(probs.values())
     if valid_mass <= 0:
         return Score(expected=None, error="the judge put no probability on any valid rating", truncated=truncated)
-    normalized = renormalize(probs)
+    normalized = renormalize(probs)  # (checks the probabilities; the entropy and argmax below read them as they are)
     return Score(
         expected=expected_score(probs, method, temperature),
         probs=normalized,
         valid_mass=valid_mass,
-        entropy=entropy(normalized),
-        argmax=int(expected_score(probs, "argmax")),
+        entropy=-sum(p * math.log(p) for p in normalized.values() if p > 0),
+        argmax=int(max(sorted(probs), key=probs.__getitem__)),
         truncated=truncated,
     )

@@ -333,25 +333,39 @@ def test_neutralize_fast_path_for_ascii_is_the_general_one():
     assert defenses.neutralize(texts[0]) == "Berlin." and defenses._spans(texts[1], defenses._SYNTAX)
 
 
-def test_head_by_vocabulary_slices_equals_the_whole_head(tiny_model_dir):
-    # 606 rows: slices of 256 logits (the tiny vocabulary in 3), merged under a running max; against the whole.
+def test_label_read_equals_a_float64_log_softmax_inside_and_far_outside_exps_range(tiny_model_dir):
+    # The label read from hidden states (our head, 256-logit vocabulary slices: the tiny vocabulary in 3) and from
+    # the model's logits (whole rows), against a float64 log-softmax of the full rows. At scale 1 the fast pass
+    # reads every row; at 300 logits lie hundreds of nats apart: rows whose end mass is below e^-46 of the row's
+    # (the clamped exp would overstate it) and a row with a logit > 88 nats above its first slice's best (exp
+    # overflows) must be read again exactly.
     model, tokenizer, backend = tiny(tiny_model_dir)
     labels = [str(s) for s in range(1, 101)]
     trie = backend._trie(backend._label_tokens("Score: [", labels))
     assert backend._own_head() is model.lm_head
+    ends = backend._ends().bool()
     torch.manual_seed(0)
-    for scale in (1.0, 300.0):  # 300: most rows' end mass below exp's range in some slices, or in all of them
+    for scale in (1.0, 300.0):
         hidden = torch.randn(6, 1 + len(trie.tokens), model.config.hidden_size) * scale
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        assert 256 == min(model.config.vocab_size, max(256, 2**17 // flat.shape[0])) < model.config.vocab_size
+        hidden[0, 3] = model.lm_head.weight[-1] * scale * 10  # its best token is the vocabulary's last
         with torch.inference_mode():
-            got = backend._sliced(flat, 6, hidden.shape[1], trie)
-            want = backend._whole(model.lm_head(flat).float(), 6, hidden.shape[1], trie)
-        for g, w in zip(got, want):
-            finite = torch.isfinite(w)
-            assert torch.equal(finite, torch.isfinite(g))
-            assert torch.allclose(g[finite], w[finite], rtol=1e-6, atol=1e-5)
-        assert torch.equal(got[2], want[2])  # the label logits: the same products, read before the exp pass
+            logits = model.lm_head(hidden)
+            assert 256 == min(model.config.vocab_size, max(256, 2**17 // logits[..., 0].numel())) < logits.shape[-1]
+            sliced = torch.cat(backend._read([hidden], trie))
+            backend._head = None  # as if the model's head had written the logits: whole rows
+            try:
+                whole = torch.cat(backend._read([logits.clone()], trie))
+            finally:
+                backend._head = model.lm_head
+        logp = logits.double().log_softmax(-1)
+        end = logp[..., ends].logsumexp(-1)
+        over = logits.amax(-1) - logits[..., :256].amax(-1) > 88
+        assert (scale > 1) == bool((end[:, 1:] < -46).any()) == bool(over.any())
+        want = logp[:, 0, trie.first] + end[:, 1 + trie.last]
+        label, node, token = trie.steps
+        want = want.index_add(1, label, logp[:, 1 + node, token])
+        for got in (sliced, whole):
+            assert torch.allclose(got.double(), want, rtol=1e-6, atol=1e-4)
 
 
 @pytest.mark.slow

@@ -18,15 +18,21 @@ def test_score_on_tiny_judge(tiny_judge):
         assert 0 < s.valid_mass <= 1
         assert s.entropy == pytest.approx(-sum(p * math.log(p) for p in s.probs.values() if p > 0))
         assert s.argmax == max(s.probs, key=s.probs.get)
-    # The same read by hand: the backend's label log-probs at the end of the rendered prompt.
-    prompt = tiny_judge._build(
-        tiny_judge.pointwise_template,
-        {"question": "Where is Paris?", "response": "In France.", "min_score": "1", "max_score": "100"},
-        ("response",),
-        "direct",
-    )[0]
-    raw = tiny_judge.backend.label_logprobs([prompt + "Score: ["], [str(i) for i in range(1, 101)])[0]
-    assert scores[1].valid_mass == pytest.approx(sum(math.exp(v) for v in raw.values()), rel=1e-6)
+    # The same read by hand: the backend's label log-probs at the end of the rendered prompts, read together as the
+    # Judge reads them (the same forwards: a read of one prompt alone differs by fp32 rounding, ~1e-6).
+    prompts = [
+        tiny_judge._build(
+            tiny_judge.pointwise_template,
+            {"question": q, "response": r, "min_score": "1", "max_score": "100"},
+            ("response",),
+            "direct",
+        )[0]
+        + "Score: ["
+        for q, r in (("What is two plus two?", "It is four."), ("Where is Paris?", "In France."))
+    ]
+    raw = tiny_judge.backend.label_logprobs(prompts, [str(i) for i in range(1, 101)])
+    for s, lp in zip(scores, raw):
+        assert s.valid_mass == pytest.approx(sum(math.exp(v) for v in lp.values()), rel=1e-12)
 
 
 def test_bad_input_is_a_clear_error(tiny_judge):
