@@ -77,3 +77,19 @@ def test_served_bench_packs_requests():
     out = run("bench_served.py")
     assert number(r"Judge.score \(openai:\)\s*:\s*\d+ items/s\s+([0-9.]+) requests/item", out) <= 0.25
     assert number(r"Judge.compare \(openai:\)\s*:\s*\d+ pairs/s\s+([0-9.]+) requests/pair", out) <= 0.5
+
+
+def test_gpu_check_runs_on_a_cpu_and_checks_its_runs_against_each_other(tiny_model_dir):
+    # `launch/gpu_check.py` is run on a device only when a task is lent one: here it must still work, every run
+    # (ZeRO-3 included), the forward count and the profile printed, and its agreement figures mean what they say.
+    script = Path(__file__).resolve().parents[1] / "launch" / "gpu_check.py"
+    command = [sys.executable, str(script), "--judge", str(tiny_model_dir), "--items", "3", "--device", "cpu"]
+    out = subprocess.run([*command, "--profile", "hf-bf16-nocache"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    text = out.stdout
+    for name in ("hf-fp32", "hf-fp32-nocache", "hf-bf16", "hf-bf16-nocache", "deepspeed-bf16"):
+        assert number(rf"{name}: [0-9.]+ items/s, (\d+) forwards", text) > 0
+    # The prefix cache changes no probability beyond fp32 summation order; ZeRO-3 is plain HF within bf16 rounding.
+    assert number(r"hf-fp32 vs hf-fp32-nocache: max \|dp\| verdicts ([0-9.e+-]+)", text) < 1e-5
+    assert number(r"hf-bf16 vs deepspeed-bf16: max \|dp\| verdicts ([0-9.e+-]+)", text) < 2e-2
+    assert "Self CPU time total" in text  # the profiled run's table
