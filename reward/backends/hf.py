@@ -51,8 +51,8 @@ class _Trie(NamedTuple):
 # below -87 (fp32 underflow) a CPU's exp takes a slow path, ~100x: the embedded judge's 1-100 rows with their logits
 # scaled 4x read in 0.99 s unclamped, 0.33 s clamped (0.32 s unscaled; 2026-12-02, one thread).
 _FLOOR = -80.0
-# Rows whose end mass is below e^-46 of their normaliser are read again exactly: there the floor's e^-80 per
-# token (x 49k tokens) would be more than 1e-7 of it.
+# Rows whose end mass is below e^-46 of their normaliser are read again exactly: the floor adds at most 49k x e^-80
+# (~1e-30) of the row's reference to a sum, 1e-10 of an end mass at e^-46, more than 1e-7 of one below ~e^-62.
 _DEEP = -46.0
 
 
