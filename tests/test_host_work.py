@@ -14,6 +14,7 @@ import reward.backends.hf as hf_module
 import reward.judge as judge_module
 from reward import Judge
 from reward.backends.hf import HFBackend
+from reward.backends.labels import read_labels
 from reward.judge import _LABEL_RESERVE
 from reward.scoring import score_from_probs
 from reward.tokens import bytes_bound, encode
@@ -334,8 +335,9 @@ def test_neutralize_fast_path_for_ascii_is_the_general_one():
 
 
 def test_label_read_equals_a_float64_log_softmax_inside_and_far_outside_exps_range(tiny_model_dir):
-    # The label read from hidden states (our head, 256-logit vocabulary slices: the tiny vocabulary in 3) and from
-    # the model's logits (whole rows), against a float64 log-softmax of the full rows. At scale 1 the fast pass
+    # The label read from hidden states (our head by 256-logit vocabulary slices, the tiny vocabulary in 3, as on a
+    # CPU; our head on whole rows, as on a GPU) and from the model's logits (whole rows), against a float64
+    # log-softmax of the full rows. At scale 1 the fast pass
     # reads every row; at 300 logits lie hundreds of nats apart: rows whose end mass is below e^-46 of the row's
     # (the clamped exp would overstate it) and a row with a logit > 88 nats above its first slice's best (exp
     # overflows) must be read again exactly.
@@ -343,7 +345,6 @@ def test_label_read_equals_a_float64_log_softmax_inside_and_far_outside_exps_ran
     labels = [str(s) for s in range(1, 101)]
     trie = backend._trie(backend._label_tokens("Score: [", labels))
     assert backend._own_head() is model.lm_head
-    ends = backend._ends().bool()
     torch.manual_seed(0)
     for scale in (1.0, 300.0):
         hidden = torch.randn(6, 1 + len(trie.tokens), model.config.hidden_size) * scale
@@ -351,20 +352,18 @@ def test_label_read_equals_a_float64_log_softmax_inside_and_far_outside_exps_ran
         with torch.inference_mode():
             logits = model.lm_head(hidden)
             assert 256 == min(model.config.vocab_size, max(256, 2**17 // logits[..., 0].numel())) < logits.shape[-1]
-            sliced = torch.cat(backend._read([hidden], trie))
-            backend._head = None  # as if the model's head had written the logits: whole rows
-            try:
-                whole = torch.cat(backend._read([logits.clone()], trie))
-            finally:
-                backend._head = model.lm_head
+            sliced = torch.cat(backend._read([hidden], trie))  # a CPU with our head: by vocabulary slices
+            ends, end_ids = backend._ends(), backend._end_ids
+            whole = torch.cat(read_labels(logits.clone(), trie, ends, end_ids, items_per_chunk=2))  # the model's head
+            headed = torch.cat(read_labels(hidden, trie, ends, end_ids, model.lm_head))  # a GPU with our head
         logp = logits.double().log_softmax(-1)
-        end = logp[..., ends].logsumexp(-1)
+        end = logp[..., ends.bool()].logsumexp(-1)
         over = logits.amax(-1) - logits[..., :256].amax(-1) > 88
         assert (scale > 1) == bool((end[:, 1:] < -46).any()) == bool(over.any())
         want = logp[:, 0, trie.first] + end[:, 1 + trie.last]
         label, node, token = trie.steps
         want = want.index_add(1, label, logp[:, 1 + node, token])
-        for got in (sliced, whole):
+        for got in (sliced, whole, headed):
             assert torch.allclose(got.double(), want, rtol=1e-6, atol=1e-4)
 
 

@@ -1,28 +1,27 @@
 """Local transformers backend: exact label probabilities from one forward per micro-batch (tree attention).
 
-The labels of a scale form a token trie (on digit-split tokenizers "47" is "4" -> "7"). Every trie node is fed
-as one extra token after the prompt's own, in the same forward: each node attends to the prompt and to its own
-ancestors only (a 4D mask), at the position it would have in a plain sequence. That gives P(next token | prompt,
-path) for all paths at once, so a 1-100 distribution costs one forward of the prompt plus ~100 tokens instead of
-100 full forwards, and it is exact (tests compare it with the brute force).
+The labels of a scale form a token trie (`labels.py`; on digit-split tokenizers "47" is "4" -> "7"). Every trie
+node is fed as one extra token after the prompt's own, in the same forward: each node attends to the prompt and to
+its own ancestors only (a 4D mask), at the position it would have in a plain sequence. That gives P(next token |
+prompt, path) for all paths at once, so a 1-100 distribution costs one forward of the prompt plus ~100 tokens
+instead of 100 full forwards, and it is exact (tests compare it with the brute force).
 
 The output layer is ours when it provably is the model's (`HFBackend._own_head`): a forward then runs the base
 model only, and the root and node rows of a whole call go through the head together at the end, a vocabulary
-slice at a time on a CPU (the label sums merge as they come, in cache). With it, a Llama's base model runs through
+slice at a time on a CPU (`labels.read_labels`). With it, a Llama's base model runs through
 `decoder.lean_decoder` (its own modules without transformers' per-call bookkeeping) where that is bit for bit
 transformers' forward."""
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 
 from ..tokens import encode
 from . import JudgeBackend
 from .decoder import lean_decoder, model_mask
+from .labels import Trie, build_trie, end_tokens, read_labels
 
 
 def _common(a: list[int], b: list[int], limit: int) -> int:
@@ -32,28 +31,6 @@ def _common(a: list[int], b: list[int], limit: int) -> int:
         if a[k] != b[k]:
             return k
     return n
-
-
-class _Trie(NamedTuple):
-    """A label set's token trie on the device: node q is the path of tokens ending with `tokens[q]`."""
-
-    tokens: torch.Tensor  # [Q] each node's own (last) token
-    depth: torch.Tensor  # [Q] its depth, 0 for a label's first token
-    ancestor: torch.Tensor  # [Q, Q] bool: node q may attend to node r (a prefix of q, or q itself)
-    first: torch.Tensor  # [L] each label's first token (read at the root)
-    last: torch.Tensor  # [L] the node where each label ends
-    steps: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # (label, node, token) of every later token
-    picks: tuple[torch.Tensor, torch.Tensor]  # (row, token) of each label logit: row 0 (root) x first, 1 + node
-    pick_order: tuple[list[int], list[int]]  # picks in token order: their indices, their tokens (for slices)
-
-
-# exp's argument is clamped here: a token 80 nats below the row's reference adds e^-80 (~1e-35) of its mass, and
-# below -87 (fp32 underflow) a CPU's exp takes a slow path, ~100x: the embedded judge's 1-100 rows with their logits
-# scaled 4x read in 0.99 s unclamped, 0.33 s clamped (0.32 s unscaled; 2026-12-02, one thread).
-_FLOOR = -80.0
-# Rows whose end mass is below e^-46 of their normaliser are read again exactly: the floor adds at most 49k x e^-80
-# (~1e-30) of the row's reference to a sum, 1e-10 of an end mass at e^-46, more than 1e-7 of one below ~e^-62.
-_DEEP = -46.0
 
 
 def _pick_device(device: str | None) -> torch.device:
@@ -114,7 +91,7 @@ class HFBackend(JudgeBackend):
         self.forward_tokens = 0  # prompt tokens (padding included) label_logprobs ran through the model
         self.max_logits = max_logits
         self._label_cache: dict[tuple[str, tuple[str, ...]], tuple[tuple[int, ...], ...]] = {}
-        self._tries: dict[tuple[tuple[int, ...], ...], _Trie] = {}
+        self._tries: dict[tuple[tuple[int, ...], ...], Trie] = {}
         self._end_ids: torch.Tensor | None = None
         self._end_mask: torch.Tensor | None = None
         self._head_checked, self._head, self._lean = False, None, None
@@ -159,45 +136,17 @@ class HFBackend(JudgeBackend):
         return self._label_cache[key]
 
     def _ends(self) -> torch.Tensor:
-        """1.0 at the tokens that end a label (their text does not start with a letter or a digit), else 0.0: the
-        end-token mass of a row of probabilities is the sum of its product with it. (`_end_ids`: their indices.)"""
+        """1.0 at the tokens that end a label, else 0.0 (`labels.end_tokens`; `_end_ids`: their indices)."""
         if self._end_ids is None:
-            vocab = self.model.config.get_text_config().vocab_size  # (a ZeRO-3 shard's weight has no shape)
-            texts = self.tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(self.tokenizer)))))
-            mask = torch.ones(vocab, dtype=torch.bool)
-            for i, tok in enumerate(texts):
-                text = self.tokenizer.convert_tokens_to_string([tok]) if tok is not None else ""
-                if text[:1].isalnum():
-                    mask[i] = False
+            mask = end_tokens(self.tokenizer, self._vocab())  # (the config's size: a ZeRO-3 shard's weight has none)
             self._end_ids = mask.nonzero().squeeze(-1).to(self.device)  # indices: selecting by mask syncs a GPU
             self._end_mask = mask.float().to(self.device)
         return self._end_mask
 
-    def _trie(self, label_ids: tuple[tuple[int, ...], ...]) -> _Trie:
+    def _trie(self, label_ids: tuple[tuple[int, ...], ...]) -> Trie:
         """The label set's token trie as tensors on the model's device, built once per label set."""
         if label_ids not in self._tries:
-            nodes = sorted({ids[:k] for ids in label_ids for k in range(1, len(ids) + 1)}, key=lambda p: (len(p), p))
-            index = {path: q for q, path in enumerate(nodes)}
-            # ancestor[q, r]: node q may attend to node r (r is a prefix of q, q itself included). Built on the CPU
-            # and copied once: one small write per entry would be one kernel launch each on a GPU.
-            ancestor = torch.zeros(len(nodes), len(nodes), dtype=torch.bool)
-            for path, q in index.items():
-                for k in range(1, len(path) + 1):
-                    ancestor[q, index[path[:k]]] = True
-            steps = [(j, index[ids[:k]], ids[k]) for j, ids in enumerate(label_ids) for k in range(1, len(ids))]
-            dev = self.device
-            picks = [(0, ids[0]) for ids in label_ids] + [(1 + node, token) for _, node, token in steps]
-            order = sorted(range(len(picks)), key=lambda p: picks[p][1])
-            self._tries[label_ids] = _Trie(
-                tokens=torch.tensor([p[-1] for p in nodes], device=dev),
-                depth=torch.tensor([len(p) - 1 for p in nodes], device=dev),
-                ancestor=ancestor.to(dev),
-                first=torch.tensor([ids[0] for ids in label_ids], device=dev),
-                last=torch.tensor([index[ids] for ids in label_ids], device=dev),
-                steps=tuple(torch.tensor(c, device=dev) for c in zip(*steps)) if steps else None,
-                picks=tuple(torch.tensor(c, device=dev) for c in zip(*picks)),
-                pick_order=(order, [picks[p][1] for p in order]),
-            )
+            self._tries[label_ids] = build_trie(label_ids, self.device)
         return self._tries[label_ids]
 
     def _batches(self, lengths: list[int], label_rows: int = 0, cap: bool = True) -> list[list[int]]:
@@ -294,7 +243,7 @@ class HFBackend(JudgeBackend):
     def _vocab(self) -> int:
         return self.model.config.get_text_config().vocab_size
 
-    def _shared(self, encoded, members, trie: _Trie, start: int, prefix_kv):
+    def _shared(self, encoded, members, trie: Trie, start: int, prefix_kv):
         """Forwards of `members`, whose first `start` tokens are in `prefix_kv`: runs of members sharing a further
         stretch of >= min_prefix tokens get that stretch run once (a deeper cache level; sibling stretches in one
         forward), the rest are run in length-sorted micro-batches on top of the current prefix. Yields (indices,
@@ -375,7 +324,7 @@ class HFBackend(JudgeBackend):
         kv = [(layer.keys, layer.values) for layer in out.cache.layers] if keep else None
         return out.last_hidden_state[:, start:], kv
 
-    def _trie_forward(self, rows: list[list[int]], trie: _Trie, prefix_kv=None) -> torch.Tensor:
+    def _trie_forward(self, rows: list[list[int]], trie: Trie, prefix_kv=None) -> torch.Tensor:
         """One forward of the rows (their tokens past `prefix_kv`), then every trie node as one more token that
         attends to its row and to its own ancestors (a 4D mask). Returns, per row, the root (its last token) and
         each node: final hidden states [B, 1 + Q, d] if the head is ours (`_own_head`), else logits [B, 1 + Q, V]."""
@@ -401,93 +350,18 @@ class HFBackend(JudgeBackend):
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
                           cache=self._cache(prefix_kv, batch), logits_to_keep=keep).logits  # fmt: skip
 
-    def _logits(self, flat: torch.Tensor) -> torch.Tensor:
-        """Fresh fp32 logits of rows of `_trie_forward`'s output (the caller may overwrite them)."""
-        if self._own_head() is not None:
-            return self._head(flat).float()  # (.float() of the fp32 result: the result itself, no copy)
-        return flat.float() if flat.dtype != torch.float32 else flat.clone()
-
-    def _read(self, outs: list[torch.Tensor], trie: _Trie) -> list[torch.Tensor]:
-        """log P(label) [B, L] of `_trie_forward` outputs (concatenated), as a list of row chunks.
-
-        Per row (root, then each node): the log-normaliser and the end-token mass, log P(label complete | path);
-        no [B, Q, V] log-softmax, and only the columns the labels need are read otherwise. From hidden states
-        (our head) on a CPU, the head runs a slice of the vocabulary at a time (`_sliced`): each slice's logits stay
-        in the core's cache through their exp pass, where a whole [rows, V] block would go to memory and back once
-        per pass. Rows outside the fast pass's range (an end mass below e^-46 of the row's, a logit 88 nats above
-        the first slice's best) are read again from their exact log-sum-exp."""
+    def _read(self, outs: list[torch.Tensor], trie: Trie) -> list[torch.Tensor]:
+        """log P(label) [B, L] of `_trie_forward` outputs (concatenated), as a list of row chunks
+        (`labels.read_labels`): through our head a vocabulary slice at a time on a CPU, in chunks of up to 2048
+        rows; else whole logits rows, within `max_logits` values at once."""
         if not outs:
             return []
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        n_rows, vocab = out.shape[1], self._vocab()
-        cuda = self.device.type == "cuda"
-        sliced = self._own_head() is not None and not cuda  # logits a slice at a time: chunks of up to 2048 rows
-        most = 2048 if sliced else (self.max_logits if cuda else min(self.max_logits, 2**22)) // vocab
-        per = max(1, most // n_rows)  # items per chunk
-        last = 1 + trie.last
-        rows_at, tokens = trie.picks  # every label logit: the root's first tokens, then each step's token
-        lps = []
-        for part in out.split(per):
-            flat = part.reshape(-1, part.shape[-1])  # [k (1 + Q), d or V]
-            if sliced:
-                norm, end, picked = self._sliced(flat, len(part), n_rows, trie)
-            else:
-                norm, end, picked = self._whole(self._logits(flat), len(part), n_rows, trie)
-            redo = ~(end - norm > _DEEP)  # (NaN and inf compare False: redone)
-            redo[:, 0] = ~torch.isfinite(norm[:, 0])  # (the root's own end mass is not used)
-            if redo.any():
-                exact = self._logits(part[redo])
-                norm[redo], end[redo] = exact.logsumexp(-1), exact.index_select(-1, self._end_ids).logsumexp(-1)
-            # log P(label) = root's first token + each later token given its path + the end; summed as tensors
-            # and read back once (a read per label would wait on the GPU each time).
-            n_labels = len(trie.first)
-            lp = picked[:, :n_labels] - norm[:, :1] + end[:, last] - norm[:, last]
-            if trie.steps is not None:
-                label, node, _ = trie.steps
-                lp = lp.index_add(1, label, picked[:, n_labels:] - norm[:, 1 + node])
-            lps.append(lp)
-        return lps
-
-    def _whole(self, logits: torch.Tensor, k: int, n_rows: int, trie: _Trie):
-        """(log-normaliser [k, R], log end mass [k, R], label logits [k, P]) of fresh logits [k R, V] (overwritten)."""
-        grid = logits.view(k, n_rows, -1)
-        picked = grid[:, trie.picks[0], trie.picks[1]]  # read before the exp pass overwrites them
-        top = logits.amax(-1, keepdim=True)
-        mass = logits.sub_(top).clamp_(min=_FLOOR).exp_()
-        norm = (top[:, 0] + mass.sum(-1).log()).view(k, n_rows)
-        # (A product and a sum, not a matrix-vector product as `_sliced`: on a GPU a float32 matmul may run in TF32
-        # where a trainer allows it, 1e-3 off.)
-        end = (top[:, 0] + mass.mul_(self._ends()).sum(-1).log()).view(k, n_rows)
-        return norm, end, picked
-
-    def _sliced(self, hidden: torch.Tensor, k: int, n_rows: int, trie: _Trie):
-        """`_whole` from hidden states [k R, d], the head applied to ~128K logits at a time (half a core's L2).
-
-        Every slice is taken relative to the first slice's best logit per row (no running max: its extra passes
-        cost a fifth of the 1-100 head, `bench/bench_host.py`); a row with a logit 88 nats above that overflows
-        to inf, which `_read` sees and reads again."""
-        weight, bias, ends = self._head.weight, self._head.bias, self._ends()
-        vocab = weight.shape[0]
-        width = min(vocab, max(256, 2**17 // hidden.shape[0]))
-        total = torch.zeros(hidden.shape[0], device=hidden.device)
-        end, ref = torch.zeros_like(total), None
-        picked = torch.empty(k, len(trie.picks[1]), device=hidden.device)
-        order, sorted_tokens = trie.pick_order
-        for start in range(0, vocab, width):
-            stop = min(start + width, vocab)
-            logits = torch.nn.functional.linear(
-                hidden, weight[start:stop], None if bias is None else bias[start:stop]
-            ).float()
-            a, b = bisect.bisect_left(sorted_tokens, start), bisect.bisect_left(sorted_tokens, stop)
-            if b > a:  # label logits in this slice: read before the exp pass overwrites them
-                at = order[a:b]
-                picked[:, at] = logits.view(k, n_rows, -1)[:, trie.picks[0][at], trie.picks[1][at] - start]
-            if ref is None:
-                ref = logits.amax(-1, keepdim=True)
-            mass = logits.sub_(ref).clamp_(min=_FLOOR).exp_()
-            total += mass.sum(-1)
-            end += mass @ ends[start:stop]
-        return (ref[:, 0] + total.log()).view(k, n_rows), (ref[:, 0] + end.log()).view(k, n_rows), picked
+        head, cuda = self._own_head(), self.device.type == "cuda"
+        sliced = head is not None and not cuda
+        most = 2048 if sliced else (self.max_logits if cuda else min(self.max_logits, 2**22)) // self._vocab()
+        ends = self._ends()
+        return read_labels(out, trie, ends, self._end_ids, head, sliced, max(1, most // out.shape[1]))
 
     def _trie_logprobs(
         self, rows: list[list[int]], label_ids: tuple[tuple[int, ...], ...], prefix_kv=None
