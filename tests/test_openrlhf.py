@@ -1,6 +1,6 @@
 """The reward server under OpenRLHF 0.11's own remote-reward client (`SingleTurnAgentExecutor`).
 
-OpenRLHF 0.11.2's code is installed beside the environment (`pip install --no-deps --target`, with aiohttp);
+OpenRLHF 0.11.2's code is installed beside the environment with its import closure (`tests/aside.py`);
 its package `__init__` pulls math-grading extras, so `openrlhf/utils/agent.py` is imported from its own file
 with empty parent packages. A fake vLLM engine returns the response's token ids; OpenRLHF decodes the query itself
 (special tokens kept), posts it, and its answer goes through the same conversions as
@@ -9,31 +9,22 @@ with empty parent packages. A fake vLLM engine returns the response's token ids;
 
 import asyncio
 import importlib
-import os
-import subprocess
 import sys
 import types
-from pathlib import Path
 from types import SimpleNamespace
 
+import aside
 import pytest
+import torch
+from live_server import by_quality, finite, live, points_by_quality
+from test_server_groups import ANSWERS, LOG_KEYS, templated, want_pairwise
 
-pytest.importorskip("fastapi")
-import torch  # noqa: E402
-from live_server import by_quality, finite, live, points_by_quality  # noqa: E402
-from test_server_groups import ANSWERS, LOG_KEYS, templated, want_pairwise  # noqa: E402
-
-from trainers.server import create_app  # noqa: E402
-
-OPENRLHF = Path(os.environ.get("TRUSTREWARD_CACHE", Path.home() / ".cache" / "trustreward")) / "openrlhf-0.11.2"
-AIOHTTP = ["aiohttp==3.14.5", "aiohappyeyeballs", "aiosignal", "frozenlist", "multidict", "propcache", "yarl"]
+from trainers.server import create_app
 
 
 @pytest.fixture
 def agent(monkeypatch):
-    if not (OPENRLHF / "openrlhf" / "utils" / "agent.py").exists():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(OPENRLHF),
-                        "openrlhf==0.11.2", *AIOHTTP], check=True)  # fmt: skip
+    OPENRLHF = aside.install("openrlhf-0.11.2")
     monkeypatch.syspath_prepend(str(OPENRLHF))
     for name in ("openrlhf", "openrlhf.utils"):
         package = types.ModuleType(name)
@@ -41,7 +32,10 @@ def agent(monkeypatch):
         monkeypatch.setitem(sys.modules, name, package)
     for name in ("openrlhf.utils.agent", "openrlhf.utils.logging_utils"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    return importlib.import_module("openrlhf.utils.agent")
+    try:
+        return importlib.import_module("openrlhf.utils.agent")
+    except ModuleNotFoundError as error:
+        aside.missing("openrlhf-0.11.2", error)
 
 
 class FakeEngine:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aside
 import pytest
 
 from trainers import JudgeScoreReward
@@ -58,8 +59,6 @@ def test_grpo_takes_it_as_a_reward_module(tmp_path, tiny_model_dir, fake_judge, 
     assert log["reward"] in (pytest.approx(2.0), pytest.approx(4.0)) or 2.0 <= log["reward"] <= 4.0
 
 
-TRL_112 = Path(os.environ.get("TRUSTREWARD_CACHE", Path.home() / ".cache" / "trustreward")) / "trl-1.12.0"
-
 SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -87,9 +86,7 @@ print(json.dumps({"trl": trl.__version__, "rewards": rewards.tolist(), "want": w
 
 
 def test_trl_112_ppo_get_reward(tiny_model_dir):
-    if not (TRL_112 / "trl").exists():  # TRL 1.12's own code, beside (not instead of) the installed TRL
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(TRL_112),
-                        "trl==1.12.0"], check=True)  # fmt: skip
+    TRL_112 = aside.install("trl-1.12.0")  # TRL 1.12's own code, beside (not instead of) the installed TRL
     env = os.environ | {"PYTHONPATH": str(ROOT), "TRL_EXPERIMENTAL_SILENCE": "1"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(TRL_112), tiny_model_dir], capture_output=True,
                           text=True, env=env, timeout=300)  # fmt: skip

@@ -4,14 +4,12 @@ import math
 import threading
 
 import pytest
+from conftest import answer_in_slot
+from fastapi.testclient import TestClient
+from live_server import QUALITY, by_quality
 
-pytest.importorskip("fastapi")
-from conftest import answer_in_slot  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-from live_server import QUALITY, by_quality  # noqa: E402
-
-from trainers import JudgePairwiseReward, JudgeScoreReward  # noqa: E402
-from trainers.server import create_app, response_of  # noqa: E402
+from trainers import JudgePairwiseReward, JudgeScoreReward
+from trainers.server import create_app, response_of
 
 
 def longer_wins(prompt):

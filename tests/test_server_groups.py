@@ -12,12 +12,10 @@ import time
 
 import httpx
 import pytest
+from live_server import QUALITY, by_quality, finite, live, points_by_quality
 
-pytest.importorskip("fastapi")
-from live_server import QUALITY, by_quality, finite, live, points_by_quality  # noqa: E402
-
-from trainers import JudgePairwiseReward, JudgeScoreReward  # noqa: E402
-from trainers.server import create_app  # noqa: E402
+from trainers import JudgePairwiseReward, JudgeScoreReward
+from trainers.server import create_app
 
 ANSWERS = {
     "Name a colour.": ["Red.", "Dark blue.", "It is green, like grass.", "Yellow, the colour of the sun."],

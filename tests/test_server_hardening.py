@@ -11,15 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import FakeBackend
+from fastapi.testclient import TestClient
+from live_server import live
 
-pytest.importorskip("fastapi")
-from conftest import FakeBackend  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-from live_server import live  # noqa: E402
-
-from reward import Judge  # noqa: E402
-from trainers import JudgeScoreReward  # noqa: E402
-from trainers.server import create_app, hosts_for  # noqa: E402
+from reward import Judge
+from trainers import JudgeScoreReward
+from trainers.server import create_app, hosts_for
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTS = {"1": 0.1, "2": 0.1, "3": 0.2, "4": 0.4, "5": 0.2}  # expected score 3.5

@@ -1,46 +1,38 @@
 """trainers.verl under verl 0.9.1's own reward managers (CPU).
 
-verl is installed beside the environment (`pip install --no-deps --target`, with the few modules its reward
-managers import: ray, tensordict, pyvers, omegaconf, codetiming, aiohttp) and its managers are called on a small
+verl is installed beside the environment with the import closure of its reward managers (`tests/aside.py`: ray,
+tensordict, pyvers, omegaconf, codetiming, aiohttp and what they import) and its managers are called on a small
 `DataProto` built as verl's trainer builds one: left-padded prompts, right-padded responses, the n rollouts of a
 prompt next to each other, the question in `extra_info`.
 """
 
 import asyncio
-import os
-import subprocess
 import sys
 from functools import partial
-from pathlib import Path
 
+import aside
 import pytest
+import torch
+from live_server import by_quality, finite, live, points_by_quality
+from test_server_groups import ANSWERS, raising_for
 
-pytest.importorskip("fastapi")
-import torch  # noqa: E402
-from live_server import by_quality, finite, live, points_by_quality  # noqa: E402
-from test_server_groups import ANSWERS, raising_for  # noqa: E402
-
-from trainers import JudgePairwiseReward, JudgeScoreReward  # noqa: E402
-from trainers.server import create_app  # noqa: E402
-from trainers.verl import compute_score, compute_score_batch  # noqa: E402
-
-VERL = Path(os.environ.get("TRUSTREWARD_CACHE", Path.home() / ".cache" / "trustreward")) / "verl-0.9.1"
-PACKAGES = ["verl==0.9.1", "ray==2.60.0", "tensordict==0.15.3", "pyvers==0.2.3", "omegaconf==2.4.0",
-            "codetiming==1.4.0", "aiohttp==3.14.5", "aiohappyeyeballs", "aiosignal", "frozenlist", "multidict",
-            "propcache", "yarl"]  # fmt: skip
+from trainers import JudgePairwiseReward, JudgeScoreReward
+from trainers.server import create_app
+from trainers.verl import compute_score, compute_score_batch
 
 
 @pytest.fixture(scope="module")
 def verl():
-    if not (VERL / "verl" / "protocol.py").exists():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(VERL),
-                        *PACKAGES], check=True)  # fmt: skip
+    VERL = aside.install("verl-0.9.1")
     sys.path.insert(0, str(VERL))
     try:
-        import verl
-        from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager as LoopManager
-        from verl.workers.reward_manager.batch import BatchRewardManager
-        from verl.workers.reward_manager.naive import NaiveRewardManager
+        try:
+            import verl
+            from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager as LoopManager
+            from verl.workers.reward_manager.batch import BatchRewardManager
+            from verl.workers.reward_manager.naive import NaiveRewardManager
+        except ModuleNotFoundError as error:
+            aside.missing("verl-0.9.1", error)
 
         assert verl.__version__ == "0.9.1"
         yield BatchRewardManager, NaiveRewardManager, verl.DataProto, LoopManager
