@@ -60,19 +60,41 @@ def reject_lines(rejected, rows=None) -> list[bytes]:
     encode = _ENCODER.encode
     if rows is None:
         return [encode(r).encode() + b"\n" for r in rejected]
-    splicer, out = _Splicer(), []
+    heads = []
     for record in rejected:
-        r = record["row"]
+        head = encode(record)  # ends `, "row": <position>}`: only the int goes (a string can't hold `, "row": `)
+        heads.append((head[: head.rindex(', "row": ')].encode() + b', "row": ', record["row"]))
+    return list(_with_rows(heads, rows))
+
+
+def rejected_lines(rejected, rows):
+    """`reject_lines` of a shard's `Rejected` (reward/consistency/rejected.py), one line at a time: each record's
+    head written from its columns (every reason and detail string encoded once), positions mapped to `rows.ids`."""
+    strings = [_ENCODER.encode(s).encode() for s in rejected.strings]
+    reasons, details, start = rejected.reason.tolist(), rejected.detail.tolist(), rejected.ev_start.tolist()
+    index, evidence = rows.ids[rejected.rows].tolist(), rows.ids[rejected.ev_row].tolist()
+    heads = (
+        (b'{"row_index": %d, "reason": %b, "detail": %b, "evidence_rows": [%b], "row": '
+         % (index[k], strings[reasons[k]], strings[details[k]],
+            ", ".join(map(str, evidence[start[k] : start[k + 1]])).encode()), r)
+        for k, r in enumerate(rejected.rows.tolist())
+    )  # fmt: skip
+    return _with_rows(heads, rows)
+
+
+def _with_rows(heads, rows):
+    """`head + row + "}\\n"` for each `(head, position)`: the row's raw line where `_Splicer` finds it byte-identical
+    to re-encoding (`json.dumps` writes a nested object as it writes it alone), else re-encoded."""
+    splicer = _Splicer()
+    for head, r in heads:
         raw = rows.raw(r)
         if raw is not None and splicer.canonical(raw):
-            head = encode(record)  # ends `, "row": <position>}`: only the int goes (a string can't hold `, "row": `)
-            out.append(b"".join((head[: head.rindex(', "row": ')].encode(), b', "row": ', raw, b"}\n")))
+            yield b"".join((head, raw, b"}\n"))
             continue
         row = rows.row(r)
         if isinstance(row, dict):
             splicer.learn(row)
-        out.append(encode(record | {"row": row}).encode() + b"\n")
-    return out
+        yield b"".join((head, _ENCODER.encode(row).encode(), b"}\n"))
 
 
 def _index_of(line: bytes) -> int:
