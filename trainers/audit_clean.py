@@ -256,7 +256,8 @@ def run(command: str, args, judge_args: JudgeArguments | None = None) -> int:
                 out.open("rejects").writelines(lines)
                 rows["rejects"] = len(lines)
             else:
-                rows["rejects"] = merge_reject_files(rejects_files, out.open("rejects"))
+                indices = [idx for _, idx, _ in results]  # each shard's rejected rows, in its file's order
+                rows["rejects"] = merge_reject_files(rejects_files, out.open("rejects"), indices)
             if not shard:
                 mask = _mask(store.rows_in, [idx for _, idx, _ in results])
                 rows["output"] = write_kept(source, mask, output_format(args.output, args.format), out, "output")

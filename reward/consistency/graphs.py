@@ -164,9 +164,8 @@ def bfs_path_arrays(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray, sta
         arc_of = np.full((len(prompts), n, n), -1, dtype=np.int64)
         base = start[arc_prompt[arcs]]
         arc_of[local[arc_prompt[arcs]], tails[arcs] - base, heads[arcs] - base] = arcs
-        runs, run_of = np.unique(
-            np.stack([pos, starts[queries] - start[prompt_of[queries]]]), axis=1, return_inverse=True
-        )
+        key, run_of = np.unique(pos * n + starts[queries] - start[prompt_of[queries]], return_inverse=True)
+        runs = np.stack([key // n, key % n])  # the distinct (prompt, start) pairs, sorted (axis=1 is 10x slower)
         step = max(1, _BFS_CHUNK // (n * n))
         prev = np.empty((runs.shape[1], n), dtype=np.int64)
         for lo in range(0, runs.shape[1], step):
