@@ -67,19 +67,27 @@ def reject_lines(rejected, rows=None) -> list[bytes]:
     return list(_with_rows(heads, rows))
 
 
+_CHUNK = 16384  # rejects whose evidence is made Python ints at a time (all at once: 30 MB per million)
+
+
 def rejected_lines(rejected, rows):
     """`reject_lines` of a shard's `Rejected` (reward/consistency/rejected.py), one line at a time: each record's
     head written from its columns (every reason and detail string encoded once), positions mapped to `rows.ids`."""
+    return _with_rows(_heads(rejected, rows.ids), rows)
+
+
+def _heads(rejected, ids):
     strings = [_ENCODER.encode(s).encode() for s in rejected.strings]
-    reasons, details, start = rejected.reason.tolist(), rejected.detail.tolist(), rejected.ev_start.tolist()
-    index, evidence = rows.ids[rejected.rows].tolist(), rows.ids[rejected.ev_row].tolist()
-    heads = (
-        (b'{"row_index": %d, "reason": %b, "detail": %b, "evidence_rows": [%b], "row": '
-         % (index[k], strings[reasons[k]], strings[details[k]],
-            ", ".join(map(str, evidence[start[k] : start[k + 1]])).encode()), r)
-        for k, r in enumerate(rejected.rows.tolist())
-    )  # fmt: skip
-    return _with_rows(heads, rows)
+    for lo in range(0, len(rejected), _CHUNK):
+        hi = min(lo + _CHUNK, len(rejected))
+        reasons, details = rejected.reason[lo:hi].tolist(), rejected.detail[lo:hi].tolist()
+        start = (rejected.ev_start[lo : hi + 1] - rejected.ev_start[lo]).tolist()
+        index = ids[rejected.rows[lo:hi]].tolist()
+        evidence = ids[rejected.ev_row[rejected.ev_start[lo] : rejected.ev_start[hi]]].tolist()
+        for k, r in enumerate(rejected.rows[lo:hi].tolist()):
+            ev = ", ".join(map(str, evidence[start[k] : start[k + 1]])).encode()
+            head = b'{"row_index": %d, "reason": %b, "detail": %b, "evidence_rows": [%b], "row": '
+            yield head % (index[k], strings[reasons[k]], strings[details[k]], ev), r
 
 
 def _with_rows(heads, rows):
