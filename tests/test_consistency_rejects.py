@@ -54,3 +54,6 @@ def test_merge_by_known_order_equals_the_line_merge(tmp_path):
     merged = (tmp_path / "b.jsonl").read_bytes()
     assert merged == (tmp_path / "a.jsonl").read_bytes()
     assert [int(line.split(b",")[0][14:]) for line in merged.splitlines()] == sorted(rows.tolist())
+    (tmp_path / "e.jsonl").write_bytes(b"")
+    with open(tmp_path / "c.jsonl", "wb") as c:
+        assert merge_reject_files([tmp_path / "e.jsonl"] * 2, c, [np.zeros(0, np.int64)] * 2) == 0
