@@ -12,8 +12,8 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def run(script: str) -> str:
-    out = subprocess.run([sys.executable, str(BENCH / script), "--quick"], capture_output=True, text=True)
+def run(script: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, str(BENCH / script), "--quick", *args], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     return out.stdout
 
@@ -27,6 +27,13 @@ def number(pattern: str, text: str) -> float:
 def test_consistency_bench_quick():
     # Its own checks: the vectorised NTR counts equal itertools enumeration, drop-cycles rejects what networkx finds.
     assert "speed-up per relation" in run("bench_consistency.py")
+
+
+def test_consistency_bench_cycles_quick(tmp_path):
+    # Its own checks, on files where most prompts have cycles (flip rates 5-40%, 3-12 and 3-20 answers): kept +
+    # rejected = rows in, and each sampled dropped pair's evidence rows close a cycle through it.
+    out = run("bench_consistency.py", "--cycles", "--dir", str(tmp_path))
+    assert out.count("checked: rejected") == 18 and out.rstrip().endswith("checked")
 
 
 @pytest.mark.slow

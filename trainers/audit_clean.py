@@ -22,7 +22,7 @@ from reward.consistency.metrics import merge_audits
 from .args import UserError
 from .judge_args import JudgeArguments
 from .outputs import OutputSet, check_distinct, check_replaceable, output_format
-from .rejects import merge_reject_files, reject_lines, rejected_indices
+from .rejects import merge_reject_files, rejected_indices, rejected_lines
 from .shards import (
     ShardStore,
     Source,
@@ -51,7 +51,7 @@ class _FileArguments:
     )
     num_proc: int = field(default=1, metadata={"help": "Processes cleaning shards in parallel (label-only runs)."})
     shard_mb: float = field(
-        default=32,
+        default=16,  # a shard's cleaning holds ~10x its size at peak (32: 4x the input's size on noisy data)
         metadata={"help": "Inputs above this many MB are cleaned in prompt-hash shards of about this size."},
     )
 
@@ -164,18 +164,14 @@ def _clean_shard(task):
     parsed = rows.columns(need_label)
     parsed = rows.parsed(need_label) if parsed is None else parsed
     reasons, report = clean_parsed(parsed, len(rows), policies, judge, **options)
-    ids = rows.ids.tolist()  # Python ints: read once per evidence row
-    rejected = (
-        {"row_index": ids[r], "reason": reason, "detail": detail,
-         "evidence_rows": [ids[x] for x in evidence], "row": r}
-        for r, (reason, detail, evidence) in sorted(reasons.items())
-    )  # fmt: skip
-    lines = reject_lines(rejected, rows)  # `row` a position: the row itself is spliced in or read there
+    lines = rejected_lines(reasons, rows)  # each row spliced in from the input or read there
     if rejects_path is not None:
         with open(rejects_path, "wb") as f:
             f.writelines(lines)
         lines = None
-    return report, rows.ids[sorted(reasons)] if reasons else [], lines
+    else:
+        lines = list(lines)
+    return report, rows.ids[reasons.rows], lines
 
 
 _EQUAL = ("policies", "relations", "margin", "min_feedback_exact_max_nodes")
@@ -260,7 +256,8 @@ def run(command: str, args, judge_args: JudgeArguments | None = None) -> int:
                 out.open("rejects").writelines(lines)
                 rows["rejects"] = len(lines)
             else:
-                rows["rejects"] = merge_reject_files(rejects_files, out.open("rejects"))
+                indices = [idx for _, idx, _ in results]  # each shard's rejected rows, in its file's order
+                rows["rejects"] = merge_reject_files(rejects_files, out.open("rejects"), indices)
             if not shard:
                 mask = _mask(store.rows_in, [idx for _, idx, _ in results])
                 rows["output"] = write_kept(source, mask, output_format(args.output, args.format), out, "output")

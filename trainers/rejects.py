@@ -4,6 +4,7 @@ default=str)`, written per shard in row order and merged into the whole input's 
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import re
 
@@ -60,19 +61,49 @@ def reject_lines(rejected, rows=None) -> list[bytes]:
     encode = _ENCODER.encode
     if rows is None:
         return [encode(r).encode() + b"\n" for r in rejected]
-    splicer, out = _Splicer(), []
+    heads = []
     for record in rejected:
-        r = record["row"]
+        head = encode(record)  # ends `, "row": <position>}`: only the int goes (a string can't hold `, "row": `)
+        heads.append((head[: head.rindex(', "row": ')].encode() + b', "row": ', record["row"]))
+    return list(_with_rows(heads, rows))
+
+
+_CHUNK = 16384  # rejects whose evidence is made Python ints at a time (all at once: 30 MB per million)
+
+
+def rejected_lines(rejected, rows):
+    """`reject_lines` of a shard's `Rejected` (reward/consistency/rejected.py), one line at a time: each record's
+    head written from its columns (every reason and detail string encoded once), positions mapped to `rows.ids`."""
+    return _with_rows(_heads(rejected, rows.ids), rows)
+
+
+def _heads(rejected, ids):
+    strings = [_ENCODER.encode(s).encode() for s in rejected.strings]
+    for lo in range(0, len(rejected), _CHUNK):
+        hi = min(lo + _CHUNK, len(rejected))
+        reasons, details = rejected.reason[lo:hi].tolist(), rejected.detail[lo:hi].tolist()
+        start = (rejected.ev_start[lo : hi + 1] - rejected.ev_start[lo]).tolist()
+        index = ids[rejected.rows[lo:hi]].tolist()
+        evidence = ids[rejected.ev_row[rejected.ev_start[lo] : rejected.ev_start[hi]]].tolist()
+        for k, r in enumerate(rejected.rows[lo:hi].tolist()):
+            ev = ", ".join(map(str, evidence[start[k] : start[k + 1]])).encode()
+            head = b'{"row_index": %d, "reason": %b, "detail": %b, "evidence_rows": [%b], "row": '
+            yield head % (index[k], strings[reasons[k]], strings[details[k]], ev), r
+
+
+def _with_rows(heads, rows):
+    """`head + row + "}\\n"` for each `(head, position)`: the row's raw line where `_Splicer` finds it byte-identical
+    to re-encoding (`json.dumps` writes a nested object as it writes it alone), else re-encoded."""
+    splicer = _Splicer()
+    for head, r in heads:
         raw = rows.raw(r)
         if raw is not None and splicer.canonical(raw):
-            head = encode(record)  # ends `, "row": <position>}`: only the int goes (a string can't hold `, "row": `)
-            out.append(b"".join((head[: head.rindex(', "row": ')].encode(), b', "row": ', raw, b"}\n")))
+            yield b"".join((head, raw, b"}\n"))
             continue
         row = rows.row(r)
         if isinstance(row, dict):
             splicer.learn(row)
-        out.append(encode(record | {"row": row}).encode() + b"\n")
-    return out
+        yield b"".join((head, _ENCODER.encode(row).encode(), b"}\n"))
 
 
 def _index_of(line: bytes) -> int:
@@ -81,11 +112,25 @@ def _index_of(line: bytes) -> int:
     return json.loads(line)["row_index"]
 
 
-def merge_reject_files(paths, out) -> int:
-    """Writes the rejects of several shards (each sorted by row index) to `out` in row order; returns the count."""
+def merge_reject_files(paths, out, indices=None) -> int:
+    """Writes the rejects of several shards (each sorted by row index) to `out` in row order; returns the count.
+
+    `indices`, each file's row indices in its order where known (a clean's own shards), saves parsing every line.
+    """
     files = [open(p, "rb") for p in paths]
     n = 0
     try:
+        if indices is not None:
+            which = np.concatenate([np.full(len(ix), f, dtype=np.int64) for f, ix in enumerate(indices)])
+            order = np.argsort(np.concatenate([np.asarray(ix, dtype=np.int64) for ix in indices]), kind="stable")
+            which = which[order]  # the file of each output line; a prompt's rows are all in one file: long runs
+            if not len(which):
+                return 0
+            cut = np.flatnonzero(np.diff(which)) + 1
+            starts = np.concatenate([[0], cut]).tolist()
+            for f, k in zip(which[starts].tolist(), np.diff(np.append(starts, len(which))).tolist()):
+                out.writelines(itertools.islice(files[f], k))
+            return len(which)
         for _, line in heapq.merge(*[((_index_of(line), line) for line in f if line.strip()) for f in files]):
             out.write(line if line.endswith(b"\n") else line + b"\n")
             n += 1

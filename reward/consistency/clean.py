@@ -27,6 +27,7 @@ from ..text import text_key
 from .columns import CONSISTENT, NONE, Edges, Graphs, PairColumns, build_columns
 from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_path_arrays, min_feedback, strong_labels
 from .metrics import audit_columns
+from .rejected import Rejects
 from .rows import LABELS, BadRow, parse_row
 
 RELATIONS = ("labels", "judge", "both")
@@ -82,21 +83,6 @@ class _Prompt:
         return self.nodes[k]
 
 
-class _Rejects:
-    """The first reason each row is rejected for (policies run in a fixed order, so the first is the earliest)."""
-
-    def __init__(self):
-        self.reason: dict[int, tuple[str, str, list[int]]] = {}
-
-    def add(self, row: int, reason: str, detail: str = "", evidence=()):
-        self.reason.setdefault(row, (reason, detail, sorted(set(evidence))))
-
-    def mask(self, n_rows: int) -> np.ndarray:
-        out = np.zeros(n_rows, dtype=bool)
-        out[np.fromiter(self.reason, dtype=np.int64, count=len(self.reason))] = True
-        return out
-
-
 def parse_rows(rows, need_label: bool = True):
     """`(row, parse_row's _Row or the BadRow it raised)` for each row."""
     for r, row in enumerate(rows):
@@ -109,7 +95,7 @@ def parse_rows(rows, need_label: bool = True):
 _new = tuple.__new__  # `_new(Edge, fields)`: a NamedTuple without its Python-level __new__, half the cost per row
 
 
-def _build(parsed_rows, rejects: _Rejects) -> Graphs:
+def _build(parsed_rows, rejects: Rejects) -> Graphs:
     graphs: dict[str, _Prompt] = {}
     parsed = []
     for r, p in parsed_rows:
@@ -151,8 +137,9 @@ def _build(parsed_rows, rejects: _Rejects) -> Graphs:
                     [x for x, _ in pair_rows],
                 )
     # A repeated pair (same label) would count twice: later single-pair rows go, multi-response rows merge.
+    rejected = set(rejects.rows().tolist())
     for r, g, edges in parsed:
-        if r in rejects.reason:
+        if r in rejected:
             continue
         if len(edges) == 1:  # the common case, without building lists
             e = edges[0]
@@ -193,7 +180,7 @@ def _graphs_of(prompts: list[_Prompt]) -> Graphs:
     )  # fmt: skip
 
 
-def _apply_judge(graphs: Graphs, judge, relations: str, rejects: _Rejects, need_scores: bool) -> dict:
+def _apply_judge(graphs: Graphs, judge, relations: str, rejects: Rejects, need_scores: bool) -> dict:
     """Fresh bidirectional preferences for every pair (and scores for candidates), folded into the graphs."""
     from ..text import as_text
 
@@ -249,32 +236,31 @@ def _apply_judge(graphs: Graphs, judge, relations: str, rejects: _Rejects, need_
 
 @dataclass(slots=True)
 class _Run:
-    """What the policies share: the graphs, their edges as lists (read one at a time), the rejects and counts."""
+    """What the policies share: the graphs, the rejects and counts; a policy drops its pairs in one call."""
 
     graphs: Graphs
-    rejects: _Rejects
+    rejects: Rejects
     stats: dict
     margin: float
     exact_max_nodes: int
-    x: list = field(default_factory=list)
-    y: list = field(default_factory=list)
-    relation: list = field(default_factory=list)
-    rows: list = field(default_factory=list)
     nodes: np.ndarray | None = None  # each edge's (x, y) as node numbers across prompts, (2, edges)
     dead: list = field(default_factory=list)  # edges dropped by the policy running now
 
     def __post_init__(self):
         e = self.graphs.edges
-        self.x, self.y, self.relation, self.rows = e.x.tolist(), e.y.tolist(), e.relation.tolist(), e.row.tolist()
         start = self.graphs.node_start[e.prompt]
         self.nodes = np.stack([start + e.x, start + e.y])
 
-    def drop(self, i: int, reason: str, detail: str = "", evidence=()) -> None:
-        self.rejects.add(self.rows[i], reason, detail, [self.rows[i], *evidence])
-        self.dead.append(i)
-
-    def winner_loser(self, i: int) -> tuple[int, int]:
-        return (self.x[i], self.y[i]) if self.relation[i] == 1 else (self.y[i], self.x[i])
+    def drop(self, edges: np.ndarray, reason: str, detail, evidence=None) -> None:
+        """Drops pairs `edges` (in this order), each with its own row as evidence and the rows of `evidence`,
+        `(entry, row)`: row `row[i]` is evidence for pair `edges[entry[i]]`."""
+        edges = np.asarray(edges, dtype=np.int64)
+        rows = self.graphs.edges.row[edges]
+        entry, ev = np.arange(len(edges)), rows
+        if evidence is not None:
+            entry, ev = np.concatenate([entry, evidence[0]]), np.concatenate([ev, evidence[1]])
+        self.rejects.add_many(rows, reason, detail, entry, ev)
+        self.dead.append(edges)
 
     def arcs(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The directed arcs winner -> loser (both ways for a tie) of the edges in `edges` (a mask): tails, heads
@@ -294,12 +280,13 @@ class _Run:
         label = strong_labels(np.diff(self.graphs.node_start), tails, heads)
         return label, label[self.nodes[0]] == label[self.nodes[1]]
 
-    def paths(self, edges: np.ndarray, starts, goals) -> list[list[int]]:
-        """The rows along the shortest path start -> goal of each query, over the graph of the edges in `edges`."""
+    def paths(self, edges: np.ndarray, starts, goals) -> tuple[np.ndarray, np.ndarray]:
+        """The rows along the shortest path start -> goal of each query, over the graph of the edges in `edges`,
+        as `(query, row)` arrays (a path's rows together, in order)."""
         tails, heads, edge_of = self.arcs(edges)
         path, length = bfs_path_arrays(np.diff(self.graphs.node_start), tails, heads, starts, goals)
-        rows = self.graphs.edges.row[edge_of][path]  # -1 (no arc) picks some row: cut off by `length`
-        return [r[:k] for r, k in zip(rows.tolist(), length.tolist())]
+        query, step = np.nonzero(np.arange(path.shape[1]) < length[:, None])
+        return query, self.graphs.edges.row[edge_of[path[query, step]]]
 
     def ends(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Winner and loser (node numbers across prompts) of strict edges."""
@@ -309,8 +296,8 @@ class _Run:
 
 def _order_inconsistent(run: _Run, live: np.ndarray) -> None:
     consistent = run.graphs.edges.order_consistent
-    for i in np.flatnonzero(live & (consistent == 0)).tolist():
-        run.drop(i, "order-inconsistent", "the judge's verdict flips with the order the responses are shown")
+    edges = np.flatnonzero(live & (consistent == 0))
+    run.drop(edges, "order-inconsistent", "the judge's verdict flips with the order the responses are shown")
     run.stats["order_unknown"] += int((live & (consistent == -1)).sum())
 
 
@@ -320,10 +307,12 @@ def _score_conflict(run: _Run, live: np.ndarray) -> None:
     known = live & ~(np.isnan(sx) | np.isnan(sy))
     with np.errstate(invalid="ignore"):
         against = np.where(rel == 1, sy - sx, np.where(rel == -1, sx - sy, np.abs(sx - sy)))
-        conflict = known & (against > run.margin)
-    for i in np.flatnonzero(conflict).tolist():
-        kind = "tie" if run.relation[i] == 0 else "win"
-        run.drop(i, "score-conflict", f"pairwise {kind} vs scores {float(sx[i]):.3f}, {float(sy[i]):.3f}")
+        conflict = np.flatnonzero(known & (against > run.margin))
+    details = [
+        f"pairwise {'tie' if r == 0 else 'win'} vs scores {a:.3f}, {b:.3f}"
+        for r, a, b in zip(rel[conflict].tolist(), sx[conflict].tolist(), sy[conflict].tolist())
+    ]
+    run.drop(conflict, "score-conflict", details)
 
 
 def _equivalence(run: _Run, live: np.ndarray) -> None:
@@ -334,15 +323,13 @@ def _equivalence(run: _Run, live: np.ndarray) -> None:
     comp = label[run.nodes[0]]
     strict = np.flatnonzero(live & (rel != 0) & inside)
     comps, first = np.unique(comp[strict], return_index=True)  # each component's first strict pair
-    strict_of = dict(zip(comps.tolist(), strict[first].tolist()))
     ties = np.flatnonzero(live & (rel == 0) & np.isin(comp, comps))
-    pair = np.array([strict_of[c] for c in comp[ties].tolist()], dtype=np.int64)
+    pair = strict[first[np.searchsorted(comps, comp[ties])]]
     w, l_ = run.ends(pair)
     (gx, gy), k = run.nodes[:, ties], len(ties)
-    paths = run.paths(live, np.concatenate([l_, gy]), np.concatenate([gx, w]))  # l -> x, then y -> w
-    for t, (i, s) in enumerate(zip(ties.tolist(), pair.tolist())):
-        evidence = paths[t] + paths[k + t] + [run.rows[s]]
-        run.drop(i, "equivalence", "a tie contradicted by a strict pair through a chain of ties", evidence)
+    query, rows = run.paths(live, np.concatenate([l_, gy]), np.concatenate([gx, w]))  # l -> x, then y -> w
+    evidence = np.concatenate([query % max(k, 1), np.arange(k)]), np.concatenate([rows, run.graphs.edges.row[pair]])
+    run.drop(ties, "equivalence", "a tie contradicted by a strict pair through a chain of ties", evidence)
 
 
 def _min_feedback(run: _Run, live: np.ndarray) -> None:
@@ -350,30 +337,30 @@ def _min_feedback(run: _Run, live: np.ndarray) -> None:
     e = run.graphs.edges
     strict = live & (e.relation != 0)
     label, inside = run.same_component(strict)
-    weight = e.weight.tolist()
+    win, lose = run.ends(np.arange(len(e.relation)))  # meaningful for the strict pairs, which are all it reads
     sizes, out = np.diff(run.graphs.node_start), []
     for p in np.unique(e.prompt[strict & inside]).tolist():
         lo = run.graphs.edge_start[p]
-        edges = (lo + np.flatnonzero(strict[lo : run.graphs.edge_start[p + 1]])).tolist()
+        edges = lo + np.flatnonzero(strict[lo : run.graphs.edge_start[p + 1]])
         lo_node = run.graphs.node_start[p]
         comp = (label[lo_node : lo_node + sizes[p]] - lo_node).tolist()  # the components, found already
-        weights = {run.winner_loser(i): weight[i] for i in edges}
+        pairs = list(zip((win[edges] - lo_node).tolist(), (lose[edges] - lo_node).tolist()))
+        weights = dict(zip(pairs, e.weight[edges].tolist()))
         dropped, methods = min_feedback(int(sizes[p]), weights, run.exact_max_nodes, comp)
         for k, v in methods.items():
             run.stats["min_feedback_components"][k] += v
-        out += [i for i in edges if run.winner_loser(i) in dropped]
-    w, l_ = run.ends(np.array(out, dtype=np.int64))
+        out += [i for i, pair in zip(edges.tolist(), pairs) if pair in dropped]
+    out = np.array(out, dtype=np.int64)
+    w, l_ = run.ends(out)
     detail = "on a cycle; in the least-weight set of pairs that breaks every cycle"
-    for i, path in zip(out, run.paths(strict, l_, w)):
-        run.drop(i, "min-feedback", detail, path)
+    run.drop(out, "min-feedback", detail, run.paths(strict, l_, w))
 
 
 def _drop_cycles(run: _Run, live: np.ndarray) -> None:
     _, inside = run.same_component(live)
     edges = np.flatnonzero(live & (run.graphs.edges.relation != 0) & inside)
     w, l_ = run.ends(edges)
-    for i, path in zip(edges.tolist(), run.paths(live, l_, w)):
-        run.drop(i, "cycle", "a strict pair on a cycle of preferences", path)
+    run.drop(edges, "cycle", "a strict pair on a cycle of preferences", run.paths(live, l_, w))
 
 
 # The policies in the order they run, whatever order they are asked in. Each sees the pairs that survived the
@@ -450,7 +437,9 @@ def clean_dataset(
          "row": rows[r]}
         for r, (reason, detail, evidence) in sorted(reasons.items())
     ]  # fmt: skip
-    kept_index = [r for r in range(len(rows)) if r not in reasons]
+    gone = np.zeros(len(rows), dtype=bool)
+    gone[reasons.rows] = True
+    kept_index = np.flatnonzero(~gone).tolist()
     kept = data.select(kept_index) if is_dataset else [rows[r] for r in kept_index]
     return kept, rejected, report
 
@@ -469,9 +458,9 @@ def clean_parsed(
 ):
     """The core of `clean_dataset` on parsed rows: `parsed` yields `(row, _Row or BadRow)` for rows 0..n_rows-1
     (from `parse_rows`, or `parse_columns` for Arrow columns), or is a `PairColumns` (built vectorised).
-    Returns `({row: (reason, detail, evidence)}, report)`.
+    Returns `(rejected, report)`: `rejected` a `Rejected`, the mapping `{row: (reason, detail, evidence)}`.
     """
-    rejects = _Rejects()
+    rejects = Rejects()
     with _no_gc():
         graphs = build_columns(parsed, rejects) if isinstance(parsed, PairColumns) else _build(parsed, rejects)
     stats = {"order_unknown": 0, "min_feedback_components": {"exact": 0, "eades-lin-smyth": 0}}
@@ -490,18 +479,17 @@ def clean_parsed(
         todo = [(name, policy) for name, policy in POLICY_TABLE if name in policies]
         for _, policy in tqdm(todo, desc="cleaning", disable=not progress or not policies, leave=False):
             policy(run, live)
-            live[run.dead] = False
+            for dead in run.dead:
+                live[dead] = False
             run.dead = []
         after = graphs.metrics(usable()) if policies else before
-        by_reason = defaultdict(int)
-        for reason, _, _ in rejects.reason.values():
-            by_reason[reason] += 1
-        rows_rejected = len(rejects.reason)
+        rejected = rejects.done()
+        rows_rejected = len(rejected)
         report = {
             "rows_in": n_rows,
             "rows_kept": n_rows - rows_rejected,
             "rows_rejected": rows_rejected,
-            "rejected_by_reason": dict(sorted(by_reason.items())),
+            "rejected_by_reason": rejected.counts(),
             "policies": [p for p in POLICIES if p in policies],
             "relations": relations if judge is not None else "labels",
             "margin": margin,
@@ -510,4 +498,4 @@ def clean_parsed(
             "before": audit_columns(before, ks, delta),
         }
         report["after"] = audit_columns(after, ks, delta) if policies else report["before"]  # no policy: no change
-    return rejects.reason, report
+    return rejected, report

@@ -1,0 +1,59 @@
+"""The rejects store (reward/consistency/rejected.py) and the shard merge by known row order (trainers/rejects.py)."""
+
+import random
+
+import numpy as np
+
+from reward.consistency.rejected import Rejects
+from trainers.rejects import merge_reject_files
+
+
+def test_rejects_keep_each_rows_first_reason_and_sorted_unique_evidence():
+    # Reference: what clean.py kept before #33, a dict filled with setdefault, evidence sorted(set(...)).
+    rng = random.Random(0)
+    for _ in range(50):
+        store, want = Rejects(), {}
+        for step in range(rng.randint(1, 8)):
+            if rng.random() < 0.4:
+                row, evidence = rng.randrange(30), [rng.randrange(30) for _ in range(rng.randint(0, 4))]
+                store.add(row, f"single{step}", f"d{step}", evidence)
+                want.setdefault(row, (f"single{step}", f"d{step}", sorted(set(evidence))))
+                continue
+            rows = [rng.randrange(30) for _ in range(rng.randint(0, 6))]  # a row may come twice in one call
+            details = [f"detail {r}" for r in rows] if rng.random() < 0.5 else "shared"
+            ev = [(k, rng.randrange(30)) for k in range(len(rows)) for _ in range(rng.randint(0, 3))]
+            rng.shuffle(ev)
+            entry, evidence = (np.array([e[i] for e in ev], dtype=np.int64) for i in (0, 1))
+            store.add_many(np.array(rows, dtype=np.int64), f"many{step}", details, entry, evidence)
+            for k, r in enumerate(rows):
+                d = details if isinstance(details, str) else details[k]
+                want.setdefault(r, (f"many{step}", d, sorted({v for j, v in ev if j == k})))
+        got = store.done()
+        assert dict(got) == want
+        assert list(got) == sorted(want) and len(got) == len(want)
+        assert all((r in got) == (r in want) for r in range(31))
+        counts = {}
+        for reason, _, _ in want.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        assert got.counts() == dict(sorted(counts.items()))
+
+
+def test_merge_by_known_order_equals_the_line_merge(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = rng.permutation(200)[:150]
+    shard = rng.integers(0, 3, size=len(rows))
+    paths, indices = [], []
+    for s in range(3):
+        mine = np.sort(rows[shard == s])
+        path = tmp_path / f"r{s}.jsonl"
+        path.write_bytes(b"".join(b'{"row_index": %d, "reason": "x", "row": {"i": %d}}\n' % (i, i) for i in mine))
+        paths.append(path)
+        indices.append(mine)
+    with open(tmp_path / "a.jsonl", "wb") as a, open(tmp_path / "b.jsonl", "wb") as b:
+        assert merge_reject_files(paths, a) == merge_reject_files(paths, b, indices) == len(rows)
+    merged = (tmp_path / "b.jsonl").read_bytes()
+    assert merged == (tmp_path / "a.jsonl").read_bytes()
+    assert [int(line.split(b",")[0][14:]) for line in merged.splitlines()] == sorted(rows.tolist())
+    (tmp_path / "e.jsonl").write_bytes(b"")
+    with open(tmp_path / "c.jsonl", "wb") as c:
+        assert merge_reject_files([tmp_path / "e.jsonl"] * 2, c, [np.zeros(0, np.int64)] * 2) == 0
