@@ -15,6 +15,7 @@ import reward.groups
 from reward import Judge
 from reward.groups import (
     AGGREGATES,
+    DEFAULT_AGGREGATE,
     Outcome,
     bradley_terry,
     cycle_free,
@@ -22,6 +23,9 @@ from reward.groups import (
     fit_strengths,
     has_cycle,
     mean_win,
+    swiss_round,
+    swiss_rounds,
+    swiss_standings,
 )
 from trainers import JudgePairwiseReward
 
@@ -156,6 +160,70 @@ def test_bradley_terry_recovers_planted_strengths():
     t = fit_strengths(3, sweep)
     assert np.all(np.isfinite(t)) and t[0] > t[1] == pytest.approx(t[2])
     assert bradley_terry(4, sweep)[3] is None  # met nobody
+
+
+def test_soft_outcome_bradley_terry_equals_hand_computed_fits():
+    """The fit uses the merged probabilities as soft outcomes: on a tree of pairs without a prior each strength
+    difference is the logit of its pair's win probability (ties half); with the prior, two completions solve
+    w - s(2t) = prior t (t = theta_0 = -theta_1), found here by bisection. Verdicts (1/0) would give other values."""
+    chain = [Outcome(0, 1, 0.7, 0.1, 0.2), Outcome(1, 2, 0.5, 0.3, 0.2), Outcome(3, 1, 0.2, 0.6, 0.2)]
+    t = fit_strengths(4, chain, prior=0.0)
+    logit = lambda w: math.log(w / (1 - w))  # noqa: E731
+    assert t[0] - t[1] == pytest.approx(logit(0.8)) and t[1] - t[2] == pytest.approx(logit(0.6))
+    assert t[1] - t[3] == pytest.approx(logit(0.7)) and t.sum() == pytest.approx(0.0, abs=1e-12)
+    lo, hi = 0.0, 10.0
+    for _ in range(200):  # w - s(2t) - prior t is decreasing in t
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 0.9 - 1 / (1 + math.exp(-2 * mid)) - 0.1 * mid > 0 else (lo, mid)
+    assert fit_strengths(2, [Outcome(0, 1, 0.85, 0.05, 0.1)], prior=0.1) == pytest.approx([lo, -lo], abs=1e-8)
+
+
+def test_swiss_standings_by_strength_weigh_whom_a_win_was_against():
+    # 1 and 2 have the same points (0.7): 1 beat the strong 0, 2 beat the weak 3. By strength 1 leads, 0 (two wins,
+    # one loss to 1) next; by points 0 leads and the tiebreak orders 2 before 1.
+    outcomes = [Outcome(0, 3, 0.9, 0.1, 0), Outcome(0, 4, 0.9, 0.1, 0), Outcome(0, 1, 0.3, 0.7, 0)]
+    outcomes += [Outcome(2, 3, 0.7, 0.3, 0)]
+    tiebreak = [0, 2, 1, 3, 4]
+    assert swiss_standings(5, outcomes, tiebreak, "points") == [0, 2, 1, 3, 4]
+    assert swiss_standings(5, outcomes, tiebreak, "strength") == [1, 0, 2, 4, 3]
+    assert swiss_standings(5, [], tiebreak, "strength") == tiebreak  # nothing judged: the random order
+    with pytest.raises(ValueError, match="pair_by"):
+        swiss_standings(5, outcomes, tiebreak, "elo")
+
+
+def test_swiss_rounds_by_strength_recover_a_planted_order():
+    """Swiss rounds (the default pairing rule) against a noiseless judge, P(i beats j) = s(q_i - q_j): each round is
+    a matching without rematches, the rounds' pairs connect the group, and Bradley-Terry without a prior reads the
+    planted order back exactly; later rounds pair completions of close strength (neighbours in the planted order)."""
+    for seed, n in ((0, 16), (1, 8), (2, 13), (3, 32)):
+        rng = random.Random(seed)
+        q = [rng.gauss(0, 1) for _ in range(n)]
+        played, outcomes, gaps, tiebreak = set(), [], [], rng.sample(range(n), n)
+        rounds = swiss_rounds(n)
+        for r in range(rounds):
+            pairs = swiss_round(n, outcomes, played, tiebreak, more_rounds=r + 1 < rounds)
+            members = [k for pair in pairs for k in pair]
+            assert len(members) == len(set(members)) == 2 * (n // 2)  # a matching, a bye for odd n
+            assert not {frozenset(p) for p in pairs} & {frozenset((o.a, o.b)) for o in outcomes}  # no rematch
+            for a, b in pairs:
+                p = 1 / (1 + math.exp(-(q[a] - q[b])))
+                outcomes.append(Outcome(a, b, p, 1 - p, 0.0))
+            ranks = {k: sorted(q, reverse=True).index(q[k]) for k in range(n)}
+            gaps.append(np.mean([abs(ranks[a] - ranks[b]) for a, b in pairs]))
+        fitted = fit_strengths(n, outcomes, prior=1e-9)
+        assert list(np.argsort(-fitted)) == list(np.argsort(-np.array(q)))
+        if n > 8:  # from round 3 on, pairs are near neighbours (random pairs: (n + 1) / 3 ranks apart on average)
+            assert np.mean(gaps[2:]) < 0.65 * (n + 1) / 3 < gaps[0]
+
+
+def test_default_aggregate_per_pairing(fake_judge):
+    judge = fake_judge(rule=by_length())
+    for pairing, expected in (("all", "mean_win"), ("swiss", "bradley_terry"), ("circular", "bradley_terry")):
+        assert DEFAULT_AGGREGATE[pairing] == expected
+        assert JudgePairwiseReward(judge, pairing=pairing).aggregate == expected
+    assert JudgePairwiseReward(judge, pairing="swiss", aggregate="cycle_free").aggregate == "cycle_free"
+    assert set(DEFAULT_AGGREGATE) == set(PEER_PAIRINGS) | {"anchor"}
+    assert set(DEFAULT_AGGREGATE.values()) <= set(AGGREGATES)
 
 
 def brute_force_min_feedback(n, arcs):
