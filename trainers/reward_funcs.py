@@ -16,6 +16,7 @@ from statistics import fmean
 from reward import Judge
 from reward.groups import (
     AGGREGATES,
+    DEFAULT_AGGREGATE,
     Outcome,
     all_pairs,
     bradley_terry,
@@ -211,7 +212,8 @@ class JudgePairwiseReward(_JudgeReward):
         method: "likelihood", "ppl" or "baseline" (see `Judge.compare`); the reward uses the merged probabilities.
         mode: "direct" or "rationale".
         pairing: one of `PAIRINGS` (see above).
-        aggregate: one of `reward.groups.AGGREGATES` (see above).
+        aggregate: one of `reward.groups.AGGREGATES` (see above); default `reward.groups.DEFAULT_AGGREGATE[pairing]`
+            (`bradley_terry` for `swiss` and `circular`, `mean_win` for the rest).
         reference_column: dataset column holding the reference answer (`anchor`; with the other pairings, groups
             whose rows all have a reference are compared with it, as before).
         adaptive_margin, max_pairs_per_group, scale: `adaptive`'s score margin, per-group budget, rating scale.
@@ -229,7 +231,7 @@ class JudgePairwiseReward(_JudgeReward):
         method="likelihood",
         mode="direct",
         pairing="all",
-        aggregate="mean_win",
+        aggregate=None,
         reference_column=None,
         adaptive_margin=0.5,
         max_pairs_per_group=None,
@@ -241,6 +243,7 @@ class JudgePairwiseReward(_JudgeReward):
         monitor=None,
     ):
         check_choice("pairing", pairing, PAIRINGS)
+        aggregate = aggregate or DEFAULT_AGGREGATE[pairing]
         check_choice("aggregate", aggregate, AGGREGATES)
         check_choice("method", method, PREFERENCE_METHODS)
         check_choice("mode", mode, MODES)
