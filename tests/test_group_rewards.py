@@ -18,6 +18,7 @@ from reward.groups import (
     DEFAULT_AGGREGATE,
     Outcome,
     bradley_terry,
+    closing_pairs,
     cycle_free,
     feedback_arcs,
     fit_strengths,
@@ -74,7 +75,7 @@ def make_judge(tokenizer, rule, points=None, backend=Counting):
 
 
 def swiss_expected_rounds(g):
-    return min(math.ceil(math.log2(g)) + 1, g - 1 if g % 2 == 0 else g)
+    return min(max(math.ceil(math.log2(g)) + 1, (g - 1) // 3), g - 1 if g % 2 == 0 else g)
 
 
 def test_groups_doctests():
@@ -214,6 +215,32 @@ def test_swiss_rounds_by_strength_recover_a_planted_order():
         assert list(np.argsort(-fitted)) == list(np.argsort(-np.array(q)))
         if n > 8:  # from round 3 on, pairs are near neighbours (random pairs: (n + 1) / 3 ranks apart on average)
             assert np.mean(gaps[2:]) < 0.65 * (n + 1) / 3 < gaps[0]
+
+
+def test_swiss_rounds_default_grows_to_a_third_of_a_round_robin():
+    # ceil(log2 G) + 1 while that is more, then (G - 1) // 3 (from G = 22): at most a third of all pairs' prompts
+    # from G = 19 on.
+    assert [swiss_rounds(g) for g in (8, 16, 21, 22, 32, 33, 64)] == [4, 5, 6, 7, 10, 10, 21]
+    for g in range(19, 100):
+        assert swiss_rounds(g) * (g // 2) * 6 <= g * (g - 1)
+    assert swiss_rounds(32, 3) == 3 and swiss_rounds(4, 10) == 3  # asked for, capped at a round robin
+
+
+def test_closing_pairs_judge_the_closest_unmet_neighbours():
+    """The closing round: neighbours in fitted strength that have not met, closest first; never a pair met."""
+    q = [3.0, 2.5, 2.4, 1.0, 0.0, -0.2, -1.0, -3.0]  # planted: neighbours 1-2 (0.1), 4-5 (0.2), 5-6 (0.8) unmet
+    met = [(0, 2), (2, 4), (4, 6), (6, 7), (1, 3), (3, 5), (5, 7), (0, 1)]
+    outcomes = []
+    for a, b in met:
+        p = 1 / (1 + math.exp(-(q[a] - q[b])))
+        outcomes.append(Outcome(a, b, p, 1 - p, 0.0))
+    played = {frozenset(p) for p in met}
+    assert closing_pairs(8, outcomes, set(played), 3, prior=1e-9) == [(1, 2), (4, 5), (5, 6)]
+    before = set(played)
+    assert closing_pairs(8, outcomes, played, prior=1e-9) == [(1, 2)]  # default: G // 8 pairs
+    assert played == before | {frozenset((1, 2))}
+    everyone = {frozenset(p) for p in itertools.combinations(range(8), 2)}
+    assert closing_pairs(8, outcomes, everyone, 3) == []  # all met: nothing left to close
 
 
 def test_default_aggregate_per_pairing(fake_judge):
