@@ -194,8 +194,8 @@ class JudgePairwiseReward(_JudgeReward):
     - `circular`: a random cycle through the group, each completion against the next: 2G prompts (2 at G=2).
     - `swiss`: Swiss-system rounds: each round pairs completions next to each other in the running standings
       (sum of win probabilities so far), no rematches, a bye (nothing judged) for odd G; `swiss_rounds` rounds
-      (default ceil(log2 G) + 1, at most a round robin): 2 floor(G/2) prompts per round. Rounds are successive
-      judge calls shared by all groups of the batch (one `compare` per round).
+      (default max(ceil(log2 G) + 1, (G - 1) // 3), at most a round robin): 2 floor(G/2) prompts per round.
+      Rounds are successive judge calls shared by all groups of the batch (one `compare` per round).
 
     How judged pairs become rewards (`aggregate`, see `reward.groups`):
 
@@ -217,7 +217,7 @@ class JudgePairwiseReward(_JudgeReward):
         reference_column: dataset column holding the reference answer (`anchor`; with the other pairings, groups
             whose rows all have a reference are compared with it, as before).
         adaptive_margin, max_pairs_per_group, scale: `adaptive`'s score margin, per-group budget, rating scale.
-        swiss_rounds: `swiss`'s rounds (default ceil(log2 G) + 1 per group).
+        swiss_rounds: `swiss`'s rounds (default `reward.groups.swiss_rounds`: max(ceil(log2 G) + 1, (G - 1) // 3)).
         seed: seed of `circular`'s cycles and `swiss`'s first-round order.
         name: the reward's name in TRL's logs (`rewards/<name>/mean`).
         metric_prefix: prefix of the judge metrics it logs (`judge/order_consistency`, `judge/cyclic_groups`, ...).
