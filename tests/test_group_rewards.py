@@ -15,13 +15,18 @@ import reward.groups
 from reward import Judge
 from reward.groups import (
     AGGREGATES,
+    DEFAULT_AGGREGATE,
     Outcome,
     bradley_terry,
+    closing_pairs,
     cycle_free,
     feedback_arcs,
     fit_strengths,
     has_cycle,
     mean_win,
+    swiss_round,
+    swiss_rounds,
+    swiss_standings,
 )
 from trainers import JudgePairwiseReward
 
@@ -70,7 +75,7 @@ def make_judge(tokenizer, rule, points=None, backend=Counting):
 
 
 def swiss_expected_rounds(g):
-    return min(math.ceil(math.log2(g)) + 1, g - 1 if g % 2 == 0 else g)
+    return min(max(math.ceil(math.log2(g)) + 1, (g - 1) // 3), g - 1 if g % 2 == 0 else g)
 
 
 def test_groups_doctests():
@@ -156,6 +161,96 @@ def test_bradley_terry_recovers_planted_strengths():
     t = fit_strengths(3, sweep)
     assert np.all(np.isfinite(t)) and t[0] > t[1] == pytest.approx(t[2])
     assert bradley_terry(4, sweep)[3] is None  # met nobody
+
+
+def test_soft_outcome_bradley_terry_equals_hand_computed_fits():
+    """The fit uses the merged probabilities as soft outcomes: on a tree of pairs without a prior each strength
+    difference is the logit of its pair's win probability (ties half); with the prior, two completions solve
+    w - s(2t) = prior t (t = theta_0 = -theta_1), found here by bisection. Verdicts (1/0) would give other values."""
+    chain = [Outcome(0, 1, 0.7, 0.1, 0.2), Outcome(1, 2, 0.5, 0.3, 0.2), Outcome(3, 1, 0.2, 0.6, 0.2)]
+    t = fit_strengths(4, chain, prior=0.0)
+    logit = lambda w: math.log(w / (1 - w))  # noqa: E731
+    assert t[0] - t[1] == pytest.approx(logit(0.8)) and t[1] - t[2] == pytest.approx(logit(0.6))
+    assert t[1] - t[3] == pytest.approx(logit(0.7)) and t.sum() == pytest.approx(0.0, abs=1e-12)
+    lo, hi = 0.0, 10.0
+    for _ in range(200):  # w - s(2t) - prior t is decreasing in t
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 0.9 - 1 / (1 + math.exp(-2 * mid)) - 0.1 * mid > 0 else (lo, mid)
+    assert fit_strengths(2, [Outcome(0, 1, 0.85, 0.05, 0.1)], prior=0.1) == pytest.approx([lo, -lo], abs=1e-8)
+
+
+def test_swiss_standings_by_strength_weigh_whom_a_win_was_against():
+    # 1 and 2 have the same points (0.7): 1 beat the strong 0, 2 beat the weak 3. By strength 1 leads, 0 (two wins,
+    # one loss to 1) next; by points 0 leads and the tiebreak orders 2 before 1.
+    outcomes = [Outcome(0, 3, 0.9, 0.1, 0), Outcome(0, 4, 0.9, 0.1, 0), Outcome(0, 1, 0.3, 0.7, 0)]
+    outcomes += [Outcome(2, 3, 0.7, 0.3, 0)]
+    tiebreak = [0, 2, 1, 3, 4]
+    assert swiss_standings(5, outcomes, tiebreak, "points") == [0, 2, 1, 3, 4]
+    assert swiss_standings(5, outcomes, tiebreak, "strength") == [1, 0, 2, 4, 3]
+    assert swiss_standings(5, [], tiebreak, "strength") == tiebreak  # nothing judged: the random order
+    with pytest.raises(ValueError, match="pair_by"):
+        swiss_standings(5, outcomes, tiebreak, "elo")
+
+
+def test_swiss_rounds_by_strength_recover_a_planted_order():
+    """Swiss rounds (the default pairing rule) against a noiseless judge, P(i beats j) = s(q_i - q_j): each round is
+    a matching without rematches, the rounds' pairs connect the group, and Bradley-Terry without a prior reads the
+    planted order back exactly; later rounds pair completions of close strength (neighbours in the planted order)."""
+    for seed, n in ((0, 16), (1, 8), (2, 13), (3, 32)):
+        rng = random.Random(seed)
+        q = [rng.gauss(0, 1) for _ in range(n)]
+        played, outcomes, gaps, tiebreak = set(), [], [], rng.sample(range(n), n)
+        rounds = swiss_rounds(n)
+        for r in range(rounds):
+            pairs = swiss_round(n, outcomes, played, tiebreak, more_rounds=r + 1 < rounds)
+            members = [k for pair in pairs for k in pair]
+            assert len(members) == len(set(members)) == 2 * (n // 2)  # a matching, a bye for odd n
+            assert not {frozenset(p) for p in pairs} & {frozenset((o.a, o.b)) for o in outcomes}  # no rematch
+            for a, b in pairs:
+                p = 1 / (1 + math.exp(-(q[a] - q[b])))
+                outcomes.append(Outcome(a, b, p, 1 - p, 0.0))
+            ranks = {k: sorted(q, reverse=True).index(q[k]) for k in range(n)}
+            gaps.append(np.mean([abs(ranks[a] - ranks[b]) for a, b in pairs]))
+        fitted = fit_strengths(n, outcomes, prior=1e-9)
+        assert list(np.argsort(-fitted)) == list(np.argsort(-np.array(q)))
+        if n > 8:  # from round 3 on, pairs are near neighbours (random pairs: (n + 1) / 3 ranks apart on average)
+            assert np.mean(gaps[2:]) < 0.65 * (n + 1) / 3 < gaps[0]
+
+
+def test_swiss_rounds_default_grows_to_a_third_of_a_round_robin():
+    # ceil(log2 G) + 1 while that is more, then (G - 1) // 3 (from G = 22): at most a third of all pairs' prompts
+    # from G = 19 on.
+    assert [swiss_rounds(g) for g in (8, 16, 21, 22, 32, 33, 64)] == [4, 5, 6, 7, 10, 10, 21]
+    for g in range(19, 100):
+        assert swiss_rounds(g) * (g // 2) * 6 <= g * (g - 1)
+    assert swiss_rounds(32, 3) == 3 and swiss_rounds(4, 10) == 3  # asked for, capped at a round robin
+
+
+def test_closing_pairs_judge_the_closest_unmet_neighbours():
+    """The closing round: neighbours in fitted strength that have not met, closest first; never a pair met."""
+    q = [3.0, 2.5, 2.4, 1.0, 0.0, -0.2, -1.0, -3.0]  # planted: neighbours 1-2 (0.1), 4-5 (0.2), 5-6 (0.8) unmet
+    met = [(0, 2), (2, 4), (4, 6), (6, 7), (1, 3), (3, 5), (5, 7), (0, 1)]
+    outcomes = []
+    for a, b in met:
+        p = 1 / (1 + math.exp(-(q[a] - q[b])))
+        outcomes.append(Outcome(a, b, p, 1 - p, 0.0))
+    played = {frozenset(p) for p in met}
+    assert closing_pairs(8, outcomes, set(played), 3, prior=1e-9) == [(1, 2), (4, 5), (5, 6)]
+    before = set(played)
+    assert closing_pairs(8, outcomes, played, prior=1e-9) == [(1, 2)]  # default: G // 8 pairs
+    assert played == before | {frozenset((1, 2))}
+    everyone = {frozenset(p) for p in itertools.combinations(range(8), 2)}
+    assert closing_pairs(8, outcomes, everyone, 3) == []  # all met: nothing left to close
+
+
+def test_default_aggregate_per_pairing(fake_judge):
+    judge = fake_judge(rule=by_length())
+    for pairing, expected in (("all", "mean_win"), ("swiss", "bradley_terry"), ("circular", "bradley_terry")):
+        assert DEFAULT_AGGREGATE[pairing] == expected
+        assert JudgePairwiseReward(judge, pairing=pairing).aggregate == expected
+    assert JudgePairwiseReward(judge, pairing="swiss", aggregate="cycle_free").aggregate == "cycle_free"
+    assert set(DEFAULT_AGGREGATE) == set(PEER_PAIRINGS) | {"anchor"}
+    assert set(DEFAULT_AGGREGATE.values()) <= set(AGGREGATES)
 
 
 def brute_force_min_feedback(n, arcs):

@@ -21,10 +21,14 @@ class JudgeRewardArguments:
     pairing: str = field(
         default="all", metadata={"help": "Pairwise: which pairs: all | adaptive | anchor | circular | swiss."}
     )
-    aggregate: str = field(
-        default="mean_win", metadata={"help": "Pairwise rewards from pairs: mean_win | bradley_terry | cycle_free."}
+    aggregate: str | None = field(
+        default=None,
+        metadata={"help": "Pairwise rewards from pairs: mean_win | bradley_terry | cycle_free (default: bradley_terry "
+                  "for swiss and circular, mean_win for the rest)."},
+    )  # fmt: skip
+    swiss_rounds: int | None = field(
+        default=None, metadata={"help": "swiss: rounds (default max(ceil(log2 G) + 1, (G - 1) // 3))."}
     )
-    swiss_rounds: int | None = field(default=None, metadata={"help": "swiss: rounds (default ceil(log2 G) + 1)."})
     dataset: str = field(default="mt_bench", metadata={"help": "'mt_bench' or a JSONL file with a 'prompt' column."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use the first N prompts."})
     monitor_sample_rate: float = field(

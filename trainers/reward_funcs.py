@@ -16,6 +16,7 @@ from statistics import fmean
 from reward import Judge
 from reward.groups import (
     AGGREGATES,
+    DEFAULT_AGGREGATE,
     Outcome,
     all_pairs,
     bradley_terry,
@@ -193,8 +194,8 @@ class JudgePairwiseReward(_JudgeReward):
     - `circular`: a random cycle through the group, each completion against the next: 2G prompts (2 at G=2).
     - `swiss`: Swiss-system rounds: each round pairs completions next to each other in the running standings
       (sum of win probabilities so far), no rematches, a bye (nothing judged) for odd G; `swiss_rounds` rounds
-      (default ceil(log2 G) + 1, at most a round robin): 2 floor(G/2) prompts per round. Rounds are successive
-      judge calls shared by all groups of the batch (one `compare` per round).
+      (default max(ceil(log2 G) + 1, (G - 1) // 3), at most a round robin): 2 floor(G/2) prompts per round.
+      Rounds are successive judge calls shared by all groups of the batch (one `compare` per round).
 
     How judged pairs become rewards (`aggregate`, see `reward.groups`):
 
@@ -211,11 +212,12 @@ class JudgePairwiseReward(_JudgeReward):
         method: "likelihood", "ppl" or "baseline" (see `Judge.compare`); the reward uses the merged probabilities.
         mode: "direct" or "rationale".
         pairing: one of `PAIRINGS` (see above).
-        aggregate: one of `reward.groups.AGGREGATES` (see above).
+        aggregate: one of `reward.groups.AGGREGATES` (see above); default `reward.groups.DEFAULT_AGGREGATE[pairing]`
+            (`bradley_terry` for `swiss` and `circular`, `mean_win` for the rest).
         reference_column: dataset column holding the reference answer (`anchor`; with the other pairings, groups
             whose rows all have a reference are compared with it, as before).
         adaptive_margin, max_pairs_per_group, scale: `adaptive`'s score margin, per-group budget, rating scale.
-        swiss_rounds: `swiss`'s rounds (default ceil(log2 G) + 1 per group).
+        swiss_rounds: `swiss`'s rounds (default `reward.groups.swiss_rounds`: max(ceil(log2 G) + 1, (G - 1) // 3)).
         seed: seed of `circular`'s cycles and `swiss`'s first-round order.
         name: the reward's name in TRL's logs (`rewards/<name>/mean`).
         metric_prefix: prefix of the judge metrics it logs (`judge/order_consistency`, `judge/cyclic_groups`, ...).
@@ -229,7 +231,7 @@ class JudgePairwiseReward(_JudgeReward):
         method="likelihood",
         mode="direct",
         pairing="all",
-        aggregate="mean_win",
+        aggregate=None,
         reference_column=None,
         adaptive_margin=0.5,
         max_pairs_per_group=None,
@@ -241,6 +243,7 @@ class JudgePairwiseReward(_JudgeReward):
         monitor=None,
     ):
         check_choice("pairing", pairing, PAIRINGS)
+        aggregate = aggregate or DEFAULT_AGGREGATE[pairing]
         check_choice("aggregate", aggregate, AGGREGATES)
         check_choice("method", method, PREFERENCE_METHODS)
         check_choice("mode", mode, MODES)
