@@ -4,6 +4,7 @@ output files), so the tests hold wherever the commands' modules live."""
 
 import json
 
+import pytest
 from test_consistency_scale import clean, synthetic_rows, write
 
 from trainers.cli import main
@@ -65,3 +66,73 @@ def test_merge_of_intact_shards_still_equals_the_one_shot_run(tmp_path):
     assert merged["rows_kept"] == one["rows_kept"] and merged["rows_rejected"] == one["rows_rejected"]
     assert (tmp_path / "merged-r.jsonl").read_bytes() == (tmp_path / "rejects.jsonl").read_bytes()
     assert (tmp_path / "merged-k.jsonl").read_bytes() == (tmp_path / "kept.jsonl").read_bytes()
+
+
+# -- finding 2: one bad row never costs the others ------------------------------------------------------------
+CUT_EMOJI = "a cut emoji \ud83d"  # what `"\ud83d"` in a JSON file reads as: valid JSON, not text
+
+
+def write_lines(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # ensure_ascii: the surrogate as `\ud83d`
+
+
+def read_lines(path):
+    return [json.loads(line) for line in path.read_bytes().decode("utf-8").splitlines()]
+
+
+def test_score_fails_a_lone_surrogate_row_alone_and_writes_every_row(tmp_path, tiny_model_dir, capsys):
+    rows = [{"id": 0, "prompt": "q", "response": CUT_EMOJI, "note": "x"},
+            {"id": 1, "prompt": "What is two plus two?", "response": "four", "note": "y \udfff"},
+            {"id": 2, "prompt": "q", "response": "fine"}]  # fmt: skip
+    write_lines(tmp_path / "in.jsonl", rows)
+    judge = ["--judge", tiny_model_dir, "--judge_device", "cpu"]
+    for out in ("out.jsonl", "out.parquet"):
+        assert main(["score", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / out), *judge]) == 0
+    got = read_lines(tmp_path / "out.jsonl")
+    assert [r["id"] for r in got] == [0, 1, 2] and got[0]["response"] == CUT_EMOJI and got[1]["note"] == "y \udfff"
+    assert "surrogate" in got[0]["judge_error"] and "score" not in got[0]
+    assert got[1]["judge_error"] is None and got[2]["judge_error"] is None and 1 <= got[2]["score"] <= 5
+    from datasets import Dataset
+
+    table = Dataset.from_parquet(str(tmp_path / "out.parquet")).to_list()
+    assert [r["id"] for r in table] == [0, 1, 2] and table[0]["response"] == "a cut emoji \ufffd"
+    assert "surrogate" in table[0]["judge_error"] and table[0]["score"] is None  # a failed first row keeps columns
+    assert table[2]["score"] == pytest.approx(got[2]["score"]) and table[1]["note"] == "y \ufffd"
+    assert "U+FFFD" in capsys.readouterr().err
+
+
+def test_a_column_parquet_cannot_hold_is_an_error_before_the_judge_loads(tmp_path, capsys):
+    write_lines(tmp_path / "in.jsonl", [{"prompt": "q", "response": "a", "extra": 1},
+                                        {"prompt": "q", "response": "b", "extra": "one"}])  # fmt: skip
+    (tmp_path / "no-judge").mkdir()  # loading a judge from here would fail: the check must come first
+    args = ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.parquet")]
+    assert main(["score", *args, "--judge", str(tmp_path / "no-judge")]) == 2
+    err = capsys.readouterr().err
+    assert "'extra' mixes types" in err and "Traceback" not in err and not (tmp_path / "out.parquet").exists()
+
+
+def test_clean_rejects_a_lone_surrogate_row_and_writes_the_rest(tmp_path, capsys):
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b", "note": "n\udfff"},
+            {"prompt": "q", "chosen": "b", "rejected": CUT_EMOJI},
+            {"prompt": "p", "chosen": "c", "rejected": "d", "note": "m"}]  # fmt: skip
+    write_lines(tmp_path / "in.jsonl", rows)
+    for kept in ("kept.jsonl", "kept.parquet"):
+        args = ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / kept), "--labels-only"]
+        args += ["--rejects", str(tmp_path / "rej.jsonl"), "--report", str(tmp_path / "rep.json")]
+        assert main(["clean", *args]) == 0
+        (reject,) = read_lines(tmp_path / "rej.jsonl")
+        assert reject["row_index"] == 1 and "surrogate" in reject["detail"] and reject["row"] == rows[1]
+    assert read_lines(tmp_path / "kept.jsonl") == [rows[0], rows[2]]
+    from datasets import Dataset
+
+    assert [r["note"] for r in Dataset.from_parquet(str(tmp_path / "kept.parquet")).to_list()] == ["n\ufffd", "m"]
+
+
+def test_clean_to_parquet_of_a_mixed_column_is_a_clear_error(tmp_path, capsys):
+    write_lines(tmp_path / "in.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b", "extra": 1},
+                                        {"prompt": "p", "chosen": "a", "rejected": "b", "extra": "one"}])  # fmt: skip
+    args = ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "kept.parquet"), "--labels-only"]
+    args += ["--rejects", str(tmp_path / "rej.jsonl"), "--report", str(tmp_path / "rep.json")]
+    assert main(["clean", *args]) == 2
+    err = capsys.readouterr().err
+    assert "'extra' mixes types" in err and "Traceback" not in err and not (tmp_path / "rep.json").exists()

@@ -1,5 +1,6 @@
 """Reject files: each rejected row as one JSONL line, byte-identical to `json.dumps(record, ensure_ascii=False,
-default=str)`, written per shard in row order and merged into the whole input's rejects by row index."""
+default=str)` (but for binary cells, base64, and lone surrogates, `\\u` escapes: `trainers.files.json_line`),
+written per shard in row order and merged into the whole input's rejects by row index."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import re
 
 import numpy as np
+
+from .files import json_line
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # json.dumps(..., these options), built once
 
@@ -59,7 +62,7 @@ def reject_lines(rejected, rows=None) -> list[bytes]:
     """
     encode = _ENCODER.encode
     if rows is None:
-        return [encode(r).encode() + b"\n" for r in rejected]
+        return [json_line(r) for r in rejected]
     splicer, out = _Splicer(), []
     for record in rejected:
         r = record["row"]
@@ -71,7 +74,7 @@ def reject_lines(rejected, rows=None) -> list[bytes]:
         row = rows.row(r)
         if isinstance(row, dict):
             splicer.learn(row)
-        out.append(encode(record | {"row": row}).encode() + b"\n")
+        out.append(json_line(record | {"row": row}))
     return out
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .args import UserError
+from .files import arrow_rows, json_line
 
 BLOCK_BYTES = 16 << 20  # JSONL read size: whole lines of about this many bytes at a time
 BATCH_ROWS = 65536  # Arrow record batch size for Parquet / saved datasets
@@ -484,18 +485,16 @@ def _write_converted(rows: list[dict], fmt: str, out, name: str) -> None:
     if fmt == "jsonl":
         f = out.open(name)
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str).encode() + b"\n")
+            f.write(json_line(row))
         return
-    from datasets import Dataset
-
-    _write_dataset(Dataset.from_list(rows), fmt, out, name, None)
+    _write_dataset(arrow_rows(rows, str(out.paths[name])), fmt, out, name, None)
 
 
 def _write_dataset(data, fmt: str, out, name: str, split: str | None) -> None:
     if fmt == "jsonl":
         f = out.open(name)
         for row in data:
-            f.write(json.dumps(row, ensure_ascii=False, default=str).encode() + b"\n")
+            f.write(json_line(row))
     elif fmt == "parquet":
         data.to_parquet(out.open(name))
     else:
