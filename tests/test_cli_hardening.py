@@ -136,3 +136,43 @@ def test_clean_to_parquet_of_a_mixed_column_is_a_clear_error(tmp_path, capsys):
     assert main(["clean", *args]) == 2
     err = capsys.readouterr().err
     assert "'extra' mixes types" in err and "Traceback" not in err and not (tmp_path / "rep.json").exists()
+
+
+# -- finding 3 and 6: files that break readers --------------------------------------------------------------------
+def deep_line(depth: int) -> bytes:
+    return b'{"prompt": "q", "chosen": "a", "rejected": "b", "x": ' + b"[" * depth + b"]" * depth + b"}\n"
+
+
+@pytest.mark.parametrize("depth", [300, 5_000, 20_000])
+def test_deeply_nested_json_is_a_one_line_error_naming_the_line(tmp_path, depth):
+    """pyarrow's JSON reader dies with SIGSEGV near 20,000 levels, json.loads with RecursionError near 1,000: in
+    a child process, so a crash shows as its exit status instead of taking the test run down."""
+    import subprocess
+    import sys
+
+    good = b'{"prompt": "q", "chosen": "a", "rejected": "b", "response": "r", "x": [[1, 2], {"y": [3]}]}\n'
+    (tmp_path / "no-judge").mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "in.jsonl").write_bytes(good * 3 + deep_line(depth) + good)
+    commands = {
+        "audit": ["--report", "a.json"],
+        "clean": ["--report", "c.json", "--output", "k.jsonl", "--rejects", "r.jsonl", "--labels-only"],
+        "score": ["--output", "o.jsonl", "--judge", str(tmp_path / "no-judge")],  # the error comes first
+    }
+    for command, args in commands.items():
+        run = subprocess.run([sys.executable, "-m", "trainers.cli", command, "--input", "in.jsonl", *args],
+                             cwd=work, capture_output=True, text=True)  # fmt: skip
+        assert run.returncode == 2, (command, run.returncode, run.stderr[-500:])
+        assert f"in.jsonl:4: JSON nested {depth + 1} levels deep" in run.stderr and "Traceback" not in run.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["in.jsonl"]
+
+
+def test_bytes_that_are_not_utf8_are_an_error_naming_the_file_and_line(tmp_path, capsys):
+    good = b'{"prompt": "q", "chosen": "a", "rejected": "b"}\n'
+    (tmp_path / "in.jsonl").write_bytes(good + b'{"prompt": "q\xff", "chosen": "x", "rejected": "c"}\n' + good)
+    for extra in ([], ["--shard_mb", "0.00001"], ["--shard", "1/2"], ["--shard", "0/2"]):
+        assert (
+            main(["audit", "--input", str(tmp_path / "in.jsonl"), "--report", str(tmp_path / "a.json"), *extra]) == 2
+        )
+        assert "in.jsonl:2: not UTF-8" in capsys.readouterr().err, extra

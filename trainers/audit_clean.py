@@ -343,8 +343,10 @@ def merge(args: MergeArguments) -> int:
     for path in args.reports:
         try:
             parts.append(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: not a readable report ({exc})") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise UserError(f"{path}: not a readable report ({type(exc).__name__}: {exc})") from None
+        if not isinstance(parts[-1], dict):
+            raise UserError(f"{path}: not a readable report (not a JSON object)")
     first = parts[0]
     specs = [p.get("shard") for p in parts]
     if any(s is None for s in specs):

@@ -100,6 +100,23 @@ def column_problem(rows: list[dict]) -> str | None:
     return None
 
 
+MAX_DEPTH = 256  # JSON nesting read at most: json.loads recurses (~1000 levels), pyarrow's reader crashes (~20,000)
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def too_deep(line: bytes) -> int | None:
+    """The nesting depth of a JSON line if it is over `MAX_DEPTH`, else None (counted only for lines with many
+    brackets, outside strings)."""
+    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
+        return None
+    depth = top = 0
+    for c in _STRING.sub(b"", line).translate(None, _NOT_BRACKETS):
+        depth += 1 if c in (0x5B, 0x7B) else -1
+        top = max(top, depth)
+    return top if top > MAX_DEPTH else None
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Rows of a JSONL file; a line that is not a JSON object is an error naming the line."""
     rows = []
@@ -107,6 +124,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            depth = too_deep(line.encode("utf-8", "surrogatepass"))
+            if depth:
+                raise ValueError(f"{path}:{n}: JSON nested {depth} levels deep (at most {MAX_DEPTH})")
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .args import UserError
-from .files import arrow_rows, json_line
+from .files import MAX_DEPTH, arrow_rows, json_line, too_deep
 
 BLOCK_BYTES = 16 << 20  # JSONL read size: whole lines of about this many bytes at a time
 BATCH_ROWS = 65536  # Arrow record batch size for Parquet / saved datasets
@@ -192,14 +192,21 @@ def _read_json(lines: list[bytes]):
 
     if not lines:
         return None
+    data = b"\n".join(lines)
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and any(too_deep(line) for line in lines):
+        return None  # pyarrow's reader dies (SIGSEGV) on deep nesting: `_loads` names the line instead
     try:
-        table = pj.read_json(pa.BufferReader(b"\n".join(lines)))
+        table = pj.read_json(pa.BufferReader(data))
+        table.validate(full=True)  # the reader lets bytes that are not UTF-8 into strings: `_loads` names the line
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
     return table if table.num_rows == len(lines) else None
 
 
 def _loads(line: bytes, where) -> dict:
+    depth = too_deep(line)
+    if depth:
+        raise UserError(f"{where()}: JSON nested {depth} levels deep (at most {MAX_DEPTH})")
     try:
         row = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as exc:
