@@ -235,3 +235,20 @@ def test_an_abandoned_request_frees_its_queue_places_at_once(judge_of):
     with live(app) as url:
         during = asyncio.run(scenario(url))
     assert during["queued_items"] == 40 and during["abandoned_items"] == 360 and during["judge_calls"] == 1
+
+
+# -- issue 32 ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--max_batch", "0"), ("--pairing", "bogus"), ("--aggregate", "bogus"), ("--scale", "1"), ("--port", "70000"),
+     ("--max_request_items", "-5"), ("--max_queue", "0"), ("--max_wait_s", "nan"), ("--group_timeout", "inf")],
+)  # fmt: skip
+def test_bad_serve_flags_are_one_line_and_exit_2_before_the_judge_loads(tmp_path, capsys, flag, value):
+    """`--max_batch 0` hung the first request and /health and ignored SIGTERM; the others ended in tracebacks after
+    the judge loaded, or made every request 413. The judge here cannot load: the flag's error must come first."""
+    from trainers.cli import main
+
+    (tmp_path / "no-judge").mkdir()
+    assert main(["serve", "--judge", str(tmp_path / "no-judge"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert flag.lstrip("-") in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

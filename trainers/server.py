@@ -125,12 +125,35 @@ def option_problems(reward, group_size, group_timeout, on_failure) -> list[str]:
         problems.append(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
     if group_size is not None and (reward != "pairwise" or group_size < 2):
         problems.append(f"group_size needs reward pairwise and at least 2 samples, got {group_size!r}")
-    if not group_timeout > 0:
+    if not (isinstance(group_timeout, int | float) and 0 < group_timeout < float("inf")):
         problems.append(f"group_timeout must be positive seconds, got {group_timeout!r}")
     try:
         FailurePolicy.parse(on_failure)
     except ValueError as exc:
         problems.append(str(exc))
+    return problems
+
+
+def limit_problems(scale, pairing, aggregate, max_batch, max_wait_s, max_queue, max_request_items) -> list[str]:
+    """What is wrong with the judging and queue options (`max_batch 0` hung the first request and the server)."""
+    import math
+
+    from reward.groups import AGGREGATES
+
+    from .reward_funcs import PAIRINGS
+
+    problems = []
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 100:
+        problems.append(f"scale must be an integer in 2..100, got {scale!r}")
+    if pairing not in PAIRINGS:
+        problems.append(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+    if aggregate not in AGGREGATES:
+        problems.append(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+    for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("max_request_items", max_request_items)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"{name} must be an integer >= 1, got {value!r}")
+    if not (isinstance(max_wait_s, int | float) and math.isfinite(max_wait_s) and max_wait_s >= 0):
+        problems.append(f"max_wait_s must be finite seconds >= 0, got {max_wait_s!r}")
     return problems
 
 
@@ -154,6 +177,7 @@ def create_app(
 ) -> FastAPI:
     """The reward server's app (serve it with uvicorn); arguments as `ServeArguments`' flags."""
     problems = option_problems(reward, group_size, group_timeout, on_failure)
+    problems += limit_problems(scale, pairing, aggregate, max_batch, max_wait_s, max_queue, max_request_items)
     if problems:
         raise ValueError("; ".join(problems))
     batcher = Batcher(judge, reward=reward, scale=scale, pairing=pairing, aggregate=aggregate,
@@ -293,6 +317,17 @@ class ServeArguments:
                   "to loopback, else any."},
     )  # fmt: skip
     token_env: str | None = field(default=None, metadata={"help": "Env variable with a bearer token to require."})
+
+    def __post_init__(self):  # when parsed, before the judge loads: a bad flag is one line and exit 2
+        from .args import UserError
+
+        problems = option_problems(self.reward, self.group_size, self.group_timeout, self.on_failure)
+        problems += limit_problems(self.scale, self.pairing, self.aggregate, self.max_batch, self.max_wait_s,
+                                   self.max_queue, self.max_request_items)  # fmt: skip
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            problems.append(f"port must be in 0..65535, got {self.port!r}")
+        if problems:
+            raise UserError("; ".join(problems))
 
 
 LOOPBACK = ["127.0.0.1", "localhost", "[::1]", "::1"]
