@@ -26,23 +26,28 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from reward.text import as_text
 
 from .fallback import FailurePolicy
 from .server_batching import Batcher, Groups, Outcome, QueueFull, ShuttingDown, TooLarge
-from .server_guard import Guard
+from .server_guard import Guard, header_timeout_protocol
+
+
+def _documented(**schema):
+    """A constraint the handlers enforce (400 with the reason), shown in the OpenAPI schema for client generators."""
+    return Field(json_schema_extra=schema)
 
 
 class RewardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query: list[str]
-    prompts: list[str]
+    query: Annotated[list[str], _documented(minItems=1)]
+    prompts: Annotated[list[str], _documented(minItems=1)]
     labels: list[Any] | None = None
 
 
@@ -52,7 +57,8 @@ class Message(BaseModel):
     content: str
 
 
-Text = str | Message | list[Message]  # plain text or a conversation, as in `trustreward score` files
+# plain text or a conversation, as in `trustreward score` files
+Text = Annotated[str, _documented(minLength=1)] | Message | Annotated[list[Message], _documented(minItems=1)]
 
 
 class ScoreRow(BaseModel):
@@ -70,12 +76,12 @@ class CompareRow(BaseModel):
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rows: list[ScoreRow]
+    rows: Annotated[list[ScoreRow], _documented(minItems=1)]
 
 
 class CompareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rows: list[CompareRow]
+    rows: Annotated[list[CompareRow], _documented(minItems=1)]
 
 
 ERRORS = {
@@ -317,6 +323,9 @@ class ServeArguments:
                   "to loopback, else any."},
     )  # fmt: skip
     token_env: str | None = field(default=None, metadata={"help": "Env variable with a bearer token to require."})
+    header_timeout_s: float = field(
+        default=10.0, metadata={"help": "Seconds a connection may take to send a request's headers; then closed."}
+    )
 
     def __post_init__(self):  # when parsed, before the judge loads: a bad flag is one line and exit 2
         from .args import UserError
@@ -326,6 +335,8 @@ class ServeArguments:
                                    self.max_queue, self.max_request_items)  # fmt: skip
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             problems.append(f"port must be in 0..65535, got {self.port!r}")
+        if not 0 < self.header_timeout_s < float("inf"):
+            problems.append(f"header_timeout_s must be positive seconds, got {self.header_timeout_s!r}")
         if problems:
             raise UserError("; ".join(problems))
 
@@ -369,6 +380,35 @@ def main(argv: list[str]) -> int:
                      group_timeout=args.group_timeout, on_failure=args.on_failure, max_batch=args.max_batch,
                      max_wait_s=args.max_wait_s, max_queue=args.max_queue, max_request_items=args.max_request_items,
                      token=token, allowed_hosts=hosts_for(args.host, args.allowed_hosts))  # fmt: skip
-    # SIGINT / SIGTERM: stop accepting, give requests in flight 5 s, then stop judging (the call in flight ends).
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    _more_files()
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5,
+                            http=header_timeout_protocol(args.header_timeout_s))  # fmt: skip
+
+    class Server(uvicorn.Server):
+        """SIGINT / SIGTERM: stop accepting, answer samples held in groups 503 at once, give requests in flight
+        5 s, then stop judging (the call in flight ends)."""
+
+        async def serve(self, sockets=None):
+            self.loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig, frame):
+            self.loop.call_soon_threadsafe(app.state.groups.refuse_held)
+            super().handle_exit(sig, frame)
+
+    Server(config).run()
     return 0
+
+
+def _more_files() -> None:
+    """The open-file limit raised to its hard limit: each connection holds a descriptor (the soft limit is often
+    1,024)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
+        if want > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):
+        pass
