@@ -176,3 +176,52 @@ def test_bytes_that_are_not_utf8_are_an_error_naming_the_file_and_line(tmp_path,
             main(["audit", "--input", str(tmp_path / "in.jsonl"), "--report", str(tmp_path / "a.json"), *extra]) == 2
         )
         assert "in.jsonl:2: not UTF-8" in capsys.readouterr().err, extra
+
+
+def full_disk(limit_bytes: int):
+    """A child process whose files cannot grow past `limit_bytes` (writes fail with EFBIG, as on a full disk)."""
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return apply
+
+
+@pytest.mark.parametrize("output", ["kept.jsonl", "kept.parquet", "kept_ds"])
+def test_a_full_disk_is_an_error_and_leaves_no_temporary_files(tmp_path, output):
+    """pyarrow's Parquet writer aborted the process (SIGABRT) on a failed write, leaving `.tmp` files behind."""
+    import os
+    import subprocess
+    import sys
+
+    from test_consistency_scale import ROOT
+
+    rows = [{"prompt": f"p{i}", "chosen": "a" * 200 + str(i), "rejected": "b" * 200 + str(i)}
+            for i in range(6000)]  # fmt: skip
+    write(tmp_path / "in.jsonl", rows)
+    args = ["clean", "--input", "in.jsonl", "--output", output, "--rejects", "r.jsonl", "--report", "rep.json"]
+    run = subprocess.run([sys.executable, "-m", "trainers.cli", *args, "--labels-only"], cwd=tmp_path,
+                         capture_output=True, text=True, preexec_fn=full_disk(100_000),
+                         env=os.environ | {"PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert run.returncode == 2 and "File too large" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_binary_cells_are_written_as_base64_not_python_reprs(tmp_path):
+    import base64
+
+    from datasets import Dataset
+
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b", "blob": b"\x00\xffa"},
+            {"prompt": "q", "chosen": "b", "rejected": "c", "blob": b"b"},
+            {"prompt": "q", "chosen": "c", "rejected": "a", "blob": b"c"},
+            {"prompt": "p", "chosen": "x", "rejected": "y", "blob": b"kept"}]  # fmt: skip
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "in.parquet"))
+    args = ["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "kept.jsonl"), "--labels-only"]
+    assert main(["clean", *args, "--rejects", str(tmp_path / "rej.jsonl"), "--report", str(tmp_path / "r.json")]) == 0
+    rejected = read_lines(tmp_path / "rej.jsonl")
+    assert [r["row"]["blob"] for r in rejected] == [base64.b64encode(b).decode() for b in (b"\x00\xffa", b"b", b"c")]
+    assert [r["blob"] for r in read_lines(tmp_path / "kept.jsonl")] == [base64.b64encode(b"kept").decode()]

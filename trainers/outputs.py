@@ -10,6 +10,7 @@ by the next run that writes the same output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -213,7 +214,8 @@ class OutputSet:
 
     def __exit__(self, *exc):
         for f in self.files:
-            f.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush again: the temporaries still go
+                f.close()
         for tmp in self.temps.values():  # an error or an interrupt: nothing half-written stays
             if tmp.is_dir() and not tmp.is_symlink():
                 shutil.rmtree(tmp, ignore_errors=True)
