@@ -210,9 +210,15 @@ class Judge:
         if len(ids) <= budget:
             return text, False
         keep = max(budget - _LABEL_RESERVE, 2)
-        head, tail = ids[: keep // 2], ids[len(ids) - (keep - keep // 2) :]
-        cut = self.tokenizer.decode(head) + CUT_MARK.format(n=len(ids) - keep) + self.tokenizer.decode(tail)
-        return cut, True
+        while True:
+            head, tail = ids[: keep // 2], ids[len(ids) - (keep - keep // 2) :]
+            cut = self.tokenizer.decode(head) + CUT_MARK.format(n=len(ids) - keep) + self.tokenizer.decode(tail)
+            # Decoded pieces tokenise again differently (a character split at the cut, merges across it): the
+            # cut text is counted and cut shorter until it fits.
+            over = self._count(cut) - budget
+            if over <= 0 or keep <= 2:
+                return cut, True
+            keep = max(keep - over, 2)
 
     def _fit(self, template: JudgeTemplate, fields: dict, response_keys: tuple[str, ...], mode: str):
         """Cleans the fields and cuts the responses to fit the context; returns (fields or None, truncated, error)."""
@@ -252,7 +258,8 @@ class Judge:
         return starts
 
     def _read(self, prompts: list[str], template: JudgeTemplate, labels: list[str], mode: str, desc: str):
-        """Label log-probs (and the judge's output log-prob and length) per prompt; failures become error strings."""
+        """Label log-probs (and the judge's output log-prob and length) per prompt; failures become error strings
+        (a failed batch is judged again prompt by prompt, so a bad prompt costs only itself)."""
         out: list[tuple[dict[str, float], float, int] | str] = []
         marker = template.slot.split("[")[0].strip() or template.slot
         lockstep = self.backend.lockstep
@@ -260,7 +267,7 @@ class Judge:
         if lockstep:  # a sharded judge: every rank makes as many backend calls as the busiest (empty ones too)
             n = max(n, self.backend.agree(-(-n // self.batch_size)) * self.batch_size)
         for start in self._chunks(n, desc):
-            chunk = prompts[start : start + self.batch_size]
+            chunk = batch = prompts[start : start + self.batch_size]
             try:
                 gen = [("", 0.0, 0)] * len(chunk)
                 if mode == "rationale":
@@ -277,7 +284,11 @@ class Judge:
                 if lockstep:  # the other ranks wait in collectives for this one: fail all of them, never hang
                     raise
                 logger.warning("judge batch failed: %s: %s", type(exc).__name__, exc)
-                out.extend([f"{type(exc).__name__}: {exc}"] * len(chunk))
+                if len(batch) > 1:  # one bad prompt fails the backend's whole call: judge each alone again
+                    for prompt in batch:
+                        out.extend(self._read([prompt], template, labels, mode, desc))
+                else:
+                    out.append(f"{type(exc).__name__}: {exc}")
         return out
 
     def score(

@@ -4,7 +4,8 @@
 - `text_key`: the identity of a text or conversation: how rewards group a prompt's completions, how cleaning
   finds a prompt's candidates and how shards are assigned (so the same prompt is one group everywhere);
 - `extend`: a prompt continued by text (text prompts and chat prompts alike);
-- `check_texts`: a clear error for anything but a list of non-empty strings.
+- `check_texts`: a clear error for anything but a list of non-empty strings;
+- `lone_surrogate`: whether a text holds a broken character that no tokenizer or UTF-8 file takes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,33 @@ def as_text(value) -> str | None:
     else:
         text = "\n\n".join(f"{m.get('role', 'user').capitalize()}: {m['content']}" for m in turns)
     return text if text.strip() else None
+
+
+def lone_surrogate(value) -> bool:
+    """Whether a text, or a conversation's contents, holds a lone surrogate: half of a character, what a cut emoji
+    written as `"\\ud83d"` in JSON reads as. No tokenizer takes it and no UTF-8 file can hold it.
+
+    ```python
+    >>> lone_surrogate("fine 🙂"), lone_surrogate(json.loads('"cut \\\\ud83d"'))
+    (False, True)
+    >>> lone_surrogate([{"role": "user", "content": "\\udfff"}])
+    True
+
+    ```
+    """
+    if isinstance(value, str):
+        if value.isascii():
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return lone_surrogate(value.get("content"))
+    if isinstance(value, list):
+        return any(lone_surrogate(m) for m in value)
+    return False
 
 
 def extend(prompt, text: str):

@@ -268,3 +268,42 @@ def test_baseline_needs_both_orders_to_agree(fake_judge):
         ["q"], ["x"], ["y"], method="baseline"
     )
     assert agree_b.verdict == "b"
+
+
+def test_a_cut_response_fits_max_length_on_multibyte_text(tiny_model_dir):
+    """The head + tail cut is tokenised again: characters split at the cut, merges across it and the digits of
+    the cut mark's count must not push the prompt over what the backend takes (it overshot by 6-24 tokens)."""
+    import random
+
+    rng = random.Random(0)
+    words = ["alpha", "béta", "🙂", "数据", "xxxxxxx", "42", "\n", "  ", "Ω"]
+    for max_length in (600, 2048):
+        judge = load_judge(tiny_model_dir, device="cpu", max_length=max_length, progress=False)
+        for size in (20_000, 200_000):
+            long = " ".join(rng.choice(words) for _ in range(size // 5))
+            (score,) = judge.score(["q?"], [long])
+            assert score.truncated and score.error is None, (max_length, size, score.error)
+
+
+def test_one_huge_row_never_fails_its_batch_neighbours(tiny_judge):
+    """A 200 kB response in a batch: cut to fit and judged; the rows beside it are judged as if alone."""
+    import random
+
+    rng = random.Random(1)
+    huge = " ".join(rng.choice(["alpha", "béta", "🙂", "数据", "Ω", "42"]) for _ in range(40_000))
+    alone = [s.expected for s in tiny_judge.score(["q", "q"], ["fine answer", "another"])]
+    first, big, last = tiny_judge.score(["q"] * 3, ["fine answer", huge, "another"])
+    assert big.error is None and big.truncated
+    assert first.error is None and last.error is None and [first.expected, last.expected] == pytest.approx(alone)
+
+
+def test_a_prompt_the_backend_refuses_costs_only_itself(fake_judge):
+    def rule(prompt):
+        if "POISON" in prompt:
+            raise ValueError("cannot tokenise this row")
+        return {"A": 0.6, "B": 0.3, "C": 0.1}
+
+    judge = fake_judge(rule=rule)
+    good, bad, other = judge.compare(["q"] * 3, ["a", "POISON", "c"], ["b", "b", "d"])
+    assert bad.p_a is None and "cannot tokenise" in bad.error
+    assert good.error is None and other.error is None and good.p_a == pytest.approx(other.p_a)

@@ -233,3 +233,121 @@ def test_an_abandoned_request_frees_its_queue_places_at_once(judge_of):
     with live(app) as url:
         during = asyncio.run(scenario(url))
     assert during["queued_items"] == 40 and during["abandoned_items"] == 360 and during["judge_calls"] == 1
+
+
+# -- issue 32 ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--max_batch", "0"), ("--pairing", "bogus"), ("--aggregate", "bogus"), ("--scale", "1"), ("--port", "70000"),
+     ("--max_request_items", "-5"), ("--max_queue", "0"), ("--max_wait_s", "nan"), ("--group_timeout", "inf")],
+)  # fmt: skip
+def test_bad_serve_flags_are_one_line_and_exit_2_before_the_judge_loads(tmp_path, capsys, flag, value):
+    """`--max_batch 0` hung the first request and /health and ignored SIGTERM; the others ended in tracebacks after
+    the judge loaded, or made every request 413. The judge here cannot load: the flag's error must come first."""
+    from trainers.cli import main
+
+    (tmp_path / "no-judge").mkdir()
+    assert main(["serve", "--judge", str(tmp_path / "no-judge"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert flag.lstrip("-") in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("content_type", ["application/JSON", "Application/Json; charset=utf-8", None, "text/plain"])
+@pytest.mark.parametrize(
+    "body", [b'{"rows": [{"prompt": "q", "response": "a\\ud800"}]}', b'{"query": ["q a"], "prompts": [NaN]}']
+)
+def test_the_json_hygiene_check_ignores_how_the_content_type_is_spelled(judge_of, content_type, body):
+    """FastAPI reads `application/JSON` (and a body without a Content-Type) as JSON; the check skipped them."""
+    with TestClient(create_app(judge_of(), reward="score")) as c:
+        path = "/get_reward" if b"query" in body else "/score"
+        r = c.post(path, content=body, headers={"Content-Type": content_type} if content_type else {})
+        assert r.status_code == 422, r.text
+        assert c.get("/health").json()["requests"] == 0  # never reached the judge
+
+
+def test_a_token_with_non_ascii_characters_matches(judge_of):
+    with TestClient(create_app(judge_of(), token="pässwörd-🙂")) as c:
+        row = {"rows": [{"prompt": "q", "response": "a"}]}
+        ok = c.post("/score", json=row, headers={"Authorization": "Bearer pässwörd-🙂".encode()})
+        assert ok.status_code == 200
+        for wrong in ("Bearer pässwörd-🙃".encode(), "Bearer pässwörd-🙂".encode()[:-1], b"Bearer passwoerd"):
+            assert c.post("/score", json=row, headers={"Authorization": wrong}).status_code == 401
+
+
+def test_openapi_states_the_non_empty_lists_and_texts(judge_of):
+    with TestClient(create_app(judge_of())) as c:
+        schema = c.get("/openapi.json").json()["components"]["schemas"]
+    assert schema["RewardRequest"]["properties"]["query"]["minItems"] == 1
+    assert schema["RewardRequest"]["properties"]["prompts"]["minItems"] == 1
+    assert schema["ScoreRequest"]["properties"]["rows"]["minItems"] == 1
+    assert schema["CompareRequest"]["properties"]["rows"]["minItems"] == 1
+    text = schema["ScoreRow"]["properties"]["response"]["anyOf"]
+    assert {"type": "string", "minLength": 1} in text and any(t.get("minItems") == 1 for t in text)
+
+
+def start_serve(model_dir, *flags):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "trainers.cli", "serve", "--judge", model_dir, "--judge_device",
+                               "cpu", "--port", str(port), *flags],
+                              env=os.environ | {"PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return server, port, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+
+
+def test_slow_headers_are_cut_off_and_sigterm_answers_held_samples_503_at_once(tiny_model_dir):
+    """Connections that never finish their headers are closed after --header_timeout_s (they held sockets, up to
+    the file limit, for good); on SIGTERM a sample held for its group gets 503 at once (it got a 500 after the 5 s
+    grace)."""
+    import threading
+
+    server, port, url = start_serve(tiny_model_dir, "--group_size", "4", "--group_timeout", "60",
+                                    "--header_timeout_s", "1")  # fmt: skip
+    try:
+        slow = []
+        for _ in range(40):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /get_reward HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-")  # and never more
+            s.settimeout(6)
+            slow.append(s)
+        closed = 0
+        for s in slow:
+            try:
+                closed += s.recv(1) == b""
+            except (TimeoutError, ConnectionResetError):
+                pass
+            s.close()
+        assert closed == len(slow)
+        limits = Path(f"/proc/{server.pid}/limits")
+        if limits.exists():  # the soft open-file limit raised towards the hard one
+            soft, hard = next(line for line in limits.read_text().splitlines() if "open files" in line).split()[3:5]
+            assert int(soft) >= min(65536, int(hard) if hard.isdigit() else 65536)
+        answer = {}
+
+        def held():
+            body = {"query": ["What is two plus two? It is four."], "prompts": ["What is two plus two?"]}
+            r = httpx.post(f"{url}/get_reward", json=body, timeout=30)
+            answer.update(status=r.status_code, text=r.text, at=time.monotonic())
+
+        thread = threading.Thread(target=held, daemon=True)
+        thread.start()
+        while httpx.get(f"{url}/health", timeout=5).json()["waiting_in_groups"] < 1:
+            time.sleep(0.1)
+        sent = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        thread.join(20)
+        assert answer["status"] == 503 and "shutting down" in answer["text"]
+        assert answer["at"] - sent < 3  # not after the 5 s grace
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

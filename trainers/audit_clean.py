@@ -21,7 +21,7 @@ from reward.consistency.metrics import merge_audits
 
 from .args import UserError
 from .judge_args import JudgeArguments
-from .outputs import OutputSet, check_distinct, check_replaceable, output_format
+from .outputs import OutputSet, check_distinct, check_not_inputs, check_replaceable, file_digest, output_format
 from .rejects import merge_reject_files, rejected_indices, rejected_lines
 from .shards import (
     ShardStore,
@@ -305,6 +305,33 @@ def _summary(command: str, report: dict, args) -> None:
         print(f"clean: {counts} -> {outputs}", file=sys.stderr)
 
 
+def _check_reject_files(names: list[str], parts: list[dict]) -> None:
+    """Each shard's reject file is its own and holds what its report recorded (bytes, rows, hash), or no merge."""
+    seen = {}
+    for name, part in zip(names, parts):
+        recorded = (part.get("outputs") or {}).get("rejects")
+        if not isinstance(recorded, dict) or "path" not in recorded:
+            raise UserError(f"{name}: records no rejects file: not the report of a `clean --shard` run")
+        path = Path(recorded["path"])
+        real = path.resolve()
+        if real in seen:
+            raise UserError(f"{seen[real]} and {name} both wrote their rejects to {path}: the later run replaced "
+                            "the earlier one's; run the shards again, each with its own --rejects")  # fmt: skip
+        seen[real] = name
+        if not path.is_file():
+            raise UserError(f"{path} (the rejects of {name}): no such file")
+        rows = recorded.get("rows")
+        problem = None
+        if path.stat().st_size != recorded.get("bytes"):
+            problem = f"{path.stat().st_size} bytes, its report recorded {recorded.get('bytes')}"
+        elif recorded.get("blake2b") and file_digest(path) != recorded["blake2b"]:
+            problem = "its content differs from what its report recorded (blake2b)"
+        elif rows is None or rows != part.get("rows_rejected"):
+            problem = f"its report records {rows} reject rows but {part.get('rows_rejected')} rows rejected"
+        if problem:
+            raise UserError(f"{path} (the rejects of {name}) changed after its run: {problem}; run that shard again")
+
+
 def merge(args: MergeArguments) -> int:
     """`trustreward merge`: the shards' reports (and rejects, kept rows) -> those of the whole input."""
     import json
@@ -313,8 +340,10 @@ def merge(args: MergeArguments) -> int:
     for path in args.reports:
         try:
             parts.append(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: not a readable report ({exc})") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise UserError(f"{path}: not a readable report ({type(exc).__name__}: {exc})") from None
+        if not isinstance(parts[-1], dict):
+            raise UserError(f"{path}: not a readable report (not a JSON object)")
     first = parts[0]
     specs = [p.get("shard") for p in parts]
     if any(s is None for s in specs):
@@ -335,6 +364,12 @@ def merge(args: MergeArguments) -> int:
     input_path = args.input or first["input"]
     paths = {"report": args.report, "output": args.output, "rejects": args.rejects}
     check_distinct(paths | {"input": input_path})
+    reads = {f"the report {p}": p for p in args.reports}
+    if command == "clean":
+        reads |= {f"the rejects of {r}": p["outputs"]["rejects"]["path"] for r, p in zip(args.reports, parts)}
+    check_not_inputs(paths, reads)
+    if command == "clean":
+        _check_reject_files(args.reports, parts)
     if args.output:
         check_replaceable("output", args.output, output_format(args.output, args.format) == "dataset")
     for name in ("report", "rejects"):
@@ -351,6 +386,9 @@ def merge(args: MergeArguments) -> int:
             rejects = [p["outputs"]["rejects"]["path"] for p in parts]
             source = Source(input_path, first["options"]["split"])
             mask = rejected_indices(rejects, first["input_rows"])
+            if int(mask.sum()) != report["rows_rejected"]:  # two shards rejected the same row: not disjoint parts
+                raise UserError(f"the shards' reject files name {int(mask.sum())} distinct rows, their reports "
+                                f"{report['rows_rejected']}: not the rejects of disjoint shards")  # fmt: skip
             rows["rejects"] = merge_reject_files(rejects, out.open("rejects"))
             source.digest = first["input_fingerprint"]["blake2b"]
             rows["output"] = write_kept(source, mask, output_format(args.output, args.format), out, "output")

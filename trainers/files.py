@@ -1,12 +1,120 @@
-"""Reading and writing row files: JSONL (an error names the line), Parquet, `save_to_disk` folders; atomic writes."""
+"""Reading and writing row files: JSONL (an error names the line), Parquet, `save_to_disk` folders; atomic writes.
+
+Values JSON has no type for are written as text: binary cells as base64, dates and others as `str()`. A string
+holding a lone surrogate (a cut emoji, `"\\ud83d"` in the input) is written as that escape in JSONL (it reads back
+the same), and as U+FFFD in Parquet, which can only hold valid UTF-8.
+"""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
+
+from .args import UserError
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a decoded str only a lone one is left (pairs are combined)
+
+
+def _default(value):
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return str(value)
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=_default)
+_ASCII = json.JSONEncoder(ensure_ascii=True, default=_default)
+
+
+def json_line(record) -> bytes:
+    """One JSONL line (with its newline): UTF-8, or with `\\u` escapes where a string holds a lone surrogate."""
+    text = _ENCODER.encode(record)
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return _ASCII.encode(record).encode("ascii") + b"\n"
+
+
+def _fix_text(value, count: list[int]):
+    if isinstance(value, str):
+        fixed, n = _SURROGATE.subn("\ufffd", value)
+        count[0] += bool(n)
+        return fixed
+    if isinstance(value, dict):
+        return {_fix_text(k, count): _fix_text(v, count) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fix_text(v, count) for v in value]
+    return value
+
+
+def arrow_rows(rows: list[dict], where: str):
+    """`rows` as a `datasets.Dataset`, lone surrogates replaced by U+FFFD (counted on stderr); a column Arrow cannot
+    type (an int in one row, a string in another) is an error naming it and two of its rows."""
+    import sys
+
+    import pyarrow as pa
+    from datasets import Dataset
+
+    errors = (pa.ArrowException, TypeError, ValueError, OverflowError)
+    names = list(dict.fromkeys(k for row in rows for k in row))  # every row's columns (from_list: the first's)
+    try:
+        return Dataset.from_dict({k: [row.get(k) for row in rows] for k in names})
+    except UnicodeEncodeError:  # a lone surrogate: Arrow strings are UTF-8
+        count, fixed = [0], []
+        for row in rows:
+            before = count[0]
+            fixed.append(_fix_text(row, count))
+            count[0] = before + (count[0] > before)  # rows, not strings
+        rows = fixed
+        print(f"{where}: {count[0]} rows hold lone surrogates (broken characters), written as U+FFFD; "
+              "JSONL keeps them as \\u escapes", file=sys.stderr)  # fmt: skip
+    except errors as exc:
+        raise UserError(f"{where}: {column_problem(rows) or exc}") from None
+    try:
+        return Dataset.from_dict({k: [row.get(k) for row in rows] for k in names})
+    except errors as exc:
+        raise UserError(f"{where}: {column_problem(rows) or exc}") from None
+
+
+def column_problem(rows: list[dict]) -> str | None:
+    """Why Arrow cannot make a table of `rows` (a column whose values differ in type), or None if it can."""
+    import pyarrow as pa
+
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    for name in names:
+        values = [row.get(name) for row in rows]
+        try:
+            pa.array(_fix_text(values, [0]))  # lone surrogates become U+FFFD on writing: no problem here
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            kinds = {}
+            for i, v in enumerate(values):
+                if v is not None:
+                    kinds.setdefault(type(v).__name__, i)
+            shown = ", ".join(f"{k} in row {i}" for k, i in list(kinds.items())[:2])
+            return (f"column {name!r} mixes types ({shown}): Parquet holds one type per column; write JSONL "
+                    "(.jsonl) or give the column one type")  # fmt: skip
+    return None
+
+
+MAX_DEPTH = 256  # JSON nesting read at most: json.loads recurses (~1000 levels), pyarrow's reader crashes (~20,000)
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def too_deep(line: bytes) -> int | None:
+    """The nesting depth of a JSON line if it is over `MAX_DEPTH`, else None (counted only for lines with many
+    brackets, outside strings)."""
+    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
+        return None
+    depth = top = 0
+    for c in _STRING.sub(b"", line).translate(None, _NOT_BRACKETS):
+        depth += 1 if c in (0x5B, 0x7B) else -1
+        top = max(top, depth)
+    return top if top > MAX_DEPTH else None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -16,6 +124,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            depth = too_deep(line.encode("utf-8", "surrogatepass"))
+            if depth:
+                raise ValueError(f"{path}:{n}: JSON nested {depth} levels deep (at most {MAX_DEPTH})")
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -89,6 +200,6 @@ def atomic_path(path: str | Path):
 
 def write_jsonl(path: str | Path, rows) -> None:
     """Writes rows as JSONL, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            f.write(json_line(row))

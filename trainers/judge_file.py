@@ -34,11 +34,12 @@ def judge_rows(judge, command: str, rows: list[dict], options: dict, shard: tupl
     `shard=(rank, world)`: judge only this rank's contiguous share of the rows and gather the rest from the other
     ranks (rank 0 gets every row's fields, the others an empty list).
     """
-    from reward.text import as_text
+    from reward.text import as_text, lone_surrogate
 
     columns = _columns(command)
     texts = [[as_text(row.get(c)) for c in columns] for row in rows]
-    ok = [i for i, t in enumerate(texts) if None not in t]
+    broken = {i for i, t in enumerate(texts) if any(lone_surrogate(x) for x in t)}  # no tokenizer takes these
+    ok = [i for i, t in enumerate(texts) if None not in t and i not in broken]
     rank, world = shard
     mine = ok[rank * len(ok) // world : (rank + 1) * len(ok) // world]
     columns_of_mine = [list(c) for c in zip(*[texts[i] for i in mine])] or [[] for _ in columns]
@@ -52,6 +53,8 @@ def judge_rows(judge, command: str, rows: list[dict], options: dict, shard: tupl
             return []
         results = [r for part in shards for r in part]
     fields: list[dict] = [{"judge_error": f"missing or empty text in {', '.join(columns)}"} for _ in rows]
+    for i in broken:
+        fields[i] = {"judge_error": f"a lone surrogate (a broken character, e.g. a cut emoji) in {', '.join(columns)}"}
     for i, result in zip(ok, results):
         out = asdict(result)
         if command == "score":
@@ -87,6 +90,7 @@ def judge_file(command: str, args: JudgeFileArguments, judge_args: JudgeArgument
     """Runs `score` / `compare` on `args.input` (under torchrun with `judge_backend deepspeed`: every rank judges
     a share of the rows, rank 0 writes)."""
     from .args import UserError
+    from .files import column_problem
     from .outputs import OutputSet, output_format
     from .shards import Source, write_rows
 
@@ -95,6 +99,10 @@ def judge_file(command: str, args: JudgeFileArguments, judge_args: JudgeArgument
     rows = source.all_rows()
     if not rows:
         raise UserError(f"{args.input}: no rows")
+    if output_format(args.output, args.format) != "jsonl":  # what Parquet cannot hold fails now, not after judging
+        problem = column_problem(rows)
+        if problem:
+            raise UserError(f"{args.input}: {problem}")
     judge = judge_args.load(progress=True)
     options = {"mode": args.mode} | ({"method": args.method} if args.method else {})
     if command == "score":

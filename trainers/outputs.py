@@ -10,6 +10,7 @@ by the next run that writes the same output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -92,6 +93,29 @@ def remove_stale(path: Path) -> list[Path]:
     return removed
 
 
+def file_digest(path: str | Path) -> str:
+    """The blake2b hash of a file's bytes (hex), as reports record it."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_not_inputs(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
+    """Refuses an output that is (or is inside, or holds) a file the command reads: `merge --rejects r0.jsonl`."""
+    named_in = [(label, Path(p), *_identity(Path(p))) for label, p in inputs.items() if p]
+    for name, path in outputs.items():
+        if not path:
+            continue
+        ro, ido = _identity(Path(path))
+        for label, pi, ri, idi in named_in:
+            if ro == ri or (ido is not None and ido == idi) or ro in ri.parents or ri in ro.parents:
+                raise UserError(f"--{name} {path} is {label} {pi}, which this run reads: refusing to overwrite data")
+
+
 def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -114,8 +138,10 @@ class OutputSet:
     ```
     """
 
-    def __init__(self, paths: dict[str, str | Path], report_name: str = "report", merge_folders=("plots",)):
+    def __init__(self, paths: dict[str, str | Path], report_name: str = "report", merge_folders=("plots",),
+                 hashed=("rejects",)):  # fmt: skip
         self.paths = {name: Path(p) for name, p in paths.items() if p}
+        self.hashed = hashed  # outputs whose content hash the report records (`merge` checks shards' rejects)
         self.merge_folders = merge_folders  # committed file by file into the folder, which may hold other files
         self.report_name = report_name
         self.temps: dict[str, Path] = {}
@@ -165,7 +191,9 @@ class OutputSet:
                 del self.temps[name]
         rows = rows or {}
         siblings = {
-            name: {"path": str(self.paths[name]), "bytes": _size(tmp)} | ({"rows": rows[name]} if name in rows else {})
+            name: {"path": str(self.paths[name]), "bytes": _size(tmp)}
+            | ({"rows": rows[name]} if name in rows else {})
+            | ({"blake2b": file_digest(tmp)} if name in self.hashed and tmp.is_file() else {})
             for name, tmp in self.temps.items()
         }
         report_path = self.paths.get(self.report_name)
@@ -186,7 +214,8 @@ class OutputSet:
 
     def __exit__(self, *exc):
         for f in self.files:
-            f.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush again: the temporaries still go
+                f.close()
         for tmp in self.temps.values():  # an error or an interrupt: nothing half-written stays
             if tmp.is_dir() and not tmp.is_symlink():
                 shutil.rmtree(tmp, ignore_errors=True)

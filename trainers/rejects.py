@@ -1,5 +1,6 @@
 """Reject files: each rejected row as one JSONL line, byte-identical to `json.dumps(record, ensure_ascii=False,
-default=str)`, written per shard in row order and merged into the whole input's rejects by row index."""
+default=str)` (but for binary cells, base64, and lone surrogates, `\\u` escapes: `trainers.files.json_line`),
+written per shard in row order and merged into the whole input's rejects by row index."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import re
 
 import numpy as np
+
+from .files import json_line
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # json.dumps(..., these options), built once
 
@@ -60,7 +63,7 @@ def reject_lines(rejected, rows=None) -> list[bytes]:
     """
     encode = _ENCODER.encode
     if rows is None:
-        return [encode(r).encode() + b"\n" for r in rejected]
+        return [json_line(r) for r in rejected]
     heads = []
     for record in rejected:
         head = encode(record)  # ends `, "row": <position>}`: only the int goes (a string can't hold `, "row": `)
@@ -103,7 +106,7 @@ def _with_rows(heads, rows):
         row = rows.row(r)
         if isinstance(row, dict):
             splicer.learn(row)
-        yield b"".join((head, _ENCODER.encode(row).encode(), b"}\n"))
+        yield b"".join((head, json_line(row)[:-1], b"}\n"))
 
 
 def _index_of(line: bytes) -> int:

@@ -26,23 +26,28 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from reward.text import as_text
 
 from .fallback import FailurePolicy
 from .server_batching import Batcher, Groups, Outcome, QueueFull, ShuttingDown, TooLarge
-from .server_guard import Guard
+from .server_guard import Guard, header_timeout_protocol
+
+
+def _documented(**schema):
+    """A constraint the handlers enforce (400 with the reason), shown in the OpenAPI schema for client generators."""
+    return Field(json_schema_extra=schema)
 
 
 class RewardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query: list[str]
-    prompts: list[str]
+    query: Annotated[list[str], _documented(minItems=1)]
+    prompts: Annotated[list[str], _documented(minItems=1)]
     labels: list[Any] | None = None
 
 
@@ -52,7 +57,8 @@ class Message(BaseModel):
     content: str
 
 
-Text = str | Message | list[Message]  # plain text or a conversation, as in `trustreward score` files
+# plain text or a conversation, as in `trustreward score` files
+Text = Annotated[str, _documented(minLength=1)] | Message | Annotated[list[Message], _documented(minItems=1)]
 
 
 class ScoreRow(BaseModel):
@@ -70,12 +76,12 @@ class CompareRow(BaseModel):
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rows: list[ScoreRow]
+    rows: Annotated[list[ScoreRow], _documented(minItems=1)]
 
 
 class CompareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rows: list[CompareRow]
+    rows: Annotated[list[CompareRow], _documented(minItems=1)]
 
 
 ERRORS = {
@@ -125,12 +131,35 @@ def option_problems(reward, group_size, group_timeout, on_failure) -> list[str]:
         problems.append(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
     if group_size is not None and (reward != "pairwise" or group_size < 2):
         problems.append(f"group_size needs reward pairwise and at least 2 samples, got {group_size!r}")
-    if not group_timeout > 0:
+    if not (isinstance(group_timeout, int | float) and 0 < group_timeout < float("inf")):
         problems.append(f"group_timeout must be positive seconds, got {group_timeout!r}")
     try:
         FailurePolicy.parse(on_failure)
     except ValueError as exc:
         problems.append(str(exc))
+    return problems
+
+
+def limit_problems(scale, pairing, aggregate, max_batch, max_wait_s, max_queue, max_request_items) -> list[str]:
+    """What is wrong with the judging and queue options (`max_batch 0` hung the first request and the server)."""
+    import math
+
+    from reward.groups import AGGREGATES
+
+    from .reward_funcs import PAIRINGS
+
+    problems = []
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 100:
+        problems.append(f"scale must be an integer in 2..100, got {scale!r}")
+    if pairing not in PAIRINGS:
+        problems.append(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+    if aggregate not in AGGREGATES:
+        problems.append(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+    for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("max_request_items", max_request_items)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"{name} must be an integer >= 1, got {value!r}")
+    if not (isinstance(max_wait_s, int | float) and math.isfinite(max_wait_s) and max_wait_s >= 0):
+        problems.append(f"max_wait_s must be finite seconds >= 0, got {max_wait_s!r}")
     return problems
 
 
@@ -154,6 +183,7 @@ def create_app(
 ) -> FastAPI:
     """The reward server's app (serve it with uvicorn); arguments as `ServeArguments`' flags."""
     problems = option_problems(reward, group_size, group_timeout, on_failure)
+    problems += limit_problems(scale, pairing, aggregate, max_batch, max_wait_s, max_queue, max_request_items)
     if problems:
         raise ValueError("; ".join(problems))
     batcher = Batcher(judge, reward=reward, scale=scale, pairing=pairing, aggregate=aggregate,
@@ -293,6 +323,22 @@ class ServeArguments:
                   "to loopback, else any."},
     )  # fmt: skip
     token_env: str | None = field(default=None, metadata={"help": "Env variable with a bearer token to require."})
+    header_timeout_s: float = field(
+        default=10.0, metadata={"help": "Seconds a connection may take to send a request's headers; then closed."}
+    )
+
+    def __post_init__(self):  # when parsed, before the judge loads: a bad flag is one line and exit 2
+        from .args import UserError
+
+        problems = option_problems(self.reward, self.group_size, self.group_timeout, self.on_failure)
+        problems += limit_problems(self.scale, self.pairing, self.aggregate, self.max_batch, self.max_wait_s,
+                                   self.max_queue, self.max_request_items)  # fmt: skip
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            problems.append(f"port must be in 0..65535, got {self.port!r}")
+        if not 0 < self.header_timeout_s < float("inf"):
+            problems.append(f"header_timeout_s must be positive seconds, got {self.header_timeout_s!r}")
+        if problems:
+            raise UserError("; ".join(problems))
 
 
 LOOPBACK = ["127.0.0.1", "localhost", "[::1]", "::1"]
@@ -334,6 +380,35 @@ def main(argv: list[str]) -> int:
                      group_timeout=args.group_timeout, on_failure=args.on_failure, max_batch=args.max_batch,
                      max_wait_s=args.max_wait_s, max_queue=args.max_queue, max_request_items=args.max_request_items,
                      token=token, allowed_hosts=hosts_for(args.host, args.allowed_hosts))  # fmt: skip
-    # SIGINT / SIGTERM: stop accepting, give requests in flight 5 s, then stop judging (the call in flight ends).
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    _more_files()
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5,
+                            http=header_timeout_protocol(args.header_timeout_s))  # fmt: skip
+
+    class Server(uvicorn.Server):
+        """SIGINT / SIGTERM: stop accepting, answer samples held in groups 503 at once, give requests in flight
+        5 s, then stop judging (the call in flight ends)."""
+
+        async def serve(self, sockets=None):
+            self.loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig, frame):
+            self.loop.call_soon_threadsafe(app.state.groups.refuse_held)
+            super().handle_exit(sig, frame)
+
+    Server(config).run()
     return 0
+
+
+def _more_files() -> None:
+    """The open-file limit raised to its hard limit: each connection holds a descriptor (the soft limit is often
+    1,024)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
+        if want > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):
+        pass

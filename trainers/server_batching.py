@@ -381,6 +381,7 @@ class Groups:
         self.batcher, self.size, self.timeout = batcher, size, timeout
         self.open: dict[str, _Group] = {}
         self.tasks: set[asyncio.Task] = set()
+        self.closing = False
 
     async def judge(self, prompts: list[str], responses: list[str]) -> list[Outcome]:
         """The outcome of each sample of a request (raises `QueueFull` before holding anything)."""
@@ -398,6 +399,9 @@ class Groups:
                 for i, o in zip(members, part):
                     outcomes[i] = o
             return outcomes
+        if self.closing:  # no group can fill up any more
+            self.batcher.pending -= len(prompts)
+            raise ShuttingDown
         loop = asyncio.get_running_loop()
         futures = []
         for prompt, response in zip(prompts, responses):
@@ -440,4 +444,16 @@ class Groups:
     def cancel(self) -> None:
         for group in self.open.values():
             group.timer.cancel()
+        self.open.clear()
+
+    def refuse_held(self) -> None:
+        """Shutdown began: samples held for groups that can no longer fill up are answered `ShuttingDown` (503) now,
+        not cut off when the grace period ends; samples arriving later too. Groups being judged finish."""
+        self.closing = True
+        for group in self.open.values():
+            group.timer.cancel()
+            self.batcher.pending -= len(group.responses)
+            for f in group.futures:
+                if not f.done():
+                    f.set_exception(ShuttingDown())
         self.open.clear()

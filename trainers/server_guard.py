@@ -6,7 +6,11 @@ Checked before any route runs, so no handler ever sees a request that fails them
 - `Authorization: Bearer TOKEN`, the scheme case-insensitive (RFC 7235), the token compared in constant time: 401
   with `WWW-Authenticate: Bearer`;
 - the body at most `max_body_bytes`, counted as it arrives (a chunked body has no `Content-Length`): 413;
-- JSON without `NaN` / `Infinity` literals or lone surrogates (`"\\ud800"`: no tokenizer takes it): 422.
+- JSON without `NaN` / `Infinity` literals or lone surrogates (`"\\ud800"`: no tokenizer takes it): 422, whatever
+  the `Content-Type` says (FastAPI reads a body without one, or with `application/JSON`, as JSON too);
+
+and, below ASGI, `header_timeout_protocol`: a connection whose request headers are not all in within
+`serve --header_timeout_s` is closed (1,100 connections with unfinished headers locked everyone else out).
 """
 
 from __future__ import annotations
@@ -81,7 +85,8 @@ class Guard:
                 return _json(400, f"Host {host!r} is not allowed (serve --allowed_hosts)")
         if self.token is not None:
             scheme, _, given = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            given = given.strip().encode("latin-1")  # the header's own bytes (ASGI hands them over as latin-1)
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.token.encode("utf-8")):
                 return _json(
                     401, "missing or wrong bearer token", [(b"www-authenticate", b'Bearer realm="trustreward"')]
                 )
@@ -104,7 +109,7 @@ class Guard:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        if body and "json" in headers.get("content-type", ""):
+        if body:  # any body FastAPI may read as JSON
             try:
                 found = _bad_value(json.loads(body))
             except (ValueError, RecursionError):
@@ -126,3 +131,41 @@ def _replay(body: bytes, receive):
         return await receive()
 
     return replayed
+
+
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol, closing a connection whose request headers take over `seconds` to arrive (uvicorn
+    times only idle keep-alive connections: a client that sent a byte now and then held its socket for good)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeout(H11Protocol):
+        _deadline = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._arm()
+
+        def connection_lost(self, exc):
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self.conn.their_state is not h11.IDLE:  # the request's headers are in
+                if self._deadline is not None:
+                    self._deadline.cancel()
+                    self._deadline = None
+            elif self._deadline is None:
+                self._deadline = self.loop.call_later(seconds, self._late)
+
+        def _late(self) -> None:
+            self._deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeout

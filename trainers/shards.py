@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .args import UserError
+from .files import MAX_DEPTH, arrow_rows, json_line, too_deep
 
 BLOCK_BYTES = 4 << 20  # JSONL read size: whole lines of about this many bytes (16 MB held ~80 MB more at peak)
 BATCH_ROWS = 65536  # Arrow record batch size for Parquet / saved datasets
@@ -191,14 +192,21 @@ def _read_json(lines: list[bytes]):
 
     if not lines:
         return None
+    data = b"\n".join(lines)
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and any(too_deep(line) for line in lines):
+        return None  # pyarrow's reader dies (SIGSEGV) on deep nesting: `_loads` names the line instead
     try:
-        table = pj.read_json(pa.BufferReader(b"\n".join(lines)))
+        table = pj.read_json(pa.BufferReader(data))
+        table.validate(full=True)  # the reader lets bytes that are not UTF-8 into strings: `_loads` names the line
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
     return table if table.num_rows == len(lines) else None
 
 
 def _loads(line: bytes, where) -> dict:
+    depth = too_deep(line)
+    if depth:
+        raise UserError(f"{where()}: JSON nested {depth} levels deep (at most {MAX_DEPTH})")
     try:
         row = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -484,25 +492,68 @@ def _write_converted(rows: list[dict], fmt: str, out, name: str) -> None:
     if fmt == "jsonl":
         f = out.open(name)
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str).encode() + b"\n")
+            f.write(json_line(row))
         return
-    from datasets import Dataset
-
-    _write_dataset(Dataset.from_list(rows), fmt, out, name, None)
+    _write_dataset(arrow_rows(rows, str(out.paths[name])), fmt, out, name, None)
 
 
 def _write_dataset(data, fmt: str, out, name: str, split: str | None) -> None:
     if fmt == "jsonl":
         f = out.open(name)
         for row in data:
-            f.write(json.dumps(row, ensure_ascii=False, default=str).encode() + b"\n")
+            f.write(json_line(row))
     elif fmt == "parquet":
-        data.to_parquet(out.open(name))
+        f = _Failsafe(out.open(name))
+        data.to_parquet(f)
+        f.check()
     else:
         from datasets import DatasetDict
 
         folder = out.folder(name)
         (DatasetDict({split: data}) if split else data).save_to_disk(str(folder))
+
+
+class _Failsafe:
+    """A file for pyarrow's Parquet writer, which aborts the whole process (SIGABRT, temporary files left behind)
+    when a write fails, e.g. on a full disk: the first error is kept and later writes dropped; `check()` raises it."""
+
+    def __init__(self, f):
+        self.f, self.error, self.pos = f, None, 0
+
+    def write(self, data) -> int:
+        n = len(memoryview(data))
+        if self.error is None:
+            try:
+                self.f.write(data)
+            except OSError as exc:
+                self.error = exc
+        self.pos += n
+        return n
+
+    def tell(self) -> int:
+        return self.pos
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.f.flush()
+            except OSError as exc:
+                self.error = exc
+
+    def close(self) -> None:
+        self.flush()
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def check(self) -> None:
+        self.flush()
+        if self.error is not None:
+            raise self.error
 
 
 def cpu_count() -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..scoring import entropy
-from ..text import text_key
+from ..text import lone_surrogate, text_key
 
 LABELS = {"a": 1, "b": -1, "tie": 0}
 _PROB_TOLERANCE = 1e-3  # p_a + p_b + p_tie must be within this of 1
@@ -27,6 +27,8 @@ def _text(row: dict, name: str):
 def _check_text(value, name: str):
     if isinstance(value, str):
         if value and not value.isspace():
+            if lone_surrogate(value):
+                raise BadRow(f"{name} holds a lone surrogate (a broken character, e.g. a cut emoji)")
             return value
         raise BadRow(f"{name} is empty")
     if (
@@ -34,6 +36,8 @@ def _check_text(value, name: str):
         and value
         and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value)
     ):
+        if lone_surrogate(value):
+            raise BadRow(f"{name} holds a lone surrogate (a broken character, e.g. a cut emoji)")
         return value
     raise BadRow(f"{name} is missing" if value is None else f"{name} is not a string or a conversation")
 
