@@ -26,7 +26,7 @@ from test_server_groups import ANSWERS, LOG_KEYS, templated, want_pairwise  # no
 from trainers.server import create_app  # noqa: E402
 
 OPENRLHF = Path(os.environ.get("TRUSTREWARD_CACHE", Path.home() / ".cache" / "trustreward")) / "openrlhf-0.11.2"
-AIOHTTP = ["aiohttp==3.14.5", "aiohappyeyeballs", "aiosignal", "frozenlist", "multidict", "propcache", "yarl"]
+AIOHTTP = ["aiohttp==3.14.5", "attrs", "aiohappyeyeballs", "aiosignal", "frozenlist", "multidict", "propcache", "yarl"]
 
 
 @pytest.fixture
