@@ -276,7 +276,9 @@ def test_ppl_normalises_by_the_output_length(fake_judge):
 
     class Lengths(type(fake_judge().backend)):
         def generate(self, prompts, max_new_tokens, stop):
-            return [("long " * 10, -5.0, 10) if answer_in_slot(p, "A") == "x" else ("short.", -2.0, 2) for p in prompts]
+            return [
+                ("long " * 10, -5.0, 10) if answer_in_slot(p, "A") == "x" else ("short.", -2.0, 2) for p in prompts
+            ]
 
     from reward import Judge
 

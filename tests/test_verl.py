@@ -27,7 +27,8 @@ from trainers.verl import compute_score, compute_score_batch  # noqa: E402
 VERL = Path(os.environ.get("TRUSTREWARD_CACHE", Path.home() / ".cache" / "trustreward")) / "verl-0.9.1"
 PACKAGES = ["verl==0.9.1", "ray==2.60.0", "tensordict==0.15.3", "pyvers==0.2.3", "omegaconf==2.4.0",
             "codetiming==1.4.0", "aiohttp==3.14.5", "attrs", "aiohappyeyeballs", "aiosignal", "frozenlist",
-            "multidict", "propcache", "yarl"]  # fmt: skip
+            "multidict", "propcache", "yarl", "jsonschema==4.25.1", "jsonschema-specifications==2025.9.1",
+            "referencing==0.37.0", "rpds-py==0.28.0"]  # ray imports jsonschema  # fmt: skip
 
 
 @pytest.fixture(scope="module")
