@@ -1,9 +1,9 @@
 """trainers.verl under verl 0.9.1's own reward managers (CPU).
 
 verl is installed beside the environment (`pip install --no-deps --target`, with the few modules its reward
-managers import: ray, tensordict, pyvers, omegaconf, codetiming, aiohttp and what they import) and its managers are called on a small
-`DataProto` built as verl's trainer builds one: left-padded prompts, right-padded responses, the n rollouts of a
-prompt next to each other, the question in `extra_info`.
+managers import: ray, tensordict, pyvers, omegaconf, codetiming, aiohttp and what they import) and its managers
+are called on a small `DataProto` built as verl's trainer builds one: left-padded prompts, right-padded
+responses, the n rollouts of a prompt next to each other, the question in `extra_info`.
 """
 
 import asyncio
