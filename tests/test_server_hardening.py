@@ -235,3 +235,20 @@ def test_an_abandoned_request_frees_its_queue_places_at_once(judge_of):
     with live(app) as url:
         during = asyncio.run(scenario(url))
     assert during["queued_items"] == 40 and during["abandoned_items"] == 360 and during["judge_calls"] == 1
+
+
+def test_default_body_and_item_limits(judge_of):
+    """The defaults of `trustreward serve`: 1024 items in one request, a body of 16 MiB (JSON whitespace pads the
+    body here, so only its size changes)."""
+    with TestClient(create_app(judge_of())) as c:
+        rows = [{"prompt": "q", "response": "a"}] * 1025
+        over = c.post("/score", json={"rows": rows})
+        assert over.status_code == 413 and "at most 1024" in over.text
+        ok = c.post("/score", json={"rows": rows[:1024]})
+        assert ok.status_code == 200 and len(ok.json()["rows"]) == 1024
+        body = b'{"rows": [{"prompt": "q", "response": "a"}]}'
+        headers = {"Content-Type": "application/json"}
+        fits = c.post("/score", content=body + b" " * ((16 << 20) - len(body)), headers=headers)
+        assert fits.status_code == 200 and fits.json()["rows"][0]["score"] == pytest.approx(expected(judge_of))
+        big = c.post("/score", content=body + b" " * ((16 << 20) - len(body) + 1), headers=headers)
+        assert big.status_code == 413 and str(16 << 20) in big.text
