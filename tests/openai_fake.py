@@ -23,7 +23,13 @@ class _Server:
         self.httpd.server_close()
 
 
-def fake_openai_server(model, tokenizer, delay_s: float = 0.0, reverse: bool = False) -> _Server:
+# vLLM's default `max_logprobs` (a request over it is a 400, vllm/sampling_params.py); OpenAI's API allows 0-20.
+MAX_TOP_K = 20
+
+
+def fake_openai_server(
+    model, tokenizer, delay_s: float = 0.0, reverse: bool = False, max_top_k: int | None = MAX_TOP_K
+) -> _Server:
     """`POST /v1/completions` with `max_tokens=1, logprobs=k`: the model's exact top-k next tokens (legacy shape);
     `POST /v1/chat/completions` with `logprobs=true, top_logprobs=k`: the same after the chat template, a final
     assistant message continued as vLLM's `continue_final_message` does (content shape). With `max_tokens > 1`:
@@ -31,7 +37,9 @@ def fake_openai_server(model, tokenizer, delay_s: float = 0.0, reverse: bool = F
 
     `/v1/completions` also takes a list of prompts (`prompt: [...]`, as vLLM, SGLang and llama-server do): one choice
     per prompt, with its `index` (`reverse=True` lists them last to first, which a client must put back in order).
-    HTTP/1.1 keep-alive, as real servers.
+    HTTP/1.1 keep-alive, as real servers. A top-k over `max_top_k` (default 20, as vLLM and OpenAI) is an HTTP 400
+    as vLLM answers it; `max_top_k=None` lists as many as asked, up to the whole vocabulary (an exactness server for
+    tests that compare every label with the local backend, unlike any real one).
 
     It records what clients did: `authorization` (the last Authorization header), `arrivals` (monotonic time of
     each request), `prompts` (prompts per request), `peers` (the client ports that connected: one per connection)
@@ -117,10 +125,20 @@ def fake_openai_server(model, tokenizer, delay_s: float = 0.0, reverse: bool = F
                 if body["max_tokens"] > 1:
                     choice = generate(ids, body["max_tokens"], body.get("stop") or [], chat)
                 else:
-                    choice = top_k(ids, int(body["top_logprobs"] if chat else body["logprobs"]), chat)
+                    k = int(body["top_logprobs"] if chat else body["logprobs"])
+                    if max_top_k is not None and k > max_top_k:
+                        return self._error(400, f"Requested sample logprobs of {k}, which is greater than max "
+                                                f"allowed: {max_top_k}")  # fmt: skip
+                    choice = top_k(ids, k, chat)
                 out.append({"index": i, **choice})
-            out = json.dumps({"choices": out[::-1] if reverse else out}).encode()
-            self.send_response(200)
+            self._send(200, {"choices": out[::-1] if reverse else out})
+
+        def _error(self, status, message):
+            self._send(status, {"object": "error", "message": message, "type": "BadRequestError", "code": status})
+
+        def _send(self, status, payload):
+            out = json.dumps(payload).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(out)))
             self.end_headers()

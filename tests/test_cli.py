@@ -16,7 +16,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_score_file(tmp_path, tiny_model_dir):
+def test_score_file(tmp_path, tiny_model_dir, tiny_judge):
     rows = [
         {"id": 1, "prompt": "What is two plus two?", "response": "four"},
         {"id": 2, "prompt": "Where is Paris?", "response": ""},
@@ -28,20 +28,26 @@ def test_score_file(tmp_path, tiny_model_dir):
     out = read_jsonl(tmp_path / "out.jsonl")
     assert [r["id"] for r in out] == [1, 2, 3]  # nothing lost, input order kept
     assert "missing or empty" in out[1]["judge_error"] and "score" not in out[1]
+    want = tiny_judge.score(["What is two plus two?", "Hi?"], ["four", "Hello."], scale=10, method="mean")
+    assert [out[0]["score"], out[2]["score"]] == pytest.approx([s.expected for s in want], abs=1e-5)
     for r in (out[0], out[2]):
-        assert r["judge_error"] is None and 1 <= r["score"] <= 10
+        assert r["judge_error"] is None
         probs = {int(k): v for k, v in r["score_probs"].items()}
         assert sum(probs.values()) == pytest.approx(1.0) and set(probs) == set(range(1, 11))
         assert r["score"] == pytest.approx(sum(k * v for k, v in probs.items()))
 
 
-def test_compare_file(tmp_path, tiny_model_dir):
-    write_jsonl(tmp_path / "in.jsonl", [{"prompt": "q?", "response_a": "yes", "response_b": "no"}])
+def test_compare_file(tmp_path, tiny_model_dir, tiny_judge):
+    """The rows' numbers are the library's: a command that swapped response_a and response_b, or read one order
+    only, would still sum to 1 with a valid verdict."""
+    write_jsonl(tmp_path / "in.jsonl", [{"prompt": "q?", "response_a": "yes", "response_b": "It is not."}])
     args = ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"), "--judge", tiny_model_dir]
     assert main(["compare", *args, "--judge_device", "cpu"]) == 0
     (r,) = read_jsonl(tmp_path / "out.jsonl")
-    assert r["p_a"] + r["p_b"] + r["p_tie"] == pytest.approx(1.0)
-    assert set(r["order_ab"]) == {"A", "B", "C"} and r["verdict"] in ("a", "b", "tie")
+    (want,) = tiny_judge.compare(["q?"], ["yes"], ["It is not."])
+    assert (r["p_a"], r["p_b"], r["p_tie"]) == pytest.approx((want.p_a, want.p_b, want.p_tie), abs=1e-5)
+    assert abs(want.p_a - want.p_b) > 1e-3  # a swap would show
+    assert r["order_ab"] == pytest.approx(want.order_ab, abs=1e-5) and r["verdict"] == want.verdict
 
 
 def test_bad_file_is_a_clear_error(tmp_path, capsys):

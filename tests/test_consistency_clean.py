@@ -189,3 +189,18 @@ def test_judge_position_bias_is_order_inconsistent(fake_judge):
     _, rejected, report = clean_dataset(rows, ["order-inconsistent"], judge=always_a, progress=False)
     assert reasons(rejected) == {0: "order-inconsistent", 1: "order-inconsistent"}
     assert json.dumps(report)  # the report is plain JSON
+
+
+@pytest.mark.parametrize("asked", [["drop-cycles", "min-feedback"], ["min-feedback", "drop-cycles"]])
+def test_policies_run_in_their_fixed_order_whatever_order_they_are_asked_in(asked):
+    """min-feedback runs before drop-cycles: it breaks the cycle by its weakest pair, so drop-cycles finds none.
+    Run in the asked order, ["drop-cycles", "min-feedback"] would drop the whole cycle."""
+    rows = [
+        pair("q", "a", "b", probs=(0.9, 0.05, 0.05)),
+        pair("q", "b", "c", probs=(0.8, 0.1, 0.1)),
+        pair("q", "c", "a", probs=(0.5, 0.3, 0.2)),
+        pair("q", "a", "d", probs=(0.1, 0.8, 0.1)),
+    ]
+    kept, rejected, report = clean_dataset(rows, asked, progress=False)
+    assert reasons(rejected) == {2: "min-feedback"} and kept == [rows[0], rows[1], rows[3]]
+    assert report["policies"] == ["min-feedback", "drop-cycles"]

@@ -83,3 +83,24 @@ def test_conversion_runs_fresh_and_matches_the_gguf(tmp_path, monkeypatch):
         got, want = model(torch.tensor([ids])).logits, direct(torch.tensor([ids])).logits
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
     assert load_judge(str(converted), device="cpu", progress=False).score(["q?"], ["4"])[0].error is None
+
+
+def test_the_embedded_tokenizer_has_17_special_tokens_and_each_is_broken_up(judge):
+    """README: "every special token of the judge's tokenizer broken up in responses (SmolLM2 has 17; before, 3
+    were)": the 3 that `all_special_tokens` lists and 14 more marked special among the added tokens."""
+    from conftest import FakeBackend
+
+    from reward import Judge
+    from reward.defenses import special_tokens
+
+    tok = judge.tokenizer
+    specials = special_tokens(tok)
+    assert len(specials) == 17 and len(set(tok.all_special_tokens)) == 3
+    fake = Judge(FakeBackend(tok, points={"3": 1.0}), progress=False)
+    fake.score(["q"], ["x " + " ".join(specials)])
+    special_ids = {tok.convert_tokens_to_ids(t) for t in specials}
+    (prompt,) = fake.backend.prompts
+    inside = [i for i in tok(prompt, add_special_tokens=False).input_ids if i in special_ids]
+    # Only the template's own turns hold special tokens: system, user, assistant opened; system, user closed.
+    turns = [tok.convert_tokens_to_ids("<|im_start|>")] * 3 + [tok.convert_tokens_to_ids("<|im_end|>")] * 2
+    assert sorted(inside) == sorted(turns)

@@ -517,3 +517,67 @@ def test_swiss_on_a_zero3_judge_runs_every_round_on_every_rank(tmp_path, tiny_mo
         )
         assert [g is None for g in got] == [w is None for w in want] == [False] * (len(got) - r) + [True] * r
         assert [g for g in got if g is not None] == pytest.approx([w for w in want if w is not None], abs=1e-4)
+
+
+# Peers "aaa" > "bb" > "c"; the reference "ref answer" ties with "aaa" and beats "bb" and "c".
+PEER_RANK = {"aaa": 2, "bb": 1, "c": 0}
+
+
+def peers_and_reference(prompt):
+    a, b = answer_in_slot(prompt, "A"), answer_in_slot(prompt, "B")
+    if {a, b} == {"aaa", "ref answer"}:
+        return {"A": 0.1, "B": 0.1, "C": 0.8}
+    a_wins = b != "ref answer" and (a == "ref answer" or PEER_RANK[a] > PEER_RANK[b])
+    return {"A": 0.8, "B": 0.1, "C": 0.1} if a_wins else {"A": 0.1, "B": 0.8, "C": 0.1}
+
+
+@pytest.mark.parametrize("aggregate", [None, "mean_win"])
+def test_reference_with_pairing_all_counts_the_peers_and_the_reference(tiny_judge, aggregate):
+    """README: with `pairing="all"` a group whose rows all have a reference is compared with it *too*. Each
+    completion's reward is its mean win probability over its G-1 peers and the reference, each opponent counted
+    once (ties half). Against the reference alone the rewards would be 0.5, 0.15, 0.15: the peer verdicts must
+    show."""
+    judge = make_judge(tiny_judge.tokenizer, peers_and_reference)
+    options = {"aggregate": aggregate} if aggregate else {}
+    reward = JudgePairwiseReward(judge, reference_column="ref", pairing="all", **options)
+    answers = ["aaa", "bb", "c"]
+    rewards = reward(prompts=["q"] * 3, completions=answers, ref=["ref answer"] * 3)
+    # Merged: a clear win 0.8 + 0.1 / 2 = 0.85, a loss 0.15, the tie 0.1 + 0.8 / 2 = 0.5.
+    expected = [(0.85 + 0.85 + 0.5) / 3, (0.15 + 0.85 + 0.15) / 3, (0.15 + 0.15 + 0.15) / 3]
+    assert rewards == pytest.approx(expected, abs=1e-9)
+    # 3 peer pairs + 3 reference pairs, both orders each.
+    assert sum(len(c) for c in judge.backend.calls) == 12
+    # A group without the reference column is judged among its peers only.
+    plain = JudgePairwiseReward(make_judge(tiny_judge.tokenizer, peers_and_reference), pairing="all", **options)
+    assert plain(prompts=["q"] * 3, completions=answers) == pytest.approx([0.85, 0.5, 0.15], abs=1e-9)
+
+
+def subset_dp_min_feedback(n, arcs):
+    """Minimum feedback arc set weight by dynamic programming over vertex subsets (Held-Karp style, O(2^n n)):
+    an ordering's cost is the weight of the arcs it puts backwards; the best ordering of a set ends with some v,
+    paying for v's arcs into the rest. Exact where brute force over n! orderings cannot reach (n = 16)."""
+    masks = np.arange(1 << n)
+    into = np.zeros((n, 1 << n))  # into[v, S] = weight of arcs v -> u with u in S (backwards if v comes after S)
+    for (u, v), w in arcs.items():
+        into[u] += w * ((masks >> v) & 1)
+    best = np.full(1 << n, np.inf)
+    best[0] = 0.0
+    for s in range(1, 1 << n):
+        best[s] = min(best[s ^ (1 << v)] + into[v, s ^ (1 << v)] for v in range(n) if s >> v & 1)
+    return best[-1]
+
+
+@pytest.mark.parametrize("n", [9, 16])
+def test_cycle_free_is_exact_up_to_16_completions(n):
+    """A dense random tournament with random weights (one cyclic component of n): the arcs dropped weigh exactly
+    the minimum (a heuristic, or an exact solver stopped below 16, drops more on such graphs)."""
+    rng = random.Random(n)
+    outcomes = []
+    for a, b in itertools.combinations(range(n), 2):
+        p_a = rng.random() * 0.9
+        outcomes.append(Outcome(a, b, p_a, 0.9 - p_a, 0.1))
+    arcs = {((o.a, o.b) if o.p_a > o.p_b else (o.b, o.a)): abs(o.p_a - o.p_b) for o in outcomes if o.p_a != o.p_b}
+    dropped = feedback_arcs(n, outcomes)
+    assert not has_cycle(n, [o for k, o in enumerate(outcomes) if k not in dropped])
+    weight = sum(abs(outcomes[k].p_a - outcomes[k].p_b) for k in dropped)
+    assert weight == pytest.approx(subset_dp_min_feedback(n, arcs), abs=1e-9)

@@ -307,3 +307,39 @@ def test_a_prompt_the_backend_refuses_costs_only_itself(fake_judge):
     good, bad, other = judge.compare(["q"] * 3, ["a", "POISON", "c"], ["b", "b", "d"])
     assert bad.p_a is None and "cannot tokenise" in bad.error
     assert good.error is None and other.error is None and good.p_a == pytest.approx(other.p_a)
+
+
+def test_ppl_normalises_by_the_output_length(fake_judge):
+    """Perplexity is per token: a 10-token critique at -0.5 a token beats a 2-token one at -1.0 a token, although
+    its total log-probability is lower (a judge comparing totals would let the short critique's order decide)."""
+
+    class Lengths(type(fake_judge().backend)):
+        def generate(self, prompts, max_new_tokens, stop):
+            return [
+                ("long " * 10, -5.0, 10) if answer_in_slot(p, "A") == "x" else ("short.", -2.0, 2) for p in prompts
+            ]
+
+    from reward import Judge
+
+    judge = Judge(Lengths(fake_judge().tokenizer, by_order(AB, BA)), progress=False)
+    (pref,) = judge.compare(["q"], ["x"], ["y"], method="ppl", mode="rationale")
+    # a-first: exp(-(-5 + ln .6) / 11) = 1.59; b-first: exp(-(-2 + ln .55) / 3) = 2.38. Totals: 5.5 vs 2.6 nats.
+    assert pref.verdict == "a"
+
+
+def test_score_passes_its_temperature_and_compare_halves_valid_mass(fake_judge):
+    from reward.scoring import expected_score
+
+    points = {"1": 0.1, "2": 0.2, "3": 0.4, "4": 0.05, "5": 0.05}  # 0.8 on the valid ratings
+    judge = fake_judge(points=points)
+    probs = {int(k): v for k, v in points.items()}  # raw: the log-odds of the "trustjudge" softmax read them so
+    for temperature in (0.2, 1.0, 3.0):
+        (s,) = judge.score(["q"], ["x"], temperature=temperature)
+        assert s.expected == pytest.approx(expected_score(probs, "trustjudge", temperature), abs=1e-9)
+    hot, cold = (judge.score(["q"], ["x"], temperature=t)[0].expected for t in (3.0, 0.2))
+    assert abs(hot - cold) > 0.1  # the temperatures give different scores, so the check above tells them apart
+    # valid_mass of a preference: the mean of both orders' mass on A / B / C (0.6 and 0.4 here), not their sum.
+    (pref,) = fake_judge(rule=by_order({"A": 0.3, "B": 0.2, "C": 0.1}, {"A": 0.1, "B": 0.2, "C": 0.1})).compare(
+        ["q"], ["x"], ["y"]
+    )
+    assert pref.valid_mass == pytest.approx(0.5)

@@ -40,8 +40,25 @@ def call(rewards, log, step=0, prompts=None):
     ]
 
 
-def test_consistency_of_a_group_from_the_rewards_own_judgements(fake_judge):
+def judge_clock(judge, monkeypatch):
+    """An injected clock: it advances one second per prompt the judge reads, and never otherwise, so the monitor's
+    overhead (seconds of extra judging per second of reward judging) is exact whatever the machine's load."""
+    import time
+
+    clock = SimpleNamespace(now=0.0)
+    read = judge.backend.label_logprobs
+
+    def timed(prompts, labels):
+        clock.now += len(prompts)
+        return read(prompts, labels)
+
+    monkeypatch.setattr(judge.backend, "label_logprobs", timed)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock.now)
+
+
+def test_consistency_of_a_group_from_the_rewards_own_judgements(fake_judge, monkeypatch):
     judge = fake_judge(rule=cyclic, points=POINTS)
+    judge_clock(judge, monkeypatch)
     monitor = JudgeMonitor(sample_rate=1.0)
     rewards = [
         JudgeScoreReward(judge, monitor=monitor),
@@ -55,7 +72,7 @@ def test_consistency_of_a_group_from_the_rewards_own_judgements(fake_judge):
     # By hand: 6 strict verdicts against 4 equal scores -> CR = 6/6; of the 4 triples only {x, y, z} is bad.
     assert log.metrics["judge/conflict_ratio"] == 1.0 and log.metrics["judge/non_transitivity"] == 0.25
     assert log.metrics["judge/monitor_order_consistency"] == 1.0 and log.metrics["judge/monitor_failures"] == 0
-    assert log.metrics["judge/monitor_overhead"] < 0.05 and log.metrics["judge/monitor_groups"] == 1
+    assert log.metrics["judge/monitor_overhead"] == 0.0 and log.metrics["judge/monitor_groups"] == 1
     # And with reward.consistency on the same verdicts, independently.
     edges = [(ANSWERS.index(a), ANSWERS.index(b), 1) for a, b in BEATS]
     g = PreferenceGraph.from_edges(4, edges, [monitor.rewards[0].judge.score(["q"], ["w"])[0].expected] * 4)
@@ -64,15 +81,17 @@ def test_consistency_of_a_group_from_the_rewards_own_judgements(fake_judge):
     assert len(cases) == 6 and all("score-conflict" in c[2][-1] for c in cases)
 
 
-def test_missing_judgements_are_made_and_their_cost_reported(fake_judge):
+def test_missing_judgements_are_made_and_their_cost_reported(fake_judge, monkeypatch):
     judge = fake_judge(rule=cyclic, points=POINTS)
+    judge_clock(judge, monkeypatch)
     monitor = JudgeMonitor(sample_rate=1.0)
     pairwise = JudgePairwiseReward(judge, monitor=monitor)
     log = Log()
     before = len(judge.backend.prompts)
     (rewards,) = call([pairwise], log)
     assert len(judge.backend.prompts) - before == 6 * 2 + 4  # the reward's pairs, then 4 extra pointwise scores
-    assert log.metrics["judge/monitor_overhead"] > 0 and log.metrics["judge/non_transitivity"] == 0.25
+    # 4 extra prompts per 12 of the reward's: the injected clock makes the ratio exact.
+    assert log.metrics["judge/monitor_overhead"] == 4 / 12 and log.metrics["judge/non_transitivity"] == 0.25
     assert rewards == JudgePairwiseReward(judge)(prompts=["q"] * 4, completions=ANSWERS)  # rewards unchanged
 
 
@@ -209,3 +228,66 @@ def test_concurrent_async_rewards_make_one_check_per_batch(fake_judge):
     assert [c["step"] for c in monitor.checks] == [0, 1, 2]
     assert all(c["conflict_ratio"] == 1.0 and c["non_transitivity"] == 0.25 for c in monitor.checks)
     assert len(judge.backend.prompts) == 3 * (4 + 6 * 2)
+
+
+# A linear order w < x < y < z in both readings: pointwise peaks at 1, 2, 3, 4, pairwise the better one wins.
+RANK = {"w": 0, "x": 1, "y": 2, "z": 3}
+
+
+def answer_in_score_prompt(prompt):
+    return prompt.split("[The Start of Assistant's Answer]\n", 1)[1].split("\n[The End of", 1)[0]
+
+
+def peaked(prompt):
+    top = RANK[answer_in_score_prompt(prompt)] + 1
+    return {str(s): 0.9 if s == top else 0.025 for s in range(1, 6)}
+
+
+def agreeing(flipped=frozenset()):
+    """The pairwise judge agrees with the scores, except on the (unordered) pairs in `flipped`."""
+
+    def rule(prompt):
+        a, b = answer_in_slot(prompt, "A"), answer_in_slot(prompt, "B")
+        a_better = (RANK[a] > RANK[b]) != (frozenset((a, b)) in flipped)
+        return {"A": 0.8, "B": 0.1, "C": 0.1} if a_better else {"A": 0.1, "B": 0.8, "C": 0.1}
+
+    return rule
+
+
+def test_conflict_ratio_counts_verdicts_against_the_scores_not_with_them(fake_judge):
+    """Scores and verdicts that agree are no conflict; one verdict against the scores is one of six (a monitor
+    orienting verdicts backwards would log 1.0 and 5/6, and label the agreeing pairs "score-conflict")."""
+    for flipped, ratio in ((frozenset(), 0.0), (frozenset({frozenset("xz")}), 1 / 6)):
+        judge = fake_judge(rule=agreeing(flipped), points=peaked)
+        monitor = JudgeMonitor(sample_rate=1.0)
+        rewards = [
+            JudgeScoreReward(judge, monitor=monitor),
+            JudgePairwiseReward(judge, monitor=monitor, metric_prefix="judge/p"),
+        ]
+        log = Log()
+        call(rewards, log)
+        assert log.metrics["judge/conflict_ratio"] == pytest.approx(ratio)
+        assert log.metrics["judge/non_transitivity"] == (0.25 if flipped else 0.0)  # x > z breaks {x, y, z}
+        # The W&B table's labels: "score-conflict" on exactly the flipped pair.
+        conflicts = {frozenset((c[2][2], c[2][3])) for c in monitor._pending["cases"] if "score-conflict" in c[2][-1]}
+        assert conflicts == set(flipped)
+
+
+def position_biased(prompt):
+    """Whatever the answers, A wins: every verdict flips with the order (order consistency 0)."""
+    return {"A": 0.8, "B": 0.1, "C": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("rule", "threshold", "alerts"),
+    [(position_biased, 0.5, 1), (agreeing(), 0.5, 0), (agreeing(), 1.0, 0), (position_biased, 0.0, 0)],
+)
+def test_min_order_consistency_guard(fake_judge, rule, threshold, alerts):
+    """The guard the demo recipe relies on: it fires when order consistency falls below the threshold (and only
+    then: 1.0 against 1.0 and 0.0 against 0.0 are not below)."""
+    judge = fake_judge(rule=rule, points=POINTS)
+    monitor = JudgeMonitor(sample_rate=1.0, min_order_consistency=threshold)
+    log = Log()
+    call([JudgePairwiseReward(judge, monitor=monitor)], log)
+    assert log.metrics["judge/monitor_order_consistency"] == (0.0 if rule is position_biased else 1.0)
+    assert [a["metric"] for a in monitor.alerts] == ["order_consistency"] * alerts

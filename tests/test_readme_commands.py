@@ -6,6 +6,7 @@ train-rm) on the tiny judge, and `serve` answers one OpenRLHF request.
 """
 
 import ast
+import asyncio
 import json
 import os
 import shutil
@@ -18,8 +19,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = shutil.which("trustreward")
-pytestmark = pytest.mark.skipif(EXE is None, reason="the console script is installed by `pip install -e .`")
 ENV = os.environ | {"PYTHONPATH": f"{ROOT}", "OMP_NUM_THREADS": "2"}
+
+
+@pytest.fixture(autouse=True)
+def console_script():
+    """No skip: without the script these tests are the only check of the README's commands (and of `compare`'s
+    numbers outside DeepSpeed), so its absence is a failure. `.ci/run` puts its fresh venv's bin first on PATH."""
+    assert EXE is not None, "the `trustreward` console script is not on PATH: `pip install -e .` installs it"
+
 
 PAIRS = [
     {"id": 0, "prompt": "What is two plus two?", "response_a": "It is four.", "response_b": "5"},
@@ -68,14 +76,19 @@ def test_main_job_grpo_demo(tmp_path):
     assert m["reward"] == pytest.approx(sum(means.values()), abs=1e-3)
     failures = [v for k, v in m.items() if k.startswith("judge/") and k.endswith("/failures")]
     assert failures and all(v == 0 for v in failures)  # no None reward: every completion was judged
-    for name, mean in means.items():
-        if "pairwise" in name:  # one full group: win probabilities (ties half) sum to G/2
-            assert mean == pytest.approx(0.5, abs=1e-3)
-        else:  # an expected score on the 1..5 scale that is not a constant of the judge
-            assert 1 < mean < 5
-    # The recipe's consistency monitor checked the group (every group is sampled).
-    assert any(k.endswith("/monitor_groups") and v >= 1 for k, v in m.items()), m
-    assert any(k.endswith("/non_transitivity") and 0 <= v <= 1 for k, v in m.items()), m
+    assert set(means) == {"judge_pairwise"}, means  # the recipe's reward (its mean is 0.5 by construction)
+    from trainers.grpo import JudgeRewardArguments
+
+    if JudgeRewardArguments().pairing == "all":  # one group of G = 4: 6 pairs, both orders, every pair compared
+        assert m["judge/prompts_per_group"] == 12 and m["judge/compared_fraction"] == 1.0, m
+    # The consistency monitor checked that group (every group is sampled) on the reward's own 6 judgements: its
+    # order consistency is the reward's, and NTR_3 counts the group's 4 triples.
+    assert m["judge/monitor_groups"] == 1, m
+    assert m["judge/monitor_order_consistency"] == pytest.approx(m["judge/order_consistency"], abs=1e-6), m
+    assert 4 * m["judge/non_transitivity"] == pytest.approx(round(4 * m["judge/non_transitivity"]), abs=1e-3)
+    # The recipe's guard (min_order_consistency: 0.5) warns exactly when the checked pairs fall below it.
+    warned = "order_consistency" in proc.stderr and "crossed its threshold" in proc.stderr
+    assert warned == (m["judge/monitor_order_consistency"] < 0.5), proc.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +160,21 @@ def test_serve_answers_openrlhf(tiny_model_dir, tiny_judge):
             except httpx.TransportError:
                 assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
                 time.sleep(0.5)
-        prompts, responses = ["What is two plus two?", "Where is Paris?"], ["It is four.", "a b c"]
-        body = {"query": [p + r for p, r in zip(prompts, responses)], "prompts": prompts, "labels": ["", ""]}
-        got = httpx.post(f"{url}/get_reward", json=body, timeout=120).json()
-        assert got["rewards"] == pytest.approx(JudgeScoreReward(tiny_judge)(prompts, responses), abs=1e-5)
+        # As OpenRLHF 0.11 calls (openrlhf/utils/agent.py): one sample per request, concurrently, the query the
+        # chat-templated prompt + the response + the end token, `labels` "" without a label key.
+        tok = tiny_judge.tokenizer
+        questions, responses = ["What is two plus two?", "Where is Paris?"], ["It is four.", "a b c"]
+        chats = [[{"role": "user", "content": q}] for q in questions]
+        prompts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+
+        async def each():
+            async with httpx.AsyncClient(timeout=120) as http:
+                bodies = [{"query": [p + r + tok.eos_token], "prompts": [p], "labels": [""]}
+                          for p, r in zip(prompts, responses)]  # fmt: skip
+                return await asyncio.gather(*[http.post(f"{url}/get_reward", json=b) for b in bodies])
+
+        got = [r.json()["rewards"][0] for r in asyncio.run(each())]
+        assert got == pytest.approx(JudgeScoreReward(tiny_judge)(prompts, responses), abs=1e-5)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

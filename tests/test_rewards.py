@@ -158,7 +158,7 @@ def test_async_rewards_run_concurrently(fake_judge):
 
     (scores, wins), log = asyncio.run(both())
     assert scores == [4.0, 4.0]
-    assert wins[1] > wins[0] and wins[0] + wins[1] == pytest.approx(1.0)
+    assert wins == pytest.approx([0.25, 0.75])  # "xxx" is longer: merged 0.7 + 0.1 / 2
     assert log.metrics["judge/failures"] == 0 and score.failures == 0  # the wrapped reward's counters
 
 
@@ -246,3 +246,34 @@ def test_load_judge_rejects_options_of_another_backend(tiny_model_dir):
             load_judge(tiny_model_dir, **options)
     with pytest.raises(ValueError, match="backend must be one of hf, deepspeed; got 'vllm'"):
         load_judge(tiny_model_dir, backend="vllm")
+
+
+def test_pairwise_metrics_tie_rate_entropy_and_failure_rate_are_exact(fake_judge):
+    """One pair of three ties ("ab" vs "cd": equal lengths), two are won by "xxx"; one of five completions is
+    unusable. A tie rate counting another verdict, the entropy of one order only, or a failure rate over the
+    usable completions would all log other numbers."""
+    from reward.scoring import entropy
+
+    def biased_ties(prompt):  # equal lengths: a tie, with a lean to position A that the two orders cancel
+        tie = {"A": 0.35, "B": 0.05, "C": 0.6}
+        return tie if len(answer_in_slot(prompt, "A")) == len(answer_in_slot(prompt, "B")) else longer_wins(prompt)
+
+    reward = JudgePairwiseReward(fake_judge(rule=biased_ties))
+    log = Log()
+    rewards = reward(prompts=["p"] * 4 + ["q"], completions=["ab", "cd", "xxx", "  ", "alone"], log_metric=log)
+    assert rewards == pytest.approx([0.375, 0.375, 0.75, None, None])
+    assert log.metrics["judge/tie_rate"] == pytest.approx(1 / 3)
+    merged = [{"a": 0.2, "b": 0.2, "tie": 0.6}, {"a": 0.2, "b": 0.7, "tie": 0.1}, {"a": 0.2, "b": 0.7, "tie": 0.1}]
+    assert log.metrics["judge/entropy"] == pytest.approx(sum(map(entropy, merged)) / 3)
+    assert log.metrics["judge/failures"] == 2 and log.metrics["judge/failure_rate"] == pytest.approx(2 / 5)
+    assert log.metrics["judge/no_peer"] == 1 and log.metrics["judge/compared_fraction"] == pytest.approx(3 / 3)
+
+
+@pytest.mark.parametrize("scale", [3, 10, 100])
+def test_score_reward_asks_for_its_scale(fake_judge, scale):
+    """The judge's mass sits on ratings only a `scale`-point read holds (the top two): a reward asking for 5
+    points would read no valid mass (None) or other ratings."""
+    judge = fake_judge(points={str(scale - 1): 0.25, str(scale): 0.75})
+    (reward,) = JudgeScoreReward(judge, scale=scale, method="mean")(prompts=["p"], completions=["fine"])
+    assert reward == pytest.approx(scale - 0.25)
+    assert f"from 1 (poor) to {scale} (excellent)" in judge.backend.prompts[-1]

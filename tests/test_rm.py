@@ -105,6 +105,18 @@ def test_pair_metrics_by_hand():
     assert m["ece"] == pytest.approx(expected) and m["n_judged"] == 3
 
 
+def test_ece_averages_within_a_bin_before_taking_the_gap():
+    """Two pairs in one bin (sigmoid 0.71 and 0.79, bin 7) with judge p 0.9 and 0.5: ECE is the gap of the bin's
+    means, |0.75 - 0.70| = 0.05, not the mean per-pair gap (0.19 + 0.29) / 2 = 0.24."""
+    logit = lambda s: math.log(s / (1 - s))  # noqa: E731
+    pairs = [{"label": 1, "judge_p": 0.9}, {"label": 1, "judge_p": 0.5}]
+    m = pair_metrics([logit(0.71), logit(0.79)], pairs)
+    assert m["ece"] == pytest.approx(0.05) and m["n_judged"] == 2
+    # Different bins: the weighted per-bin gaps (here the two pairs' own gaps).
+    m = pair_metrics([logit(0.71), logit(0.19)], pairs)
+    assert m["ece"] == pytest.approx((0.19 + 0.31) / 2)
+
+
 def test_train_rm_two_steps_with_lora(tmp_path, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -2,6 +2,7 @@
 
 import math
 import threading
+import time
 
 import pytest
 from conftest import answer_in_slot
@@ -45,11 +46,13 @@ def test_get_reward_openrlhf_protocol(client):
 
 
 def test_score_and_compare_rows(client):
-    c, _ = client()
+    c, judge = client()
+    # The rating is the answer's length (1 or 2): rows swapped or judged on another scale would show.
+    judge.backend.points = lambda p: {str(len(p.split("Answer]\n", 1)[1].split("\n[The End", 1)[0])): 1.0}
     with c:
         rows = [{"id": 1, "prompt": "q", "response": "a"}, {"id": 2, "prompt": "q", "response": "bb"}]
         out = c.post("/score", json={"rows": rows}).json()["rows"]
-        assert [r["id"] for r in out] == [1, 2] and all(1 <= r["score"] <= 5 for r in out)
+        assert [r["id"] for r in out] == [1, 2] and [r["score"] for r in out] == pytest.approx([1.0, 2.0])
         pairs = [{"prompt": "q", "response_a": "a", "response_b": "bbb"}]
         (row,) = c.post("/compare", json={"rows": pairs}).json()["rows"]
         assert row["verdict"] == "b" and row["p_b"] == pytest.approx(0.7)
@@ -82,15 +85,27 @@ def test_bad_requests_are_4xx_with_a_reason(client):
 
 def test_requests_arriving_together_share_a_judge_call_and_each_gets_its_own_rewards(fake_judge):
     """8 concurrent requests batched into fewer judge calls; each answer is its own response's score (the judge
-    reads answers by their exact text, so a mix-up, an offset or judging the whole query shows)."""
+    reads answers by their exact text, so a mix-up, an offset or judging the whole query shows). The first call
+    waits until every request is queued (events, not a time window), so the rest share exactly one more call."""
+    from conftest import FakeBackend
+
+    from reward import Judge
+
+    class Gated(FakeBackend):
+        gate = threading.Event()
+
+        def label_logprobs(self, prompts, labels):
+            assert self.gate.wait(60), "the test never opened the gate"
+            return super().label_logprobs(prompts, labels)
 
     def points(prompt):
         text = prompt.split("[The Start of Assistant's Answer]\n", 1)[1].split("\n[The End of Assistant's Answer]")[0]
         weights = {str(k): math.exp(QUALITY[text] * k / 3) for k in range(1, 6)}
         return {k: w / sum(weights.values()) for k, w in weights.items()}
 
-    judge = fake_judge(rule=by_quality, points=points)
-    c = TestClient(create_app(judge, reward="score", max_wait_s=0.3))
+    backend = Gated(fake_judge().tokenizer, by_quality, points)
+    judge = Judge(backend, progress=False, batch_size=64)
+    c = TestClient(create_app(judge, reward="score", max_wait_s=0.0))
     prompt = "<|im_start|>user\nSay something.<|im_end|>\n<|im_start|>assistant\n"
     answers = list(QUALITY)
     with c:
@@ -103,6 +118,10 @@ def test_requests_arriving_together_share_a_judge_call_and_each_gets_its_own_rew
         threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 30
+        while c.get("/health").json()["queued_items"] < 16 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        backend.gate.set()
         for t in threads:
             t.join()
         health = c.get("/health").json()
@@ -110,7 +129,7 @@ def test_requests_arriving_together_share_a_judge_call_and_each_gets_its_own_rew
     assert len(set(want.values())) == 8
     for i in range(8):
         assert results[i] == pytest.approx([want[answers[i]], want[answers[-1 - i]]], abs=1e-9)
-    assert health["requests"] == 8 and health["judge_calls"] < 8  # batched
+    assert health["requests"] == 8 and health["judge_calls"] == 2  # the first request's call, then all the rest
 
 
 def test_queue_full_is_503_and_a_request_larger_than_the_queue_413(fake_judge):

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -108,29 +109,67 @@ def test_the_body_limit_holds_for_chunked_bodies(judge_of):
     assert ok.status_code == 200
 
 
-def test_a_huge_request_does_not_starve_a_small_one_and_is_dropped_when_abandoned(judge_of):
-    """Fair batching: a 1-row request sent after a 600-row one is answered long before it; the big request's
-    client then goes away and the rest of its rows are never judged."""
-    app = create_app(judge_of(delay=0.004), reward="score", max_batch=32, max_request_items=1000)
+class Gated(Backend):
+    """Records each judge call's responses; call number `hold` (from 0) and later ones wait until the test opens
+    `gate`, so the test sees the server mid-call by events, never by how fast this machine runs."""
+
+    def __init__(self, tokenizer, hold=0):
+        super().__init__(tokenizer)
+        self.hold, self.calls = hold, []
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def label_logprobs(self, prompts, labels):
+        self.calls.append([p.split("[The Start of Assistant's Answer]\n", 1)[1].split("\n[The End", 1)[0]
+                           for p in prompts])  # fmt: skip
+        if len(self.calls) - 1 >= self.hold:
+            self.entered.set()
+            assert self.gate.wait(60), "the test never opened the gate"
+        return super().label_logprobs(prompts, labels)
+
+
+async def health_when(http, url, ready, timeout=30.0):
+    """/health once `ready(health)` holds (polled; the deadline only bounds a broken server)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = (await http.get(f"{url}/health")).json()
+        if ready(health) or time.monotonic() > deadline:
+            return health
+        await asyncio.sleep(0.02)
+
+
+def test_a_huge_request_does_not_starve_a_small_one_and_is_dropped_when_abandoned(tiny_judge, judge_of):
+    """Fair batching: a 1-row request sent while a 600-row one is being judged goes into the very next judge
+    call; the big request's client then goes away and the rest of its rows are never judged."""
+    backend = Gated(tiny_judge.tokenizer)  # the first call waits: the small request arrives while it is in flight
+    judge = Judge(backend, progress=False, batch_size=64)
+    app = create_app(judge, reward="score", max_batch=32, max_request_items=1000)
     big = {"rows": [{"prompt": "q", "response": f"answer {i}"} for i in range(600)]}
 
     async def scenario(url):
         async with httpx.AsyncClient(timeout=60) as http:
-            start = time.perf_counter()
-            hog = asyncio.ensure_future(http.post(f"{url}/score", json=big, timeout=1.5))
-            await asyncio.sleep(0.2)
-            small = await http.post(f"{url}/score", json={"rows": [{"prompt": "q", "response": "short"}]})
-            small_s = time.perf_counter() - start
-            with pytest.raises(httpx.TimeoutException):
-                await hog  # the client gives up after 1.5 s
-            await asyncio.sleep(1.0)
-            return small, small_s, (await http.get(f"{url}/health")).json()
+            hog = asyncio.ensure_future(http.post(f"{url}/score", json=big))
+            await asyncio.to_thread(backend.entered.wait, 30)
+            queued = (await http.get(f"{url}/health")).json()["queued_items"]
+            one = {"rows": [{"prompt": "q", "response": "short"}]}
+            small = asyncio.ensure_future(http.post(f"{url}/score", json=one))
+            await health_when(http, url, lambda h: h["queued_items"] == queued + 1)
+            backend.entered.clear()
+            backend.hold = 2  # from the third call on, wait again: the hog cannot finish before it is dropped
+            first, backend.gate = backend.gate, threading.Event()
+            first.set()
+            small = await asyncio.wait_for(small, 20)  # an unfair batcher leaves it behind the gated third call
+            await asyncio.to_thread(backend.entered.wait, 30)
+            hog.cancel()  # the client goes away
+            await health_when(http, url, lambda h: h["abandoned_items"] > 0)
+            backend.gate.set()
+            return small, await health_when(http, url, lambda h: h["queued_items"] == 0)
 
     with live(app) as url:
-        small, small_s, health = asyncio.run(scenario(url))
+        small, health = asyncio.run(scenario(url))
     assert small.status_code == 200 and small.json()["rows"][0]["score"] == pytest.approx(expected(judge_of))
-    assert small_s < 1.2  # 600 rows take 2.4 s of judge time; the small one waited for one share of a batch
-    assert health["abandoned_items"] > 100 and health["queued_items"] == 0
+    assert "short" in backend.calls[1]  # one share of the next batch, not after the 600 rows
+    assert health["queued_items"] == 0 and health["abandoned_items"] >= 600 - 3 * 32
+    assert sum(len(c) for c in backend.calls) <= 3 * 32  # nothing of the hog judged after it went away
 
 
 def test_a_request_over_the_item_cap_is_413(judge_of):
@@ -218,17 +257,21 @@ def test_sigterm_mid_request_stops_judging_within_seconds(tiny_model_dir):
             server.wait()
 
 
-def test_an_abandoned_request_frees_its_queue_places_at_once(judge_of):
-    """While a call is in flight (2 s), the places of a gone client's rows not yet judged are free again."""
-    app = create_app(judge_of(delay=0.05), reward="score", max_batch=40, max_queue=500, max_request_items=500)
+def test_an_abandoned_request_frees_its_queue_places_at_once(tiny_judge):
+    """While a call is in flight, the places of a gone client's rows not yet judged are free again."""
+    backend = Gated(tiny_judge.tokenizer)
+    judge = Judge(backend, progress=False, batch_size=64)
+    app = create_app(judge, reward="score", max_batch=40, max_queue=500, max_request_items=500)
     rows = {"rows": [{"prompt": "q", "response": f"answer {i}"} for i in range(400)]}
 
     async def scenario(url):
         async with httpx.AsyncClient(timeout=30) as http:
-            with pytest.raises(httpx.TimeoutException):
-                await http.post(f"{url}/score", json=rows, timeout=0.5)
-            await asyncio.sleep(0.6)  # the first 40-row call is still being judged
-            return (await http.get(f"{url}/health")).json()
+            post = asyncio.ensure_future(http.post(f"{url}/score", json=rows))
+            await asyncio.to_thread(backend.entered.wait, 30)  # the first 40-row call is being judged
+            post.cancel()  # the client goes away
+            during = await health_when(http, url, lambda h: h["abandoned_items"] > 0)
+            backend.gate.set()
+            return during
 
     with live(app) as url:
         during = asyncio.run(scenario(url))
@@ -351,3 +394,20 @@ def test_slow_headers_are_cut_off_and_sigterm_answers_held_samples_503_at_once(t
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_default_body_and_item_limits(judge_of):
+    """The defaults of `trustreward serve`: 1024 items in one request, a body of 16 MiB (JSON whitespace pads the
+    body here, so only its size changes)."""
+    with TestClient(create_app(judge_of())) as c:
+        rows = [{"prompt": "q", "response": "a"}] * 1025
+        over = c.post("/score", json={"rows": rows})
+        assert over.status_code == 413 and "at most 1024" in over.text
+        ok = c.post("/score", json={"rows": rows[:1024]})
+        assert ok.status_code == 200 and len(ok.json()["rows"]) == 1024
+        body = b'{"rows": [{"prompt": "q", "response": "a"}]}'
+        headers = {"Content-Type": "application/json"}
+        fits = c.post("/score", content=body + b" " * ((16 << 20) - len(body)), headers=headers)
+        assert fits.status_code == 200 and fits.json()["rows"][0]["score"] == pytest.approx(expected(judge_of))
+        big = c.post("/score", content=body + b" " * ((16 << 20) - len(body) + 1), headers=headers)
+        assert big.status_code == 413 and str(16 << 20) in big.text

@@ -145,3 +145,40 @@ def test_failures_are_numbers_and_bad_options_are_refused(judge, fake_judge):
         compute_score("s", "Red.", None, {"question": "q"}, judge=judge, on_failure="retry")
     with pytest.raises(KeyError, match="question"):
         compute_score("s", "Red.", None, {}, judge=judge)
+
+
+def test_batch_rewards_group_by_the_uid_in_extra_info(judge):
+    """verl's trainer gives each rollout group a `uid`; copied into `extra_info`, it splits two groups of the same
+    prompt (here two groups of 2 "Name a colour." rollouts), where grouping by the prompt would judge all 4."""
+    answers = ANSWERS["Name a colour."]
+    infos = [{"question": "Name a colour.", "uid": uid} for uid in ("u0", "u1", "u0", "u1")]
+    got = compute_score_batch(["s"] * 4, answers, None, infos, judge=judge)
+    first = JudgePairwiseReward(judge)(prompts=["Name a colour."] * 2, completions=[answers[0], answers[2]])
+    second = JudgePairwiseReward(judge)(prompts=["Name a colour."] * 2, completions=[answers[1], answers[3]])
+    assert got == pytest.approx([first[0], second[0], first[1], second[1]], abs=1e-9)
+    together = JudgePairwiseReward(judge)(prompts=["Name a colour."] * 4, completions=answers)
+    assert got != pytest.approx(together, abs=1e-3)  # the two readings differ on this judge
+    # Another key named by `group_key`; without it in extra_info, the prompt groups.
+    keyed = [{"question": "Name a colour.", "rollout": uid} for uid in ("u0", "u1", "u0", "u1")]
+    assert compute_score_batch(["s"] * 4, answers, None, keyed, judge=judge, group_key="rollout") == got
+    assert compute_score_batch(["s"] * 4, answers, None, keyed, judge=judge) == pytest.approx(together, abs=1e-9)
+
+
+@pytest.mark.parametrize("scale", [5, 10])
+def test_a_lone_sample_gets_its_pointwise_score_rescaled_at_any_scale(judge, scale):
+    """No peer: the pointwise score on 1..scale becomes (score - 1) / (scale - 1), locally and on the server."""
+    import httpx
+
+    (score,) = JudgeScoreReward(judge, scale=scale)(prompts=["Name a colour."], completions=["Dark blue."])
+    want = (score - 1) / (scale - 1)
+    info = {"question": "Name a colour.", "uid": "only"}
+    assert compute_score_batch(["s"], ["Dark blue."], None, [info], judge=judge, scale=scale) == pytest.approx([want])
+    prompt = judge.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Name a colour."}], tokenize=False, add_generation_prompt=True
+    )
+    with live(create_app(judge, scale=scale)) as url:
+        body = {"query": [prompt + "Dark blue." + judge.tokenizer.eos_token], "prompts": [prompt], "labels": [None]}
+        out = httpx.post(f"{url}/get_reward", json=body, timeout=30).json()
+    (score_of_templated,) = JudgeScoreReward(judge, scale=scale)(prompts=[prompt], completions=["Dark blue."])
+    assert out["rewards"] == pytest.approx([(score_of_templated - 1) / (scale - 1)], abs=1e-9)
+    assert out["extra_logs"]["judge/lone"] == 1

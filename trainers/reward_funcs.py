@@ -306,8 +306,8 @@ class JudgePairwiseReward(_JudgeReward):
         with_ref = [m for m, ref in zip(groups, has_ref) if ref]
         peers = [m for m, ref in zip(groups, has_ref) if not ref]
         first = [(i, None, as_text(references[i])) for m in with_ref for i in m]
-        if self.pairing != "swiss":
-            jobs = first + self._pairs(peers, answers, scores)
+        if self.pairing != "swiss":  # besides `anchor`, groups with a reference are compared among themselves too
+            jobs = first + self._pairs(peers if self.pairing == "anchor" else groups, answers, scores)
             judged += zip(jobs, self._compare(questions, answers, jobs, lockstep))
             return
         rounds = [swiss_rounds(len(m), self.swiss_rounds) for m in peers]
