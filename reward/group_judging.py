@@ -65,7 +65,7 @@ from .groups import (
 )
 from .judge import MODES
 from .scoring import PREFERENCE_METHODS, Preference, Score, check_choice
-from .text import text_key
+from .text import as_text, text_key
 
 logger = logging.getLogger(__name__)
 
@@ -171,9 +171,30 @@ class GroupJudge:
         self._rng = random.Random(seed)
 
     def __call__(self, judge, groups: Sequence[Group]) -> list[GroupResult]:
-        """Each group's `GroupResult`. A judge that raises costs the pairs not judged yet (logged), never the call;
+        """Each group's `GroupResult`. A completion that is not usable text (`None`, empty) gets no reward (a
+        failure) and takes no part; a judge that raises costs the pairs not judged yet (logged), never the call;
         under a sharded (lockstep) judge every rank makes the same judge calls, with or without groups."""
-        groups = list(groups)
+        usable = [[k for k, c in enumerate(g.completions) if as_text(c) is not None] for g in groups]
+        inner = [g._replace(completions=[g.completions[k] for k in u],
+                            references=None if g.references is None else [g.references[k] for k in u])
+                 for g, u in zip(groups, usable)]  # fmt: skip
+        return [self._widen(r, u, len(g.completions)) for r, u, g in zip(self._judge(judge, inner), usable, groups)]
+
+    @staticmethod
+    def _widen(result: GroupResult, usable: list[int], n: int) -> GroupResult:
+        """A result over the usable completions, re-indexed to the whole group (the others: `None`)."""
+        if len(usable) == n:
+            return result
+        rewards: list[float | None] = [None] * n
+        for k, r in zip(usable, result.rewards):
+            rewards[k] = r
+        prefs = {(usable[a], usable[b]): p for (a, b), p in result.prefs.items()}
+        return result._replace(rewards=rewards, lone=result.lone and n == 1, prefs=prefs,
+                               against_reference={usable[k]: p for k, p in result.against_reference.items()},
+                               scores={usable[k]: s for k, s in result.scores.items()})  # fmt: skip
+
+    def _judge(self, judge, groups: list[Group]) -> list[GroupResult]:
+        groups, cut = self._fitted(judge, groups)
         has_ref = [g.references is not None and all(g.references) for g in groups]
         jobs = [_Job(g, k, None, ref) for g, group in enumerate(groups) if has_ref[g]
                 for k, ref in enumerate(group.references)]  # fmt: skip
@@ -198,7 +219,19 @@ class GroupJudge:
                 judged += zip(jobs, self._compare(judge, groups, jobs))
         except Exception as exc:  # a broken judge costs this call's rewards, never the training run
             logger.warning("group judging: judge call failed: %s", exc)
+        for job, pref in judged:  # a response cut before its pairs were built is still reported cut
+            pref.truncated = pref.truncated or cut[job.group][job.a] or (job.b is not None and cut[job.group][job.b])
         return self._results(groups, has_ref, judged, scores)
+
+    def _fitted(self, judge, groups) -> tuple[list[Group], list[list[bool]]]:
+        """The groups with each completion cut once to what its pairwise prompts hold (`Judge.fit_responses`),
+        before pairs are built, and which were cut."""
+        fitted, cut = [], []
+        for group in groups:
+            texts = judge.fit_responses(group.prompt, group.completions, self.mode) if group.completions else []
+            fitted.append(group._replace(completions=[t for t, _ in texts]))
+            cut.append([c for _, c in texts])
+        return fitted, cut
 
     # -- which pairs -------------------------------------------------------------------------------------------
 
@@ -286,3 +319,18 @@ class GroupJudge:
         pairs = sum(p.error is None for p in prefs.values())
         return GroupResult(rewards, pairs, consistent, cyclic, dropped, n == 1 and not has_ref,
                            2 * len(judged) + len(scores), prefs, against, scores)  # fmt: skip
+
+
+ANCHOR = GroupJudge(pairing="anchor")  # each completion against its reference only: draws nothing at random
+
+
+def against_references(judge, prompts, responses, references) -> list[float | None]:
+    """Each response's P(it beats its own reference) + P(tie) / 2, both orders merged, in one call (groups of one,
+    `anchor`), so samples of any prompts batch together; `None` where a text is unusable or the judge failed."""
+    texts = [tuple(map(as_text, sample)) for sample in zip(prompts, responses, references)]
+    usable = [k for k, sample in enumerate(texts) if None not in sample]
+    results = ANCHOR(judge, [Group(texts[k][0], [texts[k][1]], [texts[k][2]]) for k in usable]) if usable else []
+    out: list[float | None] = [None] * len(texts)
+    for k, result in zip(usable, results):
+        out[k] = result.rewards[0]
+    return out
