@@ -94,3 +94,45 @@ def test_a_group_with_a_reference_meets_its_peers_and_the_reference_each_weighin
     assert rewards == pytest.approx(expected, abs=1e-9)  # the reference alone would give [0.1, 0.6, 0.5]
     anchor = JudgePairwiseReward(judge, pairing="anchor", reference_column="ref")
     assert anchor(prompts=["q"] * 3, completions=["a", "b", "c"], ref=["ref"] * 3) == pytest.approx([0.1, 0.6, 0.5])
+
+
+E2E = json.loads((Path(__file__).parent / "golden/e2e_dd6f47c.json").read_text())
+QUESTIONS = {"Name a colour.": ["Red.", "Dark blue.", "It is green, like grass.", "Yellow, the colour of the sun."],
+             "What is two plus two?": ["Two plus two is four.", "Four.", "It is 4, since 2 + 2 = 4."],
+             "Capital of France?": ["Paris."]}  # fmt: skip
+
+
+def test_end_to_end_on_the_tiny_judge_matches_dd6f47c(tiny_model_dir):
+    """verl's functions and the server's three rewards on the tiny judge in fp32 give dd6f47c's rewards to 1e-5
+    (batches are composed differently now), except the lone sample: 0.5, its peers' mean, where dd6f47c gave its
+    pointwise score rescaled (the change #28 names)."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from reward import load_judge
+    from trainers.server import create_app
+    from trainers.verl import compute_score, compute_score_batch
+
+    judge = load_judge(tiny_model_dir, device="cpu", dtype="float32", progress=False)
+    prompts = [q for q, a in QUESTIONS.items() for _ in a]
+    answers = [x for a in QUESTIONS.values() for x in a]
+    got = {"verl_batch": compute_score_batch(None, answers, None, [{"question": q} for q in prompts], judge=judge)}
+    got["verl_reference"] = [compute_score(None, a, "Blue.", {"question": q}, judge=judge, reward="reference")
+                             for q, a in zip(prompts, answers)]  # fmt: skip
+    got["verl_score"] = [compute_score(None, a, None, {"question": q}, judge=judge) for q, a in zip(prompts, answers)]
+    for kind in ("pairwise", "reference", "score"):
+        with TestClient(create_app(judge, reward=kind)) as client:
+            got[f"server_{kind}"] = []
+            for q, a in QUESTIONS.items():
+                body = {"query": [q + x for x in a], "prompts": [q] * len(a), "labels": ["Blue."] * len(a)}
+                r = client.post("/get_reward", json=body)
+                assert r.status_code == 200, r.text
+                got[f"server_{kind}"].append(r.json()["rewards"])
+    want = json.loads(json.dumps(E2E))
+    want["verl_batch"][-1] = want["server_pairwise"][-1][0] = 0.5  # the lone "Paris."
+    assert got.keys() == want.keys()
+    flat = lambda xs: [x for v in xs for x in (v if isinstance(v, list) else [v])]  # noqa: E731
+    for key in want:
+        assert flat(got[key]) == pytest.approx(flat(want[key]), abs=1e-5, rel=0), key
+    spread = max(want["verl_batch"][:4]) - min(want["verl_batch"][:4])
+    assert spread > 1e-3  # the tolerance is well below the differences between the rewards
