@@ -197,9 +197,13 @@ def create_app(
     async def pairwise(request: Request, body: RewardRequest, responses: list[str], deadline: float):
         members = groups.join(body.prompts, body.query, responses)
         waiters = [m.waiter for m in members]
+
+        async def results():  # waits without owning the waiters: stopping it leaves the judgements to a retry
+            await asyncio.wait(waiters)
+            return [w.result() for w in waiters]
+
         try:
-            return await answered(request, asyncio.gather(*[asyncio.shield(w) for w in waiters]), deadline=deadline,
-                                  on_gone=lambda: groups.leave(members))  # fmt: skip
+            return await answered(request, results(), deadline=deadline, on_gone=lambda: groups.leave(members))
         except TimeoutError:
             groups.leave(members)  # a retry may still take their places and judgements
             outcomes = [w.result() if w.done() and not w.exception() else None for w in waiters]
