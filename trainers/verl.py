@@ -12,8 +12,8 @@ question into `extra_info[prompt_key]` when preparing the parquet files.
 - `compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos)`: a step's responses together
   (the `batch` manager of verl's older reward managers, `reward_model.reward_manager=batch` up to 0.7),
   grouped by `extra_info[group_key]` (a `uid` copied there; else the prompt, which the n rollouts of a prompt
-  share), each group judged pairwise in one call (or pointwise: `reward="score"`); a lone sample gets its
-  pointwise score rescaled to [0, 1], as on the server.
+  share), all groups judged pairwise in one engine call (`reward.group_judging`; or pointwise: `reward="score"`);
+  a lone sample gets 0.5 (`NEUTRAL_WIN`, its would-be peers' mean), as on the server.
 
 Configure with verl's `reward.custom_reward_function.path=trainers/verl.py`, `.name=compute_score` (or
 `compute_score_batch`) and `+reward.custom_reward_function.reward_kwargs.url=...` (`judge`, `on_failure`, ...).
