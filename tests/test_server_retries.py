@@ -76,3 +76,29 @@ def test_a_deadline_below_the_clients_timeout_answers_everyone_with_the_stand_in
     assert health["late"] == 8 and health["retries_joined"] == 0 and took < 2.0 * 5  # no request timed out
     assert backend.pairwise == 24  # still judged once: a retry arriving later would be answered from it
     assert health["degraded"]["unclaimed_samples"] == 8
+
+
+def test_held_samples_are_capped_in_bytes(tiny_judge):
+    """A sample that would take the held bytes over `max_held_bytes` is refused (503), not held; the held one is
+    still judged when its group completes."""
+    import asyncio
+
+    judge = Judge(FakeBackend(tiny_judge.tokenizer, lambda p: {"A": 0.6, "B": 0.3, "C": 0.1}), progress=False)
+    app = create_app(judge, group_size=2, group_timeout=5.0, max_held_bytes=1500)
+
+    async def scenario(url):
+        async with httpx.AsyncClient(timeout=30) as http:
+            post = lambda r: http.post(f"{url}/get_reward", json={"query": ["q" + r], "prompts": ["q"]})  # noqa: E731
+            held = asyncio.ensure_future(post("a" * 1000))
+            await asyncio.sleep(0.5)
+            refused = await post("b" * 1000)  # 2 x 1000 bytes > 1500
+            health = (await http.get(f"{url}/health")).json()
+            small = await post("c" * 10)  # fits: completes the group
+            return refused, health, await held, small
+
+    with live(app) as url:
+        refused, health, held, small = asyncio.run(scenario(url))
+    assert refused.status_code == 503 and "full" in refused.text
+    assert health["held_bytes"] == 1 + 1000 and health["waiting_in_groups"] == 1  # prompt + response, UTF-8
+    assert held.status_code == small.status_code == 200
+    assert held.json()["extra_logs"]["judge/group_size"] == small.json()["extra_logs"]["judge/group_size"] == 2

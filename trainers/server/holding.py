@@ -188,6 +188,8 @@ class Groups:
             self._keep(group)
             logger.warning("a group of %r timed out with every client gone: held for a retry", group.prompt[:60])
             return
+        logger.warning("a group of %r timed out incomplete: judged with %d of %d samples%s", group.prompt[:60],
+                       len(group.members), self.size, " (lone: 0.5)" if len(group.members) == 1 else "")  # fmt: skip
         self._judge(group, incomplete=True)
 
     def _keep(self, group: _Group) -> None:
