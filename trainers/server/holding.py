@@ -137,9 +137,10 @@ class Groups:
         return members
 
     def leave(self, members: list[Member]) -> None:
-        """Their clients have gone: each keeps its place (and gets its judgement) for a retry to take over."""
+        """Their clients have gone before their answers: each keeps its place (and gets its judgement) for a retry
+        to take over."""
         for m in members:
-            if m.waiter is None:
+            if m.waiter is None or m.waiter.done():  # gone already, or answered: nothing for a retry to take
                 continue
             m.waiter = None
             self.gone.setdefault(m.key, []).append(m)
