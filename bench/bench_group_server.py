@@ -8,14 +8,14 @@ measured is the batching and the host work around the forwards, side by side in 
    into chunks of 32 (before #28) and handing the backend the whole call (after; also with the prefix cache's
    `min_prefix` at 8 instead of 32, which shares the short answers too), against the radix tree of the same
    prompts (every shared prefix counted once): goal within 1.1x. One torch thread.
-2. `trustreward serve --group_size 8` (in process, on loopback): 16 prompts x 8 samples, all in flight, one sample
+2. `trustreward serve --group_size 8` (its own process, on loopback): 16 prompts x 8 samples, all in flight, one sample
    per request (OpenRLHF's call pattern), against one direct `GroupJudge` call on the same 16 groups: goal >= 0.8x
    its throughput. The rewards must be the direct call's (within 1e-6) and every answer a number.
 
     python bench/bench_group_server.py [--prompts 16] [--samples 8] [--rounds 3] [--quick]
 
-`--quick` (CI): 4 prompts x 4 samples, one round; fails on wrong rewards, errors, or groups judged other than once;
-never on a time or a token ratio.
+`--quick` (CI): a group of 8 for the tokens, 4 prompts x 4 samples, one round; fails on wrong rewards, errors,
+or groups judged other than once; never on a time or a token ratio.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import asyncio
 import contextlib
 import os
 import socket
+import subprocess
 import sys
-import threading
 import time
+from pathlib import Path
 
 import httpx
 import torch
@@ -37,6 +38,8 @@ from common import tree_tokens
 from reward import Judge
 from reward.group_judging import Group, GroupJudge
 from reward.tokens import encode
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def group(size: int, question: int = 0) -> tuple[str, list[str]]:
@@ -99,25 +102,6 @@ def tokens_part(size: int) -> None:
               f"{radix}: {run / radix:.2f}x (goal <= 1.1x after), {took:.2f} s")  # fmt: skip
 
 
-@contextlib.contextmanager
-def live(app):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 def groups_of(prompts: int, samples: int) -> list[Group]:
     out = []
     for q in range(prompts):
@@ -139,29 +123,78 @@ async def post_all(url: str, groups: list[Group]) -> tuple[list, float]:
     return list(zip(order, answers)), took
 
 
-def server_part(prompts: int, samples: int, rounds: int) -> int:
-    from trainers.server import create_app
+def serve(model_dir: str, samples: int):
+    """`trustreward serve` in its own process (the client is another process, as OpenRLHF is), one torch thread."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "trainers.cli",
+        "serve",
+        "--judge",
+        model_dir,
+        "--judge_device",
+        "cpu",
+        "--port",
+        str(port),
+        "--group_size",
+        str(samples),
+        "--group_timeout",
+        "60",
+        "--max_wait_s",
+        "0.05",
+    ]
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return server, url
+        time.sleep(0.2)
+    server.kill()
+    raise RuntimeError("the server did not start")
 
-    judge = tiny_judge(batch_size=None)
+
+def server_part(prompts: int, samples: int, rounds: int) -> int:
+    import tempfile
+
+    from reward import load_judge
+
     groups = groups_of(prompts, samples)
     engine = GroupJudge()
-    engine(judge, groups[:1])  # warm: the first forward, the label tokenisation
-    want, errors, best_direct, best_server, calls = {}, 0, float("inf"), float("inf"), []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        results = engine(judge, groups)
-        best_direct = min(best_direct, time.perf_counter() - start)
-        want = {(g.prompt, a): r for g, res in zip(groups, results) for a, r in zip(g.completions, res.rewards)}
-        app = create_app(judge, group_size=samples, group_timeout=60.0, max_wait_s=0.05)
-        with live(app) as url:
-            answered, took = asyncio.run(post_all(url, groups))
-            health = httpx.get(f"{url}/health").json()
-        best_server = min(best_server, took)
-        calls.append(health["judge_calls"])
-        for key, r in answered:
-            ok = r.status_code == 200 and abs(r.json()["rewards"][0] - want[key]) <= 1e-6
-            errors += not ok
-        errors += health["groups"] != prompts or health["failures"] or health["lone"] or health["incomplete"]
+    with tempfile.TemporaryDirectory() as model_dir:
+        tiny = tiny_judge()
+        tiny.backend.model.save_pretrained(model_dir)
+        tiny.tokenizer.save_pretrained(model_dir)
+        judge = load_judge(model_dir, device="cpu", progress=False)  # as the server loads it
+        engine(judge, groups[:1])  # warm: the first forward, the label tokenisation
+        server, url = serve(model_dir, samples)
+        try:
+            asyncio.run(post_all(url, groups[:1]))  # warm the server the same way
+            want, errors, best_direct, best_server, calls = {}, 0, float("inf"), float("inf"), []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                results = engine(judge, groups)
+                best_direct = min(best_direct, time.perf_counter() - start)
+                want = {
+                    (g.prompt, a): r for g, res in zip(groups, results) for a, r in zip(g.completions, res.rewards)
+                }
+                before = httpx.get(f"{url}/health").json()
+                answered, took = asyncio.run(post_all(url, groups))
+                health = httpx.get(f"{url}/health").json()
+                best_server = min(best_server, took)
+                calls.append(health["judge_calls"] - before["judge_calls"])
+                for key, r in answered:
+                    errors += not (r.status_code == 200 and abs(r.json()["rewards"][0] - want[key]) <= 1e-6)
+                errors += health["groups"] - before["groups"] != prompts
+                errors += sum(health[k] - before[k] for k in ("failures", "lone", "incomplete", "late"))
+        finally:
+            server.terminate()
+            server.wait(30)
     n = prompts * samples
     print(f"direct engine call: {n / best_direct:.1f} samples/s ({best_direct:.2f} s); server, {n} requests in "
           f"flight: {n / best_server:.1f} samples/s ({best_server:.2f} s); ratio {best_direct / best_server:.2f}x "
@@ -178,7 +211,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.prompts, args.samples, args.size, args.rounds = 4, 4, 16, 1
+        args.prompts, args.samples, args.size, args.rounds = 4, 4, 8, 1
     torch.set_num_threads(1)  # on a shared machine two OpenMP threads mostly wait for each other (bench_host.py)
     print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs, 1 torch thread")
     tokens_part(args.size)

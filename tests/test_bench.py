@@ -99,5 +99,5 @@ def test_group_server_bench_quick():
     # Its own checks: the server's rewards are the direct engine call's, every answer a number, each group once.
     out = run("bench_group_server.py")
     assert number(r"; (\d+) errors", out) == 0
-    before = number(r"before \(chunks of 32\): 240 prompts, (\d+) prompt tokens", out)
-    assert number(r"after \(whole call\): 240 prompts, (\d+) prompt tokens", out) < before  # counts, not time
+    before = number(r"before \(chunks of 32\): \d+ prompts, (\d+) prompt tokens", out)
+    assert number(r"after \(whole call\): \d+ prompts, (\d+) prompt tokens", out) < before  # counts, not time
