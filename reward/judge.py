@@ -87,7 +87,9 @@ class Judge:
         pointwise_template: template for `score` (needs `{question}`, `{response}`).
         pairwise_template: template for `compare` (needs `{question}`, `{response_a}`, `{response_b}`).
         rationale_tokens: most tokens the judge may write before the slot in `mode="rationale"`.
-        batch_size: items per backend call (also the progress bar's step).
+        batch_size: most prompts per backend call (also the progress bar's step); default `None`: each call goes to
+            the backend whole, which batches it by its own budget (a local model: tokens per forward and the prefix
+            cache over the whole call; a served judge: prompts per request).
         progress: show a progress bar on calls of more than one batch.
         neutralize: remove look-alikes of the template's syntax from responses ("Score: [5]", "[[A]]", also with
             zero-width characters, full-width brackets or Cyrillic letters; `reward.defenses.neutralize`).
@@ -109,7 +111,7 @@ class Judge:
         pointwise_template: JudgeTemplate = POINTWISE,
         pairwise_template: JudgeTemplate = PAIRWISE,
         rationale_tokens: int = 256,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         progress: bool = True,
         neutralize: bool = True,
         injection_check: bool = False,
@@ -242,6 +244,25 @@ class Judge:
             truncated |= cut
         return fields, truncated, None
 
+    def fit_responses(self, prompt: str, responses: Sequence[str], mode: str = "direct") -> list[tuple[str, bool]]:
+        """Each response cut once to what a pairwise prompt of `prompt` holds for it: (text, cut). A group's
+        responses meet several peers; cut here, `compare` finds every pair fitting and tokenises only what fits,
+        instead of a long response in full once per pair. The same cut `compare` would make."""
+        keys = ("response_a", "response_b")
+        fields = {"question": self._clean(prompt), **dict.fromkeys(keys, "")}
+        if all((bound := self._bound(r)) is not None and bound * 2 < self.backend.max_length for r in responses):
+            return [(r, False) for r in responses]  # short: nothing to cut (the usual case), nothing tokenised
+        empty = self._render(self.pairwise_template, fields, text=True)
+        slots = self.__dict__.setdefault("_slot_counts", {})
+        if self.pairwise_template.slot not in slots:
+            slots[self.pairwise_template.slot] = self._count(self.pairwise_template.slot)
+        reserve = _LABEL_RESERVE + slots[self.pairwise_template.slot]
+        reserve += self.rationale_tokens if mode == "rationale" else 0
+        budget = (self.backend.max_length - self._count(empty) - reserve) // 2
+        if budget < 2 * _LABEL_RESERVE:
+            return [(r, False) for r in responses]  # compare reports the question filling the context
+        return [self._cut(self._clean(r), budget) for r in responses]  # cleaning again in compare changes nothing
+
     def _build(self, template: JudgeTemplate, fields: dict, response_keys: tuple[str, ...], mode: str):
         """Renders one prompt, cutting its responses to fit; returns (prompt or None, truncated, error)."""
         fitted, truncated, error = self._fit(template, fields, response_keys, mode)
@@ -250,8 +271,11 @@ class Judge:
     # -- running -----------------------------------------------------------------------------------------------
 
     def _chunks(self, n: int, desc: str):
-        starts = range(0, n, self.batch_size)
-        if self.progress and n > self.batch_size:
+        """Starts of the backend calls: one for the whole call (the backend batches by its own budget), or
+        `batch_size` prompts each, with a progress bar on more than one."""
+        step = self.batch_size or max(1, n)
+        starts = range(0, n, step)
+        if self.progress and n > step:
             from tqdm.auto import tqdm
 
             return tqdm(starts, desc=desc, unit="batch")
@@ -261,35 +285,42 @@ class Judge:
         """Label log-probs (and the judge's output log-prob and length) per prompt; failures become error strings
         (a failed batch is judged again prompt by prompt, so a bad prompt costs only itself)."""
         out: list[tuple[dict[str, float], float, int] | str] = []
-        marker = template.slot.split("[")[0].strip() or template.slot
         lockstep = self.backend.lockstep
-        n = len(prompts)
+        n, step = len(prompts), self.batch_size or max(1, len(prompts))
         if lockstep:  # a sharded judge: every rank makes as many backend calls as the busiest (empty ones too)
-            n = max(n, self.backend.agree(-(-n // self.batch_size)) * self.batch_size)
+            n = max(n, self.backend.agree(-(-n // step) if self.batch_size else 1) * step)
         for start in self._chunks(n, desc):
-            chunk = batch = prompts[start : start + self.batch_size]
-            try:
-                gen = [("", 0.0, 0)] * len(chunk)
-                if mode == "rationale":
-                    gen = self.backend.generate(chunk, self.rationale_tokens, stop=[marker])
-                    chunk = [
-                        extend(p, text.removesuffix(marker).rstrip() + "\n" + template.slot)
-                        for p, (text, _, _) in zip(chunk, gen)
-                    ]
-                else:
-                    chunk = [extend(p, template.slot) for p in chunk]
-                lps = self.backend.label_logprobs(chunk, labels)
-                out.extend((lp, g_lp, g_n) for lp, (_, g_lp, g_n) in zip(lps, gen))
-            except Exception as exc:  # one bad batch costs its items, never the whole call
-                if lockstep:  # the other ranks wait in collectives for this one: fail all of them, never hang
-                    raise
-                logger.warning("judge batch failed: %s: %s", type(exc).__name__, exc)
-                if len(batch) > 1:  # one bad prompt fails the backend's whole call: judge each alone again
-                    for prompt in batch:
-                        out.extend(self._read([prompt], template, labels, mode, desc))
-                else:
-                    out.append(f"{type(exc).__name__}: {exc}")
+            out += self._isolated(prompts[start : start + step], template, labels, mode)
         return out
+
+    def _isolated(self, prompts: list, template: JudgeTemplate, labels: list[str], mode: str) -> list:
+        """`_run`'s reads; a backend call that raises is split in halves until the failing prompts are alone, so
+        one bad prompt costs only itself (the one place failures are isolated). A sharded judge raises instead: the
+        other ranks wait in collectives for this one, and must fail too rather than hang."""
+        try:
+            return self._run(prompts, template, labels, mode)
+        except Exception as exc:
+            if self.backend.lockstep:
+                raise
+            if len(prompts) <= 1:
+                logger.warning("judge prompt failed: %s: %s", type(exc).__name__, exc)
+                return [f"{type(exc).__name__}: {exc}"] * len(prompts)
+            half = len(prompts) // 2
+            return [*self._isolated(prompts[:half], template, labels, mode),
+                    *self._isolated(prompts[half:], template, labels, mode)]  # fmt: skip
+
+    def _run(self, prompts: list, template: JudgeTemplate, labels: list[str], mode: str) -> list:
+        """One backend call (two in rationale mode: the critique, then the slot after it)."""
+        gen = [("", 0.0, 0)] * len(prompts)
+        if mode == "rationale":
+            marker = template.slot.split("[")[0].strip() or template.slot
+            gen = self.backend.generate(prompts, self.rationale_tokens, stop=[marker])
+            prompts = [extend(p, text.removesuffix(marker).rstrip() + "\n" + template.slot)
+                       for p, (text, _, _) in zip(prompts, gen)]  # fmt: skip
+        else:
+            prompts = [extend(p, template.slot) for p in prompts]
+        lps = self.backend.label_logprobs(prompts, labels)
+        return [(lp, g_lp, g_n) for lp, (_, g_lp, g_n) in zip(lps, gen)]
 
     def score(
         self,

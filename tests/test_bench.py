@@ -104,3 +104,11 @@ def test_gpu_check_runs_on_a_cpu_and_checks_its_runs_against_each_other(tiny_mod
     assert number(r"hf-fp32 vs hf-fp32-nocache: max \|dp\| verdicts ([0-9.e+-]+)", text) < 1e-5
     assert number(r"hf-bf16 vs deepspeed-bf16: max \|dp\| verdicts ([0-9.e+-]+)", text) < 2e-2
     assert "Self CPU time total" in text  # the profiled run's table
+
+
+def test_group_server_bench_quick():
+    # Its own checks: the server's rewards are the direct engine call's, every answer a number, each group once.
+    out = run("bench_group_server.py")
+    assert number(r"; (\d+) errors", out) == 0
+    before = number(r"before \(chunks of 32\): \d+ prompts, (\d+) prompt tokens", out)
+    assert number(r"after \(whole call\): \d+ prompts, (\d+) prompt tokens", out) < before  # counts, not time

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from live_server import QUALITY, by_quality, finite, live, points_by_quality
 
-from trainers import JudgePairwiseReward, JudgeScoreReward
+from trainers import JudgePairwiseReward
 from trainers.server import create_app
 
 ANSWERS = {
@@ -81,10 +81,11 @@ def test_per_sample_requests_get_their_groups_pairwise_rewards(judge):
     for answers_of_prompt in ANSWERS.values():  # distinct rewards, in the judge's order of quality
         ranked = sorted(answers_of_prompt, key=got.get)
         assert ranked == sorted(answers_of_prompt, key=QUALITY.get) and len(set(map(got.get, ranked))) == 4
-    assert health["groups"] == 2 and health["judge_calls"] == 2 and health["waiting_in_groups"] == 0
+    # Groups complete within one batching window go to the engine in one call.
+    assert health["groups"] == 2 and health["judge_calls"] in (1, 2) and health["waiting_in_groups"] == 0
 
 
-def test_incomplete_group_times_out_and_a_lone_sample_gets_its_pointwise_score(judge):
+def test_incomplete_group_times_out_and_a_lone_sample_gets_its_peers_mean(judge):
     app = create_app(judge, group_size=4, group_timeout=0.5)
     colour, sums = templated(judge.tokenizer, "Name a colour."), templated(judge.tokenizer, "What is two plus two?")
     items = [(colour, colour + a + "<|im_end|>", a) for a in ANSWERS["Name a colour."][:3]]
@@ -98,14 +99,13 @@ def test_incomplete_group_times_out_and_a_lone_sample_gets_its_pointwise_score(j
         reward, logs = check_answer(r)
         assert reward == pytest.approx(want[response], abs=1e-6)
         assert logs["judge/incomplete"] == 1 and logs["judge/group_size"] == 3 and logs["judge/lone"] == 0
-    reward, logs = check_answer(answers[3])
-    (score,) = JudgeScoreReward(judge)(prompts=[sums], completions=["Four."])
-    assert reward == pytest.approx((score - 1) / 4, abs=1e-6) and logs["judge/lone"] == 1
+    reward, logs = check_answer(answers[3])  # on its peers' scale: their mean (not its pointwise score)
+    assert reward == 0.5 and logs["judge/lone"] == 1 and sum(want.values()) == pytest.approx(1.5)
     assert logs["judge/failures"] == 0 and waited >= 0.5
 
 
 def test_a_group_without_size_is_each_requests_samples(judge):
-    """Batched clients (one request holding a prompt's samples) need no --group_size; a lone sample is scored."""
+    """Batched clients (one request holding a prompt's samples) need no --group_size; a lone sample gets 0.5."""
     app = create_app(judge)
     prompt = templated(judge.tokenizer, "Name a colour.")
     answers = ANSWERS["Name a colour."]
@@ -115,8 +115,7 @@ def test_a_group_without_size_is_each_requests_samples(judge):
         alone = httpx.post(f"{url}/get_reward", json={"query": [body["query"][0]], "prompts": [prompt]}).json()
     want = want_pairwise(judge, prompt, answers)
     assert together["rewards"] == pytest.approx([want[a] for a in answers], abs=1e-6)
-    (score,) = JudgeScoreReward(judge)(prompts=[prompt], completions=[answers[0]])
-    assert alone["rewards"] == pytest.approx([(score - 1) / 4]) and alone["extra_logs"]["judge/lone"] == 1
+    assert alone["rewards"] == [0.5] and alone["extra_logs"]["judge/lone"] == 1
 
 
 def raising_for(question):

@@ -66,7 +66,7 @@ def test_a_poisoned_row_fails_alone_not_its_batch_neighbours(judge_of):
     with live(app) as url:
         innocent, mixed, reward, poisoned = asyncio.run(together(url))
         health = httpx.get(f"{url}/health").json()
-    assert health["judge_calls"] > 2 and health["isolated_retries"] >= 1  # batched first, then isolated
+    assert health["judge_calls"] >= 2  # rows and rewards, each batched; the Judge isolates the poisoned prompt
     assert innocent.status_code == 200 and innocent.json()["rows"][0]["score"] == pytest.approx(expected(judge_of))
     good, bad = mixed.json()["rows"]
     assert good["score"] == pytest.approx(expected(judge_of)) and good["judge_error"] is None

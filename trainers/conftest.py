@@ -4,6 +4,6 @@ rather than failing collection, so a base install still runs the other modules' 
 import importlib.util
 
 # module -> the optional packages it imports at the top (the `server` extra)
-OPTIONAL = {"server.py": ("fastapi", "pydantic", "uvicorn")}
+OPTIONAL = {"server": ("fastapi", "pydantic", "uvicorn")}
 
 collect_ignore = [path for path, needs in OPTIONAL.items() if any(importlib.util.find_spec(n) is None for n in needs)]

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REWARDS = ("pairwise", "score", "both")
+GRPO_REWARDS = ("pairwise", "score", "both")
 
 
 @dataclass
 class JudgeRewardArguments:
     """Rewards and data: the part of a GRPO recipe that neither TRL's dataclasses nor `JudgeArguments` cover."""
 
-    reward: str = field(default="pairwise", metadata={"help": f"Which reward: one of {REWARDS}."})
+    reward: str = field(default="pairwise", metadata={"help": f"Which reward: one of {GRPO_REWARDS}."})
     scale: int = field(default=5, metadata={"help": "Pointwise ratings 1..scale."})
     score_method: str = field(default="trustjudge", metadata={"help": "trustjudge | mean | geval | argmax."})
     preference_method: str = field(default="likelihood", metadata={"help": "likelihood | ppl | baseline."})
@@ -54,7 +54,7 @@ class JudgeRewardArguments:
 
         from .monitor import ACTIONS
 
-        for name, choices in (("reward", REWARDS), ("score_method", SCORE_METHODS),
+        for name, choices in (("reward", GRPO_REWARDS), ("score_method", SCORE_METHODS),
                               ("preference_method", PREFERENCE_METHODS), ("judge_mode", MODES),
                               ("on_inconsistency", ACTIONS)):  # fmt: skip
             check_choice(name, getattr(self, name), choices)

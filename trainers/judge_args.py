@@ -32,6 +32,9 @@ def check_judge_spec(spec: str) -> None:
         raise UserError(f"--judge {spec}: no such model directory")
 
 
+PROGRESS_STEP = 1024  # prompts per backend call of the file commands (the progress bar's step)
+
+
 @dataclass
 class JudgeArguments:
     """Which judge, where it runs and how it is reached. Options of other backends than the chosen one are errors.
@@ -58,7 +61,11 @@ class JudgeArguments:
         default=None, metadata={"help": "Judge dtype, e.g. float32 | bfloat16 (default: fp32 on CPU, bf16 on GPU)."}
     )
     judge_max_length: int | None = field(default=None, metadata={"help": "Most tokens in one judge prompt."})
-    judge_batch_size: int = field(default=32, metadata={"help": "Judge prompts per backend call."})
+    judge_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Most judge prompts per backend call (default: a call whole, batched by the backend's own "
+                  "budget; the file commands 1024, the step of their progress bar)."},
+    )  # fmt: skip
     judge_injection_check: bool = field(
         default=False, metadata={"help": "Judge suspects of prompt injection again without the suspicious text."}
     )
@@ -114,7 +121,8 @@ class JudgeArguments:
             return None
         from reward import load_judge
 
-        options = {"batch_size": self.judge_batch_size, "injection_check": self.judge_injection_check}
+        step = self.judge_batch_size or (PROGRESS_STEP if progress else None)
+        options = {"batch_size": step, "injection_check": self.judge_injection_check}
         options |= {"max_length": self.judge_max_length, "progress": progress}
         if spec.startswith("openai:"):
             server = {name: getattr(self, f"judge_{name}") for name in SERVER_OPTIONS}

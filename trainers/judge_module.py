@@ -20,7 +20,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .reward_funcs import JudgePairwiseReward, JudgeScoreReward
+from reward.group_judging import Group, GroupJudge, groups_of
+
+from .reward_funcs import JudgeScoreReward
 
 
 def assistant_marker(tokenizer) -> str:
@@ -75,7 +77,9 @@ class JudgeRewardModel(nn.Module):
         if reward not in ("score", "pairwise"):
             raise ValueError(f"reward must be 'score' or 'pairwise', got {reward!r}")
         self.tokenizer = tokenizer
-        self.reward_fn = JudgeScoreReward(judge, scale=scale) if reward == "score" else JudgePairwiseReward(judge)
+        self.judge = judge
+        self.reward_fn = JudgeScoreReward(judge, scale=scale) if reward == "score" else None
+        self.engine = GroupJudge() if reward == "pairwise" else None
         self.split = split or self._split_at_marker
         self._marker = None if split else assistant_marker(tokenizer)
         self._user = None if split else _user_turn(tokenizer)
@@ -106,7 +110,15 @@ class JudgeRewardModel(nn.Module):
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         texts = [self.tokenizer.decode(ids[m].tolist(), skip_special_tokens=False) for ids, m in zip(input_ids, mask)]
         prompts, responses = zip(*[self.split(t) for t in texts])
-        values = self.reward_fn(prompts=[p or None for p in prompts], completions=[r or None for r in responses])
+        if self.engine is None:
+            values = self.reward_fn(prompts=[p or None for p in prompts], completions=[r or None for r in responses])
+        else:  # each prompt's responses in the batch are a group (a lone one, or one without a prompt: NaN)
+            members = groups_of(prompts, [r if p and r else None for p, r in zip(prompts, responses)])
+            results = self.engine(self.judge, [Group(prompts[m[0]], [responses[i] for i in m]) for m in members])
+            values = [None] * len(prompts)
+            for m, result in zip(members, results):
+                for i, v in zip(m, result.rewards):
+                    values[i] = v
         self.failures += sum(v is None for v in values)
         return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float32,
                             device=input_ids.device)  # fmt: skip

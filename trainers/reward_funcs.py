@@ -7,30 +7,15 @@ treats `None` as "no reward for this sample". We never turn a failed judgement i
 from __future__ import annotations
 
 import logging
-import random
 import time
 import warnings
-from collections import defaultdict
 from statistics import fmean
 
 from reward import Judge
-from reward.groups import (
-    AGGREGATES,
-    DEFAULT_AGGREGATE,
-    Outcome,
-    all_pairs,
-    bradley_terry,
-    circular_pairs,
-    cycle_free,
-    has_cycle,
-    mean_win,
-    standings,
-    swiss_pairs,
-    swiss_rounds,
-)
+from reward.group_judging import Group, GroupJudge, check_scale, groups_of
 from reward.judge import MODES
-from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS, Preference, check_choice, entropy
-from reward.text import as_text, text_key
+from reward.scoring import SCORE_METHODS, check_choice, entropy
+from reward.text import as_text
 
 logger = logging.getLogger(__name__)
 INJECTION_WARNING = (
@@ -71,29 +56,6 @@ class _JudgeReward:
         if self.monitor is not None:
             self.monitor.observe(self, rewards=rewards, latency=latency, kwargs=kwargs, **results)
         return rewards
-
-
-def against_references(judge: Judge, prompts, responses, references) -> list[Preference | None]:
-    """Each response judged against its own reference answer in one `compare` call, both orders merged (its reward
-    is `Preference.win`); `None` where a text is unusable or the judge failed (the caller counts those)."""
-    texts = [tuple(map(as_text, sample)) for sample in zip(prompts, responses, references)]
-    usable = [k for k, sample in enumerate(texts) if None not in sample]
-    out: list[Preference | None] = [None] * len(texts)
-    if not usable:
-        return out
-    try:
-        prefs = judge.compare(*[[texts[k][c] for k in usable] for c in range(3)])
-    except Exception as exc:  # a broken judge costs these rewards, never the caller
-        logger.warning("judging against references failed: %s", exc)
-        return out
-    for k, pref in zip(usable, prefs):
-        out[k] = pref if pref.error is None else None
-    return out
-
-
-def _check_scale(scale) -> None:
-    if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 100:
-        raise ValueError(f"scale must be an integer in [2, 100], got {scale!r}")
 
 
 def _mean(values):
@@ -142,7 +104,7 @@ class JudgeScoreReward(_JudgeReward):
     ):
         check_choice("method", method, SCORE_METHODS)
         check_choice("mode", mode, MODES)
-        _check_scale(scale)
+        check_scale(scale)
         super().__init__(judge, name, metric_prefix, monitor)
         self.scale, self.method, self.mode = scale, method, mode
         warnings.warn(INJECTION_WARNING, stacklevel=2)
@@ -177,33 +139,17 @@ class JudgeScoreReward(_JudgeReward):
         return self._finish(rewards, sum(r is None for r in rewards), metrics, latency, kwargs, **results)
 
 
-PAIRINGS = ("all", "adaptive", "anchor", "circular", "swiss")
-
-
 class JudgePairwiseReward(_JudgeReward):
     """Pairwise reward: each completion's standing among its group peers, from bidirectional judgements.
 
     Completions that share a prompt form a group (by prompt identity, so groups split across batches or
-    processes still work). Every pair is judged in both orders (`Judge.compare`). Which pairs (`pairing`):
+    processes still work), judged by `reward.group_judging.GroupJudge`: which pairs (`pairing`: `all`,
+    `adaptive`, `anchor`, `circular`, `swiss`) and how judged pairs become rewards (`aggregate`: `mean_win`,
+    `bradley_terry`, `cycle_free`) are described there.
 
-    - `all`: every pair of the group; G completions cost G(G-1) judge prompts.
-    - `adaptive`: pointwise expected scores first (G prompts); only pairs whose scores are within
-      `adaptive_margin` are compared, closest first, at most `max_pairs_per_group` per group;
-      a pair left out counts as won by the higher score (ties half).
-    - `anchor`: each completion against the reference answer in `reference_column` (2 prompts each).
-    - `circular`: a random cycle through the group, each completion against the next: 2G prompts (2 at G=2).
-    - `swiss`: Swiss-system rounds: each round pairs completions next to each other in the running standings
-      (sum of win probabilities so far), no rematches, a bye (nothing judged) for odd G; `swiss_rounds` rounds
-      (default max(ceil(log2 G) + 1, (G - 1) // 3), at most a round robin): 2 floor(G/2) prompts per round.
-      Rounds are successive judge calls shared by all groups of the batch (one `compare` per round).
-
-    How judged pairs become rewards (`aggregate`, see `reward.groups`):
-
-    - `mean_win`: the mean probability of beating the peers it met (ties half).
-    - `bradley_terry`: strengths fitted to the merged probabilities (ties half, a small Gaussian prior keeps
-      sparse designs finite); the reward is the fitted win probability against the rest of the group.
-    - `cycle_free`: drop the group's minimum-weight feedback arc set (weights |p_a - p_b|, exact solver of
-      `reward.consistency`) before `mean_win`.
+    With `reference_column`, a group whose rows all hold a reference answer is compared with its peers and with
+    the reference too (`anchor`: with the reference only); with `mean_win` a completion's reward is the mean win
+    probability over all its judged opponents, the reference counting as one opponent like each peer.
 
     A completion without peer or reference gets `None` (counted), never 0.
 
@@ -211,11 +157,9 @@ class JudgePairwiseReward(_JudgeReward):
         judge: a `reward.Judge`, or a spec for `reward.load_judge` (loaded on first use).
         method: "likelihood", "ppl" or "baseline" (see `Judge.compare`); the reward uses the merged probabilities.
         mode: "direct" or "rationale".
-        pairing: one of `PAIRINGS` (see above).
-        aggregate: one of `reward.groups.AGGREGATES` (see above); default `reward.groups.DEFAULT_AGGREGATE[pairing]`
-            (`bradley_terry` for `swiss` and `circular`, `mean_win` for the rest).
-        reference_column: dataset column holding the reference answer (`anchor`; with the other pairings, groups
-            whose rows all have a reference are compared with it, as before).
+        pairing: one of `reward.group_judging.PAIRINGS`.
+        aggregate: one of `reward.groups.AGGREGATES`.
+        reference_column: dataset column holding the reference answer (needed by `anchor`).
         adaptive_margin, max_pairs_per_group, scale: `adaptive`'s score margin, per-group budget, rating scale.
         swiss_rounds: `swiss`'s rounds (default `reward.groups.swiss_rounds`: max(ceil(log2 G) + 1, (G - 1) // 3)).
         seed: seed of `circular`'s cycles and `swiss`'s first-round order.
@@ -242,101 +186,14 @@ class JudgePairwiseReward(_JudgeReward):
         metric_prefix="judge",
         monitor=None,
     ):
-        check_choice("pairing", pairing, PAIRINGS)
-        aggregate = aggregate or DEFAULT_AGGREGATE[pairing]
-        check_choice("aggregate", aggregate, AGGREGATES)
-        check_choice("method", method, PREFERENCE_METHODS)
-        check_choice("mode", mode, MODES)
-        _check_scale(scale)
+        self.engine = GroupJudge(pairing=pairing, aggregate=aggregate, method=method, mode=mode,
+                                 adaptive_margin=adaptive_margin, max_pairs_per_group=max_pairs_per_group,
+                                 scale=scale, swiss_rounds=swiss_rounds, seed=seed)  # fmt: skip
         if pairing == "anchor" and not reference_column:
             raise ValueError("pairing='anchor' needs reference_column (the dataset column with the reference answer)")
-        if swiss_rounds is not None and (not isinstance(swiss_rounds, int) or swiss_rounds < 1):
-            raise ValueError(f"swiss_rounds must be a positive integer or None, got {swiss_rounds!r}")
         super().__init__(judge, name, metric_prefix, monitor)
         self.method, self.mode, self.pairing, self.reference_column = method, mode, pairing, reference_column
-        self.adaptive_margin, self.max_pairs_per_group, self.scale = adaptive_margin, max_pairs_per_group, scale
-        self.aggregate, self.swiss_rounds = aggregate, swiss_rounds
-        self._rng = random.Random(seed)
-
-    def _groups(self, prompts, answers) -> list[list[int]]:
-        groups = defaultdict(list)
-        for i, prompt in enumerate(prompts):
-            if answers[i] is not None:
-                groups[text_key(prompt)].append(i)
-        return list(groups.values())
-
-    def _pairs(self, groups, answers, scores):
-        """(i, j, b_text) jobs of the one-call pairings: j is a peer index (i < j)."""
-        jobs = []
-        for members in groups:
-            if self.pairing == "adaptive":
-                close = [
-                    (abs(scores[i] - scores[j]), i, j)
-                    for k, i in enumerate(members)
-                    for j in members[k + 1 :]
-                    if scores.get(i) is not None and scores.get(j) is not None
-                    and abs(scores[i] - scores[j]) < self.adaptive_margin
-                ]  # fmt: skip
-                jobs += [(i, j, answers[j]) for _, i, j in sorted(close)[: self.max_pairs_per_group]]
-            elif self.pairing == "circular":
-                jobs += [
-                    (members[a], members[b], answers[members[b]]) for a, b in circular_pairs(len(members), self._rng)
-                ]
-            else:
-                jobs += [(members[a], members[b], answers[members[b]]) for a, b in all_pairs(len(members))]
-        return jobs
-
-    def _compare(self, questions, answers, jobs, lockstep):
-        # Called even with no pairs: a sharded (lockstep) judge needs every rank in every call.
-        if not jobs and not lockstep:
-            return []
-        return self.judge.compare(
-            [questions[i] for i, _, _ in jobs],
-            [answers[i] for i, _, _ in jobs],
-            [b for _, _, b in jobs],
-            method=self.method,
-            mode=self.mode,
-        )
-
-    def _judge_pairs(self, groups, questions, answers, references, scores, judged: list) -> None:
-        """Judges the pairing's pairs, appending ((i, j, b_text), Preference) to `judged` call by call (a failed
-        call keeps the calls before it)."""
-        lockstep = self.judge.backend.lockstep
-        has_ref = [references is not None and all(as_text(references[i]) for i in m) for m in groups]
-        with_ref = [m for m, ref in zip(groups, has_ref) if ref]
-        peers = [m for m, ref in zip(groups, has_ref) if not ref]
-        first = [(i, None, as_text(references[i])) for m in with_ref for i in m]
-        if self.pairing != "swiss":  # besides `anchor`, groups with a reference are compared among themselves too
-            jobs = first + self._pairs(peers if self.pairing == "anchor" else groups, answers, scores)
-            judged += zip(jobs, self._compare(questions, answers, jobs, lockstep))
-            return
-        rounds = [swiss_rounds(len(m), self.swiss_rounds) for m in peers]
-        total = max([*rounds, 1 if first else 0])
-        if lockstep:  # every rank runs as many rounds as the busiest, judging nothing when it has nothing
-            total = self.judge.backend.agree(total)
-        played = [set() for _ in peers]
-        tiebreak = [self._rng.sample(range(len(m)), len(m)) for m in peers]
-        points = defaultdict(float)
-        for r in range(total):
-            jobs = list(first) if r == 0 else []
-            for g, members in enumerate(peers):
-                if r < rounds[g]:
-                    local = {k: points[i] for k, i in enumerate(members)}
-                    pairs = swiss_pairs(standings(local, tiebreak[g]), played[g], more_rounds=r + 1 < rounds[g])
-                    jobs += [(members[a], members[b], answers[members[b]]) for a, b in pairs]
-            prefs = self._compare(questions, answers, jobs, lockstep)
-            judged += zip(jobs, prefs)
-            for (i, j, _), pref in zip(jobs, prefs):
-                if pref.error is None and j is not None:
-                    points[i] += pref.p_a + 0.5 * pref.p_tie
-                    points[j] += pref.p_b + 0.5 * pref.p_tie
-
-    def _aggregate(self, n, outcomes):
-        """(rewards of the n nodes, arcs dropped)."""
-        if self.aggregate == "cycle_free":
-            rewards, dropped = cycle_free(n, outcomes)
-            return rewards, len(dropped)
-        return (bradley_terry if self.aggregate == "bradley_terry" else mean_win)(n, outcomes), 0
+        self.aggregate, self.scale, self.swiss_rounds = aggregate, scale, swiss_rounds
 
     def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
         questions = [as_text(p) for p in prompts]
@@ -344,50 +201,22 @@ class JudgePairwiseReward(_JudgeReward):
         references = kwargs.get(self.reference_column) if self.reference_column else None
         if self.pairing == "anchor" and references is None:
             raise ValueError(f"pairing='anchor': the batch has no column {self.reference_column!r}")
-        groups = self._groups(prompts, answers)
-        start, score_results, scores, judged = time.perf_counter(), {}, {}, []
-        try:
-            if self.pairing == "adaptive":
-                todo = [i for members in groups for i in members]
-                score_results = dict(zip(todo, self.judge.score(
-                    [questions[i] for i in todo], [answers[i] for i in todo], scale=self.scale, mode=self.mode
-                )))  # fmt: skip
-                scores = {i: s.expected for i, s in score_results.items() if s.error is None}
-            self._judge_pairs(groups, questions, answers, references, scores, judged)
-        except Exception as exc:  # a broken judge costs this batch's rewards, never the training run
-            logger.warning("%s: judge call failed: %s", self.__name__, exc)
-        prefs = [p for _, p in judged]
-        by_group = defaultdict(list)  # group -> [(i, j or reference text, Preference)] judged without error
-        group_of = {i: g for g, members in enumerate(groups) for i in members}
-        for (i, j, b), pref in judged:
-            if pref.error is None:
-                by_group[group_of[i]].append((i, j if j is not None else b, pref))
-        asked = {(i, j) for (i, j, _), _ in judged}
+        members = groups_of(prompts, answers)
+        refs = [None if references is None else [as_text(references[i]) for i in m] for m in members]
+        groups = [Group(questions[m[0]], [answers[i] for i in m], r) for m, r in zip(members, refs)]
+        start = time.perf_counter()
+        results = self.engine(self.judge, groups)
         rewards: list[float | None] = [None] * len(completions)
-        compared, cyclic, dropped, graphs = set(), 0, 0, 0
-        for g, members in enumerate(groups):
-            node = {i: k for k, i in enumerate(members)}  # members, then one node per reference text
-            outcomes = []
-            for i, j, p in by_group[g]:
-                if isinstance(j, int):
-                    compared.add((i, j))
-                outcomes.append(Outcome(node[i], node.setdefault(j, len(node)), p.p_a, p.p_b, p.p_tie))
-            if self.pairing == "adaptive":  # pairs not asked about: the higher score wins (a failed one stays out)
-                for a, i in enumerate(members):
-                    for b, j in enumerate(members[a + 1 :], a + 1):
-                        if (i, j) not in asked and i in scores and j in scores:
-                            win = 0.5 if scores[i] == scores[j] else float(scores[i] > scores[j])
-                            outcomes.append(Outcome(a, b, float(win == 1), float(win == 0), float(win == 0.5)))
-            if not outcomes:
-                continue
-            graphs += 1
-            cyclic += has_cycle(len(node), outcomes)
-            values, arcs = self._aggregate(len(node), outcomes)
-            dropped += arcs
-            for i in members:
-                rewards[i] = values[node[i]]
+        prefs, peers, scores = [], {}, {}
+        for m, result in zip(members, results):
+            for i, r in zip(m, result.rewards):
+                rewards[i] = r
+            prefs += [*result.against_reference.values(), *result.prefs.values()]
+            peers |= {(m[a], m[b]): p for (a, b), p in result.prefs.items()}
+            scores |= {m[k]: s for k, s in result.scores.items()}
         good = [p for p in prefs if p.error is None]
-        possible = sum(len(m) * (len(m) - 1) // 2 for m in groups)
+        graphs = sum(any(r is not None for r in result.rewards) for result in results)
+        possible = sum(len(m) * (len(m) - 1) // 2 for m in members)
         metrics = {
             "order_consistency": _mean([float(p.order_consistent) for p in good]),
             "tie_rate": _mean([float(p.verdict == "tie") for p in good]),
@@ -395,17 +224,16 @@ class JudgePairwiseReward(_JudgeReward):
             "valid_mass": _mean([p.valid_mass for p in good]),
             "no_peer": sum(a is not None and rewards[i] is None for i, a in enumerate(answers)),
             "truncated": sum(p.truncated for p in prefs),
-            "compared_fraction": len(compared) / possible if possible else None,
-            "cyclic_groups": cyclic / graphs if graphs else None,
-            "arcs_dropped": dropped if self.aggregate == "cycle_free" else None,
-            "prompts_per_group": (2 * len(judged) + len(score_results)) / len(groups) if groups else None,
+            "compared_fraction": sum(r.pairs for r in results) / possible if possible else None,
+            "cyclic_groups": sum(r.cyclic for r in results) / graphs if graphs else None,
+            "arcs_dropped": sum(r.arcs_dropped for r in results) if self.aggregate == "cycle_free" else None,
+            "prompts_per_group": sum(r.prompts for r in results) / len(groups) if groups else None,
         }
         latency = time.perf_counter() - start
-        peers = {(i, j): p for (i, j, _), p in judged if j is not None}
-        results = {"prompts": prompts, "questions": questions, "answers": answers, "prefs": peers}
-        if score_results:
-            results["scores"] = score_results
-        return self._finish(rewards, sum(r is None for r in rewards), metrics, latency, kwargs, **results)
+        out = {"prompts": prompts, "questions": questions, "answers": answers, "prefs": peers}
+        if scores:
+            out["scores"] = scores
+        return self._finish(rewards, sum(r is None for r in rewards), metrics, latency, kwargs, **out)
 
 
 class AsyncJudgeReward:

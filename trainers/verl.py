@@ -12,8 +12,8 @@ question into `extra_info[prompt_key]` when preparing the parquet files.
 - `compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos)`: a step's responses together
   (the `batch` manager of verl's older reward managers, `reward_model.reward_manager=batch` up to 0.7),
   grouped by `extra_info[group_key]` (a `uid` copied there; else the prompt, which the n rollouts of a prompt
-  share), each group judged pairwise in one call (or pointwise: `reward="score"`); a lone sample gets its
-  pointwise score rescaled to [0, 1], as on the server.
+  share), all groups judged pairwise in one engine call (`reward.group_judging`; or pointwise: `reward="score"`);
+  a lone sample gets 0.5 (`NEUTRAL_WIN`, its would-be peers' mean), as on the server.
 
 Configure with verl's `reward.custom_reward_function.path=trainers/verl.py`, `.name=compute_score` (or
 `compute_score_batch`) and `+reward.custom_reward_function.reward_kwargs.url=...` (`judge`, `on_failure`, ...).
@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from functools import cache
 
+from reward.group_judging import NEUTRAL_WIN, Group, GroupJudge, against_references, groups_of, neutral
+
 from .fallback import FailurePolicy
-from .reward_funcs import JudgePairwiseReward, JudgeScoreReward, against_references
+from .reward_funcs import JudgeScoreReward
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +120,11 @@ def compute_score(
         except Exception as exc:
             logger.warning("verl reward: server failed: %s", exc)
     elif reward == "reference":
-        (pref,) = against_references(_judge(judge), [prompt], [solution_str], [ground_truth])
-        value = None if pref is None else pref.win
+        (value,) = against_references(_judge(judge), [prompt], [solution_str], [ground_truth])
     else:
         (value,) = JudgeScoreReward(_judge(judge), scale=scale)(prompts=[prompt], completions=[solution_str])
     failed = value is None
-    (reward,) = policy.fill([value], 0.5 if reward == "reference" else (1 + scale) / 2)
+    (reward,) = policy.fill([value], neutral(reward, scale))
     if failed:
         logger.warning("verl reward: a failed judgement got %s", reward)
     return {"score": reward, "judge_failed": float(failed)} if details else reward
@@ -154,35 +154,43 @@ def compute_score_batch(
     policy = _policy(on_failure)
     extra_infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
     prompts = [_prompt(e, prompt_key) for e in extra_infos]
-    groups = defaultdict(list)
-    for i, e in enumerate(extra_infos):
-        groups[str(e.get(group_key, prompts[i]))].append(i)
-    rewards: list[float | None] = [None] * len(solution_strs)
+    keys = [str(e.get(group_key, prompts[i])) for i, e in enumerate(extra_infos)]
+    groups = groups_of(keys, range(len(solution_strs)))  # every sample, usable or not (an unusable one fails)
+    labels = [None if ground_truths is None else ground_truths[i] for i in range(len(solution_strs))]
+    raw = _rewards(judge, url, reward, scale, groups, prompts, list(solution_strs), labels, timeout, retries + 1)
+    rewards: list = [None] * len(solution_strs)
     failed = 0
-    for members in groups.values():
-        labels = [None if ground_truths is None else ground_truths[i] for i in members]
-        mine = _group(judge, url, reward, scale, [prompts[i] for i in members],
-                      [solution_strs[i] for i in members], labels, timeout, retries + 1)  # fmt: skip
+    for members, mine in zip(groups, raw):
         failed += sum(r is None for r in mine)
-        neutral = 0.5 if reward == "pairwise" else (1 + scale) / 2
-        for i, raw, r in zip(members, mine, policy.fill(mine, neutral)):
-            rewards[i] = {"score": r, "judge_failed": float(raw is None)} if details else r
+        for i, value, r in zip(members, mine, policy.fill(mine, neutral(reward, scale))):
+            rewards[i] = {"score": r, "judge_failed": float(value is None)} if details else r
     if failed:
         logger.warning("verl reward: %d of %d judgements failed (on_failure=%s)", failed, len(rewards), on_failure)
     return rewards
 
 
-def _group(judge, url, reward, scale, prompts, responses, labels, timeout, tries) -> list[float | None]:
-    """One group's raw rewards (`None` = failed): pairwise in one call, a lone sample pointwise in [0, 1]."""
-    try:
-        if url is not None:  # a server without --group_size takes one request's samples of a prompt as a group
-            return _post(url, prompts, responses, labels, timeout, tries)
-        if reward == "score" or len(responses) == 1:
-            scores = JudgeScoreReward(_judge(judge), scale=scale)(prompts=prompts, completions=responses)
-            if reward == "score":
-                return scores
-            return [None if s is None else (s - 1) / (scale - 1) for s in scores]
-        return JudgePairwiseReward(_judge(judge))(prompts=[prompts[0]] * len(prompts), completions=responses)
-    except Exception as exc:  # one group's failure costs that group, counted
-        logger.warning("verl reward: group judgement failed: %s", exc)
-        return [None] * len(responses)
+def _rewards(judge, url, reward, scale, groups, prompts, responses, labels, timeout, tries) -> list[list]:
+    """Each group's raw rewards (`None` = failed): through the server one request per group (a server without
+    --group_size takes one request's samples of a prompt as a group), else every group in one engine call
+    (pairwise; a lone sample gets `NEUTRAL_WIN`, its would-be peers' mean) or one pointwise call."""
+    if url is not None:
+        out = []
+        for m in groups:
+            try:
+                out.append(_post(url, [prompts[i] for i in m], [responses[i] for i in m], [labels[i] for i in m],
+                                 timeout, tries))  # fmt: skip
+            except Exception as exc:  # one group's failure costs that group, counted
+                logger.warning("verl reward: group judgement failed: %s", exc)
+                out.append([None] * len(m))
+        return out
+    if reward == "score":
+        flat = [i for m in groups for i in m]
+        scores = JudgeScoreReward(_judge(judge), scale=scale)(prompts=[prompts[i] for i in flat],
+                                                              completions=[responses[i] for i in flat])  # fmt: skip
+        it = iter(scores)
+        return [[next(it) for _ in m] for m in groups]
+    results = PAIRWISE(_judge(judge), [Group(prompts[m[0]], [responses[i] for i in m]) for m in groups])
+    return [[NEUTRAL_WIN] if r.lone else r.rewards for r in results]
+
+
+PAIRWISE = GroupJudge()  # verl's pairwise reward: all pairs, mean_win (its random stream is unused)

@@ -67,8 +67,6 @@ class HFBackend(JudgeBackend):
             ~100 trie nodes per prompt).
     """
 
-    takes_token_ids = True  # label_logprobs(..., token_ids=) skips tokenising prompts the Judge tokenised
-
     def __init__(
         self,
         model,
@@ -215,11 +213,9 @@ class HFBackend(JudgeBackend):
         return self._head
 
     @torch.inference_mode()
-    def label_logprobs(
-        self, prompts: Sequence[str], labels: Sequence[str], *, token_ids: Sequence[list[int]] | None = None
-    ) -> list[dict[str, float]]:
-        """See `JudgeBackend.label_logprobs`; `token_ids`: the prompts' ids if the caller has them already."""
-        encoded = list(token_ids) if token_ids is not None else encode(self.tokenizer, prompts)
+    def label_logprobs(self, prompts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
+        """See `JudgeBackend.label_logprobs`: the whole call batched by `max_batch_tokens`, over the prefix cache."""
+        encoded = encode(self.tokenizer, prompts)
         too_long = [i for i, ids in enumerate(encoded) if len(ids) + 8 > self.max_length]
         if too_long:
             raise ValueError(f"prompts {too_long[:5]} exceed the judge's max_length={self.max_length}")

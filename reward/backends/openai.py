@@ -125,13 +125,13 @@ def choices(body: dict, n: int) -> list[dict]:
         raise RetryableError(f"expected {n} choices ({type(exc).__name__}: {exc})") from None
 
 
-def read_labels(node: Callable[[str], dict | None], labels: Sequence[str]) -> tuple[dict[str, float], set[str]]:
+def labels_from_top_k(node: Callable[[str], dict | None], labels: Sequence[str]) -> tuple[dict[str, float], set[str]]:
     """Label log-probs from the top-k after each path, as far as the reads so far (`node(path)`, `None` if not read
     yet) allow: ({label: log-prob} of the labels read to the end, {paths still to read}).
 
     ```python
     >>> tops = {"": {"4": -0.1, "7": -2.0}, "4": {"]": -0.2, "7": -1.0}}
-    >>> read_labels(tops.get, ["4", "47", "5"])
+    >>> labels_from_top_k(tops.get, ["4", "47", "5"])
     ({'4': -0.30000000000000004, '5': -inf}, {'47'})
 
     ```
@@ -348,7 +348,7 @@ class OpenAIBackend(JudgeBackend):
                     logger.warning("judge request failed after retries: %s: %s", type(failed).__name__, failed)
                     out[i] = {label: -math.inf for label in labels}
                     continue
-                values, paths = read_labels(node.get, labels) if node else ({}, ahead)
+                values, paths = labels_from_top_k(node.get, labels) if node else ({}, ahead)
                 if paths:
                     wanted += [(i, path) for path in sorted(paths)]
                 else:

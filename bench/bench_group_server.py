@@ -1,0 +1,222 @@
+"""Group judging through one batching layer, and the server against one direct engine call (issue #28, items 2-3).
+
+On a near-zero-FLOP judge (`bench_host.tiny_judge`: the embedded judge's tokenizer, 1 layer, 64 wide), so what is
+measured is the batching and the host work around the forwards, side by side in one run:
+
+1. Prompt tokens run (padding included) for a group of 16 MT-Bench answers compared in all pairs (240 prompts),
+   on the embedded judge's tokenizer and width with one layer (`shaped_judge`), with `Judge` cutting every call
+   into chunks of 32 (before #28) and handing the backend the whole call (after; also with the prefix cache's
+   `min_prefix` at 8 instead of 32, which shares the short answers too), against the radix tree of the same
+   prompts (every shared prefix counted once): goal within 1.1x. One torch thread.
+2. `trustreward serve --group_size 8` (its own process, on loopback): 16 prompts x 8 samples, all in flight, one sample
+   per request (OpenRLHF's call pattern), against one direct `GroupJudge` call on the same 16 groups: goal >= 0.8x
+   its throughput. The rewards must be the direct call's (within 1e-6) and every answer a number.
+
+    python bench/bench_group_server.py [--prompts 16] [--samples 8] [--rounds 3] [--quick]
+
+`--quick` (CI): a group of 8 for the tokens, 4 prompts x 4 samples, one round; fails on wrong rewards, errors,
+or groups judged other than once; never on a time or a token ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import torch
+from bench_host import tiny_judge
+from common import tree_tokens
+
+from reward import Judge
+from reward.group_judging import Group, GroupJudge
+from reward.tokens import encode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def group(size: int, question: int = 0) -> tuple[str, list[str]]:
+    """An MT-Bench question and `size` distinct answers: its 4 known answers, then their first 3/4, 1/2, ...."""
+    from trainers.mt_bench import mt_bench_candidates
+
+    c = mt_bench_candidates(max_words=80)[question]
+    words = [a.split() for a in c["answers"].values()]
+    answers = [" ".join(w[: max(1, len(w) * k // 8)]) for k in (8, 6, 4, 2, 7, 5, 3, 1) for w in words]
+    answers = list(dict.fromkeys(answers))  # distinct
+    assert len(answers) >= size, f"question {question} has {len(answers)} distinct answers"
+    return c["question"], answers[:size]
+
+
+def recorded(judge):
+    """The prompts the backend is handed (label reads), and its forward-token count reset."""
+    seen, real = [], judge.backend.label_logprobs
+
+    def record(prompts, labels):
+        seen.extend(prompts)
+        return real(prompts, labels)
+
+    judge.backend.label_logprobs = record
+    judge.backend.forward_tokens = 0
+    return seen
+
+
+def shaped_judge(batch_size: int | None) -> Judge:
+    """The embedded judge's tokenizer and width (SmolLM2-135M: 576 wide, 9 heads) with 1 layer, random weights: its
+    batching decisions are the real judge's (no padding is free at this width, `HFBackend._free_padding`)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from reward.backends.hf import HFBackend
+    from reward.embedded import embedded_judge_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_judge_path()))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=576, intermediate_size=1536, num_hidden_layers=1,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    return Judge(HFBackend(model, tokenizer), progress=False, batch_size=batch_size)
+
+
+def tokens_part(size: int) -> None:
+    question, answers = group(size)
+    radix = None
+    runs = (("before (chunks of 32)", 32, 32), ("after (whole call)", None, 32),
+            ("after, min_prefix=8", None, 8))  # fmt: skip
+    for label, batch_size, min_prefix in runs:
+        judge = shaped_judge(batch_size)
+        judge.backend.min_prefix = min_prefix
+        seen = recorded(judge)
+        start = time.perf_counter()
+        GroupJudge()(judge, [Group(question, answers)])
+        took = time.perf_counter() - start
+        radix = radix or tree_tokens(encode(judge.tokenizer, seen))
+        run = judge.backend.forward_tokens
+        print(f"group of {size}, all pairs, {label}: {len(seen)} prompts, {run} prompt tokens run, radix tree "
+              f"{radix}: {run / radix:.2f}x (goal <= 1.1x after), {took:.2f} s")  # fmt: skip
+
+
+def groups_of(prompts: int, samples: int) -> list[Group]:
+    out = []
+    for q in range(prompts):
+        question, answers = group(samples, question=q % 10)
+        out.append(Group(f"[{q}] {question}", answers))
+    return out
+
+
+async def post_all(url: str, groups: list[Group]) -> tuple[list, float]:
+    """Every sample in flight at once, one per request, the prompts' samples interleaved."""
+    order = [(g.prompt, a) for k in range(len(groups[0].completions)) for g in groups for a in [g.completions[k]]]
+    limits = httpx.Limits(max_connections=len(order), max_keepalive_connections=len(order))
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        await http.get(f"{url}/health")
+        start = time.perf_counter()
+        answers = await asyncio.gather(*[http.post(f"{url}/get_reward", json={"query": [p + a], "prompts": [p]})
+                                         for p, a in order])  # fmt: skip
+        took = time.perf_counter() - start
+    return list(zip(order, answers)), took
+
+
+def serve(model_dir: str, samples: int):
+    """`trustreward serve` in its own process (the client is another process, as OpenRLHF is), one torch thread."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "trainers.cli",
+        "serve",
+        "--judge",
+        model_dir,
+        "--judge_device",
+        "cpu",
+        "--port",
+        str(port),
+        "--group_size",
+        str(samples),
+        "--group_timeout",
+        "60",
+        "--max_wait_s",
+        "0.05",
+    ]
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return server, url
+        time.sleep(0.2)
+    server.kill()
+    raise RuntimeError("the server did not start")
+
+
+def server_part(prompts: int, samples: int, rounds: int) -> int:
+    import tempfile
+
+    from reward import load_judge
+
+    groups = groups_of(prompts, samples)
+    engine = GroupJudge()
+    with tempfile.TemporaryDirectory() as model_dir:
+        tiny = tiny_judge()
+        tiny.backend.model.save_pretrained(model_dir)
+        tiny.tokenizer.save_pretrained(model_dir)
+        judge = load_judge(model_dir, device="cpu", progress=False)  # as the server loads it
+        engine(judge, groups[:1])  # warm: the first forward, the label tokenisation
+        server, url = serve(model_dir, samples)
+        try:
+            asyncio.run(post_all(url, groups[:1]))  # warm the server the same way
+            want, errors, best_direct, best_server, calls = {}, 0, float("inf"), float("inf"), []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                results = engine(judge, groups)
+                best_direct = min(best_direct, time.perf_counter() - start)
+                want = {
+                    (g.prompt, a): r for g, res in zip(groups, results) for a, r in zip(g.completions, res.rewards)
+                }
+                before = httpx.get(f"{url}/health").json()
+                answered, took = asyncio.run(post_all(url, groups))
+                health = httpx.get(f"{url}/health").json()
+                best_server = min(best_server, took)
+                calls.append(health["judge_calls"] - before["judge_calls"])
+                for key, r in answered:
+                    errors += not (r.status_code == 200 and abs(r.json()["rewards"][0] - want[key]) <= 1e-6)
+                errors += health["groups"] - before["groups"] != prompts
+                errors += sum(health[k] - before[k] for k in ("failures", "lone", "incomplete", "late"))
+        finally:
+            server.terminate()
+            server.wait(30)
+    n = prompts * samples
+    print(f"direct engine call: {n / best_direct:.1f} samples/s ({best_direct:.2f} s); server, {n} requests in "
+          f"flight: {n / best_server:.1f} samples/s ({best_server:.2f} s); ratio {best_direct / best_server:.2f}x "
+          f"(goal >= 0.8x); judge calls per run {calls}; {errors} errors")  # fmt: skip
+    return errors
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--size", type=int, default=16, help="group size of the token count")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.prompts, args.samples, args.size, args.rounds = 4, 4, 8, 1
+    torch.set_num_threads(1)  # on a shared machine two OpenMP threads mostly wait for each other (bench_host.py)
+    print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs, 1 torch thread")
+    tokens_part(args.size)
+    return 1 if server_part(args.prompts, args.samples, args.rounds) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
