@@ -106,6 +106,7 @@ def test_gpu_check_runs_on_a_cpu_and_checks_its_runs_against_each_other(tiny_mod
     assert "Self CPU time total" in text  # the profiled run's table
 
 
+@pytest.mark.slow  # ~4 min on the loaded 2-core machine (a 576-wide layer for the token counts, a server process)
 def test_group_server_bench_quick():
     # Its own checks: the server's rewards are the direct engine call's, every answer a number, each group once.
     out = run("bench_group_server.py")
