@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from reward.text import as_text
 
 from .fallback import FailurePolicy
+from .protocols import Samples, add_routes
 from .server_batching import Batcher, Groups, Outcome, QueueFull, ShuttingDown, TooLarge
 from .server_guard import Guard
 
@@ -254,6 +255,10 @@ def create_app(
     async def compare(body: CompareRequest, request: Request):
         """`trustreward compare` rows, returned with the judge's fields added."""
         return await rows_endpoint("compare", body, request)
+
+    # Other trainers' protocols (NeMo Gym's /verify, slime's /remote_rm): trainers/protocols/.
+    clean = lambda text: response_of(text, "", stops)  # noqa: E731
+    add_routes(app, Samples(reward, batcher, groups, answered, clean), secured, ERRORS)
 
     app.state.stats = batcher.stats
     app.state.batcher, app.state.groups = batcher, groups

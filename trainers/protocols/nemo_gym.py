@@ -1,0 +1,106 @@
+"""NeMo Gym's resources-server verify, in the `genrm_compare` cohort shape: `POST /verify`.
+
+Follows nemo-gym 0.7.0: `nemo_gym/base_resources_server.py` (`BaseVerifyRequest`, `BaseVerifyResponse`) and
+`resources_servers/genrm_compare/app.py` (`GenRMCompareVerifyRequest` / `Response`, `_input_to_conversation_history`,
+`utils.extract_from_response_obj`). NeMo Gym's agent (`responses_api_agents/simple_agent/app.py`) posts one rollout
+per request: its run request (`responses_create_params`, plus `_ng_task_index`, `_ng_rollout_index`,
+`_ng_group_id`, `_ng_group_attempt`, other task fields) with `response`, the policy's Responses API object. The
+answer is the request echoed with `reward` and NeMo Gym's failure fields (`mask_sample`, `failure_kind`,
+`failure_reason`).
+
+- The prompt is `responses_create_params.input` (a string, or messages whose text parts are joined); the judged
+  answer is the `output_text` of the response's `message` items (reasoning items are not judged), as in
+  `genrm_compare`.
+- Cohorts: like `genrm_compare` with `num_rollouts_per_prompt = N`, a prompt's rollouts are held and compared
+  pairwise once N arrived: serve with `--group_size N`. Rollouts are grouped by prompt text (the server's prompt
+  groups); the `_ng_*` coordinates are echoed, not used for grouping. Unlike `genrm_compare`, a cohort that does
+  not fill within `--group_timeout` is judged with the rollouts that arrived (`judge_incomplete` = 1) instead of
+  failing, and a lone rollout gets its pointwise score in [0, 1] (`judge_lone` = 1).
+- Rewards are trustreward's, in [0, 1] (pairwise: the mean win rate against the cohort), not GenRM's 1-5 scores.
+- A failed judgement is NeMo Gym's masked failure: HTTP 200, `mask_sample: true`, `failure_kind: "judge_failed"`,
+  and `reward` the `--on_failure` stand-in (a number, as NeMo Gym's `reward` is required). Under
+  `--on_failure retry` the answer is 503, as `genrm_compare` answers a failed cohort.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException, Request
+from pydantic import BaseModel, ConfigDict
+
+from .samples import Samples
+
+
+class VerifyRequest(BaseModel):
+    """`GenRMCompareVerifyRequest`'s wire shape: the fields read here; everything else is kept and echoed."""
+
+    model_config = ConfigDict(extra="allow")
+    responses_create_params: dict[str, Any]
+    response: dict[str, Any]
+
+
+def conversation(input_messages) -> list[dict[str, str]]:
+    """The prompt as chat messages (`genrm_compare`'s `_input_to_conversation_history`).
+
+    Example:
+    ```python
+    >>> conversation("Hi")
+    [{'role': 'user', 'content': 'Hi'}]
+    >>> conversation([{"role": "user", "content": [{"type": "input_text", "text": "Hi"}]}])
+    [{'role': 'user', 'content': 'Hi'}]
+    ```
+    """
+    if isinstance(input_messages, str):
+        return [{"role": "user", "content": input_messages}]
+    out = []
+    for item in input_messages or []:
+        if not isinstance(item, dict) or item.get("type", "message") != "message":
+            continue
+        content = item.get("content") or ""
+        if isinstance(content, list):
+            texts = [part.get("text", "") for part in content if isinstance(part, dict)
+                     and part.get("type") in ("input_text", "output_text")]  # fmt: skip
+            content = "".join(texts)
+        out.append({"role": item.get("role", "user"), "content": str(content)})
+    return out
+
+
+def output_text(response: dict) -> str:
+    """The final answer of a Responses API object: its message items' `output_text` parts, reasoning left out.
+
+    Example:
+    ```python
+    >>> output_text({"output": [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "hmm"}]},
+    ...     {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Paris."}]}]})
+    'Paris.'
+    ```
+    """
+    parts = []
+    for item in response.get("output") or []:
+        if isinstance(item, dict) and item.get("type") == "message" and isinstance(item.get("content"), list):
+            for part in item["content"]:
+                if isinstance(part, dict) and part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                    parts.append(part["text"])
+    return "".join(parts)
+
+
+def add_nemo_gym_routes(app, samples: Samples, dependencies: list, responses: dict) -> None:
+    @app.post("/verify", responses=responses, dependencies=dependencies)
+    async def verify(body: VerifyRequest, request: Request) -> dict[str, Any]:
+        """NeMo Gym's `/verify`: one rollout in, the request echoed with its `reward` (see the module docstring)."""
+        prompt = conversation(body.responses_create_params.get("input"))
+        label = (body.model_extra or {}).get("expected_answer")  # --reward reference: the task's reference answer
+        (outcome,) = await samples.judge(request, [prompt], [output_text(body.response)], [label])
+        if outcome.reward is None:  # on_failure="retry"
+            raise HTTPException(503, "the judge failed on this rollout; retry")
+        failed = "the judge gave no judgement; reward is the server's on_failure stand-in"
+        return body.model_dump() | {
+            "reward": outcome.reward,
+            "mask_sample": outcome.failed,
+            "failure_kind": "judge_failed" if outcome.failed else None,
+            "failure_reason": failed if outcome.failed else None,
+            "judge_group_size": float(outcome.group_size),
+            "judge_lone": float(outcome.lone),
+            "judge_incomplete": float(outcome.incomplete),
+        }
