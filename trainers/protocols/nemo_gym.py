@@ -49,6 +49,7 @@ def conversation(input_messages) -> list[dict[str, str]]:
     [{'role': 'user', 'content': 'Hi'}]
     >>> conversation([{"role": "user", "content": [{"type": "input_text", "text": "Hi"}]}])
     [{'role': 'user', 'content': 'Hi'}]
+
     ```
     """
     if isinstance(input_messages, str):
@@ -74,6 +75,7 @@ def output_text(response: dict) -> str:
     >>> output_text({"output": [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "hmm"}]},
     ...     {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Paris."}]}]})
     'Paris.'
+
     ```
     """
     parts = []
