@@ -17,9 +17,13 @@ answer is the request echoed with `reward` and NeMo Gym's failure fields (`mask_
   not fill within `--group_timeout` is judged with the rollouts that arrived (`judge_incomplete` = 1) instead of
   failing, and a lone rollout gets its pointwise score in [0, 1] (`judge_lone` = 1).
 - Rewards are trustreward's, in [0, 1] (pairwise: the mean win rate against the cohort), not GenRM's 1-5 scores.
-- A failed judgement is NeMo Gym's masked failure: HTTP 200, `mask_sample: true`, `failure_kind: "judge_failed"`,
-  and `reward` the `--on_failure` stand-in (a number, as NeMo Gym's `reward` is required). Under
-  `--on_failure retry` the answer is 503, as `genrm_compare` answers a failed cohort.
+- `--reward reference` compares each rollout with the task's `expected_answer` (the field NeMo Gym's
+  `math_with_judge` and `equivalence_llm_judge` carry); a rollout without one is a failure.
+- A failed judgement is NeMo Gym's masked failure, with the fields of its judge failsafe (`nemo_gym/judge.py`):
+  HTTP 200, `mask_sample: true`, `failure_kind: "judge_failed"`, `failure_reason`, `instance_config.mask_sample`,
+  `_ng_failure_class`; `reward` is the `--on_failure` stand-in (a number: NeMo Gym's `reward` is required, and its
+  failsafe's 0.0 would be a real reward to a caller that ignores the mask). Under `--on_failure retry` the answer
+  is 503, as `genrm_compare` answers a failed cohort.
 """
 
 from __future__ import annotations
@@ -96,13 +100,19 @@ def add_nemo_gym_routes(app, samples: Samples, dependencies: list, responses: di
         (outcome,) = await samples.judge(request, [prompt], [output_text(body.response)], [label])
         if outcome.reward is None:  # on_failure="retry"
             raise HTTPException(503, "the judge failed on this rollout; retry")
-        failed = "the judge gave no judgement; reward is the server's on_failure stand-in"
-        return body.model_dump() | {
+        answer = body.model_dump() | {
             "reward": outcome.reward,
             "mask_sample": outcome.failed,
-            "failure_kind": "judge_failed" if outcome.failed else None,
-            "failure_reason": failed if outcome.failed else None,
+            "failure_kind": None,
+            "failure_reason": None,
             "judge_group_size": float(outcome.group_size),
             "judge_lone": float(outcome.lone),
             "judge_incomplete": float(outcome.incomplete),
         }
+        if outcome.failed:  # the fields of NeMo Gym's own judge failsafe (nemo_gym/judge.py: judge_failsafe)
+            reason = "the judge gave no judgement; reward is the server's on_failure stand-in"
+            config = answer.get("instance_config")
+            answer |= {"failure_kind": "judge_failed", "failure_reason": reason,
+                       "instance_config": {**(config if isinstance(config, dict) else {}), "mask_sample": True},
+                       "_ng_failure_class": "judge_failed", "_ng_failure_judge_error": reason}  # fmt: skip
+        return answer
