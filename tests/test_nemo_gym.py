@@ -145,3 +145,32 @@ def test_verify_rejects_a_request_without_a_response(judge):
                                                   "response": model_response("Red.", 0)})  # fmt: skip
     assert missing.status_code == 422 and "response" in missing.text
     assert empty.status_code == 400 and "prompt" in empty.text
+
+
+async def genrm_strategy_compare(url, conversation_history, response_objs, principle=None):
+    """`GenRMStrategy.compare` (resources_servers/genrm_compare/comparison_strategies.py): one POST /compare."""
+    payload = {"conversation_history": conversation_history, "response_objs": response_objs}
+    if principle is not None:
+        payload["principle"] = principle
+    async with httpx.AsyncClient(timeout=30) as http:
+        res = await http.post(f"{url}/compare", json=payload)
+        res.raise_for_status()
+        result = res.json()
+    return result.get("rewards", [0.0] * len(response_objs)), result.get("metrics", {})
+
+
+def test_genrm_compare_batch_shares_compare_with_rows(judge):
+    """The batch body is judged as one group, rewards in request order; `trustreward compare` rows still work."""
+    texts = ANSWERS["What is two plus two?"]
+    history = [{"role": "user", "content": "What is two plus two?"}]
+    with live(create_app(judge, group_size=8)) as url:  # never held: a batch is its own group
+        rewards, metrics = asyncio.run(
+            genrm_strategy_compare(url, history, [model_response(t, k) for k, t in enumerate(texts)], "Be brief.")
+        )
+        rows = httpx.post(f"{url}/compare", json={"rows": [{"prompt": "Name a colour.", "response_a": "Red.",
+                                                            "response_b": "Dark blue."}]}).json()  # fmt: skip
+        neither = httpx.post(f"{url}/compare", json={"conversation_history": history})
+    want = hand_pairwise(texts)
+    assert rewards == pytest.approx([want[t] for t in texts], abs=1e-6)
+    assert metrics["judge/compared_pairs"] == 6 and metrics["judge/failures"] == 0
+    assert "response_a" in rows["rows"][0] and neither.status_code == 422

@@ -36,6 +36,7 @@ from reward.text import as_text
 
 from .fallback import FailurePolicy
 from .protocols import Samples, add_routes
+from .protocols.nemo_gym import GenRMCompareRequest, genrm_compare
 from .server_batching import Batcher, Groups, Outcome, QueueFull, ShuttingDown, TooLarge
 from .server_guard import Guard
 
@@ -198,6 +199,8 @@ def create_app(
             if not task.done():
                 task.cancel()
 
+    samples = Samples(reward, batcher, groups, answered, lambda text: response_of(text, "", stops))
+
     @app.get("/health")
     async def health():
         s = batcher.stats
@@ -252,13 +255,14 @@ def create_app(
         return await rows_endpoint("score", body, request)
 
     @app.post("/compare", responses=ERRORS, dependencies=secured)
-    async def compare(body: CompareRequest, request: Request):
-        """`trustreward compare` rows, returned with the judge's fields added."""
+    async def compare(body: CompareRequest | GenRMCompareRequest, request: Request):
+        """`trustreward compare` rows, returned with the judge's fields added; or NeMo Gym's `genrm_compare` batch
+        (`conversation_history`, `response_objs`: trainers/protocols/nemo_gym.py)."""
+        if isinstance(body, GenRMCompareRequest):
+            return await genrm_compare(samples, body, request)
         return await rows_endpoint("compare", body, request)
 
-    # Other trainers' protocols (NeMo Gym's /verify, slime's /remote_rm): trainers/protocols/.
-    clean = lambda text: response_of(text, "", stops)  # noqa: E731
-    add_routes(app, Samples(reward, batcher, groups, answered, clean), secured, ERRORS)
+    add_routes(app, samples, secured, ERRORS)  # other trainers' protocols: trainers/protocols/
 
     app.state.stats = batcher.stats
     app.state.batcher, app.state.groups = batcher, groups

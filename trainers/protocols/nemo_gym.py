@@ -16,6 +16,9 @@ answer is the request echoed with `reward` and NeMo Gym's failure fields (`mask_
   groups); the `_ng_*` coordinates are echoed, not used for grouping. Unlike `genrm_compare`, a cohort that does
   not fill within `--group_timeout` is judged with the rollouts that arrived (`judge_incomplete` = 1) instead of
   failing, and a lone rollout gets its pointwise score in [0, 1] (`judge_lone` = 1).
+- `POST /compare` also takes `genrm_compare`'s batch body (`conversation_history`, `response_objs`, as
+  `comparison_strategies.GenRMStrategy` posts it) and answers `rewards` (request order) and `metrics`; the
+  server's `trustreward compare` rows keep working on the same path.
 - Rewards are trustreward's, in [0, 1] (pairwise: the mean win rate against the cohort), not GenRM's 1-5 scores.
 - `--reward reference` compares each rollout with the task's `expected_answer` (the field NeMo Gym's
   `math_with_judge` and `equivalence_llm_judge` carry); a rollout without one is a failure.
@@ -34,6 +37,15 @@ from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict
 
 from .samples import Samples
+
+
+class GenRMCompareRequest(BaseModel):
+    """`genrm_compare`'s batch request (`POST /compare`, as `GenRMStrategy.compare` posts it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    conversation_history: list[dict[str, str]]
+    response_objs: list[dict[str, Any]]
+    principle: str | None = None
 
 
 class VerifyRequest(BaseModel):
@@ -89,6 +101,22 @@ def output_text(response: dict) -> str:
                 if isinstance(part, dict) and part.get("type") == "output_text" and isinstance(part.get("text"), str):
                     parts.append(part["text"])
     return "".join(parts)
+
+
+async def genrm_compare(samples: Samples, body: GenRMCompareRequest, request: Request) -> dict[str, Any]:
+    """`genrm_compare`'s batch `/compare`: the responses judged now as one pairwise group (whatever `--reward`),
+    `{"rewards": [...], "comparison_results": None, "metrics": {...}}` (rewards in the request's order)."""
+    if not body.response_objs:  # as genrm_compare: nothing to compare, an empty list
+        return {"rewards": [], "comparison_results": None, "metrics": None}
+    responses = [output_text(r) for r in body.response_objs]
+    outcomes = await samples.judge_group(request, body.conversation_history, responses)
+    if any(o.reward is None for o in outcomes):  # on_failure="retry": genrm_compare answers 503 too
+        raise HTTPException(503, "the judge failed on this group; retry")
+    first = outcomes[0]
+    metrics = {"judge/failures": float(sum(o.failed for o in outcomes)), "judge/lone": float(first.lone),
+               "judge/compared_pairs": float(first.compared_pairs),
+               "judge/consistent_pairs": float(first.consistent_pairs)}  # fmt: skip
+    return {"rewards": [o.reward for o in outcomes], "comparison_results": None, "metrics": metrics}
 
 
 def add_nemo_gym_routes(app, samples: Samples, dependencies: list, responses: dict) -> None:

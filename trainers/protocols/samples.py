@@ -53,3 +53,12 @@ class Samples:
         else:
             work = self.groups.judge(texts, responses)
         return await self.answered(request, work)
+
+    async def judge_group(self, request: Request, prompt, responses: list[str]):
+        """Each response's `Outcome`, the responses judged together now as one pairwise group (never held)."""
+        text = as_text(prompt)
+        if text is None:
+            raise HTTPException(400, "the prompt must be non-empty text or chat messages")
+        responses = [self.clean(r) for r in responses]
+        self.batcher.stats.requests += 1
+        return await self.answered(request, self.batcher.submit("group", (text, responses, False), len(responses)))
