@@ -1,7 +1,10 @@
 """The reward server as a NeMo Gym resources server (`/verify`, the `genrm_compare` cohort shape).
 
-nemo-gym does not install here: every release with `genrm_compare` cohorts requires Python >= 3.12 (0.7.0:
->= 3.13.14) and this project runs on 3.11; its models also pull `openai`, `ray` and `mcp`. So `FakeAgent` follows
+nemo-gym does not install here: every release requires Python >= 3.12 (0.5 to 0.7.0: >= 3.13.14) and this project
+runs on 3.11. Forced in with `--ignore-requires-python`, importing its verify models
+(`resources_servers.genrm_compare.app`) needs ray (78 MB, read for its version at import), scipy, hydra-core,
+omegaconf, openai, aiohttp, yappi, pydot and more; even `nemo_gym.openai_utils` pulls aiohttp, hydra-core and
+orjson (tried 2026-12-06). So `FakeAgent` follows
 nemo-gym 0.7.0's own code: `responses_api_agents/simple_agent/app.py` (`run`: the model's Responses API JSON
 merged into the run request, `verify_payload = body.model_dump() | {"response": model_response_json}`, POST
 `/verify`, `raise_for_status`, the JSON answer validated as a verify response), the collector's repeats
@@ -174,3 +177,16 @@ def test_genrm_compare_batch_shares_compare_with_rows(judge):
     assert rewards == pytest.approx([want[t] for t in texts], abs=1e-6)
     assert metrics["judge/compared_pairs"] == 6 and metrics["judge/failures"] == 0
     assert "response_a" in rows["rows"][0] and neither.status_code == 422
+
+
+def test_verify_cohort_short_of_its_size_is_judged_at_the_timeout(judge):
+    """3 of 4 rollouts arrive: after --group_timeout they are compared among themselves, flagged incomplete."""
+    texts = ANSWERS["Name a colour."][:3]
+    body = run_request(0, "Name a colour.")
+    with live(create_app(judge, group_size=4, group_timeout=0.5)) as url:
+        answers = asyncio.run(FakeAgent(url).collect([(body, texts)]))
+    want = hand_pairwise(texts)
+    for text, answer in zip(texts, answers):
+        check_verify_response(answer, body, text)
+        assert answer["reward"] == pytest.approx(want[text], abs=1e-6)
+        assert answer["judge_incomplete"] == 1 and answer["judge_group_size"] == 3

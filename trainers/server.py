@@ -13,6 +13,8 @@
   reference is a failure (the `on_failure` stand-in, counted); a request without `labels` answers 400.
 - `POST /score`, `POST /compare`: `{"rows": [...]}` in the `trustreward score` / `compare` row format; the rows
   come back with the judge's fields added.
+- `POST /verify` (NeMo Gym resources server, also `genrm_compare`'s batch body on `/compare`), `POST /remote_rm`
+  (slime): other trainers' protocols on the same per-sample path (`trainers/protocols/`).
 - `GET /health`.
 
 Requests arriving together are judged in one call (`trainers.server_batching.Batcher`); a full queue answers
