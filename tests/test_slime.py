@@ -1,8 +1,10 @@
 """The reward server under slime's remote reward, as `slime/rollout/rm_hub/__init__.py` calls it (THUDM/slime).
 
-slime is not on PyPI (the `slime` there is another package), so `FakeSlime` follows its code: `remote_rm` posts
-`{"prompt", "response", "label"}` through one shared session (64 connections, 120 s total timeout), calls
-`raise_for_status()`, and makes `await resp.json()` the sample's reward; a failure is retried with backoff
+slime is not on PyPI (the `slime` there is another package), so `FakeSlime` follows its code, on the same HTTP
+client (aiohttp 3.14.5, installed aside with `pip install --no-deps --target` as tests/test_openrlhf.py does):
+`remote_rm` posts `{"prompt", "response", "label"}` through one shared `aiohttp.ClientSession` (a `TCPConnector`
+of 64 connections, 120 s total timeout), calls `raise_for_status()`, and makes `await resp.json()` (which also
+insists on a JSON content type) the sample's reward; a failure is retried with backoff
 `min(2**attempt, 30) + random()` seconds, 10 tries (scaled down here). `generate_and_rm_group`
 (`slime/rollout/sglang_rollout.py`) generates a prompt's `n_samples_per_prompt` samples concurrently; without
 `--group-rm` each sample is posted when its own generation ends, with `--group-rm` the group's posts go out
@@ -15,7 +17,12 @@ Expected rewards are computed by hand from the fake judge's known preferences (t
 """
 
 import asyncio
+import importlib
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -24,6 +31,10 @@ pytest.importorskip("fastapi")
 from live_server import QUALITY, by_quality, live, points_by_quality  # noqa: E402
 
 from trainers.server import create_app  # noqa: E402
+
+AIOHTTP_DIR = Path(os.environ.get("TRUSTREWARD_CACHE", Path.home() / ".cache" / "trustreward")) / "aiohttp-3.14.5"
+AIOHTTP = ["aiohttp==3.14.5", "attrs==25.4.0", "aiohappyeyeballs", "aiosignal", "frozenlist", "multidict", "propcache",
+           "yarl"]  # fmt: skip
 
 ANSWERS = {
     "Name a colour.": ["Red.", "Dark blue.", "It is green, like grass.", "Yellow, the colour of the sun."],
@@ -38,11 +49,25 @@ def hand_pairwise(answers):
             for a in answers}  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def aiohttp():
+    """aiohttp, slime's HTTP client, from its own directory (installed there on first use)."""
+    if not (AIOHTTP_DIR / "aiohttp" / "__init__.py").exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(AIOHTTP_DIR),
+                        *AIOHTTP], check=True)  # fmt: skip
+    sys.path.insert(0, str(AIOHTTP_DIR))
+    try:
+        yield importlib.import_module("aiohttp")
+    finally:
+        sys.path.remove(str(AIOHTTP_DIR))
+
+
 class FakeSlime:
     """slime's rollout and `remote_rm`, as in `slime/rollout/rm_hub/__init__.py` and `sglang_rollout.py`."""
 
-    def __init__(self, rm_url, group_rm=False, max_retries=10, backoff_scale=0.01):
-        self.rm_url, self.group_rm, self.max_retries, self.backoff_scale = rm_url, group_rm, max_retries, backoff_scale
+    def __init__(self, aiohttp, rm_url, group_rm=False, max_retries=10, backoff_scale=0.01):
+        self.aiohttp, self.rm_url, self.group_rm = aiohttp, rm_url, group_rm
+        self.max_retries, self.backoff_scale = max_retries, backoff_scale
         self.posts = 0
 
     async def remote_rm(self, session, sample):
@@ -50,9 +75,9 @@ class FakeSlime:
         for attempt in range(self.max_retries):
             try:
                 self.posts += 1
-                resp = await session.post(self.rm_url, json=payload)
-                resp.raise_for_status()
-                return resp.json()
+                async with session.post(self.rm_url, json=payload) as resp:
+                    resp.raise_for_status()
+                    return await resp.json()
             except Exception:
                 if attempt + 1 >= self.max_retries:
                     raise
@@ -61,8 +86,9 @@ class FakeSlime:
     async def rollout(self, groups):
         """`groups`: per prompt, the samples (dicts with prompt, response, label, delay); each sample's reward
         is set in place. All prompts' groups run concurrently, as slime's rollout does."""
-        limits = httpx.Limits(max_connections=64)
-        async with httpx.AsyncClient(limits=limits, timeout=120) as session:
+        aiohttp = self.aiohttp
+        connector = aiohttp.TCPConnector(limit=64, enable_cleanup_closed=True)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
 
             async def generate_and_rm(sample):
                 await asyncio.sleep(sample["delay"])  # generation
@@ -96,10 +122,10 @@ def judge(fake_judge):
 
 
 @pytest.mark.parametrize("group_rm", [False, True])
-def test_slime_gets_each_groups_pairwise_rewards_as_bare_numbers(judge, group_rm):
+def test_slime_gets_each_groups_pairwise_rewards_as_bare_numbers(aiohttp, judge, group_rm):
     app = create_app(judge, group_size=4, group_timeout=30)
     with live(app) as url:
-        slime = FakeSlime(f"{url}/remote_rm", group_rm=group_rm)
+        slime = FakeSlime(aiohttp, f"{url}/remote_rm", group_rm=group_rm)
         groups = asyncio.run(slime.rollout(slime_groups()))
         health = httpx.get(f"{url}/health").json()
     for group, answers in zip(groups, ANSWERS.values()):
@@ -110,12 +136,12 @@ def test_slime_gets_each_groups_pairwise_rewards_as_bare_numbers(judge, group_rm
     assert slime.posts == 8 and health["groups"] == 2 and health["failures"] == health["incomplete"] == 0
 
 
-def test_slime_chat_prompts_and_end_tokens(judge):
+def test_slime_chat_prompts_and_end_tokens(aiohttp, judge):
     """A chat prompt (slime without --apply-chat-template) is one group; a trailing end token is not judged."""
     app = create_app(judge, group_size=2)
     prompt = [{"role": "user", "content": "Name a colour."}]
     with live(app) as url:
-        slime = FakeSlime(f"{url}/remote_rm")
+        slime = FakeSlime(aiohttp, f"{url}/remote_rm")
         samples = [{"prompt": prompt, "response": "Red.<|im_end|>", "label": None, "delay": 0.0},
                    {"prompt": prompt, "response": "Dark blue.", "label": None, "delay": 0.01}]  # fmt: skip
         (group,) = asyncio.run(slime.rollout([samples]))
@@ -123,33 +149,33 @@ def test_slime_chat_prompts_and_end_tokens(judge):
     assert [s["reward"] for s in group] == pytest.approx([want["Red."], want["Dark blue."]], abs=1e-6)
 
 
-def test_slime_labels_are_references(judge):
+def test_slime_labels_are_references(aiohttp, judge):
     references = {"Red.": "It is green, like grass.", "Dark blue.": "Red.", "Four.": "4",
                   "It is 4, since 2 + 2 = 4.": "Two plus two is four."}  # fmt: skip
     app = create_app(judge, reward="reference")
     groups = [[s for s in g if s["response"] in references] for g in slime_groups(references)]
     with live(app) as url:
-        groups = asyncio.run(FakeSlime(f"{url}/remote_rm").rollout(groups))
+        groups = asyncio.run(FakeSlime(aiohttp, f"{url}/remote_rm").rollout(groups))
     for sample in [s for g in groups for s in g]:
         a, r = QUALITY[sample["response"]], QUALITY[references[sample["response"]]]
         assert sample["reward"] == pytest.approx(0.9 * a / (a + r) + 0.05, abs=1e-6)
 
 
-def test_slime_failed_sample_gets_the_stand_in_never_null(judge):
+def test_slime_failed_sample_gets_the_stand_in_never_null(aiohttp, judge):
     """An empty response has no judgement: the group's mean (a number), counted in /health."""
     app = create_app(judge, group_size=3)
     answers = ["Red.", "It is green, like grass."]
     samples = [{"prompt": "Name a colour.", "response": a, "label": None, "delay": 0.01 * k}
                for k, a in enumerate([*answers, ""])]  # fmt: skip
     with live(app) as url:
-        (group,) = asyncio.run(FakeSlime(f"{url}/remote_rm").rollout([samples]))
+        (group,) = asyncio.run(FakeSlime(aiohttp, f"{url}/remote_rm").rollout([samples]))
         health = httpx.get(f"{url}/health").json()
     want = hand_pairwise(answers)
     assert [s["reward"] for s in group[:2]] == pytest.approx([want[a] for a in answers], abs=1e-6)
     assert group[2]["reward"] == pytest.approx(0.5, abs=1e-6) and health["failures"] == 1
 
 
-def test_slime_retries_a_503_until_the_judge_answers(fake_judge):
+def test_slime_retries_a_503_until_the_judge_answers(aiohttp, fake_judge):
     """on_failure=retry answers 503 to the whole failed group; slime's retries form the group again and get
     its rewards."""
     calls = {"n": 0}
@@ -165,7 +191,7 @@ def test_slime_retries_a_503_until_the_judge_answers(fake_judge):
     answers = ["Red.", "Yellow, the colour of the sun."]
     samples = [{"prompt": "Name a colour.", "response": a, "label": None, "delay": 0.0} for a in answers]
     with live(app) as url:
-        slime = FakeSlime(f"{url}/remote_rm")
+        slime = FakeSlime(aiohttp, f"{url}/remote_rm")
         (group,) = asyncio.run(slime.rollout([samples]))
     want = hand_pairwise(answers)
     assert [s["reward"] for s in group] == pytest.approx([want[a] for a in answers], abs=1e-6)
