@@ -10,7 +10,9 @@ merged into the run request, `verify_payload = body.model_dump() | {"response": 
 `/verify`, `raise_for_status`, the JSON answer validated as a verify response), the collector's repeats
 (`gym eval run --num-repeats N`: each carries `_ng_task_index` and `_ng_rollout_index`, all in flight together),
 and the answer is checked against `nemo_gym/base_resources_server.py`'s `BaseVerifyResponse` fields and
-`resources_servers/genrm_compare/app.py`'s `GenRMCompareVerifyResponse` (echoed coordinates).
+`resources_servers/genrm_compare/app.py`'s `GenRMCompareVerifyResponse` (echoed coordinates). `run` first seeds
+a session on the resources server (`/seed_session`, the run request as body); the agent's `aggregate_metrics`
+proxies the collector's verify responses to the resources server's `/aggregate_metrics`.
 
 Expected rewards are computed by hand from the fake judge's preferences (see tests/test_slime.py).
 """
@@ -48,6 +50,8 @@ class FakeAgent:
         self.url = url
 
     async def run(self, http, body: dict, answer: str, k: int) -> dict:
+        seed_session_response = await http.post(f"{self.url}/seed_session", json=body)
+        seed_session_response.raise_for_status()
         verify_payload = body | {"response": model_response(answer, k)}
         verify_response = await http.post(f"{self.url}/verify", json=verify_payload)
         verify_response.raise_for_status()
@@ -99,6 +103,9 @@ def test_verify_cohorts_get_their_pairwise_rewards(judge):
             assert answer["reward"] == pytest.approx(want[text], abs=1e-6)
             assert answer["judge_group_size"] == 4 and answer["judge_lone"] == answer["judge_incomplete"] == 0
     assert health["groups"] == 2 and health["failures"] == 0
+    with live(app) as url:  # the collector's metrics at the end of the run, as simple_agent proxies them
+        metrics = httpx.post(f"{url}/aggregate_metrics", json={"verify_responses": answers}).json()
+    assert metrics["agent_metrics"] == {"mean/reward": pytest.approx(0.5), "num_rollouts": 8, "num_masked": 0}
 
 
 def test_verify_failed_rollout_is_masked_with_a_number(fake_judge):
@@ -117,6 +124,10 @@ def test_verify_failed_rollout_is_masked_with_a_number(fake_judge):
     assert answers[2]["reward"] == -1.0 and answers[2]["failure_reason"]
     assert answers[2]["instance_config"] == {"split": "train", "mask_sample": True}
     assert answers[2]["_ng_failure_class"] == "judge_failed"
+    with live(app) as url:  # the masked rollout is left out of the reward metrics
+        metrics = httpx.post(f"{url}/aggregate_metrics", json={"verify_responses": answers}).json()
+    assert metrics["agent_metrics"]["mean/reward"] == pytest.approx(sum(want.values()) / 2)
+    assert metrics["agent_metrics"]["num_masked"] == 1
 
 
 def test_verify_against_expected_answer(judge):

@@ -19,6 +19,8 @@ answer is the request echoed with `reward` and NeMo Gym's failure fields (`mask_
 - `POST /compare` also takes `genrm_compare`'s batch body (`conversation_history`, `response_objs`, as
   `comparison_strategies.GenRMStrategy` posts it) and answers `rewards` (request order) and `metrics`; the
   server's `trustreward compare` rows keep working on the same path.
+- `/seed_session`, `/close_session` (no per-rollout state) and `/aggregate_metrics` (mean rewards, masked
+  rollouts left out) answer as `SimpleResourcesServer` does: `simple_agent` seeds a session before every rollout.
 - Rewards are trustreward's, in [0, 1] (pairwise: the mean win rate against the cohort), not GenRM's 1-5 scores.
 - `--reward reference` compares each rollout with the task's `expected_answer` (the field NeMo Gym's
   `math_with_judge` and `equivalence_llm_judge` carry); a rollout without one is a failure.
@@ -119,7 +121,52 @@ async def genrm_compare(samples: Samples, body: GenRMCompareRequest, request: Re
     return {"rewards": [o.reward for o in outcomes], "comparison_results": None, "metrics": metrics}
 
 
+def aggregate(verify_responses: list[dict]) -> dict[str, Any]:
+    """`/aggregate_metrics` (an `AggregateMetrics`): mean rewards overall and per task over the rollouts that are
+    not masked (NeMo Gym leaves masked failures out of reward metrics), and how many rollouts were masked.
+
+    Example:
+    ```python
+    >>> rows = [{"_ng_task_index": 0, "reward": 0.2}, {"_ng_task_index": 0, "reward": 0.6},
+    ...         {"_ng_task_index": 1, "reward": 0.5, "mask_sample": True}]
+    >>> aggregate(rows)["agent_metrics"]
+    {'mean/reward': 0.4, 'num_rollouts': 3, 'num_masked': 1}
+
+    ```
+    """
+    kept = [r for r in verify_responses if not r.get("mask_sample")]
+    tasks: dict[Any, list[float]] = {}
+    for r in kept:
+        tasks.setdefault(r.get("_ng_task_index"), []).append(float(r["reward"]))
+    mean = sum(float(r["reward"]) for r in kept) / len(kept) if kept else None
+    overall = {"mean/reward": mean, "num_rollouts": len(verify_responses),
+               "num_masked": len(verify_responses) - len(kept)}  # fmt: skip
+    per_task = [{"_ng_task_index": t, "mean/reward": sum(v) / len(v), "num_rollouts": len(v)}
+                for t, v in tasks.items()]  # fmt: skip
+    return {"group_level_metrics": per_task, "agent_metrics": overall, "key_metrics": {"mean/reward": mean}}
+
+
 def add_nemo_gym_routes(app, samples: Samples, dependencies: list, responses: dict) -> None:
+    @app.post("/seed_session", responses=responses, dependencies=dependencies)
+    async def seed_session(body: dict[str, Any]) -> dict[str, Any]:
+        """No per-rollout state: `simple_agent` seeds before every rollout (`{}` back), an environment server with
+        a `resources_session_id` (echoed back), as `SimpleResourcesServer.seed_session` answers."""
+        session = body.get("resources_session_id")
+        return {"resources_session_id": session} if isinstance(session, str) and session else {}
+
+    @app.post("/close_session", responses=responses, dependencies=dependencies)
+    async def close_session(body: dict[str, Any]) -> dict[str, Any]:
+        """Nothing to release (`SimpleResourcesServer.close_resources_session`)."""
+        return {"resources_session_id": body.get("resources_session_id")}
+
+    @app.post("/aggregate_metrics", responses=responses, dependencies=dependencies)
+    async def aggregate_metrics(body: dict[str, Any]) -> dict[str, Any]:
+        """The collector's metrics over its verify responses (see `aggregate`)."""
+        rows = body.get("verify_responses")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and "reward" in r for r in rows):
+            raise HTTPException(422, "verify_responses must be a list of verify responses, each with a reward")
+        return aggregate(rows)
+
     @app.post("/verify", responses=responses, dependencies=dependencies)
     async def verify(body: VerifyRequest, request: Request) -> dict[str, Any]:
         """NeMo Gym's `/verify`: one rollout in, the request echoed with its `reward` (see the module docstring)."""
