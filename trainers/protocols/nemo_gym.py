@@ -13,7 +13,8 @@ answer is the request echoed with `reward` and NeMo Gym's failure fields (`mask_
   `genrm_compare`.
 - Cohorts: like `genrm_compare` with `num_rollouts_per_prompt = N`, a prompt's rollouts are held and compared
   pairwise once N arrived: serve with `--group_size N`. Rollouts are grouped by prompt text (the server's prompt
-  groups); the `_ng_*` coordinates are echoed, not used for grouping. Unlike `genrm_compare`, a cohort that does
+  groups); the `_ng_*` coordinates are echoed, not used for grouping, and a `principle` is echoed, not judged
+  (the judge's own template decides). Unlike `genrm_compare`, a cohort that does
   not fill within `--group_timeout` is judged with the rollouts that arrived (`judge_incomplete` = 1) instead of
   failing, and a lone rollout gets its pointwise score in [0, 1] (`judge_lone` = 1).
 - `POST /compare` also takes `genrm_compare`'s batch body (`conversation_history`, `response_objs`, as
