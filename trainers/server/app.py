@@ -18,6 +18,8 @@
   reference is a failure (the `on_failure` stand-in, counted); a request without `labels` answers 400.
 - `POST /score`, `POST /compare`: `{"rows": [...]}` in the `trustreward score` / `compare` row format; the rows
   come back with the judge's fields added.
+- `POST /verify` (NeMo Gym resources server, also `genrm_compare`'s batch body on `/compare`), `POST /remote_rm`
+  (slime): other trainers' protocols on the same per-sample path (`trainers/protocols/`).
 - `GET /health`.
 
 Requests arriving together are judged in one call (`batching.Batcher`); a full queue (items, or held bytes)
@@ -39,6 +41,8 @@ from reward.group_judging import GroupJudge, neutral
 from reward.text import as_text
 
 from ..fallback import FailurePolicy
+from ..protocols import Samples, add_routes
+from ..protocols.nemo_gym import GenRMCompareRequest, genrm_compare
 from .batching import Batcher, QueueFull, SampleReward, ShuttingDown, TooLarge
 from .guard import Guard
 from .holding import Groups
@@ -223,8 +227,12 @@ def create_app(
             raise HTTPException(503, "not judged within the deadline; retry (the retry takes this sample's place)")
         return [SampleReward(stand_in, failed=True) for _ in range(n)]
 
-    async def pairwise(request: Request, body: RewardRequest, responses: list[str], deadline: float):
-        members = groups.join(body.prompts, body.query, responses)
+    async def pairwise(request: Request, prompts: list, queries: list, responses: list[str], deadline: float):
+        """The samples held with their prompt's peers (`queries`: each sample's identity for retries)."""
+        try:
+            members = groups.join(prompts, queries, responses)
+        except (QueueFull, ShuttingDown, TooLarge) as exc:  # refused before anything was held
+            raise refusal(exc) from None
         waiters = [m.waiter for m in members]
 
         async def results():  # waits without owning the waiters: stopping it leaves the judgements to a retry
@@ -253,10 +261,7 @@ def create_app(
         batcher.stats.requests += 1
         responses = [response_of(q, p, stops) for q, p in zip(body.query, body.prompts)]
         if reward == "pairwise":
-            try:
-                outcomes = await pairwise(request, body, responses, deadline)
-            except (QueueFull, ShuttingDown, TooLarge) as exc:  # refused before anything was held
-                raise refusal(exc) from None
+            outcomes = await pairwise(request, body.prompts, body.query, responses, deadline)
         else:
             if reward == "score":
                 work = batcher.submit("score", (body.prompts, responses), len(responses))
@@ -291,10 +296,17 @@ def create_app(
         """`trustreward score` rows, returned with the judge's fields added."""
         return await rows_endpoint("score", body, request)
 
-    @app.post("/compare", responses=ERRORS, dependencies=secured, response_model=RowsResponse)
-    async def compare(body: CompareRequest, request: Request):
-        """`trustreward compare` rows, returned with the judge's fields added."""
+    samples = Samples(reward, batcher, answered, lambda text: response_of(text, "", stops), pairwise, deadline_s)
+
+    @app.post("/compare", responses=ERRORS, dependencies=secured)
+    async def compare(body: CompareRequest | GenRMCompareRequest, request: Request):
+        """`trustreward compare` rows, returned with the judge's fields added; or NeMo Gym's `genrm_compare` batch
+        (`conversation_history`, `response_objs`: trainers/protocols/nemo_gym.py)."""
+        if isinstance(body, GenRMCompareRequest):
+            return await genrm_compare(samples, body, request)
         return await rows_endpoint("compare", body, request)
+
+    add_routes(app, samples, secured, ERRORS)  # other trainers' protocols: trainers/protocols/
 
     app.state.stats = batcher.stats
     app.state.batcher, app.state.groups = batcher, groups
