@@ -52,6 +52,7 @@ from typing import NamedTuple
 
 from .groups import (
     AGGREGATES,
+    DEFAULT_AGGREGATE,
     Outcome,
     all_pairs,
     bradley_terry,
@@ -148,17 +149,20 @@ class GroupJudge:
 
     Args:
         pairing: one of `PAIRINGS`.
-        aggregate: one of `reward.groups.AGGREGATES`: `mean_win`, `bradley_terry` or `cycle_free`.
+        aggregate: one of `reward.groups.AGGREGATES`: `mean_win`, `bradley_terry` or `cycle_free`; default
+            `reward.groups.DEFAULT_AGGREGATE[pairing]` (`bradley_terry` for the sparse `swiss` and `circular`
+            designs, `mean_win` for the rest: docs/group-pairings.md).
         method: "likelihood", "ppl" or "baseline" (see `Judge.compare`).
         mode: "direct" or "rationale".
         adaptive_margin, max_pairs_per_group, scale: `adaptive`'s score margin, per-group budget, rating scale.
-        swiss_rounds: `swiss`'s rounds (default ceil(log2 G) + 1 per group).
+        swiss_rounds: `swiss`'s rounds (default `reward.groups.swiss_rounds`: max(ceil(log2 G) + 1, (G - 1) // 3)).
         seed: seed of `circular`'s cycles and `swiss`'s first-round order (one stream over the calls).
     """
 
-    def __init__(self, *, pairing="all", aggregate="mean_win", method="likelihood", mode="direct",
+    def __init__(self, *, pairing="all", aggregate=None, method="likelihood", mode="direct",
                  adaptive_margin=0.5, max_pairs_per_group=None, scale=5, swiss_rounds=None, seed=0):  # fmt: skip
         check_choice("pairing", pairing, PAIRINGS)
+        aggregate = aggregate or DEFAULT_AGGREGATE[pairing]
         check_choice("aggregate", aggregate, AGGREGATES)
         check_choice("method", method, PREFERENCE_METHODS)
         check_choice("mode", mode, MODES)

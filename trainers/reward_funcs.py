@@ -158,7 +158,7 @@ class JudgePairwiseReward(_JudgeReward):
         method: "likelihood", "ppl" or "baseline" (see `Judge.compare`); the reward uses the merged probabilities.
         mode: "direct" or "rationale".
         pairing: one of `reward.group_judging.PAIRINGS`.
-        aggregate: one of `reward.groups.AGGREGATES`.
+        aggregate: one of `reward.groups.AGGREGATES`; default `reward.groups.DEFAULT_AGGREGATE[pairing]`.
         reference_column: dataset column holding the reference answer (needed by `anchor`).
         adaptive_margin, max_pairs_per_group, scale: `adaptive`'s score margin, per-group budget, rating scale.
         swiss_rounds: `swiss`'s rounds (default `reward.groups.swiss_rounds`: max(ceil(log2 G) + 1, (G - 1) // 3)).
@@ -193,7 +193,7 @@ class JudgePairwiseReward(_JudgeReward):
             raise ValueError("pairing='anchor' needs reference_column (the dataset column with the reference answer)")
         super().__init__(judge, name, metric_prefix, monitor)
         self.method, self.mode, self.pairing, self.reference_column = method, mode, pairing, reference_column
-        self.aggregate, self.scale, self.swiss_rounds = aggregate, scale, swiss_rounds
+        self.aggregate, self.scale, self.swiss_rounds = self.engine.aggregate, scale, swiss_rounds
 
     def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
         questions = [as_text(p) for p in prompts]

@@ -144,7 +144,7 @@ def create_app(
     reward: str = "pairwise",
     scale: int = 5,
     pairing: str = "all",
-    aggregate: str = "mean_win",
+    aggregate: str | None = None,
     group_size: int | None = None,
     group_timeout: float = 30.0,
     on_failure: str = "group_mean",

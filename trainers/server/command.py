@@ -17,7 +17,11 @@ class ServeArguments:
     )
     scale: int = field(default=5, metadata={"help": "Pointwise ratings 1..scale."})
     pairing: str = field(default="all", metadata={"help": "pairwise: all | adaptive | circular | swiss (per group)."})
-    aggregate: str = field(default="mean_win", metadata={"help": "pairwise: mean_win | bradley_terry | cycle_free."})
+    aggregate: str | None = field(
+        default=None,
+        metadata={"help": "pairwise: mean_win | bradley_terry | cycle_free (default: bradley_terry for swiss and "
+                  "circular, mean_win for the rest)."},
+    )  # fmt: skip
     group_size: int | None = field(
         default=None,
         metadata={"help": "pairwise: hold a prompt's samples until N arrived (per-sample clients: OpenRLHF's "
