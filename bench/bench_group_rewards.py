@@ -405,6 +405,7 @@ def main() -> int:
     parser.add_argument("--groups", type=int, default=200, help="groups per simulator and size")
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), default=list(DESIGNS), help="table rows")
     parser.add_argument("--sweep", action="store_true", help="only the defaults against the judge's noise")
     parser.add_argument("--cycle-free", action="store_true", help=f"also cycle_free on {', '.join(CYCLE_FREE)}")
     parser.add_argument("--embedded", action="store_true", help="also one group of 8 on the embedded judge")
@@ -417,7 +418,8 @@ def main() -> int:
           f"{DEFAULT_AGGREGATE}, swiss pairs by {SWISS_PAIR_BY}, max(ceil(log2 G) + 1, (G - 1) // 3) rounds and a "
           "closing round of G // 8 pairs")  # fmt: skip
     for size in [] if args.sweep else args.sizes:
-        results = {s: measure(j, size, args.groups, args.seed, cycle_free_too=args.cycle_free)
+        designs = {k: DESIGNS[k] for k in ("all", *args.designs)}
+        results = {s: measure(j, size, args.groups, args.seed, designs, args.cycle_free)
                    for s, j in SIMULATORS.items()}  # fmt: skip
         print_table(size, results)
         if size in (16, 32):

@@ -138,10 +138,10 @@ def swiss_pairs(standings: list[int], played: set, more_rounds: bool = False) ->
     ```
     """
     order = list(standings) + ([-1] if len(standings) % 2 else [])  # -1: the bye, last in the standings
-    budget, chosen = [_SEARCH_BUDGET], None
-    for candidate in _matchings(order, played, budget):
+    budget, chosen = [_SEARCH_BUDGET], None  # one budget for the round, look-aheads included: a fresh one per
+    for candidate in _matchings(order, played, budget):  # candidate costs up to 20,000^2 steps near a round robin
         chosen = chosen or candidate
-        if not more_rounds or next(_matchings(order, played | {frozenset(p) for p in candidate}, [_SEARCH_BUDGET]), 0):
+        if not more_rounds or next(_matchings(order, played | {frozenset(p) for p in candidate}, budget), 0):
             chosen = candidate
             break
     if chosen is None:  # greedy: the best left meets the closest it has not met
