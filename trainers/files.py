@@ -203,3 +203,46 @@ def write_jsonl(path: str | Path, rows) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for row in rows:
             f.write(json_line(row))
+
+
+class Failsafe:
+    """A file for pyarrow's Parquet writer, which aborts the whole process (SIGABRT, temporary files left behind)
+    when a write fails, e.g. on a full disk: the first error is kept and later writes dropped; `check()` raises it."""
+
+    def __init__(self, f):
+        self.f, self.error, self.pos = f, None, 0
+
+    def write(self, data) -> int:
+        n = len(memoryview(data))
+        if self.error is None:
+            try:
+                self.f.write(data)
+            except OSError as exc:
+                self.error = exc
+        self.pos += n
+        return n
+
+    def tell(self) -> int:
+        return self.pos
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.f.flush()
+            except OSError as exc:
+                self.error = exc
+
+    def close(self) -> None:
+        self.flush()
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def check(self) -> None:
+        self.flush()
+        if self.error is not None:
+            raise self.error

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .args import UserError
-from .files import MAX_DEPTH, arrow_rows, json_line, too_deep
+from .files import MAX_DEPTH, Failsafe, arrow_rows, json_line, too_deep
 
 BLOCK_BYTES = 4 << 20  # JSONL read size: whole lines of about this many bytes (16 MB held ~80 MB more at peak)
 BATCH_ROWS = 65536  # Arrow record batch size for Parquet / saved datasets
@@ -503,7 +503,7 @@ def _write_dataset(data, fmt: str, out, name: str, split: str | None) -> None:
         for row in data:
             f.write(json_line(row))
     elif fmt == "parquet":
-        f = _Failsafe(out.open(name))
+        f = Failsafe(out.open(name))
         data.to_parquet(f)
         f.check()
     else:
@@ -511,49 +511,6 @@ def _write_dataset(data, fmt: str, out, name: str, split: str | None) -> None:
 
         folder = out.folder(name)
         (DatasetDict({split: data}) if split else data).save_to_disk(str(folder))
-
-
-class _Failsafe:
-    """A file for pyarrow's Parquet writer, which aborts the whole process (SIGABRT, temporary files left behind)
-    when a write fails, e.g. on a full disk: the first error is kept and later writes dropped; `check()` raises it."""
-
-    def __init__(self, f):
-        self.f, self.error, self.pos = f, None, 0
-
-    def write(self, data) -> int:
-        n = len(memoryview(data))
-        if self.error is None:
-            try:
-                self.f.write(data)
-            except OSError as exc:
-                self.error = exc
-        self.pos += n
-        return n
-
-    def tell(self) -> int:
-        return self.pos
-
-    def flush(self) -> None:
-        if self.error is None:
-            try:
-                self.f.flush()
-            except OSError as exc:
-                self.error = exc
-
-    def close(self) -> None:
-        self.flush()
-
-    @property
-    def closed(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return True
-
-    def check(self) -> None:
-        self.flush()
-        if self.error is not None:
-            raise self.error
 
 
 def cpu_count() -> int:
