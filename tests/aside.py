@@ -26,6 +26,7 @@ ASIDE = {
     "openrlhf-0.11.2": ["openrlhf==0.11.2", *AIOHTTP],
     "verl-0.9.1": VERL + RAY + AIOHTTP,
     "trl-1.12.0": ["trl==1.12.0"],
+    "aiohttp-3.14.5": AIOHTTP,  # slime's HTTP client
 }
 
 

@@ -106,7 +106,6 @@ def test_end_to_end_on_the_tiny_judge_matches_dd6f47c(tiny_model_dir):
     """verl's functions and the server's three rewards on the tiny judge in fp32 give dd6f47c's rewards to 1e-5
     (batches are composed differently now), except the lone sample: 0.5, its peers' mean, where dd6f47c gave its
     pointwise score rescaled (the change #28 names)."""
-    pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
     from reward import load_judge

@@ -21,13 +21,11 @@ import asyncio
 
 import httpx
 import pytest
+from live_server import QUALITY, by_quality, finite, live, points_by_quality
+from test_slime import ANSWERS, hand_pairwise
 
-pytest.importorskip("fastapi")
-from live_server import QUALITY, by_quality, finite, live, points_by_quality  # noqa: E402
-from test_slime import ANSWERS, hand_pairwise  # noqa: E402
-
-from trainers import JudgeScoreReward  # noqa: E402
-from trainers.server import create_app  # noqa: E402
+from trainers import JudgeScoreReward
+from trainers.server import create_app
 
 
 def model_response(answer: str, k: int) -> dict:

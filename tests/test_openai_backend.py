@@ -5,16 +5,14 @@ import asyncio
 import math
 import pickle
 
+import httpx
 import pytest
+from openai_fake import MAX_TOP_K, FaultProxy, fake_openai_server
 
-httpx = pytest.importorskip("httpx")
-
-from openai_fake import MAX_TOP_K, FaultProxy, fake_openai_server  # noqa: E402
-
-from reward import Judge  # noqa: E402
-from reward.backends.hf import HFBackend  # noqa: E402
-from reward.backends.openai import OpenAIBackend, RetryableError, choices, top_logprobs  # noqa: E402
-from trainers import JudgeScoreReward  # noqa: E402
+from reward import Judge
+from reward.backends.hf import HFBackend
+from reward.backends.openai import OpenAIBackend, RetryableError, choices, top_logprobs
+from trainers import JudgeScoreReward
 
 PROMPTS = ["What is two plus two? Score: [", "Paris is in France, a b c. Score: [", "Which is better? Verdict: ["]
 

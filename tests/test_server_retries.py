@@ -11,15 +11,13 @@ import time
 
 import httpx
 import pytest
-
-pytest.importorskip("fastapi")
-from conftest import FakeBackend  # noqa: E402
-from live_server import by_quality, finite, live, points_by_quality  # noqa: E402
+from conftest import FakeBackend
+from live_server import by_quality, finite, live, points_by_quality
 from test_openrlhf import agent, rollouts  # noqa: E402, F401  (the fixture installs OpenRLHF's own code)
-from test_server_groups import ANSWERS, LOG_KEYS, templated, want_pairwise  # noqa: E402
+from test_server_groups import ANSWERS, LOG_KEYS, templated, want_pairwise
 
-from reward import Judge  # noqa: E402
-from trainers.server import create_app  # noqa: E402
+from reward import Judge
+from trainers.server import create_app
 
 
 class Slow(FakeBackend):

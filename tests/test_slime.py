@@ -1,7 +1,7 @@
 """The reward server under slime's remote reward, as `slime/rollout/rm_hub/__init__.py` calls it (THUDM/slime).
 
 slime is not on PyPI (the `slime` there is another package), so `FakeSlime` follows its code, on the same HTTP
-client (aiohttp 3.14.5, installed aside with `pip install --no-deps --target` as tests/test_openrlhf.py does):
+client (aiohttp 3.14.5, installed aside with its import closure, `tests/aside.py`):
 `remote_rm` posts `{"prompt", "response", "label"}` through one shared `aiohttp.ClientSession` (a `TCPConnector`
 of 64 connections, 120 s total timeout), calls `raise_for_status()`, and makes `await resp.json()` (which also
 insists on a JSON content type) the sample's reward; a failure is retried with backoff
@@ -18,23 +18,15 @@ Expected rewards are computed by hand from the fake judge's known preferences (t
 
 import asyncio
 import importlib
-import os
 import random
-import subprocess
 import sys
-from pathlib import Path
 
+import aside
 import httpx
 import pytest
+from live_server import QUALITY, by_quality, live, points_by_quality
 
-pytest.importorskip("fastapi")
-from live_server import QUALITY, by_quality, live, points_by_quality  # noqa: E402
-
-from trainers.server import create_app  # noqa: E402
-
-AIOHTTP_DIR = Path(os.environ.get("TRUSTREWARD_CACHE", Path.home() / ".cache" / "trustreward")) / "aiohttp-3.14.5"
-AIOHTTP = ["aiohttp==3.14.5", "attrs==25.4.0", "aiohappyeyeballs", "aiosignal", "frozenlist", "multidict", "propcache",
-           "yarl"]  # fmt: skip
+from trainers.server import create_app
 
 ANSWERS = {
     "Name a colour.": ["Red.", "Dark blue.", "It is green, like grass.", "Yellow, the colour of the sun."],
@@ -52,14 +44,15 @@ def hand_pairwise(answers):
 @pytest.fixture(scope="module")
 def aiohttp():
     """aiohttp, slime's HTTP client, from its own directory (installed there on first use)."""
-    if not (AIOHTTP_DIR / "aiohttp" / "__init__.py").exists():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(AIOHTTP_DIR),
-                        *AIOHTTP], check=True)  # fmt: skip
-    sys.path.insert(0, str(AIOHTTP_DIR))
+    target = aside.install("aiohttp-3.14.5")
+    sys.path.insert(0, str(target))
     try:
-        yield importlib.import_module("aiohttp")
+        try:
+            yield importlib.import_module("aiohttp")
+        except ModuleNotFoundError as error:
+            aside.missing("aiohttp-3.14.5", error)
     finally:
-        sys.path.remove(str(AIOHTTP_DIR))
+        sys.path.remove(str(target))
 
 
 class FakeSlime:
