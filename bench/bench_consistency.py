@@ -22,9 +22,8 @@ Cycle-heavy mode (issue #33): a noisy judge's data, where most prompts have cycl
 and `clean --policy min-feedback` runs next to a `json.loads` read of the same file; goals: drop-cycles and the
 default mix <= 5x the read and peak RSS <= 4x the file; min-feedback <= 20x the read: its profile is ~70% the
 exact DP (`graphs._exact_order`), about a dozen numpy calls per popcount layer of each cyclic component, so its
-time follows the number of cyclic components (one per prompt here), not the rows dropped.
-Every run checks that kept + rejected
-rows are the rows in, and that each dropped pair's evidence rows close a cycle through it.
+time follows the number of cyclic components (one per prompt here), not the rows dropped. Every run checks that
+kept + rejected rows are the rows in, and that each sampled dropped pair's evidence rows close a cycle through it.
 
 Synthetic data: graphs of 3 to 20 candidates; each candidate gets a random quality level (equal levels are
 planted ties), relations follow the levels, then 5% are flipped (planted cycles) and 5% left unknown.
