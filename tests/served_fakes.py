@@ -110,7 +110,7 @@ def full_label_logprobs(model, tokenizer, prompt: str, labels: list[str]) -> dic
 
     from reward.backends.served_reads import label_token_ids, vocab_info
 
-    _, is_end, _ = vocab_info(tokenizer)
+    _, is_end, _, _ = vocab_info(tokenizer)
     ends = torch.tensor(is_end)
     base = tokenizer(prompt, add_special_tokens=False).input_ids
     out = {}

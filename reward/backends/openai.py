@@ -400,7 +400,7 @@ class OpenAIBackend(JudgeBackend):
         return self._mode != "off" and not self.inexact
 
     def _vocab(self):
-        """(text -> id of texts that are one token's, is_end per id, ids that continue a label), once."""
+        """`served_reads.vocab_info` of the tokenizer, once."""
         if "_vocab_info" not in self.__dict__:
             self._vocab_info = served_reads.vocab_info(self.tokenizer)
         return self._vocab_info
@@ -408,7 +408,7 @@ class OpenAIBackend(JudgeBackend):
     async def _detect(self, prompt) -> str:
         """The exact read this server supports, probed once on a real prompt (`exact="auto"`): the whole vocabulary
         listed ("full"), else a token outside the top-k listed once lifted by a bias ("logit_bias"), else "off"."""
-        ids_of, _, _ = self._vocab()
+        ids_of, _, _, distinct = self._vocab()
         parse = lambda choice: served_reads.keyed(top_entries(choice), ids_of)  # noqa: E731
         vocab, k, bias = len(self.tokenizer), self.top_k, self.exact_bias
 
@@ -431,7 +431,7 @@ class OpenAIBackend(JudgeBackend):
         for name, probe in (("full", lambda: listed(served_reads.Read((), "full"))), ("logit_bias", lifts)):
             try:
                 answer = await probe()
-                if answer is True or (answer and len(answer) >= 0.99 * vocab):
+                if answer is True or (answer and len(answer) >= 0.99 * distinct):  # (texts listed once each)
                     mode = name
                     break
             except Exception as exc:  # e.g. vLLM's HTTP 400 for a count above its --max-logprobs
@@ -447,7 +447,7 @@ class OpenAIBackend(JudgeBackend):
     async def _exact_reads(self, prompts: list, labels: list[str]) -> list[dict[str, float]]:
         """Label log-probs by `served_reads.Plan`: rounds of reads (one for most label sets), each kind of read
         (count and bias) one batched request per `prompts_per_request` prompts."""
-        ids_of, is_end, mask_ids = self._vocab()
+        ids_of, is_end, mask_ids, _ = self._vocab()
         parse = lambda choice: served_reads.keyed(top_entries(choice), ids_of)  # noqa: E731
         cache = self.__dict__.setdefault("_label_ids", {})
         plans, items = {}, []

@@ -205,9 +205,9 @@ def request_fields(read: Read, k: int, vocab: int, mask_ids: Sequence[int], bias
     return fields
 
 
-def vocab_info(tokenizer) -> tuple[dict[str, int], list[bool], list[int]]:
+def vocab_info(tokenizer) -> tuple[dict[str, int], list[bool], list[int], int]:
     """({text: id} of the texts that are one token's, is_end per id, the ids that are not ends: a mask read's
-    bias), from the tokenizer: a token ends a label when its text does not start with a letter or a digit, as
+    bias, the number of distinct texts: what a whole vocabulary listed by text holds), from the tokenizer: a token ends a label when its text does not start with a letter or a digit, as
     `labels.end_tokens` decides for the local backend."""
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     texts = [tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in tokens]
@@ -216,7 +216,7 @@ def vocab_info(tokenizer) -> tuple[dict[str, int], list[bool], list[int]]:
         counts[text] = counts.get(text, 0) + 1
     ids_of = {text: i for i, text in enumerate(texts) if counts[text] == 1}
     is_end = [not text[:1].isalnum() for text in texts]
-    return ids_of, is_end, [i for i, end in enumerate(is_end) if not end]
+    return ids_of, is_end, [i for i, end in enumerate(is_end) if not end], len(counts)
 
 
 def label_token_ids(tokenizer, prompt: str, labels: Sequence[str], cache: dict) -> tuple[tuple[int, ...], ...]:
