@@ -383,6 +383,7 @@ class Judge:
             orders = [{label: _prob(lp) for label, lp in read[0].items()} for read in (read_ab, read_ba)]
             if min(sum(o.values()) for o in orders) <= 0:
                 results[i].error = "the judge put no probability on any verdict in one order"
+                results[i].valid_mass_exact = getattr(self.backend, "exact_reads", True)
                 continue
             # Perplexity of the judge's own output in each order: its critique (if any) plus its likeliest verdict.
             ppl = None
