@@ -22,7 +22,10 @@ CUSTOM = ["good", "bad", "A", "Z", "x", "7", "ok"]  # words and letters, most of
 
 SERVERS = {  # fake -> the read `exact="auto"` must pick
     "vllm --max-logprobs -1": ({"flavor": "vllm", "max_logprobs": -1}, "full"),
-    "vllm --logprobs-mode processed_logprobs": ({"flavor": "vllm", "logprobs_mode": "processed_logprobs"}, "logit_bias"),
+    "vllm --logprobs-mode processed_logprobs": (
+        {"flavor": "vllm", "logprobs_mode": "processed_logprobs"},
+        "logit_bias",
+    ),
     "sglang": ({"flavor": "sglang"}, "logit_bias"),
 }
 
@@ -109,8 +112,10 @@ def test_exact_scores_are_flagged_exact_and_keep_the_prefix_cache(tiny):
         questions, answers = ["What is two plus two?", "Name a city in France."], ["Four.", "Paris."]
         scores = judge.score(questions, answers, scale=100)
         assert all(s.error is None and s.valid_mass_exact for s in scores)
-        texts = [judge._render(judge.pointwise_template, {"question": q, "response": a, "min_score": "1",
-                                                          "max_score": "100"}) for q, a in zip(questions, answers)]  # fmt: skip
+        fields = [
+            {"question": q, "response": a, "min_score": "1", "max_score": "100"} for q, a in zip(questions, answers)
+        ]
+        texts = [judge._render(judge.pointwise_template, f) for f in fields]
         once = sum(len(tiny[1](t + judge.pointwise_template.slot).input_ids) for t in texts)
         reads = len(server.prompts) - 3  # (the probe's three reads)
         assert server.computed <= once + 3 * reads < server.prompt_tokens / 10

@@ -437,8 +437,9 @@ class OpenAIBackend(JudgeBackend):
             except Exception as exc:  # e.g. vLLM's HTTP 400 for a count above its --max-logprobs
                 logger.info("%s: %s read refused (%s: %s)", self.base_url, name, type(exc).__name__, exc)
         if mode == "off":
-            logger.warning("%s: no exact read (exact=%r): labels are read from the top-%d, labels outside it get no "
-                           "probability and valid_mass is a lower bound", self.base_url, self.exact, self.top_k)  # fmt: skip
+            logger.warning("%s: no exact read (exact=%r): labels are read from the top-%d, labels outside it get "
+                           "no probability and valid_mass is a lower bound", self.base_url, self.exact,
+                           self.top_k)  # fmt: skip
         else:
             logger.info("%s: labels read exactly (%s)", self.base_url, mode)
         self._mode = mode

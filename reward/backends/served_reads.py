@@ -207,8 +207,8 @@ def request_fields(read: Read, k: int, vocab: int, mask_ids: Sequence[int], bias
 
 def vocab_info(tokenizer) -> tuple[dict[str, int], list[bool], list[int], int]:
     """({text: id} of the texts that are one token's, is_end per id, the ids that are not ends: a mask read's
-    bias, the number of distinct texts: what a whole vocabulary listed by text holds), from the tokenizer: a token ends a label when its text does not start with a letter or a digit, as
-    `labels.end_tokens` decides for the local backend."""
+    bias, the number of distinct texts: what a whole vocabulary listed by text holds). A token ends a label when
+    its text does not start with a letter or a digit, as `labels.end_tokens` decides for the local backend."""
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     texts = [tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in tokens]
     counts: dict[str, int] = {}
