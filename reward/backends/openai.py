@@ -189,8 +189,8 @@ class OpenAIBackend(JudgeBackend):
         timeout: seconds per request.
         max_retries: attempts after the first, with exponential backoff (0.5 s, 1 s, 2 s, ... up to 8 s).
         api_key_env: environment variable holding the API key (sent as a bearer token, never logged).
-        exact: how labels are read (`served_reads.EXACT_MODES`): "auto" (probe the server once: "full", else
-            "logit_bias", else "off"), "full", "logit_bias" (chosen: not probed) or "off" (the top-k read).
+        exact: how labels are read (`served_reads.EXACT_MODES`): "auto" (probe the server once: "logit_bias", else
+            "full", else "off"), "full", "logit_bias" (chosen: not probed) or "off" (the top-k read).
         exact_bias: the lift of "logit_bias" reads, in nats.
 
     `requests` counts requests sent (retries included), `sent` them per URL, `failures` the items given up on,
@@ -406,8 +406,8 @@ class OpenAIBackend(JudgeBackend):
         return self._vocab_info
 
     async def _detect(self, prompt) -> str:
-        """The exact read this server supports, probed once on a real prompt (`exact="auto"`): the whole vocabulary
-        listed ("full"), else a token outside the top-k listed once lifted by a bias ("logit_bias"), else "off"."""
+        """The exact read this server supports, probed once on a real prompt (`exact="auto"`): a token outside the
+        top-k listed once lifted by a bias ("logit_bias"), else the whole vocabulary listed ("full"), else "off"."""
         ids_of, _, _, distinct = self._vocab()
         parse = lambda choice: served_reads.keyed(top_entries(choice), ids_of)  # noqa: E731
         vocab, k, bias = len(self.tokenizer), self.top_k, self.exact_bias
@@ -428,7 +428,8 @@ class OpenAIBackend(JudgeBackend):
             return lifted.get(token, -math.inf) >= min(plain.values())
 
         mode = "off"
-        for name, probe in (("full", lambda: listed(served_reads.Read((), "full"))), ("logit_bias", lifts)):
+        # The bias first: its requests carry the bias, where a full read's answers carry the whole vocabulary per read.
+        for name, probe in (("logit_bias", lifts), ("full", lambda: listed(served_reads.Read((), "full")))):
             try:
                 answer = await probe()
                 if answer is True or (answer and len(answer) >= 0.99 * distinct):  # (texts listed once each)
