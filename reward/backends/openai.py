@@ -230,7 +230,8 @@ class OpenAIBackend(JudgeBackend):
         self._loop = None
 
     def __getstate__(self):  # the event loop, its thread and the connections stay in this process
-        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_loop", "_client", "_gate")}
+        caches = ("_vocab_info", "_mask_fields", "_bias_json")  # rebuilt on first use (megabytes for a big vocab)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_loop", "_client", "_gate", *caches)}
 
     def __setstate__(self, state):
         self.__dict__.update(state, _lock=threading.Lock(), _loop=None)
