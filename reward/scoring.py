@@ -25,6 +25,8 @@ class Score:
         expected: the distribution-sensitive score (`None` when the judgement failed).
         probs: rating -> probability, renormalised over the valid ratings.
         valid_mass: raw probability the judge put on valid ratings (low: it wanted to answer off-format).
+        valid_mass_exact: `valid_mass` and `probs` are the judge's exact probabilities; False: a lower bound (a served
+            judge read from its top-k only, without an exact read: labels outside it counted as 0).
         entropy: entropy of `probs` in nats.
         argmax: the most likely rating (the discrete baseline).
         error: why the judgement failed, else `None`.
@@ -34,6 +36,7 @@ class Score:
     expected: float | None
     probs: dict[int, float] = field(default_factory=dict)
     valid_mass: float = 0.0
+    valid_mass_exact: bool = True
     entropy: float | None = None
     argmax: int | None = None
     error: str | None = None
@@ -51,6 +54,7 @@ class Preference:
         order_consistent: both orders' most likely verdicts agree.
         verdict: "a", "b" or "tie", decided by the method.
         valid_mass: mean raw probability the two orders put on the valid verdicts.
+        valid_mass_exact: False where it is a lower bound (as for `Score`).
         error: why the judgement failed, else `None`.
         truncated: a response was cut to fit the judge's context.
     """
@@ -63,6 +67,7 @@ class Preference:
     order_consistent: bool | None = None
     verdict: str | None = None
     valid_mass: float = 0.0
+    valid_mass_exact: bool = True
     error: str | None = None
     truncated: bool = False
 

@@ -49,7 +49,8 @@ def test_labels_outside_the_top_k_are_missing_mass(served):
         return httpx.post(f"{server.url}/completions", json=body).json()["choices"][0]["logprobs"]["top_logprobs"][0]
 
     labels = [str(s) for s in range(1, 10)]
-    got = OpenAIBackend(server.url, "tiny", tokenizer, top_logprobs=50).label_logprobs(PROMPTS[:1], labels)[0]
+    topk = OpenAIBackend(server.url, "tiny", tokenizer, top_logprobs=50, exact="off")  # today's top-k read
+    got = topk.label_logprobs(PROMPTS[:1], labels)[0]
     exact = local.label_logprobs(PROMPTS[:1], labels)[0]
     listed = top50(PROMPTS[0])
     assert {"1", "9"} <= set(listed) and not set(listed) & set("2345678")
@@ -60,6 +61,7 @@ def test_labels_outside_the_top_k_are_missing_mass(served):
             assert got[label] <= exact[label] + 1e-6
         else:
             assert got[label] == -math.inf
+    assert not topk.exact_reads
 
 
 def test_response_shapes():
@@ -226,7 +228,8 @@ def test_batched_requests_judge_exactly_as_single_ones(served):
     # Many prompts per /v1/completions request (and label ends read in batched rounds) give the very numbers of one
     # prompt per request, in a few requests: <= 0.25 per scored item, <= 0.5 per compared pair.
     server, _, tokenizer = served
-    judges = {size: Judge(OpenAIBackend(server.url, "tiny", tokenizer, top_logprobs=len(tokenizer),
+    # (The top-k read: tests/test_served_exact.py counts the exact reads' requests; exact="auto" adds its probe.)
+    judges = {size: Judge(OpenAIBackend(server.url, "tiny", tokenizer, top_logprobs=len(tokenizer), exact="off",
                                         prompts_per_request=size), progress=False) for size in (1, 64)}  # fmt: skip
     scores = {size: j.score(QUESTIONS, ANSWERS, scale=10) for size, j in judges.items()}
     requests = {size: j.backend.requests for size, j in judges.items()}

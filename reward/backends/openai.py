@@ -23,6 +23,13 @@ reason is logged: the judge then reports it as failed, never as a score.
 Several judge replicas: `base_url` may be a list; requests go round-robin, a retry to the next URL, and a URL that
 refuses connections is skipped for `DOWN_S` seconds. A router (vLLM's, SGLang's) is just one URL.
 
+Exact reads (`exact=`, `served_reads`): a label outside the top-k and the unlisted part of a label's end mass are
+read exactly where the server allows it: the whole vocabulary listed ("full": llama.cpp, vLLM with
+`--max-logprobs -1`) or label tokens lifted into the top-k by a logit bias and undone ("logit_bias": servers that
+report log-probs after the bias, e.g. SGLang). `exact="auto"` probes the server once; where neither works (or on
+the chat endpoint) it falls back to the top-k read above, says so once in the log, and `exact_reads` is False
+(`Judge` then flags `valid_mass` as a lower bound).
+
 Rationale mode (`mode="rationale"`) asks the server for a greedy critique first (`max_tokens=rationale_tokens`,
 `stop` at the slot, the generated tokens' log-probs for the perplexity method), then reads the slot after it.
 """
@@ -30,6 +37,7 @@ Rationale mode (`mode="rationale"`) asks the server for a greedy critique first 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -39,7 +47,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from ..text import extend
-from . import JudgeBackend
+from . import JudgeBackend, served_reads
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +65,18 @@ class RequestError(Exception):
     """A response not worth asking again for as it is (e.g. HTTP 400): a smaller batch may still pass."""
 
 
+def top_entries(choice: dict) -> dict | list:
+    """The first generated token's listed top-k as the server wrote them: a {text: logprob} dict (legacy
+    completions) or a list of {token, logprob, ...} (the content shape; llama.cpp adds each token's `id`)."""
+    try:
+        logprobs = choice["logprobs"]
+        if isinstance(logprobs.get("content"), list):
+            return logprobs["content"][0]["top_logprobs"]
+        return logprobs["top_logprobs"][0]
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        raise RetryableError(f"no top logprobs in the response ({type(exc).__name__}: {exc})") from None
+
+
 def top_logprobs(choice: dict) -> dict[str, float]:
     """The first generated token's top-k {token text: logprob} of one choice, from either response shape.
 
@@ -69,11 +89,11 @@ def top_logprobs(choice: dict) -> dict[str, float]:
 
     ```
     """
+    entries = top_entries(choice)
     try:
-        logprobs = choice["logprobs"]
-        if isinstance(logprobs.get("content"), list):
-            return {t["token"]: float(t["logprob"]) for t in logprobs["content"][0]["top_logprobs"]}
-        return {k: float(v) for k, v in logprobs["top_logprobs"][0].items()}
+        if isinstance(entries, list):
+            return {t["token"]: float(t["logprob"]) for t in entries}
+        return {k: float(v) for k, v in entries.items()}
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise RetryableError(f"no top logprobs in the response ({type(exc).__name__}: {exc})") from None
 
@@ -170,16 +190,24 @@ class OpenAIBackend(JudgeBackend):
         timeout: seconds per request.
         max_retries: attempts after the first, with exponential backoff (0.5 s, 1 s, 2 s, ... up to 8 s).
         api_key_env: environment variable holding the API key (sent as a bearer token, never logged).
+        exact: how labels are read (`served_reads.EXACT_MODES`): "auto" (probe the server once: "logit_bias", else
+            "full", else "off"), "full", "logit_bias" (chosen: not probed) or "off" (the top-k read).
+        exact_bias: the lift of "logit_bias" reads, in nats.
 
-    `requests` counts requests sent (retries included), `sent` them per URL, `failures` the items given up on.
+    `requests` counts requests sent (retries included), `sent` them per URL, `failures` the items given up on,
+    `inexact` the items an exact mode still read as a lower bound; `exact_reads` says whether reads are exact.
     """
 
     def __init__(self, base_url: str | Sequence[str], model: str, tokenizer, *, endpoint: str = "completions",
                  max_length: int = 4096, top_logprobs: int = 20, concurrency: int = 8, prompts_per_request: int = 64,
                  requests_per_second: float | None = None, timeout: float = 60.0, max_retries: int = 4,
-                 api_key_env: str = "OPENAI_API_KEY"):  # fmt: skip
+                 api_key_env: str = "OPENAI_API_KEY", exact: str = "auto", exact_bias: float = 30.0):  # fmt: skip
         if endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
+        if exact not in served_reads.EXACT_MODES:
+            raise ValueError(f"exact must be one of {served_reads.EXACT_MODES}, got {exact!r}")
+        if endpoint == "chat" and exact in ("full", "logit_bias"):
+            raise ValueError(f'exact={exact!r} reads need endpoint="completions" (token ids); use "auto" or "off"')
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
             raise ValueError(f"base_url must be one or more http(s) URLs, got {base_url!r}")
@@ -196,11 +224,14 @@ class OpenAIBackend(JudgeBackend):
         self.requests = 0  # sent, retries included
         self.sent: Counter[str] = Counter()  # the same, per URL
         self.failures = 0  # items given up on
+        self.exact, self.exact_bias, self.inexact = exact, exact_bias, 0
+        self._mode = "off" if exact == "off" or self.chat else None if exact == "auto" else exact
         self._lock = threading.Lock()
         self._loop = None
 
     def __getstate__(self):  # the event loop, its thread and the connections stay in this process
-        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_loop", "_client", "_gate")}
+        caches = ("_vocab_info", "_mask_fields", "_bias_json")  # rebuilt on first use (megabytes for a big vocab)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_loop", "_client", "_gate", *caches)}
 
     def __setstate__(self, state):
         self.__dict__.update(state, _lock=threading.Lock(), _loop=None)
@@ -232,15 +263,17 @@ class OpenAIBackend(JudgeBackend):
 
     # -- HTTP ------------------------------------------------------------------------------------------------------
 
-    def _payload(self, prompts: list, max_tokens: int = 1, stop: Sequence[str] = ()) -> tuple[str, dict]:
+    def _payload(self, prompts: list, max_tokens: int = 1, stop: Sequence[str] = (), fields: dict | None = None):
         """(path, body) of a request for the next `max_tokens` tokens after each prompt: the top-k of the first one
-        (label reads), or a greedy continuation up to a stop string with its tokens' log-probs (rationale mode)."""
+        (label reads; `fields`: an exact read's count and bias), or a greedy continuation up to a stop string with
+        its tokens' log-probs (rationale mode)."""
         body = {"model": self.model, "max_tokens": max_tokens, "temperature": 0.0}
         if stop:
             body["stop"] = list(stop)
         k = self.top_k if max_tokens == 1 else 1
         if not self.chat:  # one prompt as a string (what every server takes), several as a list
-            return "completions", body | {"prompt": prompts[0] if len(prompts) == 1 else prompts, "logprobs": k}
+            body |= {"prompt": prompts[0] if len(prompts) == 1 else prompts, "logprobs": k}
+            return "completions", body | (fields or {})
         (messages,) = prompts
         body |= {"messages": messages, "logprobs": True, "top_logprobs": k}
         if messages[-1]["role"] == "assistant":  # continue the open turn (the slot), do not answer it
@@ -272,7 +305,8 @@ class OpenAIBackend(JudgeBackend):
                     await self._pace()
                     self.requests += 1
                     self.sent[url] += 1
-                    response = await self._client.post(f"{url}/{path}", json=payload)
+                    response = await self._client.post(f"{url}/{path}", content=self._encode(payload),
+                                                       headers={"Content-Type": "application/json"})  # fmt: skip
                     if response.status_code in RETRY_STATUS:
                         raise RetryableError(f"HTTP {response.status_code}")
                     if response.status_code >= 400:
@@ -290,6 +324,17 @@ class OpenAIBackend(JudgeBackend):
                         if any(self._down.get(u, 0.0) <= time.monotonic() for u in self.urls):
                             continue
                     await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+
+    def _encode(self, payload: dict) -> bytes:
+        """The request body: a mask read's large bias (every letter and digit token) encoded once per backend and
+        spliced in, as JSON text, where encoding it per request cost most of an exact read's client time."""
+        bias = payload.get("logit_bias")
+        if bias is None or len(bias) < 1000:
+            return json.dumps(payload).encode()
+        if self.__dict__.get("_bias_json", (None,))[0] is not bias:
+            self._bias_json = (bias, json.dumps(bias))
+        head = json.dumps({k: v for k, v in payload.items() if k != "logit_bias"})
+        return (head[:-1] + ', "logit_bias": ' + self._bias_json[1] + "}").encode()
 
     async def _pace(self) -> None:
         if self.min_interval:
@@ -333,6 +378,8 @@ class OpenAIBackend(JudgeBackend):
         prompt's labels are read to their end (or its request failed). Where the labels have few prefixes, the
         first round reads them all at once (the slot and every label's end: one round trip instead of two; a read
         the labels turn out not to need, e.g. after a label outside the top-k, changes nothing)."""
+        if (self._mode or await self._detect(prompts[0])) != "off":
+            return await self._exact_reads(prompts, labels)
         ahead = sorted({label[:n] for label in labels for n in range(len(label) + 1)})
         ahead = ahead if len(ahead) <= READ_AHEAD else [""]
         tops: list[dict[str, dict | Exception]] = [{} for _ in prompts]
@@ -358,6 +405,114 @@ class OpenAIBackend(JudgeBackend):
             reads = await self._batched([extend(prompts[i], path) for i, path in wanted], top_logprobs)
             for (i, path), read in zip(wanted, reads):
                 tops[i][path] = read
+
+    # -- exact reads (served_reads) -----------------------------------------------------------------------------
+
+    @property
+    def exact_reads(self) -> bool:
+        """True while every label read so far was exact (an exact mode, no item read as a lower bound)."""
+        return self._mode != "off" and not self.inexact
+
+    def _vocab(self):
+        """`served_reads.vocab_info` of the tokenizer, once."""
+        if "_vocab_info" not in self.__dict__:
+            self._vocab_info = served_reads.vocab_info(self.tokenizer)
+        return self._vocab_info
+
+    async def _detect(self, prompt) -> str:
+        """The exact read this server supports, probed once on a real prompt (`exact="auto"`): a token outside the
+        top-k listed once lifted by a bias ("logit_bias"), else the whole vocabulary listed ("full"), else "off"."""
+        ids_of, _, _, distinct = self._vocab()
+        parse = lambda choice: served_reads.keyed(top_entries(choice), ids_of)  # noqa: E731
+        vocab, k, bias = len(self.tokenizer), self.top_k, self.exact_bias
+
+        async def listed(read):
+            fields = served_reads.request_fields(read, k, vocab, (), bias)
+            (result,) = await self._send([prompt], parse, fields=fields)
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        async def lifts() -> bool:
+            """A token outside the top-k, lifted, is listed above the top-k's last: reported after the bias (vLLM
+            by default lists it too, as the token it then samples, but with its unbiased, lower log-prob)."""
+            plain = await listed(served_reads.Read((), "plain"))
+            token = next(t for t in range(vocab) if t not in plain)
+            lifted = await listed(served_reads.Read((), "lift", frozenset([token])))
+            return lifted.get(token, -math.inf) >= min(plain.values())
+
+        mode = "off"
+        # The bias first: its requests carry the bias, where a full read's answers carry the whole vocabulary per read.
+        for name, probe in (("logit_bias", lifts), ("full", lambda: listed(served_reads.Read((), "full")))):
+            try:
+                answer = await probe()
+                if answer is True or (answer and len(answer) >= 0.99 * distinct):  # (texts listed once each)
+                    mode = name
+                    break
+            except Exception as exc:  # e.g. vLLM's HTTP 400 for a count above its --max-logprobs
+                logger.info("%s: %s read refused (%s: %s)", self.base_url, name, type(exc).__name__, exc)
+        if mode == "off":
+            logger.warning("%s: no exact read (exact=%r): labels are read from the top-%d, labels outside it get "
+                           "no probability and valid_mass is a lower bound", self.base_url, self.exact,
+                           self.top_k)  # fmt: skip
+        else:
+            logger.info("%s: labels read exactly (%s)", self.base_url, mode)
+        self._mode = mode
+        return mode
+
+    async def _exact_reads(self, prompts: list, labels: list[str]) -> list[dict[str, float]]:
+        """Label log-probs by `served_reads.Plan`: rounds of reads (one for most label sets), each kind of read
+        (count and bias) one batched request per `prompts_per_request` prompts."""
+        ids_of, is_end, mask_ids, _ = self._vocab()
+        parse = lambda choice: served_reads.keyed(top_entries(choice), ids_of)  # noqa: E731
+        cache = self.__dict__.setdefault("_label_ids", {})
+        plans, items = {}, []
+        for prompt in prompts:
+            ids = served_reads.label_token_ids(self.tokenizer, prompt, labels, cache)
+            if ids not in plans:
+                plans[ids] = served_reads.Plan(ids, self._mode, is_end.__getitem__, self.top_k, self.exact_bias)
+            items.append((plans[ids], {}))
+        wanted = [(i, read) for i, (plan, _) in enumerate(items) for read in plan.first_reads()]
+        out: list[dict[str, float] | None] = [None] * len(prompts)
+        while wanted:
+            groups: dict[tuple, list] = {}
+            for i, read in wanted:
+                groups.setdefault((read.kind, read.lifted), []).append((i, read))
+            sends = []
+            for group in groups.values():
+                read = group[0][1]
+                if read.kind != "mask":
+                    fields = served_reads.request_fields(read, self.top_k, len(self.tokenizer), (), self.exact_bias)
+                elif "_mask_fields" in self.__dict__:  # the same dict every time: its JSON is kept (`_encode`)
+                    fields = self._mask_fields
+                else:
+                    fields = self._mask_fields = served_reads.request_fields(read, self.top_k, 0, mask_ids, 0.0)
+                texts = [extend(prompts[i], self.tokenizer.decode(list(read.node))) for i, read in group]
+                sends.append(self._batched(texts, parse, fields=fields))
+            for group, results in zip(groups.values(), await asyncio.gather(*sends)):
+                for (i, read), result in zip(group, results):
+                    items[i][1][read] = result
+            wanted = []
+            for i, (plan, got) in enumerate(items):
+                if out[i] is not None:
+                    continue
+                failed = next((v for v in got.values() if isinstance(v, Exception)), None)
+                if failed is not None:
+                    self.failures += 1
+                    logger.warning("judge request failed after retries: %s: %s", type(failed).__name__, failed)
+                    out[i] = {label: -math.inf for label in labels}
+                    continue
+                values, more = plan.labels(got)
+                if more:
+                    wanted += [(i, read) for read in more]
+                    continue
+                if any(math.isnan(v) for v in values):  # a label token or end the reads could not pin down
+                    self.inexact += 1
+                    logger.warning("an item's labels could not all be read exactly: those are read as 0 (a lower "
+                                   "bound of valid_mass)")  # fmt: skip
+                    values = [-math.inf if math.isnan(v) else v for v in values]
+                out[i] = dict(zip(labels, values))
+        return out
 
     # -- JudgeBackend ------------------------------------------------------------------------------------------
 
