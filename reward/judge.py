@@ -369,7 +369,7 @@ class Judge:
                 continue
             probs = {int(label): _prob(lp) for label, lp in read[0].items()}
             results[i] = score_from_probs(probs, method, temperature, truncated=built[i][1])
-            results[i].valid_mass_exact = getattr(self.backend, "exact_reads", True)  # a served top-k: a bound
+            results[i].valid_mass_exact = self.backend.exact_reads  # a served top-k: a bound
         if self.injection_check and not getattr(_COUNTERFACTUAL, "active", False):
             options = {"scale": scale, "method": method, "mode": mode, "temperature": temperature}
             results = self._check_scores(prompts, responses, results, options)
@@ -425,14 +425,14 @@ class Judge:
             orders = [{label: _prob(lp) for label, lp in read[0].items()} for read in (read_ab, read_ba)]
             if min(sum(o.values()) for o in orders) <= 0:
                 results[i].error = "the judge put no probability on any verdict in one order"
-                results[i].valid_mass_exact = getattr(self.backend, "exact_reads", True)
+                results[i].valid_mass_exact = self.backend.exact_reads
                 continue
             # Perplexity of the judge's own output in each order: its critique (if any) plus its likeliest verdict.
             ppl = None
             if method == "ppl":
                 ppl = tuple(math.exp(-(g_lp + max(lp.values())) / (g_n + 1)) for lp, g_lp, g_n in (read_ab, read_ba))
             pref = decide_preference(orders[0], orders[1], method, perplexity=ppl)
-            pref.truncated, pref.valid_mass_exact = truncated, getattr(self.backend, "exact_reads", True)
+            pref.truncated, pref.valid_mass_exact = truncated, self.backend.exact_reads
             results[i] = pref
         if self.injection_check and not getattr(_COUNTERFACTUAL, "active", False):
             results = self._check_prefs(prompts, responses_a, responses_b, results, {"method": method, "mode": mode})

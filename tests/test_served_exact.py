@@ -68,7 +68,7 @@ def test_every_label_gets_its_full_vocabulary_probability(tiny, want, name):
     try:
         listed = top20(server, PROMPTS[0])
         assert len(listed) <= 21 and not set(listed) & {"2", "3", "5", "good", "bad"}  # outside the top-20
-        backend = OpenAIBackend(server.url, "m", tiny[1])
+        backend = OpenAIBackend(server.url, "m", tiny[1], exact="auto")
         for labels in (SCALE, CUSTOM):
             before = backend.requests
             (got,) = backend.label_logprobs(PROMPTS[:1], labels)
@@ -90,7 +90,7 @@ def test_a_server_without_an_exact_read_falls_back_and_says_so_once(tiny, want, 
     # bias: nothing exact to read. The top-k read, one warning, and every result flagged as a lower bound.
     server = fake_served(*tiny, flavor="vllm")
     try:
-        backend = OpenAIBackend(server.url, "m", tiny[1])
+        backend = OpenAIBackend(server.url, "m", tiny[1], exact="auto")
         judge = Judge(backend, progress=False)
         with caplog.at_level(logging.WARNING, logger="reward.backends.openai"):
             scores = judge.score(["What is two plus two?"] * 2, ["Four.", "It is 4."], scale=10)
@@ -108,7 +108,7 @@ def test_exact_scores_are_flagged_exact_and_keep_the_prefix_cache(tiny):
     # SGLang's radix cache: each prompt's text is computed once; every later read adds only its few label tokens.
     server = fake_served(*tiny, flavor="sglang")
     try:
-        judge = Judge(OpenAIBackend(server.url, "m", tiny[1]), progress=False)
+        judge = Judge(OpenAIBackend(server.url, "m", tiny[1], exact="auto"), progress=False)
         questions, answers = ["What is two plus two?", "Name a city in France."], ["Four.", "Paris."]
         scores = judge.score(questions, answers, scale=100)
         assert all(s.error is None and s.valid_mass_exact for s in scores)
@@ -130,6 +130,7 @@ def test_bad_exact_options(tiny):
             OpenAIBackend(server.url, "m", tiny[1], exact="sometimes")
         with pytest.raises(ValueError, match="completions"):
             OpenAIBackend(server.url, "m", tiny[1], endpoint="chat", exact="full")
-        assert OpenAIBackend(server.url, "m", tiny[1], endpoint="chat")._mode == "off"  # auto: chat reads top-k
+        chat = OpenAIBackend(server.url, "m", tiny[1], endpoint="chat", exact="auto")
+        assert chat._mode == "off"  # auto: the chat endpoint reads the top-k
     finally:
         server.close()

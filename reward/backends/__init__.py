@@ -14,8 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 class JudgeBackend(Protocol):
     """Everything `reward.Judge` reads from a model, declared once.
 
-    A backend subclasses this Protocol to inherit the defaults of `chat`, `lockstep` and `agree` (a plain local
-    backend needs none of them); `Judge` checks that every member is there when it is built.
+    A backend subclasses this Protocol to inherit the defaults of `chat`, `lockstep`, `exact_reads` and `agree` (a
+    plain local backend needs none of them); `Judge` checks that every member is there when it is built.
 
     Attributes:
         tokenizer: a transformers tokenizer (chat template, token counts for truncation).
@@ -25,12 +25,15 @@ class JudgeBackend(Protocol):
         lockstep: `True` when every process must make the same backend calls (a ZeRO-3 sharded model: each
             forward is a collective). `Judge` then makes its call count agree across processes (`agree`), even
             when this process has nothing to judge.
+        exact_reads: `False` when label probabilities are read as lower bounds (a served judge's top-k read):
+            `Judge` then flags `valid_mass` as a bound (`valid_mass_exact`).
     """
 
     tokenizer: Any
     max_length: int
     chat: bool = False
     lockstep: bool = False
+    exact_reads: bool = True
 
     def label_logprobs(self, prompts: Sequence[str], labels: Sequence[str]) -> list[dict[str, float]]:
         """For each prompt (already ending at the slot), log P(the judge writes exactly `label` next).

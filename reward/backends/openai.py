@@ -26,8 +26,10 @@ refuses connections is skipped for `DOWN_S` seconds. A router (vLLM's, SGLang's)
 Exact reads (`exact=`, `served_reads`): a label outside the top-k and the unlisted part of a label's end mass are
 read exactly where the server allows it: the whole vocabulary listed ("full": llama.cpp, vLLM with
 `--max-logprobs -1`) or label tokens lifted into the top-k by a logit bias and undone ("logit_bias": servers that
-report log-probs after the bias, e.g. SGLang). `exact="auto"` probes the server once; where neither works (or on
-the chat endpoint) it falls back to the top-k read above, says so once in the log, and `exact_reads` is False
+report log-probs after the bias, e.g. SGLang). Built from the servers' source and tested against fakes that follow
+it, not yet run against the real servers: so opt-in, `exact="off"` (the top-k read) by default.
+`exact="auto"` probes the server once; where neither works (or on the chat endpoint) it falls back to the top-k
+read above, says so once in the log, and `exact_reads` is False
 (`Judge` then flags `valid_mass` as a lower bound).
 
 Rationale mode (`mode="rationale"`) asks the server for a greedy critique first (`max_tokens=rationale_tokens`,
@@ -190,8 +192,8 @@ class OpenAIBackend(JudgeBackend):
         timeout: seconds per request.
         max_retries: attempts after the first, with exponential backoff (0.5 s, 1 s, 2 s, ... up to 8 s).
         api_key_env: environment variable holding the API key (sent as a bearer token, never logged).
-        exact: how labels are read (`served_reads.EXACT_MODES`): "auto" (probe the server once: "logit_bias", else
-            "full", else "off"), "full", "logit_bias" (chosen: not probed) or "off" (the top-k read).
+        exact: how labels are read (`served_reads.EXACT_MODES`): "off" (default: the top-k read), "auto" (probe the
+            server once: "logit_bias", else "full", else "off"), "full" or "logit_bias" (chosen: not probed).
         exact_bias: the lift of "logit_bias" reads, in nats.
 
     `requests` counts requests sent (retries included), `sent` them per URL, `failures` the items given up on,
@@ -201,7 +203,7 @@ class OpenAIBackend(JudgeBackend):
     def __init__(self, base_url: str | Sequence[str], model: str, tokenizer, *, endpoint: str = "completions",
                  max_length: int = 4096, top_logprobs: int = 20, concurrency: int = 8, prompts_per_request: int = 64,
                  requests_per_second: float | None = None, timeout: float = 60.0, max_retries: int = 4,
-                 api_key_env: str = "OPENAI_API_KEY", exact: str = "auto", exact_bias: float = 30.0):  # fmt: skip
+                 api_key_env: str = "OPENAI_API_KEY", exact: str = "off", exact_bias: float = 30.0):  # fmt: skip
         if endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
         if exact not in served_reads.EXACT_MODES:
