@@ -32,13 +32,14 @@ import asyncio
 import logging
 import threading
 
+from reward.group_judging import against_references
 from reward.text import as_text
 
-from ..reward_funcs import JudgeScoreReward, against_references
+from ..reward_funcs import JudgeScoreReward
 
 logger = logging.getLogger(__name__)
 
-REWARDS = ("score", "reference")
+ENV_REWARDS = ("score", "reference")
 
 
 class JudgeEnvironment:
@@ -85,8 +86,8 @@ class JudgeEnvironment:
                 from ..judge_args import JudgeArguments
 
                 cls.judge = JudgeArguments(judge=cls.judge).load()
-            (pref,) = against_references(cls.judge, [prompt], [answer], [self.reference])
-            return None if pref is None else pref.win
+            (win,) = against_references(cls.judge, [prompt], [answer], [self.reference])
+            return win
 
 
 def judge_environment(judge, *, reward: str = "score", scale: int = 5, reference_column: str = "reference",
@@ -100,8 +101,8 @@ def judge_environment(judge, *, reward: str = "score", scale: int = 5, reference
         reference_column: the dataset column holding each example's reference answer (`reference`).
         name: the class name, which TRL logs the reward under.
     """
-    if reward not in REWARDS:
-        raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
+    if reward not in ENV_REWARDS:
+        raise ValueError(f"reward must be one of {', '.join(ENV_REWARDS)}, got {reward!r}")
     score = JudgeScoreReward(judge, scale=scale) if reward == "score" else None
     return type(name, (JudgeEnvironment,), {
         "judge": judge, "_score": score, "reward": reward, "scale": scale, "reference_column": reference_column,
