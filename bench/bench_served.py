@@ -142,7 +142,7 @@ def main() -> int:
         urls.append(f"http://127.0.0.1:{port_out.get(timeout=60)}/v1")
     url = urls[0]
     try:
-        backend = OpenAIBackend(url, "m", tokenizer, concurrency=args.concurrency)
+        backend = OpenAIBackend(url, "m", tokenizer, concurrency=args.concurrency, exact="auto")
         judge = Judge(backend, progress=False)
         cands = mt_bench_candidates(max_words=60)
         rows = [(c["question"], a) for c in cands for a in c["answers"].values()]
