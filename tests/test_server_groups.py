@@ -245,3 +245,17 @@ def test_serve_pairing_and_aggregate_reach_the_groups_reward(judge):
         want = dict(zip(group, swiss(prompts=[prompt] * len(group), completions=group)))
         assert reward == pytest.approx(want[response], abs=1e-6)
         assert reward != pytest.approx(want_pairwise(judge, prompt, group)[response], abs=1e-3)
+
+
+def test_failure_policies_fill_by_value():
+    """`group_mean` is the mean of the judged rewards (0.4 here, not the neutral 0.5); `value:X` takes finite X
+    only; `retry` leaves the failure for the 503."""
+    from trainers.fallback import FailurePolicy
+
+    assert FailurePolicy.parse("group_mean").fill([0.2, None, 0.6], neutral=0.5) == pytest.approx([0.2, 0.4, 0.6])
+    assert FailurePolicy.parse("group_mean").fill([None, None], neutral=3.0) == [3.0, 3.0]
+    assert FailurePolicy.parse("value:-1").fill([None, 0.3], neutral=0.5) == [-1.0, 0.3]
+    assert FailurePolicy.parse("retry").fill([None, 0.3], neutral=0.5) == [None, 0.3]
+    for bad in ("value:inf", "value:-inf", "value:nan", "value:x", "mean"):
+        with pytest.raises(ValueError, match="on_failure"):
+            FailurePolicy.parse(bad)
