@@ -165,20 +165,20 @@ def test_batch_rewards_group_by_the_uid_in_extra_info(judge):
 
 
 @pytest.mark.parametrize("scale", [5, 10])
-def test_a_lone_sample_gets_its_pointwise_score_rescaled_at_any_scale(judge, scale):
-    """No peer: the pointwise score on 1..scale becomes (score - 1) / (scale - 1), locally and on the server."""
+def test_a_lone_sample_gets_its_peers_mean_at_any_scale(judge, scale):
+    """No peer: 0.5, the mean reward of any group judged in pairs (#28: on its peers' scale, not its pointwise score
+    rescaled), locally and on the server, whatever the pointwise scale; counted as lone."""
     import httpx
 
-    (score,) = JudgeScoreReward(judge, scale=scale)(prompts=["Name a colour."], completions=["Dark blue."])
-    want = (score - 1) / (scale - 1)
+    (score,) = JudgeScoreReward(judge, scale=scale)(prompts=["Name a colour."], completions=["Red."])
+    assert abs((score - 1) / (scale - 1) - 0.5) > 0.05  # the old reading would give another value here
     info = {"question": "Name a colour.", "uid": "only"}
-    assert compute_score_batch(["s"], ["Dark blue."], None, [info], judge=judge, scale=scale) == pytest.approx([want])
+    assert compute_score_batch(["s"], ["Red."], None, [info], judge=judge, scale=scale) == [0.5]
     prompt = judge.tokenizer.apply_chat_template(
         [{"role": "user", "content": "Name a colour."}], tokenize=False, add_generation_prompt=True
     )
     with live(create_app(judge, scale=scale)) as url:
-        body = {"query": [prompt + "Dark blue." + judge.tokenizer.eos_token], "prompts": [prompt], "labels": [None]}
+        body = {"query": [prompt + "Red." + judge.tokenizer.eos_token], "prompts": [prompt], "labels": [None]}
         out = httpx.post(f"{url}/get_reward", json=body, timeout=30).json()
-    (score_of_templated,) = JudgeScoreReward(judge, scale=scale)(prompts=[prompt], completions=["Dark blue."])
-    assert out["rewards"] == pytest.approx([(score_of_templated - 1) / (scale - 1)], abs=1e-9)
+    assert out["rewards"] == [0.5]
     assert out["extra_logs"]["judge/lone"] == 1
