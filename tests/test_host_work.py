@@ -59,11 +59,16 @@ def reference_fit(judge, template, fields, keys, mode="direct"):
         return None
     for key in keys:
         ids = judge.tokenizer(fields[key], add_special_tokens=False).input_ids
-        if len(ids) > budget:
+        if len(ids) > budget:  # head + tail, cut shorter until the cut text itself fits (#32: it overshot)
             keep = max(budget - _LABEL_RESERVE, 2)
-            head, tail = ids[: keep // 2], ids[len(ids) - (keep - keep // 2) :]
-            mark = judge_module.CUT_MARK.format(n=len(ids) - keep)
-            fields[key] = judge.tokenizer.decode(head) + mark + judge.tokenizer.decode(tail)
+            while True:
+                head, tail = ids[: keep // 2], ids[len(ids) - (keep - keep // 2) :]
+                mark = judge_module.CUT_MARK.format(n=len(ids) - keep)
+                fields[key] = judge.tokenizer.decode(head) + mark + judge.tokenizer.decode(tail)
+                over = count(fields[key]) - budget
+                if over <= 0 or keep <= 2:
+                    break
+                keep = max(keep - over, 2)
     return judge._render(template, fields)
 
 
