@@ -102,19 +102,15 @@ def option_problems(reward, group_size, group_timeout, on_failure, deadline_s=15
 
 
 def limit_problems(scale, pairing, aggregate, max_batch, max_wait_s, max_queue, max_request_items) -> list[str]:
-    """What is wrong with the judging and queue options (`max_batch 0` hung the first request and the server)."""
+    """What is wrong with the judging and queue options (`max_batch 0` hung the first request and the server). The
+    judging options are checked by the engine that will use them (`GroupJudge`), so the rules live in one place."""
     import math
 
-    from reward.group_judging import PAIRINGS
-    from reward.groups import AGGREGATES
-
     problems = []
-    if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 100:
-        problems.append(f"scale must be an integer in 2..100, got {scale!r}")
-    if pairing not in PAIRINGS:
-        problems.append(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
-    if aggregate is not None and aggregate not in AGGREGATES:
-        problems.append(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+    try:
+        GroupJudge(pairing=pairing, aggregate=aggregate, scale=scale)
+    except ValueError as exc:
+        problems.append(str(exc))
     for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("max_request_items", max_request_items)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             problems.append(f"{name} must be an integer >= 1, got {value!r}")
