@@ -1,11 +1,11 @@
-"""The rejects store (reward/consistency/rejected.py) and the shard merge by known row order (trainers/rejects.py)."""
+"""The rejects store (reward/consistency/rejected.py) and the shard merge by row order (trainers/data/rejects)."""
 
 import random
 
 import numpy as np
 
 from reward.consistency.rejected import Rejects
-from trainers.rejects import merge_reject_files
+from trainers.data.rejects import merge_reject_files
 
 
 def test_rejects_keep_each_rows_first_reason_and_sorted_unique_evidence():

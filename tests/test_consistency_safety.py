@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_cli import write_jsonl
 
-import trainers.outputs
+import trainers.data.outputs
 from trainers.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_outputs_are_a_set_an_interrupted_commit_leaves_no_report(tmp_path, monk
     # Second run on other rows, killed after its first rename: no report may vouch for the mixed set.
     write_jsonl(tmp_path / "in.jsonl", ROWS[:2])
     calls = []
-    real = trainers.outputs._replace
+    real = trainers.data.outputs._replace
 
     def replace_then_die(tmp, path, merge=False):
         if calls:
@@ -89,7 +89,7 @@ def test_outputs_are_a_set_an_interrupted_commit_leaves_no_report(tmp_path, monk
         calls.append(path)
         real(tmp, path, merge)
 
-    monkeypatch.setattr(trainers.outputs, "_replace", replace_then_die)
+    monkeypatch.setattr(trainers.data.outputs, "_replace", replace_then_die)
     with pytest.raises(KeyboardInterrupt):
         main(clean_args(tmp_path))
     assert not (tmp_path / "report.json").exists()
@@ -114,9 +114,10 @@ def test_temp_files_are_exclusive_and_never_follow_a_symlink(tmp_path, monkeypat
     write_jsonl(tmp_path / "in.jsonl", ROWS)
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    names = {trainers.outputs.OutputSet({"output": tmp_path / "kept.jsonl"})._temp_name("output") for _ in range(3)}
+    outputs = trainers.data.outputs
+    names = {outputs.OutputSet({"output": tmp_path / "kept.jsonl"})._temp_name("output") for _ in range(3)}
     assert len(names) == 3  # unpredictable: a fresh random token each time
-    monkeypatch.setattr(trainers.outputs.secrets, "token_hex", lambda n: "feedfacefeedface")
+    monkeypatch.setattr(trainers.data.outputs.secrets, "token_hex", lambda n: "feedfacefeedface")
     planted = tmp_path / f".kept.jsonl.trustreward-{os.getpid()}-feedfacefeedface.tmp"
     planted.symlink_to(victim)
     assert main(clean_args(tmp_path)) == 2

@@ -129,17 +129,17 @@ def test_bad_shard_specs_and_merges_are_clear_errors(tmp_path, capsys):
 
 
 def test_a_file_changing_while_sharded_is_an_error(tmp_path, monkeypatch, capsys):
-    import trainers.shards
+    import trainers.data.shards
 
     write(tmp_path / "in.jsonl", synthetic_rows())
-    real = trainers.shards.ShardStore.add
+    real = trainers.data.shards.ShardStore.add
 
     def add_and_append(self, block):
         real(self, block)
         with open(tmp_path / "in.jsonl", "a") as f:
             f.write(json.dumps({"prompt": "late", "chosen": "a", "rejected": "b"}) + "\n")
 
-    monkeypatch.setattr(trainers.shards.ShardStore, "add", add_and_append)
+    monkeypatch.setattr(trainers.data.shards.ShardStore, "add", add_and_append)
     args = ["clean", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "k.jsonl"), "--rejects"]
     args += [str(tmp_path / "r.jsonl"), "--report", str(tmp_path / "p.json"), "--labels-only", "--shard_mb", "0.01"]
     assert main(args) == 2
@@ -224,7 +224,7 @@ def test_column_parsing_equals_row_parsing():
         {"prompt": "q", "response_a": "a", "response_b": "b", "label": "tie", "order_consistent": False},
         {"prompt": "q", "response_a": "a", "response_b": "b", "p_a": 0.2, "p_b": 0.2, "p_tie": 0.6, "label": "b"},
     ]
-    from trainers.shards import _read_json
+    from trainers.data.shards import _read_json
 
     table = _read_json([json.dumps(r).encode() for r in rows])  # as the CLI reads JSONL
     for need_label in (True, False):
@@ -247,7 +247,7 @@ def test_column_parsing_equals_row_parsing():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_vectorised_build_equals_the_row_by_row_build(seed):
     from reward.consistency.clean import clean_parsed
-    from trainers.shards import ShardRows
+    from trainers.data.shards import ShardRows
 
     rows = synthetic_rows(n_prompts=10, seed=seed)
     rows += [rows[0] | {"label": "tie"}, rows[5], rows[5], {"prompt": "q", "response_a": "a", "response_b": "b"}]
@@ -293,8 +293,8 @@ _REJECT_LINES = [
 
 
 def test_spliced_reject_lines_are_byte_identical_to_re_encoded_ones():
-    from trainers.rejects import _ENCODER, reject_lines
-    from trainers.shards import ShardRows, UserError
+    from trainers.data.rejects import _ENCODER, reject_lines
+    from trainers.data.shards import ShardRows, UserError
 
     rows = ShardRows("in.jsonl", np.arange(len(_REJECT_LINES)))
     rows.add("lines", _REJECT_LINES)
@@ -314,7 +314,7 @@ def test_spliced_reject_lines_are_byte_identical_to_re_encoded_ones():
         # Learnt from line 0 first, as a shard's rejects are written: line i then takes the fast path if it can.
         assert reject_lines([records[0], record], rows)[1] == expected, _REJECT_LINES[i]
     # The splice did run (the first line's layout, the last line), and bytes the encoder would change did not.
-    splice = __import__("trainers.rejects", fromlist=["_Splicer"])._Splicer()
+    splice = __import__("trainers.data.rejects", fromlist=["_Splicer"])._Splicer()
     splice.learn(json.loads(_REJECT_LINES[0]))
     spliced = [i for i, line in enumerate(_REJECT_LINES) if splice.canonical(line)]
     assert spliced == [0, 1, 3, 5, 10, 11, len(_REJECT_LINES) - 1]

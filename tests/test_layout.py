@@ -69,7 +69,7 @@ def test_cli_only_dispatches():
 
 
 def _argument_dataclasses():
-    from trainers.audit_clean import AuditArguments, CleanArguments, MergeArguments
+    from trainers.data.audit_clean import AuditArguments, CleanArguments, MergeArguments
     from trainers.grpo import JudgeRewardArguments
     from trainers.judge_file import JudgeFileArguments
     from trainers.server import ServeArguments

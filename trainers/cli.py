@@ -42,7 +42,7 @@ def _dispatch(command: str, rest: list[str]) -> int:
 
         args, judge_args = parse(f"trustreward {command}", (JudgeFileArguments, JudgeArguments), rest)
         return judge_file(command, args, judge_args)
-    from .audit_clean import AuditArguments, CleanArguments, MergeArguments, merge, run
+    from .data.audit_clean import AuditArguments, CleanArguments, MergeArguments, merge, run
 
     if command == "merge":
         (args,) = parse("trustreward merge", (MergeArguments,), rest)

@@ -8,11 +8,8 @@ the same), and as U+FFFD in Parquet, which can only hold valid UTF-8.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 from .args import UserError
@@ -137,72 +134,57 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+def open_dataset(path: Path, split: str | None = None):
+    """A Parquet file or a `save_to_disk` folder as a `datasets.Dataset` (Parquet memory-mapped): `(dataset, split)`,
+    `split` naming the split taken from a saved `DatasetDict` (which needs `split` unless it has only one), else
+    `None`. The one reader of both formats (`read_rows`, and the dataset commands' `shards.Source`)."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    if not path.is_dir():
+        import pyarrow.parquet as pq
+
+        try:
+            return Dataset(pq.read_table(path, memory_map=True)), None
+        except Exception as exc:
+            raise UserError(f"{path}: not a readable Parquet file ({exc})") from None
+    try:
+        data = load_from_disk(str(path))
+    except Exception as exc:  # datasets raises several types for "not a saved dataset"
+        raise UserError(f"{path}: not a dataset saved with save_to_disk ({exc})") from None
+    if isinstance(data, DatasetDict):
+        if split is None and len(data) != 1:
+            raise UserError(f"{path}: a DatasetDict with splits {list(data)}; pass --split")
+        split = split or next(iter(data))
+        if split not in data:
+            raise UserError(f"{path}: no split {split!r} (has {list(data)})")
+        return data[split], split
+    return data, None
+
+
 def read_rows(path: str | Path, split: str | None = None):
     """Reads a JSONL file (a list of dicts), a Parquet file or a `save_to_disk` directory (a `datasets.Dataset`).
 
     Returns:
-        `(rows, split)`: `split` names the split taken from a saved `DatasetDict` (which needs `split` unless it has
-        only one), else `None`. Errors name the file (and the line, for JSONL).
+        `(rows, split)`: `split` names the split taken from a saved `DatasetDict` (see `open_dataset`), else `None`.
+        Errors name the file (and the line, for JSONL).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
-    if path.is_dir():
-        from datasets import DatasetDict, load_from_disk
-
-        try:
-            data = load_from_disk(str(path))
-        except Exception as exc:  # datasets raises several types for "not a saved dataset"
-            raise ValueError(f"{path}: not a dataset saved with save_to_disk ({exc})") from None
-        if isinstance(data, DatasetDict):
-            if split is None and len(data) != 1:
-                raise ValueError(f"{path}: a DatasetDict with splits {list(data)}; pass --split")
-            split = split or next(iter(data))
-            if split not in data:
-                raise ValueError(f"{path}: no split {split!r} (has {list(data)})")
-            return data[split], split
-        return data, None
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-        from datasets import Dataset
-
-        try:
-            return Dataset(pq.read_table(path)), None
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable Parquet file ({exc})") from None
+    if path.is_dir() or path.suffix.lower() == ".parquet":
+        return open_dataset(path, split)
     return read_jsonl(path), None
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yields a temporary path next to `path`; renamed onto `path` only if the block succeeds.
-
-    So an interrupted run never leaves a half-written file (or `save_to_disk` directory) that looks complete.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        if tmp.is_dir() and path.exists():  # a directory cannot be renamed over a non-empty one
-            aside = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(aside)
-            tmp.rename(path)
-            shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        elif tmp.exists():
-            tmp.unlink()
-
-
 def write_jsonl(path: str | Path, rows) -> None:
-    """Writes rows as JSONL, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    """Writes rows as JSONL, atomically: the dataset commands' `OutputSet` (private temporary, renamed when done)."""
+    from .data.outputs import OutputSet
+
+    with OutputSet({"output": path}) as out:
+        f = out.open("output")
         for row in rows:
             f.write(json_line(row))
+        out.commit()
 
 
 class Failsafe:

@@ -73,7 +73,7 @@ def _validate_judge_file(command: str, args: JudgeFileArguments) -> None:
     from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS
 
     from .args import UserError
-    from .outputs import check_distinct, check_replaceable, output_format
+    from .data.outputs import check_distinct, check_replaceable, output_format
 
     methods = SCORE_METHODS if command == "score" else PREFERENCE_METHODS
     if args.method is not None and args.method not in methods:
@@ -90,9 +90,9 @@ def judge_file(command: str, args: JudgeFileArguments, judge_args: JudgeArgument
     """Runs `score` / `compare` on `args.input` (under torchrun with `judge_backend deepspeed`: every rank judges
     a share of the rows, rank 0 writes)."""
     from .args import UserError
+    from .data.outputs import OutputSet, output_format
+    from .data.shards import Source, write_rows
     from .files import column_problem
-    from .outputs import OutputSet, output_format
-    from .shards import Source, write_rows
 
     _validate_judge_file(command, args)
     source = Source(args.input)  # before the judge loads: a missing file is an error in a second

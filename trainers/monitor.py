@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 from reward.consistency import PreferenceGraph, conflict_ratio, non_transitivity
 from reward.defenses import suspicious_spans
 from reward.scoring import SCORE_METHODS, entropy
+from reward.text import text_key
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class JudgeMonitor(TrainerCallback):
         groups = defaultdict(list)
         for i, prompt in enumerate(prompts):
             if questions[i] is not None and answers[i] is not None:
-                groups[json.dumps(prompt, sort_keys=True, default=str)].append(i)
+                groups[text_key(prompt)].append(i)  # the one prompt identity (rewards, cleaning, shards)
         rng = random.Random(f"{self.seed}:{step}:{self._checks}")
         self._checks += 1
         sampled = [m for m in groups.values() if len(m) >= 2 and rng.random() < self.sample_rate][: self.max_groups]

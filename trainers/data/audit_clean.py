@@ -19,8 +19,8 @@ from reward.consistency.clean import clean_parsed
 from reward.consistency.graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT
 from reward.consistency.metrics import merge_audits
 
-from .args import UserError
-from .judge_args import JudgeArguments
+from ..args import UserError
+from ..judge_args import JudgeArguments
 from .outputs import OutputSet, check_distinct, check_not_inputs, check_replaceable, file_digest, output_format
 from .rejects import merge_reject_files, rejected_indices, rejected_lines
 from .shards import (

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .args import UserError
+from ..args import UserError
 
 FORMATS = ("jsonl", "parquet", "dataset")
 _TMP = ".trustreward-"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .args import UserError
-from .files import MAX_DEPTH, Failsafe, arrow_rows, json_line, too_deep
+from ..args import UserError
+from ..files import MAX_DEPTH, Failsafe, arrow_rows, json_line, open_dataset, too_deep
 
 BLOCK_BYTES = 4 << 20  # JSONL read size: whole lines of about this many bytes (16 MB held ~80 MB more at peak)
 BATCH_ROWS = 65536  # Arrow record batch size for Parquet / saved datasets
@@ -144,30 +144,10 @@ class Source:
         self.digest = h.hexdigest()
 
     def dataset(self):
-        """The input as a `datasets.Dataset` (Parquet / saved datasets only)."""
+        """The input as a `datasets.Dataset` (Parquet / saved datasets only: `files.open_dataset`)."""
         if self._dataset is None:
-            from datasets import Dataset, DatasetDict, load_from_disk
-
-            if self.format == "parquet":
-                import pyarrow.parquet as pq
-
-                try:
-                    self._dataset = Dataset(pq.read_table(self.path, memory_map=True))
-                except Exception as exc:
-                    raise UserError(f"{self.path}: not a readable Parquet file ({exc})") from None
-            else:
-                try:
-                    data = load_from_disk(str(self.path))
-                except Exception as exc:  # datasets raises several types for "not a saved dataset"
-                    raise UserError(f"{self.path}: not a dataset saved with save_to_disk ({exc})") from None
-                if isinstance(data, DatasetDict):
-                    if self.split is None and len(data) != 1:
-                        raise UserError(f"{self.path}: a DatasetDict with splits {list(data)}; pass --split")
-                    self.split = self.split or next(iter(data))
-                    if self.split not in data:
-                        raise UserError(f"{self.path}: no split {self.split!r} (has {list(data)})")
-                    data = data[self.split]
-                self._dataset = data
+            self._dataset, split = open_dataset(self.path, self.split)
+            self.split = split or self.split
         return self._dataset
 
     def _arrow_blocks(self):

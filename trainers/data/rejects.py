@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from .files import json_line
+from ..files import json_line
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # json.dumps(..., these options), built once
 
