@@ -207,3 +207,82 @@ def test_the_rubric_recipe_trains_with_the_engines_numbers(tmp_path, tiny_model_
     assert len(logs) == 2 and all(h["judge/failures"] == 0 for h in logs)
     # Each step's group (one prompt, 4 completions) tallied once per criterion of its rubric.
     assert monitor.criteria and all((c.groups, c.reads) == (1, 4) for c in monitor.criteria.values())
+
+
+def test_score_file_with_a_rubric_column(tmp_path, tiny_model_dir, tiny_judge):
+    """`trustreward score --rubric_column`: the engine's numbers per row and per criterion, a broken rubric row
+    not judged (its reason written) and the rest judged; Parquet holds the same rows (one schema for all rows).
+    Fails a command that drops or zeroes the bad row, shifts rubrics between rows, or writes another reward."""
+    import pandas as pd
+
+    from trainers.cli import main
+
+    rows = [
+        {"id": 1, "prompt": "What is two plus two?", "response": "It is four.", "rubric": json.dumps(RUBRIC)},
+        {"id": 2, "prompt": "What is two plus two?", "response": "four", "rubric": '[{"text": "x", "weight": 0}]'},
+        {"id": 3, "prompt": [{"role": "user", "content": "Paris?"}], "response": "In France.", "rubric": SHORT},
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["score", "--input", str(tmp_path / "in.jsonl"), "--judge", tiny_model_dir, "--judge_device", "cpu"]
+    assert main([*base, "--output", str(tmp_path / "out.jsonl"), "--rubric_column", "rubric"]) == 0
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in out] == [1, 2, 3] and "score" not in out[0]
+    assert out[1]["rubric_reward"] is None and out[1]["judge_error"].startswith("'rubric' is not a rubric: rubric ")
+    assert "weight is 0" in out[1]["judge_error"] and out[1]["rubric_criteria"] == []
+    want = tiny_judge.rubric(["What is two plus two?", "Paris?"], ["It is four.", "In France."], [RUBRIC, SHORT])
+    for r, w in zip((out[0], out[2]), want):
+        assert r["judge_error"] is None and r["rubric_reward"] == pytest.approx(w.value, abs=1e-5)
+        assert [c["text"] for c in r["rubric_criteria"]] == [c.text for c in w.criteria]
+        assert [c["value"] for c in r["rubric_criteria"]] == pytest.approx([c.value for c in w.criteria], abs=1e-5)
+        assert r["rubric_valid_mass"] == pytest.approx(w.valid_mass, abs=1e-5) and r["rubric_failed"] == 0
+    # Parquet: one type per column (text prompts, rubrics as JSON text)
+    same = [{**r, "prompt": "Paris?", "rubric": json.dumps(r["rubric"])} if r["id"] == 3 else r for r in rows]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in same))
+    assert main([*base, "--output", str(tmp_path / "out.parquet"), "--rubric_column", "rubric"]) == 0
+    table = pd.read_parquet(tmp_path / "out.parquet")
+    assert table["rubric_reward"].tolist()[0] == pytest.approx(out[0]["rubric_reward"], abs=1e-6)
+    assert pd.isna(table["rubric_reward"].tolist()[1]) and len(table["rubric_criteria"].tolist()[2]) == 2
+
+
+def test_score_file_rubric_flags_fail_before_the_judge_loads(tmp_path, capsys):
+    from trainers.cli import main
+
+    (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "q", "response": "a", "rubric": SHORT}) + "\n")
+    base = ["score", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"), "--judge", "/none"]
+    cases = {
+        "--rubric_mode must be one of explicit, implicit, pairwise": [
+            "--rubric_column",
+            "rubric",
+            "--rubric_mode",
+            "x",
+        ],
+        "goes with --rubric_mode pairwise": ["--rubric_column", "rubric", "--rubric_mode", "pairwise"],
+        "do not apply to a rubric reward": ["--rubric_column", "rubric", "--scale", "10"],
+        "options of --rubric_column": ["--rubric_mode", "implicit"],
+    }
+    for message, flags in cases.items():
+        base[-1] = "embedded"
+        assert main([*base, *flags]) == 2 and message in capsys.readouterr().err, message
+    assert main([*base, "--rubric_column", "checklist"]) == 2
+    assert "no row has the column 'checklist'" in capsys.readouterr().err
+
+
+def test_rubric_rows_mark_failed_criteria_and_missing_anchors(fake_judge):
+    """A criterion the judge failed: no reward, the row's judge_error says how many failed; pairwise rows without an
+    anchor are not judged."""
+    from trainers.judge_file import rubric_rows
+
+    def blind_on_pitfall(prompt):
+        return {"no": 0.0, "yes": 0.0} if criterion_of(prompt) == PITFALL else planted(prompt)
+
+    judge = fake_judge(rule=rank_rule, points=blind_on_pitfall)
+    rows = [{"prompt": "q", "response": a, "rubric": r} for a, r in (("x", RUBRIC), ("y", SHORT))]
+    failed, judged = rubric_rows(judge, rows, "rubric", "explicit")
+    assert failed["rubric_reward"] is None and failed["rubric_failed"] == 1
+    assert failed["judge_error"].startswith("1 of 3 criteria failed (first: the judge put no probability")
+    assert [c["value"] for c in failed["rubric_criteria"]][:2] == pytest.approx([0.9, 0.7])
+    assert judged["rubric_reward"] == pytest.approx(by_hand("y", SHORT)) and judged["judge_error"] is None
+    anchored = [{**rows[1], "anchor": "z"}, rows[1]]
+    got = rubric_rows(judge, anchored, "rubric", "pairwise", "anchor")
+    assert got[0]["rubric_reward"] == pytest.approx(0.8 + 0.1 / 2)  # y beats z on every criterion (rank_rule)
+    assert got[1]["judge_error"] == "rubric_mode pairwise: no anchor answer in 'anchor'"
