@@ -160,22 +160,27 @@ def test_monitor_rubric_conflict_ratio_and_never_discriminating_criteria(fake_ju
     assert not monitor.criteria[FLAT].never_discriminates and log["judge/never_discriminates"] == 0.0
 
 
-def by_length(prompt):
-    """P(yes) of a criterion from the answer's and the criterion's lengths: differs between answers and criteria."""
+def flat_if_even(prompt):
+    """Criteria of even text length: P(yes) 0.7 for every answer (never discriminate); the others vary with it."""
     if "[Criterion]\n" not in prompt:
         return rank_rule(prompt)
-    p = ((len(answer_of(prompt)) + len(criterion_of(prompt))) % 10 + 0.5) / 11
+    criterion, answer = criterion_of(prompt), answer_of(prompt)
+    p = 0.7 if len(criterion) % 2 == 0 else (sum(map(ord, answer)) % 97 + 1) / 99
     return {"no": 1 - p, "yes": p}
 
 
-def test_the_rubric_recipe_trains_with_the_engines_numbers(tmp_path, tiny_model_dir, tiny_judge):
+def test_the_rubric_recipe_trains_with_the_engines_numbers(tmp_path, wandb_offline, tiny_model_dir, tiny_judge):
     """The recipe parses into a rubric reward over mt_bench_rubrics' `rubric` column; a real GRPOTrainer hands the
-    column over and logs the engine's rewards for each completion. Fails a wiring that drops the column (every
-    reward None), reads another prompt's rubric, or builds another reward."""
+    column over and logs the engine's rewards for each completion; W&B (offline, read back from disk) gets the
+    rubric CR as the monitor computed it, the per-criterion metrics, and the table of criteria flagging exactly the
+    planted non-discriminating ones. Fails a wiring that drops the column (every reward None), reads another
+    prompt's rubric, builds another reward, or a table that flags by anything but the spread."""
     from pathlib import Path
 
+    import wandb
     from conftest import FakeBackend, tiny_grpo_config
     from trl import GRPOTrainer, TrlParser
+    from wandb_records import read_run
 
     from reward import Judge
     from trainers.grpo import JudgeRewardArguments, build_rewards
@@ -189,13 +194,14 @@ def test_the_rubric_recipe_trains_with_the_engines_numbers(tmp_path, tiny_model_
     )[:2]
     assert (args.reward, args.rubric_mode, args.dataset, judge_args.judge) == (
         "rubric", "explicit", "mt_bench_rubrics", "embedded")  # fmt: skip
-    judge = Judge(FakeBackend(tiny_judge.tokenizer, rank_rule, by_length), progress=False)
+    judge = Judge(FakeBackend(tiny_judge.tokenizer, rank_rule, flat_if_even), progress=False)
     monitor = args.build_monitor()
     (reward,) = build_rewards(args, judge, monitor)
     assert isinstance(reward, JudgeRubricReward) and reward.rubric_column == "rubric" and reward.monitor is monitor
     dataset = prompt_dataset(args.dataset, args.max_prompts)
-    trainer = GRPOTrainer(model=tiny_model_dir, reward_funcs=[reward], args=tiny_grpo_config(tmp_path),
-                          train_dataset=dataset, callbacks=[monitor])  # fmt: skip
+    config = tiny_grpo_config(tmp_path / "out", report_to="wandb")
+    trainer = GRPOTrainer(model=tiny_model_dir, reward_funcs=[reward], args=config, train_dataset=dataset,
+                          callbacks=[monitor])  # fmt: skip
     trainer.train()
     rubrics = {row["question"]: row["rubric"] for row in rubric_rows()}
     prompts = [as_text(p) for p in list(trainer._logs["prompt"])[-4:]]
@@ -207,6 +213,21 @@ def test_the_rubric_recipe_trains_with_the_engines_numbers(tmp_path, tiny_model_
     assert len(logs) == 2 and all(h["judge/failures"] == 0 for h in logs)
     # Each step's group (one prompt, 4 completions) tallied once per criterion of its rubric.
     assert monitor.criteria and all((c.groups, c.reads) == (1, 4) for c in monitor.criteria.values())
+    wandb.finish()
+    history, _ = read_run(tmp_path)
+    rows = [h for h in history if "train/judge/rubric_conflict_ratio" in h]
+    assert len(rows) == len(logs) == 2
+    assert rows[-1]["train/judge/rubric_conflict_ratio"] == pytest.approx(monitor.last["rubric_conflict_ratio"])
+    for row, log in zip(rows, logs):
+        assert row["train/judge/rubric_conflict_ratio"] == pytest.approx(log["judge/rubric_conflict_ratio"])
+        assert "train/judge/never_discriminates" in row and "train/judge/conflict_ratio" not in row
+        assert any(k.startswith("train/judge/criterion/") and k.endswith("/value") for k in row)
+    tables = [h for h in history if h.get("train/judge/rubric_criteria/_type") == "table-file"]
+    assert len(tables) == 2
+    (run_dir,) = {p.parent for p in tmp_path.rglob("run-*.wandb")}
+    table = json.loads((run_dir / "files" / tables[-1]["train/judge/rubric_criteria/path"]).read_text())
+    flagged = {row[0] for row in table["data"] if row[table["columns"].index("never_discriminates")]}
+    assert flagged == {c for c in monitor.criteria if len(c) % 2 == 0} and 0 < len(flagged) < len(table["data"])
 
 
 def test_score_file_with_a_rubric_column(tmp_path, tiny_model_dir, tiny_judge):
