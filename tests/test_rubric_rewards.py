@@ -307,3 +307,16 @@ def test_rubric_rows_mark_failed_criteria_and_missing_anchors(fake_judge):
     got = rubric_rows(judge, anchored, "rubric", "pairwise", "anchor")
     assert got[0]["rubric_reward"] == pytest.approx(0.8 + 0.1 / 2)  # y beats z on every criterion (rank_rule)
     assert got[1]["judge_error"] == "rubric_mode pairwise: no anchor answer in 'anchor'"
+
+
+def test_recipe_rubric_options_fail_when_parsed_and_reach_the_reward(fake_judge):
+    from trainers.grpo import JudgeRewardArguments, build_rewards
+
+    with pytest.raises(ValueError, match="rubric_mode must be one of explicit, implicit, pairwise"):
+        JudgeRewardArguments(reward="rubric", rubric_mode="likert")
+    with pytest.raises(ValueError, match="rubric_mode pairwise compares each criterion with an anchor"):
+        JudgeRewardArguments(reward="rubric", rubric_mode="pairwise")
+    args = JudgeRewardArguments(reward="rubric", rubric_mode="pairwise", reference_column="gold", rubric_column="r")
+    (reward,) = build_rewards(args, fake_judge(), served=True)  # a served judge: TRL awaits it with the others
+    assert (reward.mode, reward.reference_column, reward.rubric_column) == ("pairwise", "gold", "r")
+    assert type(reward).__name__ == "AsyncJudgeReward" and isinstance(reward.reward, JudgeRubricReward)
