@@ -438,6 +438,15 @@ class Judge:
             results = self._check_prefs(prompts, responses_a, responses_b, results, {"method": method, "mode": mode})
         return results
 
+    def rubric(self, prompts: Sequence[str], responses: Sequence[str], rubrics: Sequence, *, mode: str = "explicit",
+               references: Sequence[str] | None = None) -> list:  # fmt: skip
+        """Rubric rewards, one `reward.rubric_judging.RubricScore` per (prompt, response): each criterion's choices
+        read exactly ("explicit"), one 1-10 score given all criteria in both orders ("implicit"), or each criterion
+        compared with an anchor answer in both orders ("pairwise", `references`). See `reward.rubric_judging`."""
+        from .rubric_judging import judge_rubrics  # (it builds on this module)
+
+        return judge_rubrics(self, prompts, responses, rubrics, mode=mode, references=references)
+
     # -- the counterfactual injection check (injection_check=True) ------------------------------------------------
 
     def _counterfactual(self, template: JudgeTemplate, text: str) -> str | None:

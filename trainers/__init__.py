@@ -11,6 +11,7 @@ _LAZY = {
     "JudgeMonitor": ".monitor",
     "JudgePairwiseReward": ".reward_funcs",
     "JudgeRewardModel": ".judge_module",
+    "JudgeRubricReward": ".reward_funcs",
     "JudgeScoreReward": ".reward_funcs",
     "as_text": ".reward_funcs",
 }

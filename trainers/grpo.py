@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GRPO_REWARDS = ("pairwise", "score", "both")
+GRPO_REWARDS = ("pairwise", "score", "both", "rubric")
 
 
 @dataclass
@@ -17,7 +17,16 @@ class JudgeRewardArguments:
     score_method: str = field(default="trustjudge", metadata={"help": "trustjudge | mean | geval | argmax."})
     preference_method: str = field(default="likelihood", metadata={"help": "likelihood | ppl | baseline."})
     judge_mode: str = field(default="direct", metadata={"help": "direct | rationale."})
-    reference_column: str | None = field(default=None, metadata={"help": "Compare with this column's answer."})
+    reference_column: str | None = field(
+        default=None,
+        metadata={"help": "Compare with this column's answer (pairwise; rubric_mode pairwise: the anchor)."},
+    )
+    rubric_column: str = field(default="rubric", metadata={"help": "rubric: the dataset column holding each rubric."})
+    rubric_mode: str = field(
+        default="explicit",
+        metadata={"help": "rubric: explicit (each criterion read, weighted) | implicit (one 1-10 score given all "
+                  "criteria) | pairwise (each criterion against reference_column's answer)."},
+    )  # fmt: skip
     pairing: str = field(
         default="all", metadata={"help": "Pairwise: which pairs: all | adaptive | anchor | circular | swiss."}
     )
@@ -29,7 +38,11 @@ class JudgeRewardArguments:
     swiss_rounds: int | None = field(
         default=None, metadata={"help": "swiss: rounds (default max(ceil(log2 G) + 1, (G - 1) // 3))."}
     )
-    dataset: str = field(default="mt_bench", metadata={"help": "'mt_bench' or a JSONL file with a 'prompt' column."})
+    dataset: str = field(
+        default="mt_bench",
+        metadata={"help": "'mt_bench', 'mt_bench_rubrics' (12 questions with a rubric column) or a JSONL file with a "
+                  "'prompt' column."},
+    )  # fmt: skip
     max_prompts: int | None = field(default=None, metadata={"help": "Use the first N prompts."})
     monitor_sample_rate: float = field(
         default=0.1, metadata={"help": "Fraction of groups checked for consistency (CR, NTR_3) per batch; 0: off."}
@@ -50,16 +63,21 @@ class JudgeRewardArguments:
     def __post_init__(self):
         # Checked here, before any model loads: a typo must not turn into None rewards and a warning every step.
         from reward.judge import MODES
+        from reward.rubric_judging import RUBRIC_MODES
         from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS, check_choice
 
         from .monitor import ACTIONS
 
         for name, choices in (("reward", GRPO_REWARDS), ("score_method", SCORE_METHODS),
                               ("preference_method", PREFERENCE_METHODS), ("judge_mode", MODES),
-                              ("on_inconsistency", ACTIONS)):  # fmt: skip
+                              ("on_inconsistency", ACTIONS), ("rubric_mode", RUBRIC_MODES)):  # fmt: skip
             check_choice(name, getattr(self, name), choices)
         if isinstance(self.scale, bool) or not isinstance(self.scale, int) or not 2 <= self.scale <= 100:
             raise ValueError(f"scale must be an integer in [2, 100], got {self.scale!r}")
+        if self.reward == "rubric" and self.rubric_mode == "pairwise" and not self.reference_column:
+            raise ValueError(
+                "rubric_mode pairwise compares each criterion with an anchor answer: set reference_column"
+            )
         if not 0 <= self.monitor_sample_rate <= 1:
             raise ValueError(f"monitor_sample_rate must be in [0, 1], got {self.monitor_sample_rate}")
 
@@ -82,7 +100,7 @@ class JudgeRewardArguments:
 
 def build_rewards(args: JudgeRewardArguments, judge, monitor=None, served: bool = False) -> list:
     """The recipe's judge rewards; `served` (an `openai:` judge): async rewards, which TRL awaits together."""
-    from .reward_funcs import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward
+    from .reward_funcs import AsyncJudgeReward, JudgePairwiseReward, JudgeRubricReward, JudgeScoreReward
 
     # With both rewards, separate metric prefixes keep pointwise and pairwise entropies from being averaged.
     both = args.reward == "both"
@@ -108,6 +126,10 @@ def build_rewards(args: JudgeRewardArguments, judge, monitor=None, served: bool 
                 monitor=monitor,
             )
         )
+    if args.reward == "rubric":
+        reference = args.reference_column if args.rubric_mode == "pairwise" else None
+        rewards.append(JudgeRubricReward(judge, rubric_column=args.rubric_column, mode=args.rubric_mode,
+                                         reference_column=reference, monitor=monitor))  # fmt: skip
     if served:
         rewards = [AsyncJudgeReward(r) for r in rewards]
     return rewards

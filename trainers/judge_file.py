@@ -1,4 +1,12 @@
-"""`trustreward score` and `compare`: a file of rows in, the same rows with the judge's fields out."""
+"""`trustreward score` and `compare`: a file of rows in, the same rows with the judge's fields out.
+
+`score --rubric_column C`: each row judged against the rubric in its column C (`Judge.rubric`, `--rubric_mode`)
+instead of a 1..scale score: `rubric_reward` (on [0, 1], `None` when it failed), `rubric_criteria` (per criterion:
+`text`, `weight`, `value`, `valid_mass`, `entropy`, `error`), `rubric_failed`, `rubric_valid_mass`,
+`rubric_entropy` and `rubric_order_gap` (implicit), `truncated`, `judge_error`. A row whose rubric does not parse
+(or, pairwise, without an anchor answer in `--reference_column`) is not judged: its `judge_error` says why, and
+the other rows are judged and written as usual.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +29,19 @@ class JudgeFileArguments:
         default=None, metadata={"help": "score: trustjudge|mean|geval|argmax; compare: likelihood|ppl|baseline."}
     )
     mode: str = field(default="direct", metadata={"help": "direct | rationale."})
+    rubric_column: str | None = field(
+        default=None,
+        metadata={"help": "score: judge each row against the rubric in this column (a list of criteria or its JSON "
+                  "text): its rubric reward and per-criterion values instead of a 1..scale score."},
+    )  # fmt: skip
+    rubric_mode: str = field(
+        default="explicit",
+        metadata={"help": "rubric: explicit (each criterion read, weighted) | implicit (one 1-10 score given all "
+                  "criteria) | pairwise (each criterion against --reference_column's answer)."},
+    )  # fmt: skip
+    reference_column: str | None = field(
+        default=None, metadata={"help": "rubric_mode pairwise: the column holding each row's anchor answer."}
+    )
     format: str | None = field(default=None, metadata={"help": "Output format: jsonl | parquet | dataset."})
 
 
@@ -43,15 +64,9 @@ def judge_rows(judge, command: str, rows: list[dict], options: dict, shard: tupl
     rank, world = shard
     mine = ok[rank * len(ok) // world : (rank + 1) * len(ok) // world]
     columns_of_mine = [list(c) for c in zip(*[texts[i] for i in mine])] or [[] for _ in columns]
-    results = (judge.score if command == "score" else judge.compare)(*columns_of_mine, **options)
-    if world > 1:  # rank 0 gathers every shard, rows in their input order
-        import torch.distributed as dist
-
-        shards = [None] * world if rank == 0 else None
-        dist.gather_object(results, shards, dst=0)
-        if rank != 0:
-            return []
-        results = [r for part in shards for r in part]
+    results = _gathered((judge.score if command == "score" else judge.compare)(*columns_of_mine, **options), shard)
+    if results is None:
+        return []
     fields: list[dict] = [{"judge_error": f"missing or empty text in {', '.join(columns)}"} for _ in rows]
     for i in broken:
         fields[i] = {"judge_error": f"a lone surrogate (a broken character, e.g. a cut emoji) in {', '.join(columns)}"}
@@ -69,6 +84,70 @@ def judge_rows(judge, command: str, rows: list[dict], options: dict, shard: tupl
     return fields
 
 
+def _gathered(results: list, shard: tuple[int, int]) -> list | None:
+    """Every shard's results on rank 0, rows in their input order (`None` on the other ranks)."""
+    rank, world = shard
+    if world == 1:
+        return results
+    import torch.distributed as dist
+
+    shards = [None] * world if rank == 0 else None
+    dist.gather_object(results, shards, dst=0)
+    return [r for part in shards for r in part] if rank == 0 else None
+
+
+def rubric_rows(judge, rows: list[dict], column: str, mode: str, reference_column: str | None = None,
+                shard: tuple[int, int] = (0, 1)) -> list[dict]:  # fmt: skip
+    """The rubric fields of each row (module docstring); `shard` as in `judge_rows`."""
+    from reward.rubrics import parse_rubric
+    from reward.text import as_text, lone_surrogate
+
+    fields, jobs = [], []  # jobs: (row, prompt, response, rubric, anchor)
+    for i, row in enumerate(rows):
+        texts = [as_text(row.get(c)) for c in ("prompt", "response")]
+        anchor = as_text(row.get(reference_column)) if mode == "pairwise" else None
+        error = None
+        if None in texts or any(lone_surrogate(t) for t in texts):
+            error = "missing, empty or broken text in prompt, response"
+        elif mode == "pairwise" and (anchor is None or lone_surrogate(anchor)):
+            error = f"rubric_mode pairwise: no anchor answer in {reference_column!r}"
+        else:
+            try:
+                jobs.append((i, *texts, parse_rubric(row.get(column)), anchor))
+            except (ValueError, TypeError) as exc:
+                error = f"{column!r} is not a rubric: {exc}"
+        fields.append(_rubric_fields(None, error))
+    rank, world = shard
+    mine = jobs[rank * len(jobs) // world : (rank + 1) * len(jobs) // world]
+    references = [j[4] for j in mine] if mode == "pairwise" else None
+    results = judge.rubric([j[1] for j in mine], [j[2] for j in mine], [j[3] for j in mine], mode=mode,
+                           references=references) if mine or judge.backend.lockstep else []  # fmt: skip
+    results = _gathered(results, shard)
+    if results is None:
+        return []
+    for job, result in zip(jobs, results):
+        fields[job[0]] = _rubric_fields(result, result.error)
+    return fields
+
+
+def _rubric_fields(result, error: str | None) -> dict:
+    """One row's rubric fields: the same keys whether it was judged or not (Parquet wants one schema). A reward
+    that is `None` because criteria failed says so in `judge_error` too."""
+    out = {"rubric_reward": None, "rubric_criteria": [], "rubric_failed": None, "rubric_valid_mass": None,
+           "rubric_entropy": None, "rubric_order_gap": None, "truncated": False, "judge_error": error}  # fmt: skip
+    if result is None:
+        return out
+    keys = ("text", "weight", "value", "valid_mass", "entropy", "error")
+    if error is None and result.value is None:
+        first = next(c.error for c in result.criteria if c.error is not None)
+        error = f"{result.failed} of {len(result.criteria)} criteria failed (first: {first})"
+    return out | {"rubric_reward": result.value, "rubric_criteria": [{k: getattr(c, k) for k in keys}
+                                                                     for c in result.criteria],
+                  "rubric_failed": result.failed, "rubric_valid_mass": result.valid_mass,
+                  "rubric_entropy": result.entropy, "rubric_order_gap": result.order_gap,
+                  "truncated": result.truncated, "judge_error": error}  # fmt: skip
+
+
 def _validate_judge_file(command: str, args: JudgeFileArguments) -> None:
     from reward.scoring import PREFERENCE_METHODS, SCORE_METHODS
 
@@ -82,8 +161,28 @@ def _validate_judge_file(command: str, args: JudgeFileArguments) -> None:
         raise UserError(f"--scale must be in 2..100, got {args.scale}")
     if args.mode not in ("direct", "rationale"):
         raise UserError(f"--mode must be direct or rationale, got {args.mode!r}")
+    _validate_rubric(command, args)
     check_replaceable("output", args.output, output_format(args.output, args.format) == "dataset")
     check_distinct({"input": args.input, "output": args.output})
+
+
+def _validate_rubric(command: str, args: JudgeFileArguments) -> None:
+    from reward.rubric_judging import RUBRIC_MODES
+
+    from .args import UserError
+
+    if args.rubric_mode not in RUBRIC_MODES:
+        raise UserError(f"--rubric_mode must be one of {', '.join(RUBRIC_MODES)}, got {args.rubric_mode!r}")
+    if args.rubric_column is None:
+        if args.reference_column is not None or args.rubric_mode != "explicit":
+            raise UserError("--rubric_mode and --reference_column are options of --rubric_column (score)")
+        return
+    if command != "score":
+        raise UserError("--rubric_column is an option of score")
+    if args.method is not None or args.scale != 5 or args.mode != "direct":
+        raise UserError("--method, --scale and --mode do not apply to a rubric reward (--rubric_mode does)")
+    if (args.rubric_mode == "pairwise") != (args.reference_column is not None):
+        raise UserError("--reference_column (the anchor answer) goes with --rubric_mode pairwise, and only with it")
 
 
 def judge_file(command: str, args: JudgeFileArguments, judge_args: JudgeArguments) -> int:
@@ -103,12 +202,17 @@ def judge_file(command: str, args: JudgeFileArguments, judge_args: JudgeArgument
         problem = column_problem(rows)
         if problem:
             raise UserError(f"{args.input}: {problem}")
+    if args.rubric_column is not None and not any(args.rubric_column in row for row in rows):
+        raise UserError(f"{args.input}: no row has the column {args.rubric_column!r} (--rubric_column)")
     judge = judge_args.load(progress=True)
     options = {"mode": args.mode} | ({"method": args.method} if args.method else {})
     if command == "score":
         options["scale"] = args.scale
     rank, world = _rank_world()
-    fields = judge_rows(judge, command, rows, options, (rank, world))
+    if args.rubric_column is not None:
+        fields = rubric_rows(judge, rows, args.rubric_column, args.rubric_mode, args.reference_column, (rank, world))
+    else:
+        fields = judge_rows(judge, command, rows, options, (rank, world))
     if rank != 0:  # rank 0 writes
         return 0
     with OutputSet({"output": args.output}) as out:

@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 
 from reward.consistency import PreferenceGraph, conflict_ratio, non_transitivity
 from reward.defenses import suspicious_spans
+from reward.rubric_checks import MIN_SPREAD, criterion_stats
 from reward.scoring import SCORE_METHODS, entropy
 from reward.text import text_key
 
@@ -64,6 +65,14 @@ class JudgeMonitor(TrainerCallback):
     Injection monitoring (every batch, no judge call): `{prefix}/injection_suspects` (fraction of the batch's
     completions that are suspects), `<reward prefix>/injection_gap` (their mean reward minus the others'), and
     with W&B the table `{prefix}/injection_cases` (the suspects, their spans and rewards).
+    Rubric rewards (`JudgeRubricReward`): `{prefix}/rubric_conflict_ratio` on the checked groups (how often the
+    rubric reward orders two completions against the merged pairwise preference: TrustJudge's CR with the rubric
+    rewards as the scores; its pairs cost extra judge calls like the pointwise checks', and no pointwise score is
+    fetched for it), and on every batch (no judge call) `<reward prefix>/never_discriminates`: the fraction of the
+    batch's (group, criterion) pairs where the criterion's values spread less than `min_spread` over the group's
+    completions (`reward.rubric_checks`). `criteria` tallies each criterion over the run (pass rate, valid mass,
+    groups where it did not discriminate), and with W&B the table `{prefix}/rubric_criteria` shows that tally, so
+    criteria that never discriminate can be pruned.
     `last` holds the latest check's numbers, `alerts` every guard crossing.
     """
 
@@ -78,6 +87,7 @@ class JudgeMonitor(TrainerCallback):
         prefix: str = "judge",
         seed: int = 0,
         max_injection_gap: float | None = None,
+        min_spread: float = MIN_SPREAD,
     ):
         if not 0 <= sample_rate <= 1:
             raise ValueError(f"sample_rate must be in [0, 1], got {sample_rate}")
@@ -88,7 +98,8 @@ class JudgeMonitor(TrainerCallback):
         self.sample_rate, self.max_groups, self.table_rows = sample_rate, max_groups, table_rows
         self.min_order_consistency, self.max_non_transitivity = min_order_consistency, max_non_transitivity
         self.on_inconsistency, self.prefix, self.seed = on_inconsistency, prefix, seed
-        self.max_injection_gap = max_injection_gap
+        self.max_injection_gap, self.min_spread = max_injection_gap, min_spread
+        self.criteria: dict = {}  # criterion text -> reward.rubric_checks.CriterionStats, over the run
         self.rewards: list = []
         self.last: dict = {}
         self.alerts: list[dict] = []
@@ -98,7 +109,7 @@ class JudgeMonitor(TrainerCallback):
         self._lock = threading.Lock()
         self._checks = 0
         self._registered = self._wandb = self._stop = False
-        self._pending = {"entropy": defaultdict(list), "rewards": defaultdict(list), "cases": [], "injection": []}
+        self._pending = _pending()
 
     def __getstate__(self):  # a lock does not pickle (rewards holding the monitor may be pickled)
         return {k: v for k, v in self.__dict__.items() if k != "_lock"}
@@ -113,7 +124,9 @@ class JudgeMonitor(TrainerCallback):
 
     # -- from the rewards -------------------------------------------------------------------------------------
 
-    def observe(self, reward, *, rewards, latency, kwargs, prompts, questions, answers, scores=None, prefs=None):
+    def observe(
+        self, reward, *, rewards, latency, kwargs, prompts, questions, answers, scores=None, prefs=None, rubrics=None
+    ):
         """One reward's judgements of a batch; the last attached reward to report triggers the check."""
         if self.on_inconsistency == "stop" and not self._registered:
             raise RuntimeError("JudgeMonitor(on_inconsistency='stop') must be in the trainer's callbacks to stop it")
@@ -122,8 +135,11 @@ class JudgeMonitor(TrainerCallback):
         with self._lock:
             self._pending["rewards"][reward.__name__] += [r for r in rewards if r is not None]
             self._pending["entropy"][reward.metric_prefix] += [e for e in ents if e is not None]
-            self._batch[reward.__name__] = {"reward": reward, "latency": latency, "scores": scores, "prefs": prefs}
+            self._batch[reward.__name__] = {"reward": reward, "latency": latency, "scores": scores, "prefs": prefs,
+                                            "rubrics": rubrics}  # fmt: skip
             self._injection(reward, rewards, questions, answers, kwargs)
+            if rubrics is not None:
+                self._criteria(reward, rubrics, prompts, kwargs.get("log_metric"))
             if len(self._batch) < len(self.rewards):
                 return
             batch, self._batch = self._batch, {}
@@ -131,10 +147,9 @@ class JudgeMonitor(TrainerCallback):
         self._check(batch, prompts, questions, answers, kwargs.get("log_metric"), getattr(state, "global_step", 0))
 
     def _check(self, batch, prompts, questions, answers, log_metric, step) -> None:
-        groups = defaultdict(list)
-        for i, prompt in enumerate(prompts):
-            if questions[i] is not None and answers[i] is not None:
-                groups[text_key(prompt)].append(i)  # the one prompt identity (rewards, cleaning, shards)
+        groups = _groups(
+            prompts, [i for i in range(len(prompts)) if questions[i] is not None and answers[i] is not None]
+        )
         rng = random.Random(f"{self.seed}:{step}:{self._checks}")
         self._checks += 1
         sampled = [m for m in groups.values() if len(m) >= 2 and rng.random() < self.sample_rate][: self.max_groups]
@@ -142,18 +157,22 @@ class JudgeMonitor(TrainerCallback):
         lockstep = judge.backend.lockstep  # a sharded judge: every rank makes every call
         if not sampled and not lockstep:
             return
-        scores, prefs, score_reward, pair_reward = {}, {}, None, None
+        scores, prefs, score_reward, pair_reward, rubrics = {}, {}, None, None, None
         for entry in batch.values():
+            if entry["rubrics"] is not None and rubrics is None:  # the first rubric reward's values
+                rubrics = {i: r.value for i, r in entry["rubrics"].items() if r.value is not None}
             if entry["scores"] is not None:
                 scores.update(entry["scores"])
                 score_reward = score_reward or entry["reward"]
             if entry["prefs"] is not None:
                 prefs.update(entry["prefs"])
                 pair_reward = pair_reward or entry["reward"]
-        want_scores = [i for m in sampled for i in m if i not in scores]
+        # Rubric rewards are the scores of their own conflict ratio: no pointwise score is fetched just for it.
+        need_scores = score_reward is not None or rubrics is None
+        want_scores = [i for m in sampled for i in m if i not in scores] if need_scores else []
         want_pairs = [(i, j) for m in sampled for k, i in enumerate(m) for j in m[k + 1 :] if (i, j) not in prefs]
         failures, start = 0, time.perf_counter()
-        if want_scores or lockstep:
+        if want_scores or (lockstep and need_scores):
             options = {"scale": score_reward.scale} if score_reward else {}
             if score_reward and score_reward.method in SCORE_METHODS:  # a pairwise reward's method is not one
                 options["method"] = score_reward.method
@@ -182,7 +201,7 @@ class JudgeMonitor(TrainerCallback):
         failures += sum(scores[i].error is not None for i in want_scores if i in scores)
         failures += sum(prefs[p].error is not None for p in want_pairs if p in prefs)
 
-        graphs, checked = [], []
+        graphs, checked, rubric_graphs = [], [], []
         for m in sampled:
             pos = {i: k for k, i in enumerate(m)}
             pairs = [(i, j, prefs[(i, j)]) for k, i in enumerate(m) for j in m[k + 1 :] if (i, j) in prefs]
@@ -194,6 +213,10 @@ class JudgeMonitor(TrainerCallback):
                 )
             )
             checked += [(i, j, p, points[pos[i]], points[pos[j]]) for i, j, p in pairs]
+            if rubrics is not None:
+                values = [rubrics.get(i) for i in m]
+                edges = [(pos[i], pos[j], RELATION[p.verdict]) for i, j, p in pairs]
+                rubric_graphs.append(PreferenceGraph.from_edges(len(m), edges, values))
         cr, ntr = conflict_ratio(graphs), non_transitivity(graphs, 3)
         order = sum(p.order_consistent for *_, p, _, _ in checked) / len(checked) if checked else None
         reward_s = sum(entry["latency"] for entry in batch.values())
@@ -206,12 +229,27 @@ class JudgeMonitor(TrainerCallback):
             "monitor_failures": failures,
             "monitor_overhead": extra_s / reward_s if reward_s > 0 else None,
         }
+        if rubrics is not None:
+            self.last["rubric_conflict_ratio"] = conflict_ratio(rubric_graphs)["ratio"]
         if log_metric is not None:
             for key, value in self.last.items():
                 if key != "step" and value is not None:
                     log_metric(f"{self.prefix}/{key}", float(value))
         self._collect_cases(checked, prompts, questions, answers, step)
         self._guard(order, ntr["ratio"], step)
+
+    def _criteria(self, reward, rubrics, prompts, log_metric) -> None:
+        """A rubric reward's batch: every group's criteria tallied (`criteria`), the batch's share of (group,
+        criterion) pairs that did not discriminate logged."""
+        groups = [[rubrics[i] for i in m] for m in _groups(prompts, sorted(rubrics)).values()]
+        batch = criterion_stats(groups, self.min_spread)
+        criterion_stats(groups, self.min_spread, into=self.criteria)
+        checked = sum(c.groups for c in batch.values())
+        if log_metric is not None and checked:
+            log_metric(
+                f"{reward.metric_prefix}/never_discriminates", sum(c.flat_groups for c in batch.values()) / checked
+            )
+        self._pending["criteria"] = True
 
     def _collect_cases(self, checked, prompts, questions, answers, step) -> None:
         """Keeps the step's most inconsistent pairs: order flips, conflicts with the scores, then uncertainty."""
@@ -301,7 +339,7 @@ class JudgeMonitor(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         pending = self._pending
-        self._pending = {"entropy": defaultdict(list), "rewards": defaultdict(list), "cases": [], "injection": []}
+        self._pending = _pending()
         if not (self._wandb and state.is_world_process_zero):
             return
         import wandb
@@ -330,8 +368,32 @@ class JudgeMonitor(TrainerCallback):
             data[f"train/{self.prefix}/inconsistent_cases"] = wandb.Table(
                 columns=columns, data=[c[2] for c in pending["cases"]]
             )
+        if pending.get("criteria") and self.criteria:
+            columns = ["criterion", "weight", "reads", "failures", "pass_rate", "valid_mass", "groups", "flat_groups",
+                       "never_discriminates"]  # fmt: skip
+            rows = [[c.text, c.weight, c.reads, c.failures, c.pass_rate, c.valid_mass, c.groups, c.flat_groups,
+                     c.never_discriminates] for c in self.criteria.values()]  # fmt: skip
+            data[f"train/{self.prefix}/rubric_criteria"] = wandb.Table(columns=columns, data=rows)
         if pending["injection"]:
             columns = ["step", "reward", "prompt", "completion", "suspicious_text", "reward_value"]
             data[f"train/{self.prefix}/injection_cases"] = wandb.Table(columns=columns, data=pending["injection"])
         if data:
             wandb.run.log(data | {"train/global_step": state.global_step})
+
+
+def _pending() -> dict:
+    return {
+        "entropy": defaultdict(list),
+        "rewards": defaultdict(list),
+        "cases": [],
+        "injection": [],
+        "criteria": False,
+    }
+
+
+def _groups(prompts, indices) -> dict[str, list[int]]:
+    """The completions `indices` grouped by their prompt (identical prompts, text or chat messages)."""
+    groups = defaultdict(list)
+    for i in indices:
+        groups[text_key(prompts[i])].append(i)  # the one prompt identity (rewards, cleaning, shards)
+    return groups

@@ -7,6 +7,7 @@ treats `None` as "no reward for this sample". We never turn a failed judgement i
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from statistics import fmean
@@ -14,6 +15,8 @@ from statistics import fmean
 from reward import Judge
 from reward.group_judging import Group, GroupJudge, check_scale, groups_of
 from reward.judge import MODES
+from reward.rubric_judging import RUBRIC_MODES
+from reward.rubrics import parse_rubric
 from reward.scoring import SCORE_METHODS, check_choice, entropy
 from reward.text import as_text
 
@@ -236,6 +239,147 @@ class JudgePairwiseReward(_JudgeReward):
         return self._finish(rewards, sum(r is None for r in rewards), metrics, latency, kwargs, **out)
 
 
+class JudgeRubricReward(_JudgeReward):
+    """Rubric reward: each completion read against its prompt's rubric (`reward.rubric_judging`), on [0, 1].
+
+    The rubric comes from a dataset column (`rubric_column`: a list of criteria in any format
+    `reward.rubrics.parse_rubric` reads, or its JSON text); TRL hands it over as a keyword argument, one entry per
+    completion. `mode`: "explicit" (each criterion's choices read exactly, weighted, pitfalls take off),
+    "implicit" (one 1-10 score given every criterion, both criterion orders merged) or "pairwise" (each criterion
+    compared with the anchor answer in `reference_column`, both orders merged; 0.5: as good as the anchor).
+
+    `None` (counted in `failures`), never 0: a criterion the judge failed to read, a rubric that does not parse
+    (also counted in `rubric_invalid`, with a warning naming the problem), pairwise without a usable anchor.
+
+    Logs through TRL's `log_metric`: `{prefix}/valid_mass`, `entropy` (explicit and pairwise: means over the
+    criteria read; implicit: of the 1-10 read), `criteria_failed`, `rubric_invalid`, `truncated`, `order_gap`
+    (implicit) and, per criterion (explicit and pairwise), `{prefix}/criterion/<its text>/value` (its mean value
+    over the batch: the pass rate) and `.../valid_mass`.
+
+    Args:
+        judge: a `reward.Judge`, or a spec for `reward.load_judge` (loaded on first use).
+        rubric_column: the dataset column holding each prompt's rubric.
+        mode: one of `reward.rubric_judging.RUBRIC_MODES`.
+        reference_column: pairwise mode: the column holding the anchor answer.
+        name: the reward's name in TRL's logs (`rewards/<name>/mean`).
+        metric_prefix: prefix of the judge metrics it logs.
+        monitor: a `trainers.JudgeMonitor` (rubric-vs-pairwise conflict ratio, criteria that never discriminate).
+
+    Example:
+    ```python
+    >>> from trainers import JudgeRubricReward
+    >>> reward = JudgeRubricReward("embedded")  # doctest: +SKIP
+    >>> reward(prompts=["Capital of France?"], completions=["Paris."], rubric=['["Names Paris"]'])  # doctest: +SKIP
+    [0.6...]
+
+    ```
+    """
+
+    def __init__(
+        self,
+        judge: Judge | str = "embedded",
+        *,
+        rubric_column="rubric",
+        mode="explicit",
+        reference_column=None,
+        name="judge_rubric",
+        metric_prefix="judge",
+        monitor=None,
+    ):
+        check_choice("mode", mode, RUBRIC_MODES)
+        if not isinstance(rubric_column, str) or not rubric_column:
+            raise ValueError("rubric_column must name the dataset column holding the rubrics")
+        if mode == "pairwise" and not reference_column:
+            raise ValueError("mode='pairwise' compares with an anchor answer: set reference_column")
+        super().__init__(judge, name, metric_prefix, monitor)
+        self.rubric_column, self.mode, self.reference_column = rubric_column, mode, reference_column
+        self.rubric_invalid = 0  # rows whose rubric did not parse, over the life of this callable
+
+    def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float | None]:
+        rubrics = kwargs.get(self.rubric_column)
+        if rubrics is None:
+            raise ValueError(f"JudgeRubricReward: the batch has no column {self.rubric_column!r} (rubric_column)")
+        questions = [as_text(p) for p in prompts]
+        answers = [as_text(c) for c in completions]
+        anchors = [None] * len(prompts)
+        if self.mode == "pairwise":
+            column = kwargs.get(self.reference_column)
+            if column is None:
+                raise ValueError(f"JudgeRubricReward: the batch has no column {self.reference_column!r}")
+            anchors = [as_text(a) for a in column]
+        parsed, invalid = _rubrics(rubrics, self.__name__)
+        ok = [i for i in range(len(prompts)) if questions[i] is not None and answers[i] is not None
+              and i not in invalid and (self.mode != "pairwise" or anchors[i] is not None)]  # fmt: skip
+        rewards: list[float | None] = [None] * len(completions)
+        results = []
+        start = time.perf_counter()
+        try:
+            results = self.judge.rubric(
+                [questions[i] for i in ok],
+                [answers[i] for i in ok],
+                [parsed[i] for i in ok],
+                mode=self.mode,
+                references=[anchors[i] for i in ok] if self.mode == "pairwise" else None,
+            )
+        except Exception as exc:  # a broken judge costs this batch's rewards, never the training run
+            logger.warning("%s: judge call failed: %s", self.__name__, exc)
+        for i, r in zip(ok, results):
+            rewards[i] = r.value
+        self.rubric_invalid += len(invalid)
+        metrics = rubric_metrics(results) | {"rubric_invalid": len(invalid)}
+        latency = time.perf_counter() - start
+        out = {"prompts": prompts, "questions": questions, "answers": answers, "rubrics": dict(zip(ok, results))}
+        return self._finish(rewards, sum(r is None for r in rewards), metrics, latency, kwargs, **out)
+
+
+def _rubrics(column, name: str) -> tuple[list, set[int]]:
+    """Each row's parsed rubric (`None` where it does not parse) and the rows that did not, warned about once per
+    batch with the first problem."""
+    parsed, invalid, first = [], set(), None
+    for i, value in enumerate(column):
+        try:
+            parsed.append(parse_rubric(value))
+        except (ValueError, TypeError) as exc:
+            parsed.append(None)
+            invalid.add(i)
+            first = first or f"row {i}: {exc}"
+    if invalid:
+        logger.warning("%s: %d rubric(s) did not parse, their rewards are None (%s)", name, len(invalid), first)
+    return parsed, invalid
+
+
+def criterion_key(text: str) -> str:
+    """A criterion's name in metric keys: its text, lower case, runs of other characters as one `_`, at most 48.
+
+    ```python
+    >>> criterion_key("States that A is the grandfather of C!")
+    'states_that_a_is_the_grandfather_of_c'
+
+    ```
+    """
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:48] or "criterion"
+
+
+def rubric_metrics(results) -> dict:
+    """The metrics of a batch's `RubricScore`s (see `JudgeRubricReward`): means over what was read."""
+    reads = [c for r in results for c in r.criteria if c.error is None]
+    whole = [r for r in results if r.error is None]
+    metrics = {
+        "valid_mass": _mean([c.valid_mass for c in reads] or [r.valid_mass for r in whole if not r.criteria]),
+        "entropy": _mean([c.entropy for c in reads] or [r.entropy for r in whole if r.entropy is not None]),
+        "criteria_failed": sum(r.failed for r in results),
+        "truncated": sum(r.truncated for r in results),
+        "order_gap": _mean([r.order_gap for r in whole if r.order_gap is not None]),
+    }
+    per: dict[str, list] = {}
+    for c in reads:
+        per.setdefault(criterion_key(c.text), []).append(c)
+    for key, crits in per.items():
+        metrics[f"criterion/{key}/value"] = fmean(c.value for c in crits)
+        metrics[f"criterion/{key}/valid_mass"] = fmean(c.valid_mass for c in crits)
+    return metrics
+
+
 class AsyncJudgeReward:
     """The async face of a judge reward: TRL (GRPO, RLOO) awaits async reward functions together on its event
     loop, so two judge rewards behind servers (or a judge and an async verifier) wait on their servers at the same
@@ -245,7 +389,8 @@ class AsyncJudgeReward:
     differently on each rank.
 
     Args:
-        reward: a `JudgeScoreReward` or `JudgePairwiseReward` (its name, metrics and monitor are kept).
+        reward: a `JudgeScoreReward`, `JudgePairwiseReward` or `JudgeRubricReward` (its name, metrics and monitor
+            are kept).
 
     Example:
     ```python

@@ -1,7 +1,8 @@
 """What a finished run says: one line per logged step while it trains, a short summary and a PNG at the end.
 
 TRL's own progress callback prints every log dict as a second, longer line; `StepLines` replaces its printing so
-each step shows once, with the rewards and judge metrics only.
+each step shows once, with the rewards and judge metrics only (a rubric reward's per-criterion metrics are left to
+the loggers).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class StepLines(ProgressCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        shown = {k: round(v, 4) for k, v in logs.items() if k.startswith(("reward", "judge/")) and _finite(v)}
+        shown = {k: round(v, 4) for k, v in logs.items()
+                 if k.startswith(("reward", "judge/")) and "/criterion/" not in k and _finite(v)}  # fmt: skip
         if shown:
             line = f"step {state.global_step}: {shown}"
             (self.training_bar.write(line) if self.training_bar is not None else print(line, flush=True))

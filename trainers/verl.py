@@ -14,6 +14,12 @@ question into `extra_info[prompt_key]` when preparing the parquet files.
   grouped by `extra_info[group_key]` (a `uid` copied there; else the prompt, which the n rollouts of a prompt
   share), all groups judged pairwise in one engine call (`reward.group_judging`; or pointwise: `reward="score"`);
   a lone sample gets 0.5 (`NEUTRAL_WIN`, its would-be peers' mean), as on the server.
+- Rubric rewards (`compute_score(..., reward="rubric")`): the sample's rubric in `extra_info[rubric_key]` (its JSON
+  text, which Parquet keeps as it is, or a list of criteria: `reward.rubrics.parse_rubric`), read by the local
+  judge (`Judge.rubric`, `rubric_mode`) or sent to a `trustreward serve --reward rubric` as the sample's `labels`
+  entry; pairwise mode compares with `ground_truth` (the anchor answer). A rubric that does not parse raises
+  `ValueError` naming the problem (a data error, never a 0); a failed judgement gets the `on_failure` stand-in
+  (alone: 0.5, the middle of [0, 1]).
 
 Configure with verl's `reward.custom_reward_function.path=trainers/verl.py`, `.name=compute_score` (or
 `compute_score_batch`) and `+reward.custom_reward_function.reward_kwargs.url=...` (`judge`, `on_failure`, ...).
@@ -29,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from functools import cache
@@ -100,25 +107,42 @@ def compute_score(
     details: bool = False,
     timeout: float = 300.0,
     retries: int = 4,
+    rubric_key: str = "rubric",
+    rubric_mode: str = "explicit",
     **_,
 ) -> float | dict:
     """One sample's reward: the judge's expected score (1..scale); with `reward="reference"`, P(the sample beats
-    `ground_truth`, a reference answer) + P(tie) / 2, both orders merged; with `url`, the reward server's answer
-    (`ground_truth` sent as the sample's `labels` entry).
+    `ground_truth`, a reference answer) + P(tie) / 2, both orders merged; with `reward="rubric"`, its rubric reward
+    on [0, 1] against `extra_info[rubric_key]` (module docstring); with `url`, the reward server's answer
+    (`ground_truth`, or the rubric, sent as the sample's `labels` entry).
 
     A failure gets `on_failure`'s stand-in (alone, `group_mean` is the scale's midpoint, 0.5 for `reference`);
     `details=True` returns `{"score": reward, "judge_failed": 0.0 | 1.0}` (verl logs the extra keys).
     """
-    if reward not in ("score", "reference"):
-        raise ValueError(f"compute_score: reward must be 'score' or 'reference', got {reward!r}")
+    if reward not in ("score", "reference", "rubric"):
+        raise ValueError(f"compute_score: reward must be 'score', 'reference' or 'rubric', got {reward!r}")
     policy = _policy(on_failure)
     prompt = _prompt(extra_info, prompt_key)
     value = None
+    if reward == "rubric":
+        rubric, label = _rubric(extra_info, rubric_key, rubric_mode, ground_truth)
+        if url is None:
+            references = [ground_truth] if rubric_mode == "pairwise" else None
+            try:
+                (result,) = _judge(judge).rubric([prompt], [solution_str], [rubric], mode=rubric_mode,
+                                                 references=references)  # fmt: skip
+                value = result.value
+            except Exception as exc:  # a broken judge costs this sample's reward (the stand-in), counted
+                logger.warning("verl reward: rubric judgement failed: %s", exc)
+        else:
+            ground_truth = label  # the server reads the rubric (and the anchor) from the labels entry
     if url is not None:
         try:
             (value,) = _post(url, [prompt], [solution_str], [ground_truth], timeout, retries + 1)
         except Exception as exc:
             logger.warning("verl reward: server failed: %s", exc)
+    elif reward == "rubric":
+        pass  # judged above
     elif reward == "reference":
         (value,) = against_references(_judge(judge), [prompt], [solution_str], [ground_truth])
     else:
@@ -128,6 +152,32 @@ def compute_score(
     if failed:
         logger.warning("verl reward: a failed judgement got %s", reward)
     return {"score": reward, "judge_failed": float(failed)} if details else reward
+
+
+def _rubric(extra_info, rubric_key: str, mode: str, anchor) -> tuple:
+    """The sample's parsed rubric, and the JSON text a `--reward rubric` server reads it from (pairwise: with the
+    anchor answer under "reference"); `ValueError` naming the problem when there is none or it does not parse."""
+    from reward.rubric_judging import RUBRIC_MODES
+    from reward.rubrics import parse_rubric
+    from reward.scoring import check_choice
+
+    check_choice("rubric_mode", mode, RUBRIC_MODES)
+    value = extra_info.get(rubric_key) if isinstance(extra_info, dict) else None
+    value = value.tolist() if hasattr(value, "tolist") else value  # a list column read back from Parquet (numpy)
+    if value is None:
+        raise KeyError(f"verl reward: extra_info[{rubric_key!r}] must hold the sample's rubric (reward='rubric')")
+    try:
+        rubric = parse_rubric(value)
+    except ValueError as exc:
+        raise ValueError(f"verl reward: extra_info[{rubric_key!r}] is not a rubric: {exc}") from None
+    if mode == "pairwise" and not (isinstance(anchor, str) and anchor.strip()):
+        raise ValueError(
+            "verl reward: rubric_mode='pairwise' compares with ground_truth: it must be the anchor answer"
+        )
+    criteria = json.loads(value) if isinstance(value, str) else value
+    if mode == "pairwise":  # the criteria beside the anchor, in one object (criteria given wrapped stay wrapped)
+        criteria = (dict(criteria) if isinstance(criteria, dict) else {"criteria": criteria}) | {"reference": anchor}
+    return rubric, json.dumps(criteria)
 
 
 def compute_score_batch(

@@ -28,6 +28,17 @@ def mt_bench_rows() -> list[dict]:
     return rows
 
 
+def rubric_rows() -> list[dict]:
+    """The MT-Bench questions that have a rubric in `rubrics.jsonl` (12: 10 with a GPT-4 reference, 2 writing
+    prompts without), as rows with `question_id`, `category`, `question`, `reference` (or None) and `rubric` (RaR's
+    format: a title and a "Category Criteria: ..." description per item; the weights follow the categories)."""
+    rubrics = {}
+    for line in (MT_BENCH_DIR / "rubrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        rubrics[row["question_id"]] = row["rubric"]
+    return [{**row, "rubric": rubrics[row["question_id"]]} for row in mt_bench_rows() if row["question_id"] in rubrics]
+
+
 def mt_bench_candidates(seed: int = 0, max_words: int | None = None) -> list[dict]:
     """For each MT-Bench question with a GPT-4 reference, 4 answers of known relative quality.
 
@@ -62,7 +73,8 @@ def prompt_dataset(source: str = "mt_bench", max_prompts: int | None = None, con
     """A `datasets.Dataset` with a `prompt` column (plus the source's other columns) for GRPO.
 
     Args:
-        source: "mt_bench", or a JSONL file with a `prompt` (or `question`) column.
+        source: "mt_bench", "mt_bench_rubrics" (the 12 questions with a rubric: `rubric_rows`; the rubric column
+            as JSON text, one schema for every row), or a JSONL file with a `prompt` (or `question`) column.
         max_prompts: keep the first N rows.
         conversational: wrap each prompt as `[{"role": "user", "content": ...}]` so the policy's chat template applies.
     """
@@ -70,6 +82,8 @@ def prompt_dataset(source: str = "mt_bench", max_prompts: int | None = None, con
 
     if source == "mt_bench":
         rows = mt_bench_rows()
+    elif source == "mt_bench_rubrics":
+        rows = [{**row, "rubric": json.dumps(row["rubric"])} for row in rubric_rows()]
     else:
         from ..files import read_jsonl
 

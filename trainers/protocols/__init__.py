@@ -9,7 +9,7 @@ Per-sample routes reach the judge through `Samples` (the server's own batching a
 """
 
 from .nemo_gym import add_nemo_gym_routes
-from .samples import Samples
+from .samples import Samples, rubric_labels
 from .slime import add_slime_routes
 
 
@@ -19,4 +19,4 @@ def add_routes(app, samples: Samples, dependencies: list, responses: dict) -> No
     add_slime_routes(app, samples, dependencies, responses)
 
 
-__all__ = ["Samples", "add_routes"]
+__all__ = ["Samples", "add_routes", "rubric_labels"]

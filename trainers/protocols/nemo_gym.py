@@ -25,6 +25,8 @@ answer is the request echoed with `reward` and NeMo Gym's failure fields (`mask_
 - Rewards are trustreward's, in [0, 1] (pairwise: the mean win rate against the cohort), not GenRM's 1-5 scores.
 - `--reward reference` compares each rollout with the task's `expected_answer` (the field NeMo Gym's
   `math_with_judge` and `equivalence_llm_judge` carry); a rollout without one is a failure.
+- `--reward rubric` reads the task's `rubric` field (a list of criteria or its JSON text, as a task JSONL row
+  carries it and the agent echoes it); a missing or broken rubric answers 400 naming the problem.
 - A failed judgement is NeMo Gym's masked failure, with the fields of its judge failsafe (`nemo_gym/judge.py`):
   HTTP 200, `mask_sample: true`, `failure_kind: "judge_failed"`, `failure_reason`, `instance_config.mask_sample`,
   `_ng_failure_class`; `reward` is the `--on_failure` stand-in (a number: NeMo Gym's `reward` is required, and its
@@ -172,8 +174,9 @@ def add_nemo_gym_routes(app, samples: Samples, dependencies: list, responses: di
     async def verify(body: VerifyRequest, request: Request) -> dict[str, Any]:
         """NeMo Gym's `/verify`: one rollout in, the request echoed with its `reward` (see the module docstring)."""
         prompt = conversation(body.responses_create_params.get("input"))
-        label = (body.model_extra or {}).get("expected_answer")  # --reward reference: the task's reference answer
-        (outcome,) = await samples.judge(request, [prompt], [output_text(body.response)], [label])
+        extra, field = body.model_extra or {}, "rubric" if samples.reward == "rubric" else "expected_answer"
+        # --reward reference: the task's reference answer; --reward rubric: the task's rubric
+        (outcome,) = await samples.judge(request, [prompt], [output_text(body.response)], [extra.get(field)], field)
         if outcome.reward is None:  # on_failure="retry"
             raise HTTPException(503, "the judge failed on this rollout; retry")
         answer = body.model_dump() | {

@@ -9,7 +9,8 @@ JSON number, never an object and never `null` (slime has no missing value: leave
   prompt's group and posts all its samples at once (`batched_async_rm`: one `remote_rm` per sample, together).
   Either way a pairwise reward needs `--group_size` = slime's `--n-samples-per-prompt`: the samples of a prompt
   are held until the group is complete (or `--group_timeout` passed) and judged together.
-- `label`: the reference answer under `--reward reference` (ignored otherwise).
+- `label`: the reference answer under `--reward reference`, the rubric (a list of criteria or its JSON text)
+  under `--reward rubric` (one that is not a rubric answers 400), ignored otherwise.
 - A failed judgement answers the `--on_failure` stand-in (counted in `/health`'s `failures`); under
   `--on_failure retry` it answers 503 and slime retries (10 tries, exponential backoff, 120 s per try).
 """
@@ -36,7 +37,7 @@ def add_slime_routes(app, samples: Samples, dependencies: list, responses: dict)
     @app.post("/remote_rm", responses=responses, dependencies=dependencies)
     async def remote_rm(body: SlimeSample, request: Request) -> float:
         """slime's `remote_rm`: one sample in, its reward out as a bare JSON number."""
-        (outcome,) = await samples.judge(request, [body.prompt], [body.response], [body.label])
+        (outcome,) = await samples.judge(request, [body.prompt], [body.response], [body.label], field="label")
         if outcome.reward is None:  # on_failure="retry"
             raise HTTPException(503, "the judge failed on this sample; retry")
         return outcome.reward

@@ -16,6 +16,12 @@
 - `reward="reference"`: each sample against the reference answer in its `labels` entry (OpenRLHF's
   `--label_key`), both orders merged: P(the sample wins) + P(tie) / 2 in [0, 1]. A sample without a usable
   reference is a failure (the `on_failure` stand-in, counted); a request without `labels` answers 400.
+- `reward="rubric"`: each sample's rubric reward on [0, 1] (`Judge.rubric`, `rubric_mode` explicit | implicit |
+  pairwise), the rubric in its `labels` entry as JSON text (OpenRLHF's `--label_key` column holding the rubric;
+  pairwise: an object with the criteria and the anchor answer under `"reference"`, see `protocols.rubric_labels`).
+  A label that is not a rubric answers 400 naming the sample and the problem, never a 0; a failed judgement (a
+  criterion the judge failed to read) gets the `on_failure` stand-in, counted (`group_mean` alone: 0.5, the
+  middle of [0, 1], and in pairwise mode "as good as the anchor").
 - `POST /score`, `POST /compare`: `{"rows": [...]}` in the `trustreward score` / `compare` row format; the rows
   come back with the judge's fields added.
 - `POST /verify` (NeMo Gym resources server, also `genrm_compare`'s batch body on `/compare`), `POST /remote_rm`
@@ -41,7 +47,7 @@ from reward.group_judging import GroupJudge, neutral
 from reward.text import as_text
 
 from ..fallback import FailurePolicy
-from ..protocols import Samples, add_routes
+from ..protocols import Samples, add_routes, rubric_labels
 from ..protocols.nemo_gym import GenRMCompareRequest, genrm_compare
 from .batching import Batcher, QueueFull, SampleReward, ShuttingDown, TooLarge
 from .guard import Guard
@@ -49,7 +55,7 @@ from .holding import Groups
 from .models import ERRORS, CompareRequest, Health, RewardRequest, RewardResponse, RowsResponse, ScoreRequest
 
 logger = logging.getLogger(__name__)
-SERVE_REWARDS = ("pairwise", "score", "reference")  # what /get_reward computes
+SERVE_REWARDS = ("pairwise", "score", "reference", "rubric")  # what /get_reward computes
 
 
 def response_of(query: str, prompt: str, stops: list[str]) -> str:
@@ -80,12 +86,18 @@ def extra_logs(outcomes: list[SampleReward], latency: float) -> dict[str, float]
     }
 
 
-def option_problems(reward, group_size, group_timeout, on_failure, deadline_s=150.0) -> list[str]:
+def option_problems(
+    reward, group_size, group_timeout, on_failure, deadline_s=150.0, rubric_mode="explicit"
+) -> list[str]:
     """What is wrong with the reward options (empty when they are fine): checked once, where the app is built (and
     by `serve` before the judge loads)."""
+    from reward.rubric_judging import RUBRIC_MODES
+
     problems = []
     if reward not in SERVE_REWARDS:
         problems.append(f"reward must be one of {', '.join(SERVE_REWARDS)}, got {reward!r}")
+    if rubric_mode not in RUBRIC_MODES:
+        problems.append(f"rubric_mode must be one of {', '.join(RUBRIC_MODES)}, got {rubric_mode!r}")
     if group_size is not None and (reward != "pairwise" or group_size < 2):
         problems.append(f"group_size needs reward pairwise and at least 2 samples, got {group_size!r}")
     if not (isinstance(group_timeout, int | float) and 0 < group_timeout < float("inf")):
@@ -153,16 +165,17 @@ def create_app(
     token: str | None = None,
     max_body_bytes: int = 16 << 20,
     allowed_hosts: list[str] | None = None,
+    rubric_mode: str = "explicit",
 ) -> FastAPI:
     """The reward server's app (serve it with uvicorn); arguments as `ServeArguments`' flags."""
-    problems = option_problems(reward, group_size, group_timeout, on_failure, deadline_s)
+    problems = option_problems(reward, group_size, group_timeout, on_failure, deadline_s, rubric_mode)
     problems += limit_problems(scale, pairing, aggregate, max_batch, max_wait_s, max_queue, max_request_items)
     if problems:
         raise ValueError("; ".join(problems))
     policy = FailurePolicy.parse(on_failure)
     batcher = Batcher(judge, reward=reward, scale=scale, on_failure=policy, max_batch=max_batch,
                       max_wait_s=max_wait_s, max_queue=max_queue, max_request_items=max_request_items,
-                      engine=GroupJudge(pairing=pairing, aggregate=aggregate))  # fmt: skip
+                      engine=GroupJudge(pairing=pairing, aggregate=aggregate), rubric_mode=rubric_mode)  # fmt: skip
     groups = Groups(batcher, group_size, group_timeout, keep_s=max(deadline_s, 2 * group_timeout),
                     max_bytes=max_held_bytes, max_chars=16 * judge.backend.max_length)  # fmt: skip
     tok = judge.tokenizer
@@ -261,6 +274,10 @@ def create_app(
         else:
             if reward == "score":
                 work = batcher.submit("score", (body.prompts, responses), len(responses))
+            elif reward == "rubric":
+                rubrics, anchors = rubric_labels(body.labels, rubric_mode)
+                anchors = anchors or [None] * len(responses)
+                work = batcher.submit("rubric", (body.prompts, responses, rubrics, anchors), len(responses))
             else:
                 if body.labels is None:
                     raise HTTPException(400, "reward reference compares each sample with its labels entry; the "
@@ -292,7 +309,8 @@ def create_app(
         """`trustreward score` rows, returned with the judge's fields added."""
         return await rows_endpoint("score", body, request)
 
-    samples = Samples(reward, batcher, answered, lambda text: response_of(text, "", stops), pairwise, deadline_s)
+    samples = Samples(reward, batcher, answered, lambda text: response_of(text, "", stops), pairwise, deadline_s,
+                      rubric_mode)  # fmt: skip
 
     @app.post("/compare", responses=ERRORS, dependencies=secured)
     async def compare(body: CompareRequest | GenRMCompareRequest, request: Request):

@@ -2,8 +2,8 @@
 
 - `Batcher`: a queue of jobs, the count of items waiting (beyond `max_queue`: `QueueFull`, a 503), and one
   worker that gathers the jobs arriving within `max_wait_s` and makes the judge calls in a thread, one at a time
-  (a judge is not thread-safe). Per-sample jobs (`score`, `reference`, rows) are taken up to `max_batch` items a
-  round, fairly; every complete group waiting is taken whole, and all of them go to the engine in one call
+  (a judge is not thread-safe). Per-sample jobs (`score`, `reference`, `rubric`, rows) are taken up to `max_batch`
+  items a round, fairly; every complete group waiting is taken whole, and all of them go to the engine in one call
   (`reward.group_judging.GroupJudge`: one judge call, which the backend batches by its own budget).
 - The judge isolates a failing prompt itself (`Judge` splits a failed backend call until the failing prompts are
   alone), so a bad item costs only its own reward here.
@@ -71,15 +71,15 @@ class Stats:
     started: float = field(default_factory=time.time)
 
 
-KINDS = ("score", "reference", "group", "score_rows", "compare_rows")
-PER_SAMPLE = ("score", "reference")  # rewards of samples judged one by one (failures filled per prompt)
+KINDS = ("score", "reference", "rubric", "group", "score_rows", "compare_rows")
+PER_SAMPLE = ("score", "reference", "rubric")  # rewards of samples judged one by one (failures filled per prompt)
 
 
 @dataclass(eq=False)
 class _Job:
     kind: str  # one of KINDS
-    payload: Any  # score: (prompts, responses); reference: (prompts, responses, references); group: (prompt,
-    # responses, incomplete); rows: the rows
+    payload: Any  # score: (prompts, responses); reference: (prompts, responses, references); rubric: (prompts,
+    # responses, parsed rubrics, anchors or None); group: (prompt, responses, incomplete); rows: the rows
     future: asyncio.Future
     size: int
     taken: int = 0  # items handed to the worker so far (a large job is judged piece by piece)
@@ -114,23 +114,25 @@ class Batcher:
 
     Args:
         judge: a `reward.Judge`.
-        reward: "pairwise", "score" or "reference" (what `/get_reward` computes).
+        reward: "pairwise", "score", "reference" or "rubric" (what `/get_reward` computes).
         scale: pointwise ratings 1..scale.
         on_failure: a `FailurePolicy`.
         max_batch, max_wait_s, max_queue: per-sample items per judge call, how long the first job waits for
             others, items waiting at most.
         max_request_items: most items in one request (beyond: `TooLarge`).
         engine: the pairwise reward's `GroupJudge` (pairing, aggregate).
+        rubric_mode: the rubric reward's mode (`reward.rubric_judging.RUBRIC_MODES`).
     """
 
     def __init__(self, judge, *, reward: str, scale: int, on_failure: FailurePolicy, max_batch: int,
                  max_wait_s: float, max_queue: int, max_request_items: int | None = None,
-                 engine: GroupJudge | None = None):  # fmt: skip
+                 engine: GroupJudge | None = None, rubric_mode: str = "explicit"):  # fmt: skip
         self.judge, self.reward, self.scale, self.on_failure = judge, reward, scale, on_failure
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self.max_request_items = min(max_request_items or max_queue, max_queue)
         self.score_reward = JudgeScoreReward(judge, scale=scale) if reward == "score" else None
         self.engine = engine or GroupJudge()
+        self.rubric_mode = rubric_mode
         self.jobs: list[_Job] = []  # jobs with items not yet taken, oldest first
         self.wake = asyncio.Event()
         self.closing = False
@@ -257,6 +259,8 @@ class Batcher:
             results = self._score(part)
         elif kind == "reference":
             results = self._reference(part)
+        elif kind == "rubric":
+            results = self._rubric(part)
         elif kind == "group":
             return self._groups([p.payload for p in part])
         else:
@@ -295,6 +299,25 @@ class Batcher:
             pref, reward = result.against_reference.get(0), result.rewards[0]
             if reward is not None:
                 out[k] = SampleReward(reward, compared_pairs=1.0, consistent_pairs=float(pref.order_consistent))
+        return self._split(part, out)
+
+    def _rubric(self, part: list[_Piece]) -> list[list[SampleReward]]:
+        """Each sample's rubric reward (`Judge.rubric`), every piece in one call; a sample without usable text, or
+        whose reward is `None` (a criterion failed), is a failure."""
+        samples = [sample for p in part for sample in zip(*p.payload)]
+        usable = [k for k, (q, r, _, a) in enumerate(samples) if as_text(q) and as_text(r)
+                  and (self.rubric_mode != "pairwise" or as_text(a))]  # fmt: skip
+        pick = [samples[k] for k in usable]
+        results = self.judge.rubric(
+            [s[0] for s in pick],
+            [s[1] for s in pick],
+            [s[2] for s in pick],
+            mode=self.rubric_mode,
+            references=[s[3] for s in pick] if self.rubric_mode == "pairwise" else None,
+        )
+        out = [SampleReward(None, failed=True) for _ in samples]
+        for k, result in zip(usable, results):
+            out[k] = SampleReward(result.value, failed=result.value is None)
         return self._split(part, out)
 
     def _fill(self, piece: _Piece, outcomes: list[SampleReward]) -> list[SampleReward]:

@@ -13,8 +13,14 @@ class ServeArguments:
     port: int = field(default=8000, metadata={"help": "Port."})
     reward: str = field(
         default="pairwise",
-        metadata={"help": "/get_reward: pairwise (within a group) | score | reference (each sample vs its labels)."},
-    )
+        metadata={"help": "/get_reward: pairwise (within a group) | score | reference (each sample vs its labels) | "
+                  "rubric (each sample against the rubric in its labels entry, JSON text)."},
+    )  # fmt: skip
+    rubric_mode: str = field(
+        default="explicit",
+        metadata={"help": "rubric: explicit (each criterion read, weighted) | implicit (one 1-10 score given all "
+                  "criteria) | pairwise (each criterion against the label's 'reference' answer)."},
+    )  # fmt: skip
     scale: int = field(default=5, metadata={"help": "Pointwise ratings 1..scale."})
     pairing: str = field(default="all", metadata={"help": "pairwise: all | adaptive | circular | swiss (per group)."})
     aggregate: str | None = field(
@@ -59,7 +65,8 @@ class ServeArguments:
     def __post_init__(self):  # when parsed, before the judge loads: a bad flag is one line and exit 2
         from ..args import UserError
 
-        problems = option_problems(self.reward, self.group_size, self.group_timeout, self.on_failure, self.deadline_s)
+        problems = option_problems(self.reward, self.group_size, self.group_timeout, self.on_failure, self.deadline_s,
+                                   self.rubric_mode)  # fmt: skip
         problems += limit_problems(self.scale, self.pairing, self.aggregate, self.max_batch, self.max_wait_s,
                                    self.max_queue, self.max_request_items)  # fmt: skip
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -100,7 +107,7 @@ def main(argv: list[str]) -> int:
                      group_timeout=args.group_timeout, on_failure=args.on_failure, max_batch=args.max_batch,
                      max_wait_s=args.max_wait_s, max_queue=args.max_queue, max_request_items=args.max_request_items,
                      deadline_s=args.deadline_s, max_held_bytes=args.max_held_bytes, token=token,
-                     allowed_hosts=hosts_for(args.host, args.allowed_hosts))  # fmt: skip
+                     allowed_hosts=hosts_for(args.host, args.allowed_hosts), rubric_mode=args.rubric_mode)  # fmt: skip
     _more_files()
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5,
                             http=header_timeout_protocol(args.header_timeout_s))  # fmt: skip

@@ -92,7 +92,10 @@ class Health(BaseModel):
 
 
 ERRORS = {
-    400: {"description": "Mismatched or empty lists, empty text, or a Host that is not allowed."},
+    400: {
+        "description": "Mismatched or empty lists, empty text, a label that is not a rubric (reward rubric), or a "
+        "Host that is not allowed."
+    },
     401: {"description": "Missing or wrong bearer token (`WWW-Authenticate: Bearer`)."},
     413: {"description": "A body over the limit, or more items than one request may hold."},
     422: {"description": "Wrong types, unknown fields, NaN / Infinity, or lone surrogates."},
