@@ -1,4 +1,5 @@
-"""The README's commands, each run once through the `trustreward` console script (PYTHONPATH: this checkout).
+"""The README's and the docs pages' commands, each run once through the `trustreward` console script (PYTHONPATH:
+this checkout); tests/test_docs.py checks every command the pages show against the code without running it.
 
 The main job (`trustreward grpo --config recipes/grpo/embedded/config_demo.yaml`) runs one step with the embedded
 judge and its printed metrics are checked; the file commands chain as in the README (compare -> audit / clean ->
