@@ -120,6 +120,12 @@ def test_bash_blocks_parse(page):
         assert proc.returncode == 0, f"{page.name}: {proc.stderr}\n{text}"
 
 
+def test_no_fence_inside_a_list():
+    """MkDocs' Markdown (Python-Markdown) renders a fenced block indented under a list item as inline text."""
+    for page in (ROOT / "docs").glob("*.md"):
+        assert not re.search(r"^ +```", page.read_text(), re.M), f"{page.name}: an indented code fence"
+
+
 def test_every_command_shown_matches_the_code():
     assert len(SHOWN) > 40 and {"docs/consistency.md", "docs/sharded-judge.md"} <= {w for w, _, _ in SHOWN}
     for where, command, needs in SHOWN:
