@@ -95,6 +95,9 @@ def test_a_win_rate_is_plotted_by_its_spread_on_integer_steps():
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks and all(t == int(t) for t in ticks), ticks
     assert fig.axes[1].get_ylim() == (-0.02, 1.02)
+    one_step = _figure(curve_data(history[:1]))  # the README's test run: one step, still whole-step ticks
+    ticks = [t for t in one_step.axes[0].get_xticks() if 0.5 <= t <= 1.5]
+    assert ticks == [1.0], ticks
 
 
 def test_a_pairwise_reward_is_summarised_by_its_spread():

@@ -226,14 +226,20 @@ def _figure(panels):
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    steps = sorted({s for curves in panels.values() for values in curves.values() for s, _ in values})
     for ax, (title, curves) in zip(axes[0], panels.items()):
         for name, values in curves.items():
             ax.plot([s for s, _ in values], [v for _, v in values], marker="o", label=name)
         if title in (label for label, _ in CONSISTENCY.values()):
             ax.set_ylim(-0.02, 1.02)  # shares in [0, 1]: noise does not fill the axis
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        elif title.startswith("reward spread"):
+            ax.set_ylim(bottom=0)  # a spread from 0: a small one looks small
+        # Whole steps only: a 1-step axis would otherwise be ticked 0.96, 0.98, ...
+        ax.set_xlim(steps[0] - 0.5, steps[-1] + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7)
+        if len(curves) > 1 or title.startswith("reward"):  # one unnamed source needs no legend
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
