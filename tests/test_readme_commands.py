@@ -67,7 +67,7 @@ def test_main_job_grpo_demo(tmp_path):
     """One step of the README's main job: every completion judged, the rewards are what they mean, and what it
     prints (the step line, the summary, the ranked group) and plots is the run's own logged metrics."""
     # One step, shorter completions (48 -> 16 tokens): the recipe as the README runs it, at a third of the cost.
-    # ~1-2 min on an idle 2-core machine; 9.5 min was measured beside other test runs (load 8-16): room for that.
+    # The README measured ~55 s a step on a fresh machine; beside other test runs (load 8-16) this took 9.5 min.
     proc = trustreward("grpo", "--config", "recipes/grpo/embedded/config_demo.yaml", "--max_steps", "1",
                        "--max_completion_length", "16", "--output_dir", tmp_path / "run", timeout=1200)  # fmt: skip
     history = jsonl(tmp_path / "run" / "metrics.jsonl")  # every key TRL logged, one line per log
