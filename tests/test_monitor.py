@@ -66,7 +66,7 @@ def test_consistency_of_a_group_from_the_rewards_own_judgements(fake_judge, monk
     ]
     log = Log()
     calls_before = len(judge.backend.prompts)
-    call(rewards, log)
+    got = call(rewards, log)
     # Both rewards ran: everything the check needs was judged already, no extra call.
     assert len(judge.backend.prompts) - calls_before == 4 + 6 * 2
     # By hand: 6 strict verdicts against 4 equal scores -> CR = 6/6; of the 4 triples only {x, y, z} is bad.
@@ -79,6 +79,12 @@ def test_consistency_of_a_group_from_the_rewards_own_judgements(fake_judge, monk
     assert conflict_ratio([g])["ratio"] == 1.0 and non_transitivity([g], 3)["ratio"] == 0.25
     cases = monitor._pending["cases"]
     assert len(cases) == 6 and all("score-conflict" in c[2][-1] for c in cases)
+    # What the end-of-run summary ranks: the group, each reward's own rewards of it, the judged pairs with winners.
+    group = monitor.last_group
+    assert (group.step, group.question, group.answers) == (0, "q", ANSWERS)
+    assert group.rewards == {r.__name__: g for r, g in zip(rewards, got)}
+    assert len(group.pairs) == 6 and all(ok for *_, ok in group.pairs)
+    assert {(ANSWERS[i], ANSWERS[j]) if w > 0.5 else (ANSWERS[j], ANSWERS[i]) for i, j, w, _ in group.pairs} == BEATS
 
 
 def test_missing_judgements_are_made_and_their_cost_reported(fake_judge, monkeypatch):

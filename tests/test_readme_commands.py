@@ -1,16 +1,17 @@
-"""The README's commands, each run once through the `trustreward` console script (PYTHONPATH: this checkout).
+"""The README's and the docs pages' commands, each run once through the `trustreward` console script (PYTHONPATH:
+this checkout); tests/test_docs.py checks every command the pages show against the code without running it.
 
 The main job (`trustreward grpo --config recipes/grpo/embedded/config_demo.yaml`) runs one step with the embedded
 judge and its printed metrics are checked; the file commands chain as in the README (compare -> audit / clean ->
 train-rm) on the tiny judge, and `serve` answers one OpenRLHF request.
 """
 
-import ast
 import asyncio
 import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -63,11 +64,14 @@ def write(path, rows):
 
 @pytest.mark.slow
 def test_main_job_grpo_demo(tmp_path):
-    """One step of the README's main job: every completion judged, the rewards are what they mean."""
+    """One step of the README's main job: every completion judged, the rewards are what they mean, and what it
+    prints (the step line, the summary, the ranked group) and plots is the run's own logged metrics."""
     # One step, shorter completions (48 -> 16 tokens): the recipe as the README runs it, at a third of the cost.
+    # The README measured ~55 s a step on a fresh machine; beside other test runs (load 8-16) this took 9.5 min.
     proc = trustreward("grpo", "--config", "recipes/grpo/embedded/config_demo.yaml", "--max_steps", "1",
-                       "--max_completion_length", "16", "--output_dir", tmp_path / "run")  # fmt: skip
-    steps = [ast.literal_eval(line.split(": ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("step ")]
+                       "--max_completion_length", "16", "--output_dir", tmp_path / "run", timeout=1200)  # fmt: skip
+    history = jsonl(tmp_path / "run" / "metrics.jsonl")  # every key TRL logged, one line per log
+    steps = [r for r in history if "train_runtime" not in r]
     assert len(steps) == 1, proc.stdout[-2000:]
     (m,) = steps
     means = {k.split("/")[1]: v for k, v in m.items() if k.startswith("rewards/") and k.endswith("/mean")}
@@ -78,6 +82,7 @@ def test_main_job_grpo_demo(tmp_path):
     assert failures and all(v == 0 for v in failures)  # no None reward: every completion was judged
     assert set(means) == {"judge_pairwise"}, means  # the recipe's reward (its mean is 0.5 by construction)
     from trainers.grpo import JudgeRewardArguments
+    from trainers.summary import curve_data, step_line, summarize
 
     if JudgeRewardArguments().pairing == "all":  # one group of G = 4: 6 pairs, both orders, every pair compared
         assert m["judge/prompts_per_group"] == 12 and m["judge/compared_fraction"] == 1.0, m
@@ -89,6 +94,29 @@ def test_main_job_grpo_demo(tmp_path):
     # The recipe's guard (min_order_consistency: 0.5) warns exactly when the checked pairs fall below it.
     warned = "order_consistency" in proc.stderr and "crossed its threshold" in proc.stderr
     assert warned == (m["judge/monitor_order_consistency"] < 0.5), proc.stderr[-2000:]
+
+    # What it printed: one short line for the step, then the summary of exactly these metrics (order consistency
+    # once: the monitor's equals the reward's), the ranked group, the note on the embedded judge, the outputs.
+    out = proc.stdout.splitlines()
+    assert [x for x in out if x.startswith("step ")] == [step_line(m, 1, 1)]
+    summary = summarize(history, {}).splitlines()
+    start = out.index(summary[0])
+    assert out[start : start + len(summary)] == summary
+    assert sum(x.startswith("  order consistency") for x in summary) == 1
+    group = out[start + len(summary) :]
+    assert group[0].startswith("  one group of step 1, ranked by judge_pairwise")
+    ranked = [float(x.split()[1]) for x in group[1:5]]
+    assert [x.split()[0] for x in group[1:5]] == ["#1", "#2", "#3", "#4"] and ranked == sorted(ranked, reverse=True)
+    # The group is the step's batch: its 4 rewards (each pair hands out 1 between its two) are what TRL logged.
+    assert sum(ranked) == pytest.approx(2.0, abs=3e-3)
+    assert statistics.stdev(ranked) == pytest.approx(m["rewards/judge_pairwise/std"], abs=3e-3)
+    consistent = int(group[5].split("order-consistent pairs: ")[1].split(" of ")[0])
+    assert group[5].split(" of ")[1].startswith("6") and consistent / 6 == pytest.approx(m["judge/order_consistency"])
+    assert "SmolLM2-135M" in group[6]
+    # The plot: the win rate's spread (not its flat 0.5 mean) and the consistency metrics, from the same metrics.
+    data = curve_data(history)
+    assert data["reward spread (std)"] == {"judge_pairwise": [(1, pytest.approx(m["rewards/judge_pairwise/std"]))]}
+    assert "reward mean" not in data and (tmp_path / "run" / "curves.png").stat().st_size > 0
 
 
 @pytest.fixture(scope="module")

@@ -163,16 +163,19 @@ def main(argv: list[str] | None = None):
         processing_class=AutoTokenizer.from_pretrained(policy, padding_side="left"),
         callbacks=[monitor] if monitor else [],
     )
-    if trainer.pop_callback(ProgressCallback):  # TRL prints every log dict; print each step once, ours only
-        trainer.add_callback(StepLines())
+    out = Path(training_args.output_dir) if training_args.output_dir else None
+    metrics = out / "metrics.jsonl" if out else None
+    if trainer.pop_callback(ProgressCallback):  # TRL prints every log dict: one short line per step instead
+        trainer.add_callback(StepLines(metrics))
     trainer.train()
-    outputs = {"model": None, "curves": None}
+    outputs = {"model": None, "metrics": str(metrics) if metrics and metrics.exists() else None, "curves": None}
     if training_args.output_dir and training_args.save_strategy != "no":
         trainer.save_model(training_args.output_dir)
         outputs["model"] = training_args.output_dir
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
-        if training_args.output_dir:
-            outputs["curves"] = plot_curves(history, Path(training_args.output_dir) / "curves.png")
-        print(summarize(history, outputs), flush=True)
+        if out:
+            outputs["curves"] = plot_curves(history, out / "curves.png")
+        group = monitor.last_group if monitor else None
+        print(summarize(history, outputs, group=group, judge=judge_args.judge or "embedded"), flush=True)
     return trainer

@@ -18,6 +18,7 @@ import random
 import threading
 import time
 from collections import defaultdict
+from typing import NamedTuple
 
 from transformers import TrainerCallback
 
@@ -31,6 +32,20 @@ logger = logging.getLogger(__name__)
 
 ACTIONS = ("warn", "stop")
 RELATION = {"a": 1, "b": -1, "tie": 0}
+
+
+class CheckedGroup(NamedTuple):
+    """One group the monitor checked, as the end-of-run summary shows it: what the judge preferred.
+
+    `rewards` maps each reward's name to its rewards of `answers` (None: not judged); `pairs` holds
+    `(i, j, win, order_consistent)` for the judged pairs, positions in `answers`, `win` = P(i beats j), ties half.
+    """
+
+    step: int
+    question: str
+    answers: list[str]
+    rewards: dict[str, list[float | None]]
+    pairs: list[tuple[int, int, float, bool]]
 
 
 def require_wandb(report_to) -> bool:
@@ -73,7 +88,8 @@ class JudgeMonitor(TrainerCallback):
     completions (`reward.rubric_checks`). `criteria` tallies each criterion over the run (pass rate, valid mass,
     groups where it did not discriminate), and with W&B the table `{prefix}/rubric_criteria` shows that tally, so
     criteria that never discriminate can be pruned.
-    `last` holds the latest check's numbers, `alerts` every guard crossing.
+    `last` holds the latest check's numbers, `last_group` its first group (`CheckedGroup`), `alerts` every guard
+    crossing.
     """
 
     def __init__(
@@ -102,6 +118,7 @@ class JudgeMonitor(TrainerCallback):
         self.criteria: dict = {}  # criterion text -> reward.rubric_checks.CriterionStats, over the run
         self.rewards: list = []
         self.last: dict = {}
+        self.last_group: CheckedGroup | None = None
         self.alerts: list[dict] = []
         self._batch: dict = {}
         # Async rewards (`AsyncJudgeReward`) report from worker threads at the same time: one at a time here, or two
@@ -135,8 +152,9 @@ class JudgeMonitor(TrainerCallback):
         with self._lock:
             self._pending["rewards"][reward.__name__] += [r for r in rewards if r is not None]
             self._pending["entropy"][reward.metric_prefix] += [e for e in ents if e is not None]
-            self._batch[reward.__name__] = {"reward": reward, "latency": latency, "scores": scores, "prefs": prefs,
-                                            "rubrics": rubrics}  # fmt: skip
+            entry = {"reward": reward, "latency": latency, "scores": scores, "prefs": prefs, "rubrics": rubrics,
+                     "rewards": rewards}  # fmt: skip
+            self._batch[reward.__name__] = entry
             self._injection(reward, rewards, questions, answers, kwargs)
             if rubrics is not None:
                 self._criteria(reward, rubrics, prompts, kwargs.get("log_metric"))
@@ -235,6 +253,14 @@ class JudgeMonitor(TrainerCallback):
             for key, value in self.last.items():
                 if key != "step" and value is not None:
                     log_metric(f"{self.prefix}/{key}", float(value))
+        first = {i: k for k, i in enumerate(sampled[0])}
+        self.last_group = CheckedGroup(
+            step,
+            questions[sampled[0][0]],
+            [answers[i] for i in sampled[0]],
+            {name: [entry["rewards"][i] for i in sampled[0]] for name, entry in batch.items()},
+            [(first[i], first[j], p.p_a + p.p_tie / 2, p.order_consistent) for i, j, p, *_ in checked if i in first],
+        )
         self._collect_cases(checked, prompts, questions, answers, step)
         self._guard(order, ntr["ratio"], step)
 

@@ -1,7 +1,7 @@
 """Consistency of preferences: TrustJudge's metrics (CR, NTR_k) and cleaning of preference data.
 
 The 27 cases of a triple i < j < k (op1 = r(i, j), op2 = r(j, k), op3 = r(i, k); +1 the first wins, 0 tie) are
-in `TRIPLE_TABLE` and printed in the README.
+in `TRIPLE_TABLE` and printed in docs/consistency.md.
 """
 
 from .clean import POLICIES, RELATIONS, clean_dataset
