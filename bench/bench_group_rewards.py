@@ -216,6 +216,7 @@ DESIGNS = {  # name -> (design(group, G, rng) -> (outcomes, judge prompts), aggr
         ("mean_win", "bradley_terry"),
     ),
     "swiss/no-closing": (lambda g, n, rng: swiss(g, n, rng, closing=False), ("bradley_terry",)),
+    "swiss/points+closing": (lambda g, n, rng: swiss(g, n, rng, pair_by="points"), ("bradley_terry",)),
     "swiss/uncertain": (lambda g, n, rng: swiss(g, n, rng, closing=False, uncertain=0.2), ("bradley_terry",)),
     "swiss/log": (
         lambda g, n, rng: swiss(g, n, rng, rounds=math.ceil(math.log2(n)) + 1, pair_by="points", closing=False),
