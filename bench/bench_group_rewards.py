@@ -15,15 +15,21 @@ merged probabilities, as `JudgePairwiseReward` does. Simulators, d = q_A - q_B a
 For each G it prints, per simulator, the mean Kendall tau (tau-b) of each group's rewards with the latent order
 for `all` (the best of its aggregates: the reference), then for every design x aggregate that tau as a multiple of
 the reference, with judge prompts per group as a multiple of `all`'s (both orders count; `adaptive` adds its G
-pointwise prompts). Goal: with the defaults (`reward.groups.DEFAULT_AGGREGATE`, `SWISS_PAIR_BY`,
-`swiss_rounds`), `swiss` >= 0.95x at <= 0.35x at G=16 on every simulator, the same or better at G=32.
+pointwise prompts). The default row `swiss` runs `GroupJudge` itself (the engine TRL, the server and verl run) on a
+stand-in judge answering from the simulation; the other `swiss/...` rows vary the bench's copy of that design. Each
+design draws its random choices from its own stream, so a row does not depend on which rows are picked.
+
+Goal: with the defaults (`reward.groups.DEFAULT_AGGREGATE`, `SWISS_PAIR_BY`, `swiss_rounds`, the closing round),
+`swiss` >= 0.95x at <= 0.35x at G=16 on every simulator, the same or better at G=32; the goal line gives each
+ratio's standard error (of the per-group tau differences, paired).
 `--sweep` prints instead the defaults (and the earlier Swiss default) against the `logistic` judge's noise.
 
     python bench/bench_group_rewards.py [--groups 200] [--sizes 8 16 32] [--sweep] [--quick] [--embedded]
 
 `--quick` (CI): the ranking logic on a planted order (a noiseless judge: every design x aggregate, and the
 defaults, recover it exactly where they must), tau-b against a brute-force count, the merge against
-`merge_bidirectional`, and the defaults on 24 groups of 16 per simulator far from the goal fails. Never a time.
+`merge_bidirectional`, the engine's Swiss pairs against the bench's copy of the design, and the defaults on 24
+groups of 16 per simulator far from the goal fails. Never a time.
 `--embedded` runs the embedded judge (SmolLM2-135M) on one MT-Bench group of 8 through `JudgePairwiseReward`.
 """
 
@@ -43,6 +49,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reward.group_judging import Group as EngineGroup  # noqa: E402
+from reward.group_judging import GroupJudge  # noqa: E402
 from reward.groups import (  # noqa: E402
     DEFAULT_AGGREGATE,
     SWISS_PAIR_BY,
@@ -57,7 +65,7 @@ from reward.groups import (  # noqa: E402
     swiss_round,
     swiss_rounds,
 )
-from reward.scoring import merge_bidirectional  # noqa: E402
+from reward.scoring import Preference, merge_bidirectional  # noqa: E402
 
 _erf = np.vectorize(math.erf)
 
@@ -154,6 +162,31 @@ def swiss(g: Group, n: int, rng: random.Random, rounds=None, pair_by=SWISS_PAIR_
     return outcomes, 2 * len(outcomes)
 
 
+class SimulatedJudge:
+    """What `GroupJudge` calls on a judge, answered from a simulated group's merged probabilities (completions are
+    their indices as text): the default row runs the engine that TRL, the server and verl run, not a copy of it."""
+
+    backend = type("Backend", (), {"lockstep": False})()
+
+    def __init__(self, g: Group):
+        self.g = g
+
+    def fit_responses(self, prompt, responses, mode="direct"):
+        return [(r, False) for r in responses]
+
+    def compare(self, prompts, responses_a, responses_b, method, mode):
+        return [Preference(*self.g.outcome(int(a), int(b))[2:]) for a, b in zip(responses_a, responses_b)]
+
+
+def engine(g: Group, n: int, rng: random.Random, pairing="swiss"):
+    """`GroupJudge(pairing)` with its defaults on the group: the outcomes it judged and the prompts they cost."""
+    (result,) = GroupJudge(pairing=pairing, seed=rng.randrange(2**32))(
+        SimulatedJudge(g), [EngineGroup("q", list(map(str, range(n))))]
+    )
+    outcomes = [Outcome(a, b, p.p_a, p.p_b, p.p_tie) for (a, b), p in result.prefs.items()]
+    return outcomes, result.prompts
+
+
 def adaptive(g: Group, n: int, rng: random.Random, margin=0.5):
     """`JudgePairwiseReward`'s `adaptive`: pairs within `margin` of pointwise rating, closest first, at most G; the
     rest go to the higher rating (ties half)."""
@@ -177,12 +210,13 @@ DESIGNS = {  # name -> (design(group, G, rng) -> (outcomes, judge prompts), aggr
     "adaptive": (adaptive, ("mean_win",)),
     "anchor": (lambda g, n, rng: judged(g, [(i, n) for i in range(n)]), ("mean_win",)),
     "circular": (lambda g, n, rng: judged(g, circular_pairs(n, rng)), ("mean_win", "bradley_terry")),
-    "swiss": (swiss, ("mean_win", "bradley_terry", "bt_hard")),
+    "swiss": (engine, ("mean_win", "bradley_terry", "bt_hard")),  # GroupJudge's Swiss path: the default design
     "swiss/points": (
         lambda g, n, rng: swiss(g, n, rng, pair_by="points", closing=False),
         ("mean_win", "bradley_terry"),
     ),
     "swiss/no-closing": (lambda g, n, rng: swiss(g, n, rng, closing=False), ("bradley_terry",)),
+    "swiss/points+closing": (lambda g, n, rng: swiss(g, n, rng, pair_by="points"), ("bradley_terry",)),
     "swiss/uncertain": (lambda g, n, rng: swiss(g, n, rng, closing=False, uncertain=0.2), ("bradley_terry",)),
     "swiss/log": (
         lambda g, n, rng: swiss(g, n, rng, rounds=math.ceil(math.log2(n)) + 1, pair_by="points", closing=False),
@@ -213,24 +247,26 @@ def tau_b(x, y) -> float:
 class Cell(NamedTuple):
     tau: float  # mean over groups
     prompts: float  # judge prompts per group
+    taus: np.ndarray  # each group's tau (the same groups in every cell of a run: differences are paired)
 
 
 def measure(judge: Callable, size: int, groups: int, seed: int, designs=DESIGNS, cycle_free_too=False) -> dict:
-    """{(design, aggregate): Cell} over `groups` groups of `size`; every design sees the same judgements."""
-    rng, pair_rng = np.random.default_rng(seed), random.Random(seed)
+    """{(design, aggregate): Cell} over `groups` groups of `size`; every design sees the same judgements, and draws
+    its random choices from a stream of its own (a row does not change with the other rows picked)."""
+    rng, pair_rngs = np.random.default_rng(seed), {design: random.Random(f"{seed}/{design}") for design in designs}
     taus, prompts = {}, {}
     for _ in range(groups):
         g = simulate_group(judge, size, rng)
         n = size + 1  # the reference is answer `size`: `anchor` meets it, the rest never do
         for design, (make, aggregates) in designs.items():
-            outcomes, asked = make(g, size, pair_rng)
+            outcomes, asked = make(g, size, pair_rngs[design])
             if cycle_free_too and design in CYCLE_FREE:
                 aggregates = (*aggregates, "cycle_free")
             for name in aggregates:
                 rewards = aggregate(name, n if design == "anchor" else size, outcomes)[:size]
                 taus.setdefault((design, name), []).append(tau_b(rewards, g.quality[:size]))
                 prompts.setdefault((design, name), []).append(asked)
-    return {k: Cell(float(np.mean(taus[k])), float(np.mean(prompts[k]))) for k in taus}
+    return {k: Cell(float(np.mean(taus[k])), float(np.mean(prompts[k])), np.array(taus[k])) for k in taus}
 
 
 # -- output ------------------------------------------------------------------------------------------------------
@@ -259,6 +295,11 @@ def print_table(size: int, results: dict) -> None:
         print(row + " | ".join(f"{results[s][key].tau / refs[s].tau:.3f}x" for s in sims) + " |", flush=True)
 
 
+def standard_error(cell: Cell, ref: Cell) -> float:
+    """Of `cell`'s tau as a multiple of `ref`'s: the per-group differences' standard error over `ref`'s mean."""
+    return float(np.std(cell.taus - ref.taus, ddof=1) / math.sqrt(len(ref.taus)) / ref.tau)
+
+
 def goal(size: int, results: dict) -> bool:
     ok = True
     parts = []
@@ -266,7 +307,7 @@ def goal(size: int, results: dict) -> bool:
         ref, cell = reference(cells), cells[DEFAULT]
         ratio, cost = cell.tau / ref.tau, cell.prompts / ref.prompts
         ok &= ratio >= 0.95 and cost <= 0.35
-        parts.append(f"{sim} {ratio:.3f}x at {cost:.2f}x")
+        parts.append(f"{sim} {ratio:.3f}x (+-{standard_error(cell, ref):.3f}) at {cost:.2f}x")
     print(f"goal at G={size} (defaults: swiss + {DEFAULT[1]}, pair by {SWISS_PAIR_BY}, {swiss_rounds(size)} rounds + "
           f"{size // 8} closing pairs; "
           f">= 0.95x the tau of `all` at <= 0.35x its prompts): {'met' if ok else 'NOT met'}: "
@@ -332,6 +373,15 @@ def quick(seed: int) -> int:
             taus.append(tau_b(bradley_terry(17, outcomes, prior=1e-9)[:16], g.quality[:16]))
         check(min(taus) == 1.0, f"noiseless judge, G=16: {design} + Bradley-Terry (no prior) recovers the planted "
               f"order (tau {min(taus):.3f})")  # fmt: skip
+    same = []
+    for judge in SIMULATORS.values():  # the variant rows change the bench's copy of the default design
+        for k, n in enumerate((16, 13, 32)):
+            g, draw = (
+                simulate_group(judge, n, np.random.default_rng(seed + k)),
+                random.Random(seed + k).randrange(2**32),
+            )
+            same.append(set(engine(g, n, random.Random(seed + k))[0]) == set(swiss(g, n, random.Random(draw))[0]))
+    check(all(same), "the engine's Swiss path (GroupJudge) judges what the bench's `swiss` design does")
     exact = measure(noiseless, 16, 4, seed)
     for key in (("all", "mean_win"), ("anchor", "mean_win")):
         check(exact[key].tau == 1.0, f"noiseless judge: {key[0]} + {key[1]} too (tau {exact[key].tau:.3f})")

@@ -13,8 +13,10 @@ Pairings (`PAIRINGS`):
   higher score (ties half).
 - `anchor`: each completion against its reference answer only (2 prompts each).
 - `circular`: a random cycle through the group, each completion against the next: 2G prompts (2 at G=2).
-- `swiss`: Swiss-system rounds pairing neighbours in the running standings, no rematches, a bye for odd G
-  (`reward.groups.swiss_pairs`); the rounds are successive judge calls shared by all groups of the call.
+- `swiss`: Swiss-system rounds pairing neighbours in the standings by fitted strength, no rematches, a bye for odd
+  G (`reward.groups.swiss_round`), then a closing round of G // 8 unmet neighbours, closest strengths first
+  (`reward.groups.closing_pairs`): per group `swiss_rounds(G) * (G // 2) + G // 8` pairs at most. The rounds are
+  successive judge calls shared by all groups of the call (docs/group-pairings.md has the measurements).
 
 A group whose completions all have a reference (`Group.references`) is, with a peer pairing, compared with its
 peers and with the reference too: the reference is one more opponent (one node of the group's graph, per distinct
@@ -57,11 +59,11 @@ from .groups import (
     all_pairs,
     bradley_terry,
     circular_pairs,
+    closing_pairs,
     cycle_free,
     has_cycle,
     mean_win,
-    standings,
-    swiss_pairs,
+    swiss_round,
     swiss_rounds,
 )
 from .judge import MODES
@@ -155,7 +157,8 @@ class GroupJudge:
         method: "likelihood", "ppl" or "baseline" (see `Judge.compare`).
         mode: "direct" or "rationale".
         adaptive_margin, max_pairs_per_group, scale: `adaptive`'s score margin, per-group budget, rating scale.
-        swiss_rounds: `swiss`'s rounds (default `reward.groups.swiss_rounds`: max(ceil(log2 G) + 1, (G - 1) // 3)).
+        swiss_rounds: `swiss`'s rounds before its closing round (default `reward.groups.swiss_rounds`:
+            max(ceil(log2 G) + 1, (G - 1) // 3)).
         seed: seed of `circular`'s cycles and `swiss`'s first-round order (one stream over the calls).
     """
 
@@ -261,27 +264,32 @@ class GroupJudge:
                              [j.text for j in jobs], method=self.method, mode=self.mode)  # fmt: skip
 
     def _swiss(self, judge, groups, peers, first, judged) -> None:
-        """Swiss rounds, one judge call each, shared by all groups (round one also holds the reference jobs)."""
-        rounds = [swiss_rounds(len(groups[g].completions), self.swiss_rounds) for g in peers]
-        total = max([*rounds, 1 if first else 0])
+        """Swiss rounds, then the closing round, one judge call each, shared by all groups (round one also holds the
+        reference jobs); each group's rounds pair on the peer outcomes it has so far."""
+        sizes = [len(groups[g].completions) for g in peers]
+        rounds = [swiss_rounds(n, self.swiss_rounds) for n in sizes]
+        # The closing round: one more call where the rounds left a pair unmet (not after a full round robin).
+        calls = [r + (n // 8 > 0 and r * (n // 2) < n * (n - 1) // 2) for r, n in zip(rounds, sizes)]
+        total = max([*calls, 1 if first else 0])
         if judge.backend.lockstep:  # every rank runs as many rounds as the busiest, judging nothing if it has nothing
             total = judge.backend.agree(total)
-        played = [set() for _ in peers]
-        tiebreak = [self._rng.sample(range(len(groups[g].completions)), len(groups[g].completions)) for g in peers]
-        points = defaultdict(float)
+        played, outcomes = [set() for _ in peers], [[] for _ in peers]
+        tiebreak = [self._rng.sample(range(n), n) for n in sizes]
+        slot = {g: p for p, g in enumerate(peers)}
         for r in range(total):
             jobs = list(first) if r == 0 else []
             for p, g in enumerate(peers):
                 if r < rounds[p]:
-                    local = {k: points[g, k] for k in range(len(groups[g].completions))}
-                    pairs = swiss_pairs(standings(local, tiebreak[p]), played[p], more_rounds=r + 1 < rounds[p])
-                    jobs += [_Job(g, a, b, groups[g].completions[b]) for a, b in pairs]
+                    more = r + 1 < rounds[p]
+                    pairs = swiss_round(sizes[p], outcomes[p], played[p], tiebreak[p], more_rounds=more)
+                else:
+                    pairs = closing_pairs(sizes[p], outcomes[p], played[p]) if r < calls[p] else []
+                jobs += [_Job(g, a, b, groups[g].completions[b]) for a, b in pairs]
             prefs = self._compare(judge, groups, jobs)
             judged += zip(jobs, prefs)
             for job, pref in zip(jobs, prefs):
                 if pref.error is None and job.b is not None:
-                    points[job.group, job.a] += pref.p_a + 0.5 * pref.p_tie
-                    points[job.group, job.b] += pref.p_b + 0.5 * pref.p_tie
+                    outcomes[slot[job.group]].append(Outcome(job.a, job.b, pref.p_a, pref.p_b, pref.p_tie))
 
     # -- rewards -----------------------------------------------------------------------------------------------
 

@@ -5,8 +5,9 @@ Pure math over local indices 0..n-1 (the reward in `trainers/reward_funcs.py` ma
 is an `Outcome`: the merged (both orders) probabilities that `a` wins, `b` wins, or they tie.
 
 Pairings (`pair design` -> pairs per group of n): `all_pairs` n(n-1)/2, `circular_pairs` n (a random cycle; 1 at
-n=2), `swiss_pairs` floor(n/2) per round over `swiss_rounds(n)` rounds (ceil(log2 n) + 1 by default, at most a full
-round robin). Each pair costs 2 judge prompts (both orders); a bye costs nothing.
+n=2), `swiss_pairs` floor(n/2) per round over `swiss_rounds(n)` rounds (max(ceil(log2 n) + 1, (n - 1) // 3) by
+default, at most a full round robin), then `closing_pairs` n // 8. Each pair costs 2 judge prompts (both orders); a
+bye costs nothing.
 
 Aggregations: `mean_win` (mean probability of beating the peers met, ties half), `bradley_terry` (strengths fitted
 to the judged pairs with a Gaussian prior; the reward is the fitted win probability against the group),

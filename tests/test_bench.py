@@ -72,9 +72,11 @@ def test_judge_consistency_bench_quick():
 
 def test_group_rewards_bench_quick():
     # Ranking logic, not speed: tau-b and the simulators' merge checked by hand, every design + Bradley-Terry recovers
-    # a planted order from a noiseless judge, the defaults far from the goal fail (the script exits 1 on any FAIL).
+    # a planted order from a noiseless judge, the default row is GroupJudge's Swiss path and judges the pairs of the
+    # bench's own Swiss design, the defaults far from the goal fail (the script exits 1 on any FAIL).
     out = run("bench_group_rewards.py")
     assert "FAIL" not in out and out.count("recovers the planted order") == 6
+    assert "ok: the engine's Swiss path (GroupJudge) judges what the bench's `swiss` design does" in out
     assert "goal at G=16" in out and "swiss + bradley_terry" in out
 
 

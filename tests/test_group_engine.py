@@ -1,10 +1,19 @@
 """`reward.group_judging` gives, fed the same recorded preferences, the rewards and metrics the group reward gave
-before it moved out of the TRL glue (commit dd6f47c), for every pairing x aggregate, to 1e-12.
+before it moved out of the TRL glue (commit dd6f47c), for every pairing x aggregate, to 1e-12 (`swiss`: what
+its design of issue #29 gives, below).
 
 The expected values (tests/golden/group_rewards_dd6f47c.json) were computed once by running `golden_values` below
-against `trainers/reward_funcs.py` at dd6f47c. The fake judge's preferences are a hash of the two answers in the
-order shown, so both orders disagree often, cycles appear, one answer fails every pair, one group is lone, and a
-second call continues the seeded random stream (circular, swiss)."""
+against `trainers/reward_funcs.py` at dd6f47c; except `swiss`'s, which issue #29 changed on purpose (its rounds pair
+by fitted Bradley-Terry strength, not points, and a closing round follows: docs/group-pairings.md). Those come from
+tests/golden/group_rewards_swiss_29.json, written by this engine with
+
+    PYTHONPATH=$PWD:$PWD/tests python tests/test_group_engine.py
+
+(it rewrites the `swiss/*` values only; rerun it only for a deliberate change of the Swiss design, and say why).
+
+The fake judge's preferences are a hash of the two answers in the order shown, so both orders disagree often, cycles
+appear, one answer fails every pair, one group is lone, and a second call continues the seeded random stream
+(circular, swiss)."""
 
 import hashlib
 import json
@@ -17,7 +26,10 @@ from reward import Judge
 from reward.groups import AGGREGATES
 from trainers import JudgePairwiseReward
 
+SWISS = Path(__file__).parent / "golden/group_rewards_swiss_29.json"
 GOLDEN = json.loads((Path(__file__).parent / "golden/group_rewards_dd6f47c.json").read_text())
+if SWISS.exists():  # absent only before `write_swiss_golden` first wrote it: then the swiss test fails below
+    GOLDEN |= json.loads(SWISS.read_text())
 
 
 def unit(*parts):
@@ -67,6 +79,7 @@ def golden_values(tokenizer, pairing, aggregate):
 @pytest.mark.parametrize("aggregate", AGGREGATES)
 @pytest.mark.parametrize("pairing", ["all", "adaptive", "circular", "swiss", "anchor"])
 def test_every_pairing_and_aggregate_gives_the_old_rewards(tiny_judge, pairing, aggregate):
+    assert pairing != "swiss" or SWISS.exists()
     got = golden_values(tiny_judge.tokenizer, pairing, aggregate)
     for new, old in zip(got, GOLDEN[f"{pairing}/{aggregate}"], strict=True):
         assert [r is None for r in new["rewards"]] == [r is None for r in old["rewards"]]
@@ -135,3 +148,21 @@ def test_end_to_end_on_the_tiny_judge_matches_dd6f47c(tiny_model_dir):
         assert flat(got[key]) == pytest.approx(flat(want[key]), abs=1e-5, rel=0), key
     spread = max(want["verl_batch"][:4]) - min(want["verl_batch"][:4])
     assert spread > 1e-3  # the tolerance is well below the differences between the rewards
+
+
+def write_swiss_golden(path=SWISS):
+    """The `swiss/*` golden values from the engine as it is (see the module docstring)."""
+    import tempfile
+
+    from conftest import build_tiny_model_dir
+
+    from reward import load_judge
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = load_judge(build_tiny_model_dir(tmp), device="cpu", progress=False).tokenizer
+    values = {f"swiss/{name}": golden_values(tokenizer, "swiss", name) for name in AGGREGATES}
+    path.write_text(json.dumps(values, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    write_swiss_golden()

@@ -13,6 +13,7 @@ from conftest import FakeBackend, answer_in_slot
 
 import reward.groups
 from reward import Judge
+from reward.group_judging import Group, GroupJudge
 from reward.groups import (
     AGGREGATES,
     DEFAULT_AGGREGATE,
@@ -78,6 +79,11 @@ def swiss_expected_rounds(g):
     return min(max(math.ceil(math.log2(g)) + 1, (g - 1) // 3), g - 1 if g % 2 == 0 else g)
 
 
+def swiss_expected_pairs(g):
+    """The documented budget: the Swiss rounds' G // 2 pairs each, then a closing round of G // 8 pairs."""
+    return swiss_expected_rounds(g) * (g // 2) + g // 8
+
+
 def test_groups_doctests():
     result = doctest.testmod(reward.groups)
     assert result.attempted >= 8 and result.failed == 0
@@ -98,7 +104,7 @@ def test_prompt_counts_per_pairing_are_exact(tiny_judge, pairing):
         expected = {
             "all": g * (g - 1),
             "circular": 2 * g if g > 2 else 2,
-            "swiss": 2 * swiss_expected_rounds(g) * (g // 2),
+            "swiss": 2 * swiss_expected_pairs(g),
             "anchor": 2 * g,
         }[pairing]
         prompts = [p for call in judge.backend.calls for p in call]
@@ -106,12 +112,12 @@ def test_prompt_counts_per_pairing_are_exact(tiny_judge, pairing):
         assert log["judge/prompts_per_group"] == expected
         shown = [(answer_in_slot(p, "A"), answer_in_slot(p, "B")) for p in prompts]
         assert len({frozenset(s) for s in shown}) == expected // 2  # no pair judged twice
-        if pairing == "swiss":  # one judge call per round
-            assert len(judge.backend.calls) == swiss_expected_rounds(g)
+        if pairing == "swiss":  # one judge call per round, the closing round (from G = 8 on) one more
+            assert len(judge.backend.calls) == swiss_expected_rounds(g) + (g >= 8)
             per_round = [
                 {frozenset((answer_in_slot(p, "A"), answer_in_slot(p, "B"))) for p in c} for c in judge.backend.calls
             ]
-            for pairs in per_round:  # nobody plays twice in a round
+            for pairs in per_round[: swiss_expected_rounds(g)]:  # nobody plays twice in a Swiss round
                 assert len({a for pair in pairs for a in pair}) == 2 * len(pairs) == 2 * (g // 2)
 
 
@@ -125,8 +131,9 @@ def test_swiss_pairs_by_running_score_and_shares_each_call_across_groups(tiny_ju
         answers += ["ypq"[k] * n for n in random.Random(k).sample(range(1, 40), g)]
     rewards = reward(prompts=prompts, completions=answers)
     assert None not in rewards
-    # All groups share each round's call: as many calls as the most rounds (16 -> 5), not one per group and round.
-    assert len(judge.backend.calls) == 5
+    # All groups share each round's call: as many calls as the most rounds (16 -> 5 and the closing round), not one
+    # per group and round.
+    assert len(judge.backend.calls) == 6
     # Round 2 pairs round 1's winners together (the group of 8: 4 winners, 2 pairs of them).
     group8 = set(answers[:8])
     first = [(answer_in_slot(p, "A"), answer_in_slot(p, "B")) for p in judge.backend.calls[0][::2]]
@@ -241,6 +248,79 @@ def test_closing_pairs_judge_the_closest_unmet_neighbours():
     assert played == before | {frozenset((1, 2))}
     everyone = {frozenset(p) for p in itertools.combinations(range(8), 2)}
     assert closing_pairs(8, outcomes, everyone, 3) == []  # all met: nothing left to close
+
+
+def planted(quality, noise=0.5):
+    """A judge of planted qualities: P("A") = 0.9 s(q_A - q_B + noise e), tie 0.1, e ~ N(0, 1) drawn from the two
+    texts in the order shown (each prompt its own draw, so the two orders disagree as a real judge's do)."""
+
+    def rule(prompt):
+        a, b = answer_in_slot(prompt, "A"), answer_in_slot(prompt, "B")
+        s = 1 / (1 + math.exp(-(quality[a] - quality[b] + noise * random.Random(f"{a}|{b}").gauss(0, 1))))
+        return {"A": 0.9 * s, "B": 0.9 * (1 - s), "C": 0.1}
+
+    return rule
+
+
+def planted_groups(sizes, seed=7):
+    rng = random.Random(seed)
+    texts = [[f"answer {g}.{k}" for k in range(n)] for g, n in enumerate(sizes)]
+    return [Group(f"q{g}", t) for g, t in enumerate(texts)], {t: rng.gauss(0, 1) for group in texts for t in group}
+
+
+def test_swiss_engine_plays_the_rounds_and_the_closing_round_reward_groups_defines(tiny_judge):
+    """GroupJudge's Swiss path (what TRL, the server and verl run), replayed call by call: each round is
+    `swiss_round` (pairing by fitted strength) on the outcomes judged before it, the call after a group's rounds is
+    exactly `closing_pairs` on all of them, each group costs the documented budget (`swiss_expected_pairs`), and
+    its rewards are Bradley-Terry over every judged pair, the closing pairs included."""
+    sizes = (16, 13, 8, 5)
+    groups, quality = planted_groups(sizes)
+    judge = make_judge(tiny_judge.tokenizer, planted(quality))
+    results = GroupJudge(pairing="swiss", seed=3)(judge, groups)
+    calls = [{frozenset((answer_in_slot(p, "A"), answer_in_slot(p, "B"))) for p in c} for c in judge.backend.calls]
+    assert len(calls) == 6  # G = 16: 5 rounds, then its closing round; the smaller groups close earlier
+    tiebreaks = random.Random(3)  # the engine's seeded stream: one first-round order per group
+    for group, result in zip(groups, results):
+        n, index = len(group.completions), {t: k for k, t in enumerate(group.completions)}
+        tiebreak, rounds = tiebreaks.sample(range(n), n), swiss_rounds(n)
+        played, outcomes = set(), []
+        for r, call in enumerate(calls):
+            asked = {tuple(sorted(index[t] for t in pair)) for pair in call if pair <= index.keys()}
+            if r < rounds:
+                want = swiss_round(n, outcomes, played, tiebreak, more_rounds=r + 1 < rounds)
+            else:
+                want = closing_pairs(n, outcomes, played) if r == rounds else []
+                assert len(want) == (n // 8 if r == rounds else 0)
+            assert asked == set(want), (n, r)
+            prefs = [result.prefs[pair] for pair in want]
+            outcomes += [Outcome(a, b, p.p_a, p.p_b, p.p_tie) for (a, b), p in zip(want, prefs)]
+        assert result.prompts == 2 * len(outcomes) == 2 * swiss_expected_pairs(n)
+        assert result.rewards == pytest.approx(bradley_terry(n, outcomes), abs=1e-12)
+
+
+def test_the_closing_round_puts_planted_pairs_in_order(tiny_judge, monkeypatch):
+    """On a planted group of 16 the Swiss rounds leave 3 pairs in the wrong order, among them both closest unmet
+    neighbours; the closing round judges those two and its rewards order them as planted, swapping no other pair.
+    Without it (closing_pairs judging nothing) the two stay swapped: a closing round chosen but not judged, or
+    judged but left out of the fit, fails here."""
+    groups, quality = planted_groups((16,), seed=18)
+    truth = [quality[t] for t in groups[0].completions]
+    index = {t: k for k, t in enumerate(groups[0].completions)}
+    swapped, closing = {}, None
+    for closed in (True, False):
+        if not closed:
+            monkeypatch.setattr("reward.group_judging.closing_pairs", lambda n, outcomes, played: [])
+        judge = make_judge(tiny_judge.tokenizer, planted(quality))
+        (result,) = GroupJudge(pairing="swiss", seed=3)(judge, groups)
+        assert result.prompts == 2 * (swiss_expected_pairs(16) - 2 * (not closed))
+        r = result.rewards
+        swapped[closed] = {
+            p for p in itertools.combinations(range(16), 2) if (r[p[0]] - r[p[1]]) * (truth[p[0]] - truth[p[1]]) < 0
+        }
+        if closed:  # the last call: the closing round
+            closing = {tuple(sorted(index[answer_in_slot(p, s)] for s in "AB")) for p in judge.backend.calls[-1]}
+    assert len(closing) == 2 and closing <= swapped[False] and len(swapped[False]) == 3
+    assert swapped[True] == swapped[False] - closing
 
 
 def test_default_aggregate_per_pairing(fake_judge):
@@ -430,7 +510,7 @@ def test_a_sharded_judge_makes_the_same_calls_on_every_rank(tiny_judge, pairing)
             self.agreed += 1
             return collective.agree(self.rank, count)
 
-    batches = [  # rank 0: groups of 16 and 3 (5 Swiss rounds); rank 1: a group of 4 (3 rounds); rank 2: no pairs
+    batches = [  # rank 0: groups of 16 and 3 (5 Swiss rounds + closing); rank 1: a group of 4 (3 rounds); rank 2: none
         (["a"] * 16 + ["b"] * 3, ["x" * k for k in range(1, 17)] + ["y", "yy", "yyy"]),
         (["c"] * 4, ["z", "zz", "zzz", "zzzz"]),
         (["d", "e"], ["u", "uu"]),
@@ -454,8 +534,9 @@ def test_a_sharded_judge_makes_the_same_calls_on_every_rank(tiny_judge, pairing)
         t.join()
     assert not errors
     assert len({b.agreed for b in backends}) == 1 and len({len(b.calls) for b in backends}) == 1
-    # swiss: the rounds agreed (5: rank 0's group of 16), then one compare per round, on every rank, even rank 2's.
-    assert backends[0].agreed == (1 + 5 if pairing == "swiss" else 1)
+    # swiss: the rounds agreed (6: rank 0's group of 16, its closing round included), then one compare per round, on
+    # every rank, even rank 2's.
+    assert backends[0].agreed == (1 + 6 if pairing == "swiss" else 1)
     assert None not in results[0] and None not in results[1] and results[2] == [None, None]
 
 
