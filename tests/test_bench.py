@@ -122,7 +122,7 @@ def test_rubric_bench_quick():
     # The read is the per-choice forwards' (within fp32 arithmetic: docs/rubrics.md); the prefix runs once per answer.
     assert number(r"max \|dP\| = ([0-9.e+-]+)", out) <= 1e-4
     assert number(r"cached \(([0-9.]+)x\)", out) >= 2
-    assert number(r"failed reads\s+(\d+)", out) == 0 and "over the goal with the default defenses: none" in out
+    assert number(r"failed reads\s+(\d+)", out) == 0  # (the run itself fails on a family far over the goal)
 
 
 def test_rubric_bench_text_parsing_comparison_orders_a_planted_signal(fake_judge):
