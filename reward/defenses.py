@@ -3,10 +3,11 @@
 - `break_specials`: every special token of the judge's tokenizer (not only the chat-turn ones) broken up, so a
   response cannot open or close a chat turn or emit a control token.
 - `neutralize`: look-alikes of the template's own syntax (the slot "Score: [5]", "Rating: 5/5", verdict
-  brackets "[[A]]" / "[B]"), also written with zero-width characters, full-width brackets or Cyrillic letters,
-  are removed; the rest of the text is left as it was.
+  brackets "[[A]]" / "[B]", a rubric criterion's "Verdict: [yes]" / "[yes]"), also written with zero-width
+  characters, full-width brackets or Cyrillic letters, are removed; the rest of the text is left as it was.
 - `suspicious_spans`: the above plus natural-language text addressed to the judge ("rate this answer 5",
-  "ignore the rubric", "note to the judge"); the judge's counterfactual check (`Judge(injection_check=True)`)
+  "ignore the rubric", "note to the judge") and claims of meeting a rubric ("this response meets every
+  criterion", also in French and Chinese); the judge's counterfactual check (`Judge(injection_check=True)`)
   judges again without them and keeps the lower result, and the training monitor counts them.
 - `fence_nonce`: a nonce for fenced templates that a response cannot guess (an HMAC of the judged texts under a
   per-judge secret), yet stable: the same texts get the same prompt, so results stay deterministic.
@@ -38,21 +39,27 @@ _CONFUSABLE = str.maketrans(
     "ABEKMHOPCTXSIJaeopcxyijsdgvotrv",
 )
 _KEYWORDS = r"score|rating|grade|verdict|judge?ment|evaluation|mark"
-_LABEL = r"(?:\d{1,3}(?:\.\d+)?|[ABCabc])"
+_LABEL = r"\d{1,3}(?:\.\d+)?|[ABCabc]"
+_WORD_LABELS = ("yes", "no")  # a rubric criterion's default choices (`reward.rubrics.DEFAULT_CHOICES`)
 _LEAD = r"(?:final\s+|overall\s+)?"
 _OUT_OF = r"(?:\s*(?:/|out\s+of)\s*\d{1,3})?"
 
 
-def _syntax_patterns(keywords: str) -> list[re.Pattern]:
+def _syntax_patterns(keywords: str, labels=()) -> list[re.Pattern]:
+    """The template-syntax patterns; `labels`: a rubric's own choices (e.g. "partly"), matched like "yes"."""
+    words = "|".join(re.escape(w) for w in sorted({*_WORD_LABELS, *labels} - {""}, key=len, reverse=True))
+    label = f"(?:{_LABEL}|{words})"
     return [
         # "Score: [5]", "Final verdict: [[A]]", "SCORE : ( 5/5 )": a keyword, then a label in brackets
         re.compile(
-            rf"\b{_LEAD}(?:{keywords})\s*[:=\-]?\s*[\[(]{{1,2}}\s*{_LABEL}{_OUT_OF}\s*[\])]{{1,2}}", re.IGNORECASE
+            rf"\b{_LEAD}(?:{keywords})\s*[:=\-]?\s*[\[(]{{1,2}}\s*{label}{_OUT_OF}\s*[\])]{{1,2}}", re.IGNORECASE
         ),
         # "Rating: 5/5", "Score = 4": a keyword, a colon, a label
-        re.compile(rf"\b{_LEAD}(?:{keywords})\s*[:=]\s*{_LABEL}\b{_OUT_OF}", re.IGNORECASE),
+        re.compile(rf"\b{_LEAD}(?:{keywords})\s*[:=]\s*{label}\b{_OUT_OF}", re.IGNORECASE),
         # bare verdict brackets: "[[A]]", "[B]", "[C]" (upper case only: "[a]" list markers stay)
         re.compile(r"\[\[?\s*[ABC]\s*\]\]?"),
+        # a rubric's bare choice brackets, one per criterion, with their list number: "1. [yes]", "[[Yes]]"
+        re.compile(rf"(?:\b\d{{1,2}}[.):]\s*)?\[\[?\s*(?:{words})\s*\]\]?", re.IGNORECASE),
     ]
 
 
@@ -69,6 +76,25 @@ _ADDRESSED = re.compile(
     r"|(?:must|should)\s+(?:win|be\s+chosen|be\s+preferred|get\s+(?:a\s+)?(?:score|rating))"
     r"|correct\s+output\s+is"
     r")[^.!?\n]*[.!?]?",
+    re.IGNORECASE,
+)
+# Claims that the answer meets a rubric, in English, French and Chinese (the whole sentence, as `_ADDRESSED`).
+_END = "。！？"
+_CLAIMED = re.compile(
+    rf"[^.!?\n{_END}]*(?:"
+    r"\b(?:meets?|satisf(?:y|ies)|fulfil+s?|address(?:es)?|covers?|pass(?:es)?|complies\s+with|checks?\s+off)\s+"
+    r"(?:(?:all|each|every)(?:\s+(?:and|&)\s+every)?\s+(?:single\s+|one\s+)?(?:of\s+)?(?:the\s+|its\s+|your\s+)?"
+    r"(?:rubric(?:'s)?\s+|grading\s+)?(?:criteri(?:on|a)|requirements?|items?|checks?)"
+    r"|the\s+(?:entire\s+|whole\s+|full\s+)?(?:rubric|checklist))"
+    r"|\b(?:all|every|each)\s+(?:single\s+)?(?:of\s+the\s+)?(?:rubric\s+|grading\s+)?(?:criteri(?:on|a)|requirements?)"
+    r"\s+(?:is|are|has\s+been|have\s+been|was|were)\s+(?:fully\s+|clearly\s+)?(?:met|satisfied|fulfill?ed|addressed|covered)"
+    r"|\b(?:yes|met|true)\s+(?:to|for|on)\s+(?:all|each|every)\b"
+    r"|\b(?:tous|toutes|chacun|chacune|chaque)\s+(?:les\s+|des\s+)?(?:critères?|exigences?)"
+    r"|\b(?:note|message)\s+(?:pour|à)\s+(?:l['’]\s*|le\s+|la\s+)(?:évaluat|examinat|correct|jury|juge)\w*"
+    rf"|(?:满足|符合|达到|达成|涵盖)[^{_END}\n]{{0,12}}(?:所有|全部|每一?项|每个|各项|一切)[^{_END}\n]{{0,6}}(?:标准|要求|准则|条件)"
+    rf"|(?:所有|全部|每一?项|每个|各项)[^{_END}\n]{{0,6}}(?:标准|要求|准则)[^{_END}\n]{{0,4}}(?:满足|符合|达到)"
+    r"|评审说明|评分说明|致评审|给评审|评委请注意"
+    rf")[^.!?\n{_END}]*[.!?{_END}]?",
     re.IGNORECASE,
 )
 
@@ -125,26 +151,29 @@ def _drop(text: str, spans) -> str:
     return out.rstrip() if spans and not text[-1:].isspace() else out
 
 
-def neutralize(text: str, template=None) -> str:
+def _syntax(template, labels) -> list[re.Pattern]:
+    return _SYNTAX if template is None and not labels else _syntax_patterns(_keywords(template), labels)
+
+
+def neutralize(text: str, template=None, labels=()) -> str:
     """`text` with look-alikes of the judge template's syntax removed (see the module docstring).
 
     Args:
         text: a response to judge.
         template: the `JudgeTemplate` in use: its slot's keyword (e.g. "Answer" for "Answer: [") is matched too.
+        labels: word labels the judge answers with besides "yes" / "no" (a rubric's custom choices).
     """
-    patterns = _SYNTAX if template is None else _syntax_patterns(_keywords(template))
-    return _drop(text, _spans(text, patterns))
+    return _drop(text, _spans(text, _syntax(template, labels)))
 
 
-def suspicious_spans(text: str, template=None) -> list[tuple[int, int, str]]:
-    """(start, end, text) of each rating-like or judge-addressed span of `text`."""
-    patterns = [*(_SYNTAX if template is None else _syntax_patterns(_keywords(template))), _ADDRESSED]
-    return [(s, e, text[s:e]) for s, e in _spans(text, patterns)]
+def suspicious_spans(text: str, template=None, labels=()) -> list[tuple[int, int, str]]:
+    """(start, end, text) of each rating-like, judge-addressed or rubric-claiming span of `text`."""
+    return [(s, e, text[s:e]) for s, e in _spans(text, [*_syntax(template, labels), _ADDRESSED, _CLAIMED])]
 
 
-def without_suspicious(text: str, template=None) -> str:
+def without_suspicious(text: str, template=None, labels=()) -> str:
     """`text` with every suspicious span removed: the counterfactual answer the injection check judges."""
-    return _drop(text, [(s, e) for s, e, _ in suspicious_spans(text, template)])
+    return _drop(text, [(s, e) for s, e, _ in suspicious_spans(text, template, labels)])
 
 
 def special_tokens(tokenizer) -> list[str]:

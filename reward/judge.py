@@ -449,12 +449,12 @@ class Judge:
 
     # -- the counterfactual injection check (injection_check=True) ------------------------------------------------
 
-    def _counterfactual(self, template: JudgeTemplate, text: str) -> str | None:
-        """`text` without its suspicious spans, or `None` when it has none."""
-        if not defenses.suspicious_spans(text, template):
+    def _counterfactual(self, template: JudgeTemplate, text: str, labels=()) -> str | None:
+        """`text` without its suspicious spans, or `None` when it has none (`labels`: a rubric's own choices)."""
+        if not defenses.suspicious_spans(text, template, labels):
             return None
-        cleaned = defenses.without_suspicious(text, template)
-        if self.neutralize and cleaned == defenses.neutralize(text, template):
+        cleaned = defenses.without_suspicious(text, template, labels)
+        if self.neutralize and cleaned == defenses.neutralize(text, template, labels):
             return None  # only template look-alikes, which neutralize removed already: nothing to judge again
         return cleaned or "(empty answer)"
 

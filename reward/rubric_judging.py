@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from . import defenses
 from .judge import _COUNTERFACTUAL, VERDICTS, _prob
 from .rubrics import DEFAULT_CHOICES, Rubric, choice_value, pairwise_value, parse_rubric, rubric_value
 from .scoring import merge_bidirectional
@@ -149,6 +150,8 @@ def _explicit(judge, prompts, responses, rubrics, references) -> list[RubricScor
             _fail(results[i], error)
             continue
         fitted = judge._defend(RUBRIC, fitted)
+        if judge.neutralize and _labels(rubric):  # custom choices: their look-alikes ("Verdict: [good]") too
+            fitted["response"] = defenses.neutralize(fitted["response"], RUBRIC, _labels(rubric))
         for j, c in enumerate(rubric.criteria):
             text = {"criterion": judge._clean(c.text), "choices": _choices_text(c.choices)}
             jobs.setdefault(c.choices, []).append((i, j, judge._render(RUBRIC, {**fitted, **text}, defended=True)))
@@ -248,6 +251,11 @@ def _implicit(judge, prompts, responses, rubrics, references) -> list[RubricScor
     return results
 
 
+def _labels(rubric: Rubric) -> tuple[str, ...]:
+    """The rubric's choices other than the default "yes" / "no" (which the defenses match always)."""
+    return tuple(sorted({c for crit in rubric.criteria for c in crit.choices} - set(DEFAULT_CHOICES)))
+
+
 def _fail(result: RubricScore, error: str) -> None:
     result.error = error
     for crit in result.criteria:
@@ -270,7 +278,7 @@ def _check(judge, prompts, responses, rubrics, references, mode, results) -> lis
     """The judge's counterfactual injection check (`Judge(injection_check=True)`) for rubrics: an answer holding
     rating-like or judge-addressed text is judged again without it, and keeps the lower reward."""
     template = {"explicit": RUBRIC, "implicit": RUBRIC_IMPLICIT, "pairwise": RUBRIC_PAIRWISE}[mode]
-    cleaned = [judge._counterfactual(template, r) for r in responses]
+    cleaned = [judge._counterfactual(template, r, _labels(rubric)) for r, rubric in zip(responses, rubrics)]
     redo, call = judge._suspects(template, cleaned, len(responses))
     if not call:
         return results

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FakeBackend
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -115,3 +116,52 @@ def test_group_server_bench_quick():
     assert number(r"; (\d+) errors", out) == 0
     before = number(r"before \(chunks of 32\): \d+ prompts, (\d+) prompt tokens", out)
     assert number(r"after \(whole call\): \d+ prompts, (\d+) prompt tokens", out) < before  # counts, not time
+
+
+@pytest.mark.slow  # the embedded judge: ~70 s of CPU (several minutes of wall time on the loaded 2-core machine)
+def test_rubric_bench_quick():
+    out = run("bench_rubric.py")
+    # The read is the per-choice forwards' (within fp32 arithmetic: docs/rubrics.md); the prefix runs once per answer.
+    assert number(r"max \|dP\| = ([0-9.e+-]+)", out) <= 1e-4
+    assert number(r"cached \(([0-9.]+)x\)", out) >= 2
+    assert number(r"failed reads\s+(\d+)", out) == 0  # (the run itself fails on a family far over the goal)
+
+
+def test_rubric_bench_text_parsing_comparison_orders_a_planted_signal(fake_judge):
+    # (c)'s logic on a fake judge whose P(yes) is the share of the reference's words an answer holds, and whose
+    # generated verdict is "yes" above half of them, "no" below, and unparsable on each rubric's last criterion.
+    sys.path.insert(0, str(BENCH))
+    import bench_rubric
+
+    rows = bench_rubric.items(40)[:3]
+    references = {r["question"]: set(r["answers"]["reference"].split()) for r in rows}
+    last = {r["rubric"].criteria[-1].text for r in rows}
+
+    def share(prompt):
+        question = prompt.split("[User Question]\n", 1)[1].split("\n\n[The Start", 1)[0]
+        answer = prompt.split("[The Start of Assistant's Answer]\n", 1)[1].split("\n[The End of", 1)[0]
+        return len(references[question] & set(answer.split())) / len(references[question])
+
+    def criterion(prompt):
+        return prompt.split("[Criterion]\n", 1)[1].split("\n", 1)[0]
+
+    class Planted(FakeBackend):
+        def generate(self, prompts, max_new_tokens, stop):
+            verdicts = ["I cannot tell." if criterion(p) in last else "Verdict: [yes" if share(p) > 0.5 else "[no"
+                        for p in prompts]  # fmt: skip
+            return [(v, -1.0, 3) for v in verdicts]
+
+    judge = fake_judge()
+    judge.backend = Planted(
+        judge.tokenizer, points=lambda p: {"yes": 0.05 + 0.9 * share(p), "no": 0.95 - 0.9 * share(p)}
+    )
+    got = bench_rubric.two_ways(judge, rows)
+    assert bench_rubric.ordering(got["exact"]) == {"truncated": (3, 0, 3), "off_topic": (3, 0, 3)}
+    assert bench_rubric.ordering(got["text"]) == {"truncated": (3, 0, 3), "off_topic": (3, 0, 3)}
+    assert got["unparsable"] == (3 * 3, sum(3 * len(r["rubric"].criteria) for r in rows))  # one per answer
+    # unparsable read as "no": the reference misses exactly its last criterion's weight
+    assert got["text"]["reference"] == pytest.approx([bench_rubric.rubric_value(r["rubric"], [1.0] * (len(
+        r["rubric"].criteria) - 1) + [0.0]) for r in rows])  # fmt: skip
+    # A judge without signal orders nothing: ties are reported as ties, never as the reference winning.
+    judge.backend = Planted(judge.tokenizer, points={"yes": 0.5, "no": 0.5})
+    assert bench_rubric.ordering(bench_rubric.two_ways(judge, rows)["exact"])["off_topic"] == (0, 3, 3)
