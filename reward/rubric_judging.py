@@ -92,7 +92,10 @@ def _entropy(probs: dict) -> float:
 
 
 def _choices_text(choices: Sequence[str]) -> str:
-    return ", ".join(f"[{c}]" for c in choices)
+    """The line after a criterion naming its choices; none for the default (no, yes), which the system text names."""
+    if tuple(choices) == DEFAULT_CHOICES:
+        return ""
+    return "\n[Allowed choices, worst to best]\n" + ", ".join(f"[{c}]" for c in choices)
 
 
 def _criteria_text(rubric: Rubric, reverse: bool) -> str:

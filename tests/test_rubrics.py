@@ -91,7 +91,8 @@ def test_explicit_reads_each_criterion_and_applies_the_formula(fake_judge):
     assert got.value == pytest.approx((3 * 0.75 + 0.25 - 2 * 0.5) / 4)
     assert (got.failed, got.error, got.mode) == (0, None, "explicit")
     prompts = judge.backend.prompts
-    assert len(prompts) == 3 and all(p.endswith("Verdict: [") and "[no], [yes]" in p for p in prompts)
+    assert len(prompts) == 3 and all(p.endswith("Verdict: [") for p in prompts)
+    assert not any("[Allowed choices" in p for p in prompts)  # the default choices: named once, in the system text
 
 
 def test_custom_choices_are_ranked_worst_to_best(fake_judge):
