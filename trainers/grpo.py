@@ -17,7 +17,9 @@ class JudgeRewardArguments:
     score_method: str = field(default="trustjudge", metadata={"help": "trustjudge | mean | geval | argmax."})
     preference_method: str = field(default="likelihood", metadata={"help": "likelihood | ppl | baseline."})
     judge_mode: str = field(default="direct", metadata={"help": "direct | rationale."})
-    reference_column: str | None = field(default=None, metadata={"help": "Compare with this column's answer."})
+    reference_column: str | None = field(
+        default=None, metadata={"help": "Compare with this column's answer (score: the anchor)."}
+    )
     pairing: str = field(
         default="all", metadata={"help": "Pairwise: which pairs: all | adaptive | anchor | circular | swiss."}
     )
@@ -104,6 +106,7 @@ def build_rewards(args: JudgeRewardArguments, judge, monitor=None, served: bool 
                 scale=args.scale,
                 method=args.score_method,
                 mode=args.judge_mode,
+                reference_column=args.reference_column,  # the anchored reading's anchor
                 metric_prefix=prefix,
                 monitor=monitor,
             )
