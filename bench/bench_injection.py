@@ -160,10 +160,14 @@ def main():
     parser.add_argument("--max-words", type=int, default=40, help="answers cut to this many words (CPU time)")
     parser.add_argument("--max-length", type=int, default=768, help="the judge's context (the padding attack)")
     parser.add_argument("--only", default="", help="comma-separated kind:setting to run, e.g. score:fence")
+    parser.add_argument("--families", default="", help="comma-separated attack families to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="CI: 1 question, 1 family; fails far off the goal")
     args = parser.parse_args()
     if args.quick:
         args.questions, args.subset, args.grpo_questions = 1, 0, 1
+    families = QUICK_FAMILIES if args.quick else tuple(args.families.split(",")) if args.families else FAMILIES
+    if set(families) - set(FAMILIES):
+        parser.error(f"--families: unknown {sorted(set(families) - set(FAMILIES))}; choose from {FAMILIES}")
     judge = load_judge("embedded", device="cpu", progress=False, max_length=args.max_length)
     judge.backend = memo = Memo(judge.backend)
     all_specials = judge._specials
@@ -171,11 +175,7 @@ def main():
     questions = [r["question"] for r in rows]
     goods, bads = [r["answers"]["reference"] for r in rows], [r["answers"]["off_topic"] for r in rows]
     suites = {
-        kind: [
-            a
-            for a in attack_suite(template, 5, judge.tokenizer, args.max_length)
-            if not args.quick or a.family in QUICK_FAMILIES
-        ]
+        kind: [a for a in attack_suite(template, 5, judge.tokenizer, args.max_length) if a.family in families]
         for kind, template in (("score", POINTWISE), ("compare", PAIRWISE))
     }
     # The anchored reading is a comparison: a policy may try the verdict claims too.
