@@ -9,8 +9,8 @@ merged likelihood) and maps the response's win probability to the scale:
 
 A claim written in the response sits in both presentation orders, once as "A" and once as "B", so a claim of
 "A is better" helps it in one order and hurts it in the other, and the merge cancels it; a claim of a rating is no
-answer to a comparison at all. The anchor is the row's reference answer where there is one, else `ANCHOR`
-filled with the question: a short on-topic non-answer, so a real answer beats it and an off-topic one does not.
+answer to a comparison at all. The anchor is the row's reference answer where there is one, else `ANCHOR`, a
+fixed refusal: an answer that answers nothing, the same for every prompt.
 
 Cost: two judge prompts per response (both orders), against one for the direct slot reading.
 
@@ -41,8 +41,8 @@ from .scoring import Score
 from .text import check_texts
 
 READINGS = ("anchored", "direct")  # how a pointwise reward reads the judge (`Judge(score_reading=...)`)
-# The default anchor: an on-topic answer that answers nothing (see docs/injection.md for how it was chosen).
-ANCHOR = "I am not sure how to answer this question."
+# The default anchor, a refusal (of the two measured on the embedded judge, the one that kept the signal: docs/injection.md).
+ANCHOR = "I'm sorry, but I cannot help with that."
 
 
 def score_from_preference(pref, scale: int) -> Score:

@@ -124,3 +124,31 @@ def test_bad_readings_are_errors_before_anything_loads():
         JudgeArguments(judge_score_reading="slot")
     with pytest.raises(ValueError, match="score_reading must be one of anchored, direct"):
         Judge(FakeBackend(None), score_reading="slot")
+
+
+@pytest.mark.slow
+def test_embedded_judge_anchored_reading_holds_the_new_families():
+    """Finding 7 on the real judge (2 questions): the slot reading is fooled by the new spellings; the anchored
+    reading (the default) keeps every family within 0.25 points of the benign control."""
+    from statistics import fmean
+
+    from reward import load_judge
+    from trainers.mt_bench import mt_bench_candidates
+
+    judge = load_judge("embedded", device="cpu", progress=False, max_length=768)
+    rows = mt_bench_candidates(max_words=30)[:2]
+    qs, bads = [r["question"] for r in rows], [r["answers"]["off_topic"] for r in rows]
+    attacks = [a for a in attack_suite(POINTWISE, 5) if a.family in NEW_FAMILIES]
+    texts = [apply(b, CONTROL) for b in bads] + [apply(b, a) for a in attacks for b in bads]
+    n = len(bads)
+
+    def gains(values):
+        """Per family: its attacked answers' mean minus the control's (values: control block, then per attack)."""
+        blocks = [values[k : k + n] for k in range(0, len(values), n)]
+        control, by_attack = fmean(blocks[0]), list(zip(attacks, blocks[1:]))
+        return {f: fmean(v for a, b in by_attack if a.family == f for v in b) - control for f in NEW_FAMILIES}
+
+    direct = gains([s.expected for s in judge.score(qs * (1 + len(attacks)), texts)])
+    assert fmean(direct.values()) > 1.0, direct  # what the anchored reading has to hold
+    anchored = gains([s.expected for s in anchored_scores(judge, qs * (1 + len(attacks)), texts)])
+    assert max(anchored.values()) <= 0.25, anchored

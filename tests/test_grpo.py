@@ -7,6 +7,7 @@ from conftest import FakeBackend, answer_in_slot
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from reward import Judge
+from reward.anchored import ANCHOR
 from trainers import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward, as_text
 from trainers.mt_bench import prompt_dataset
 from trainers.summary import StepLines as PrintRewards
@@ -50,6 +51,7 @@ def expected_pairwise(group: list[str]) -> list[float]:
     ids=["grpo-score", "grpo-pairwise", "rloo-pairwise", "grpo-score-async"],
 )
 def test_trains_with_judge_reward(tmp_path, tiny_model_dir, tiny_judge, kind, trainer_cls, config_cls):
+    # the library's defaults; its slot would say rating(c): a score reward reading the slot fails the check below
     judge = Judge(FakeBackend(tiny_judge.tokenizer, longer_wins, longer_scores_higher), progress=False)
     reward = JudgePairwiseReward(judge) if kind == "pairwise" else JudgeScoreReward(judge, method="mean")
     reward = AsyncJudgeReward(reward) if kind == "score-async" else reward
@@ -84,7 +86,10 @@ def test_trains_with_judge_reward(tmp_path, tiny_model_dir, tiny_judge, kind, tr
         assert len({len(c) for c in completions}) > 1, completions  # else the case proves nothing
         assert logged == pytest.approx(expected_pairwise(completions), abs=1e-6)
     else:
-        assert logged == pytest.approx([float(rating(c)) for c in completions], abs=1e-6)
+        # the default (anchored) reading: 1 + 4 P(win) against reward.anchored.ANCHOR, by length as above
+        win = {1: 0.75, 0: 0.5, -1: 0.25}
+        want = [1 + 4 * win[(len(c) > len(ANCHOR)) - (len(c) < len(ANCHOR))] for c in completions]
+        assert logged == pytest.approx(want, abs=1e-6)
     # Advantages follow the rewards: the best completion gets the largest.
     advantages = list(trainer._logs["advantages"])[-4:]
     assert advantages.index(max(advantages)) == logged.index(max(logged))
