@@ -41,7 +41,7 @@ from .scoring import Score
 from .text import check_texts
 
 READINGS = ("anchored", "direct")  # how a pointwise reward reads the judge (`Judge(score_reading=...)`)
-# The default anchor, a refusal (of the two measured on the embedded judge, the one that kept the signal: docs/injection.md).
+# The default anchor: a refusal (of the two anchors measured, the one that kept the signal; docs/injection.md).
 ANCHOR = "I'm sorry, but I cannot help with that."
 
 
