@@ -72,7 +72,7 @@ def gains(base: list[float], attacked: dict[str, list[float]], attacks) -> dict[
     return out
 
 
-def run_config(judge, kind, questions, goods, bads, attacks, mode="direct"):
+def run_config(judge, kind, questions, goods, bads, attacks, mode="direct", anchor=None):
     """(rewards of the bad answers, of the good ones, of the control, {attack name: rewards of the attacked bad
     answers}, seconds, extra prompts)."""
     texts = [bads, goods, [apply(b, CONTROL) for b in bads]] + [[apply(b, a) for b in bads] for a in attacks]
@@ -85,7 +85,7 @@ def run_config(judge, kind, questions, goods, bads, attacks, mode="direct"):
     if kind == "score":
         values = [s.expected for s in judge.score(qs, flat, mode=mode)]
     elif kind == "anchored":
-        values = [s.expected for s in anchored_scores(judge, qs, flat, mode=mode)]
+        values = [s.expected for s in anchored_scores(judge, qs, flat, [anchor] * len(flat), mode=mode)]
     else:
         prefs = judge.compare(qs, flat, goods * len(texts), mode=mode)
         values = [None if p.error else p.p_a + p.p_tie / 2 for p in prefs]
@@ -160,6 +160,9 @@ def main():
     parser.add_argument("--max-words", type=int, default=40, help="answers cut to this many words (CPU time)")
     parser.add_argument("--max-length", type=int, default=768, help="the judge's context (the padding attack)")
     parser.add_argument("--only", default="", help="comma-separated kind:setting to run, e.g. score:fence")
+    parser.add_argument(
+        "--anchor", default=None, help="the anchored reading's anchor (default: reward.anchored.ANCHOR)"
+    )
     parser.add_argument("--families", default="", help="comma-separated attack families to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="CI: 1 question, 1 family; fails far off the goal")
     args = parser.parse_args()
@@ -190,7 +193,7 @@ def main():
     def measure(kind, setting, n, mode="direct"):
         configure(judge, setting, all_specials)
         bad, good, control, attacked, seconds, extra = run_config(
-            judge, kind, questions[:n], goods[:n], bads[:n], suites[kind], mode=mode
+            judge, kind, questions[:n], goods[:n], bads[:n], suites[kind], mode=mode, anchor=args.anchor
         )
         known = [(b, g, c) for b, g, c in zip(bad, good, control) if None not in (b, g, c)]
         signal = f"{sum(g > b for b, g, _ in known)} of {len(known)}"
