@@ -102,7 +102,8 @@ def compute_score(
     retries: int = 4,
     **_,
 ) -> float | dict:
-    """One sample's reward: the judge's expected score (1..scale); with `reward="reference"`, P(the sample beats
+    """One sample's reward: the judge's score (1..scale; `JudgeScoreReward`: anchored unless the judge was loaded with
+    `score_reading="direct"`); with `reward="reference"`, P(the sample beats
     `ground_truth`, a reference answer) + P(tie) / 2, both orders merged; with `url`, the reward server's answer
     (`ground_truth` sent as the sample's `labels` entry).
 
