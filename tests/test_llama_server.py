@@ -149,7 +149,9 @@ def clean_reward(llama_server):
     """The reward of one short answer judged with no faults, and the requests it took: what a retried run must
     reproduce, with at least one request more per fault. One prompt per request, one at a time: llama-server's
     batched and parallel-slot kernels move log-probs (see BATCHED_TOLERANCE), which an exact check must avoid."""
-    judge = load_judge(f"openai:{llama_server}", tokenizer="embedded", progress=False, server_options=SEQUENTIAL)
+    # the score slot: one short prompt per reward, as the 0.75 s timeout of the fault test below was sized for
+    judge = load_judge(f"openai:{llama_server}", tokenizer="embedded", progress=False, server_options=SEQUENTIAL,
+                       score_reading="direct")  # fmt: skip
     (reward,) = JudgeScoreReward(judge)(prompts=["What is the capital of France?"], completions=["Paris."])
     return reward, judge.backend.requests
 
@@ -157,7 +159,8 @@ def clean_reward(llama_server):
 @pytest.mark.parametrize("fault", ["500", "429", "malformed", "nologprobs", "timeout", "drop"])
 def test_each_fault_is_retried_to_the_same_reward(proxy, clean_reward, fault):
     judge = load_judge(f"openai:{proxy.url}", model="judge", tokenizer="embedded", progress=False,
-                       server_options={"timeout": 0.75, "max_retries": 3, **SEQUENTIAL})  # fmt: skip
+                       server_options={"timeout": 0.75, "max_retries": 3, **SEQUENTIAL},
+                       score_reading="direct")  # fmt: skip
     proxy.faults, seen = [fault, fault], proxy.seen  # the first two requests fail, then it recovers
     log = {}
     reward = JudgeScoreReward(judge)
