@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from . import defenses
+from .anchored import READINGS
 from .backends import check_backend
 from .scoring import PREFERENCE_METHODS, SCORE_METHODS, Preference, Score, decide_preference, score_from_probs
 from .templates import PAIRWISE, POINTWISE, JudgeTemplate
@@ -99,6 +100,10 @@ class Judge:
         fence_secret: key of the fence nonces for templates with a `{nonce}` field (e.g. `POINTWISE_FENCED`);
             default: a random key per judge. The nonce is an HMAC of the judged texts, so a prompt is the same
             every time for the same texts (deterministic results), yet a response cannot guess its fence.
+        score_reading: how pointwise rewards read this judge (`reward.anchored.reward_scores`): "anchored"
+            (default: a both-order comparison with an anchor answer, which a rating written in the response cannot
+            move) or "direct" (the score slot, as `score` reads it; a judge copies ratings written in the answer).
+            `score` itself always reads the slot.
 
     Responses longer than the judge's context are cut: the head and the tail are kept around a
     "[... N tokens cut ...]" mark, and the result is flagged `truncated`.
@@ -116,7 +121,10 @@ class Judge:
         neutralize: bool = True,
         injection_check: bool = False,
         fence_secret: bytes | str | None = None,
+        score_reading: str = "anchored",
     ):
+        if score_reading not in READINGS:
+            raise ValueError(f"score_reading must be one of {', '.join(READINGS)}; got {score_reading!r}")
         for template, fields in (
             (pointwise_template, {"question", "response"}),
             (pairwise_template, {"question", "response_a", "response_b"}),
@@ -138,6 +146,7 @@ class Judge:
         self._fence_secret = self._fence_secret or secrets.token_bytes(16)
         self.injection_stats = {"checked": 0, "suspects": 0, "extra_prompts": 0, "lowered": 0}
         self._chat = backend.chat
+        self.score_reading = score_reading
 
     @property
     def model(self):

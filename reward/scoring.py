@@ -31,6 +31,8 @@ class Score:
         argmax: the most likely rating (the discrete baseline).
         error: why the judgement failed, else `None`.
         truncated: the response was cut to fit the judge's context.
+        anchor: for the anchored reading (`reward.anchored`), the comparison with the anchor answer it was read
+            from (the response as "a"); there `probs` holds the scale's two ends. `None`: read at the score slot.
     """
 
     expected: float | None
@@ -41,6 +43,7 @@ class Score:
     argmax: int | None = None
     error: str | None = None
     truncated: bool = False
+    anchor: Preference | None = None
 
 
 @dataclass

@@ -110,9 +110,12 @@ class FakeBackend(JudgeBackend):
 
 @pytest.fixture
 def fake_judge(tiny_judge):
-    """Factory: a Judge over a FakeBackend with the tiny judge's tokenizer."""
+    """Factory: a Judge over a FakeBackend with the tiny judge's tokenizer. Its pointwise rewards read the score
+    slot (`score_reading="direct"`), whose numbers a test sets with `points`, unless the test asks otherwise; the
+    library's default (anchored) is checked in tests/test_anchored.py."""
 
     def make(rule=None, points=None, **options):
+        options.setdefault("score_reading", "direct")
         return Judge(FakeBackend(tiny_judge.tokenizer, rule, points), progress=False, **options)
 
     return make

@@ -24,8 +24,10 @@ def test_score_file(tmp_path, tiny_model_dir, tiny_judge):
     ]
     write_jsonl(tmp_path / "in.jsonl", rows)
     args = ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"), "--judge", tiny_model_dir]
-    assert main(["score", *args, "--scale", "10", "--method", "mean", "--judge_device", "cpu"]) == 0
+    direct = ["--judge_score_reading", "direct"]  # the slot's numbers (the anchored default: test_anchored.py)
+    assert main(["score", *args, "--scale", "10", "--method", "mean", "--judge_device", "cpu", *direct]) == 0
     out = read_jsonl(tmp_path / "out.jsonl")
+    assert out[0]["score_reading"] == "direct" and out[0]["score_anchor"] is None
     assert [r["id"] for r in out] == [1, 2, 3]  # nothing lost, input order kept
     assert "missing or empty" in out[1]["judge_error"] and "score" not in out[1]
     want = tiny_judge.score(["What is two plus two?", "Hi?"], ["four", "Hello."], scale=10, method="mean")

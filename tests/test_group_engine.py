@@ -125,7 +125,8 @@ def test_end_to_end_on_the_tiny_judge_matches_dd6f47c(tiny_model_dir):
     from trainers.server import create_app
     from trainers.verl import compute_score, compute_score_batch
 
-    judge = load_judge(tiny_model_dir, device="cpu", dtype="float32", progress=False)
+    # dd6f47c's pointwise rewards read the score slot (the anchored reading is the default since #32)
+    judge = load_judge(tiny_model_dir, device="cpu", dtype="float32", progress=False, score_reading="direct")
     prompts = [q for q, a in QUESTIONS.items() for _ in a]
     answers = [x for a in QUESTIONS.values() for x in a]
     got = {"verl_batch": compute_score_batch(None, answers, None, [{"question": q} for q in prompts], judge=judge)}

@@ -7,6 +7,7 @@ from conftest import FakeBackend, answer_in_slot
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from reward import Judge
+from reward.anchored import ANCHOR
 from trainers import AsyncJudgeReward, JudgePairwiseReward, JudgeScoreReward, as_text
 from trainers.mt_bench import prompt_dataset
 from trainers.summary import StepLines as PrintRewards
@@ -19,6 +20,13 @@ def longer_wins(prompt):
     if a == b:
         return {"A": 0.2, "B": 0.2, "C": 0.6}
     return {"A": 0.7, "B": 0.2, "C": 0.1} if a > b else {"A": 0.2, "B": 0.7, "C": 0.1}
+
+
+def longer_shares_more(prompt):
+    """A's share of 0.9 is its share of the two lengths (ties 0.1): the anchored score grows with the length, so a
+    group's completions of different lengths get different rewards (else GRPO has no advantage to learn from)."""
+    a, b = len(answer_in_slot(prompt, "A")), len(answer_in_slot(prompt, "B"))
+    return {"A": 0.9 * a / (a + b), "B": 0.9 * b / (a + b), "C": 0.1}
 
 
 def rating(text: str) -> int:
@@ -50,7 +58,9 @@ def expected_pairwise(group: list[str]) -> list[float]:
     ids=["grpo-score", "grpo-pairwise", "rloo-pairwise", "grpo-score-async"],
 )
 def test_trains_with_judge_reward(tmp_path, tiny_model_dir, tiny_judge, kind, trainer_cls, config_cls):
-    judge = Judge(FakeBackend(tiny_judge.tokenizer, longer_wins, longer_scores_higher), progress=False)
+    # the library's defaults; its slot would say rating(c): a score reward reading the slot fails the check below
+    rule = longer_wins if kind == "pairwise" else longer_shares_more
+    judge = Judge(FakeBackend(tiny_judge.tokenizer, rule, longer_scores_higher), progress=False)
     reward = JudgePairwiseReward(judge) if kind == "pairwise" else JudgeScoreReward(judge, method="mean")
     reward = AsyncJudgeReward(reward) if kind == "score-async" else reward
     args = config_cls(
@@ -84,7 +94,10 @@ def test_trains_with_judge_reward(tmp_path, tiny_model_dir, tiny_judge, kind, tr
         assert len({len(c) for c in completions}) > 1, completions  # else the case proves nothing
         assert logged == pytest.approx(expected_pairwise(completions), abs=1e-6)
     else:
-        assert logged == pytest.approx([float(rating(c)) for c in completions], abs=1e-6)
+        # the default (anchored) reading: 1 + 4 P(win) against reward.anchored.ANCHOR; merged, the response's
+        # share is 0.9 len / (len + len(ANCHOR)), the tie 0.1
+        want = [1 + 4 * (0.9 * len(c) / (len(c) + len(ANCHOR)) + 0.05) for c in completions]
+        assert logged == pytest.approx(want, abs=1e-6)
     # Advantages follow the rewards: the best completion gets the largest.
     advantages = list(trainer._logs["advantages"])[-4:]
     assert advantages.index(max(advantages)) == logged.index(max(logged))

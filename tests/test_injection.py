@@ -47,6 +47,7 @@ def follows_verdicts(prompt):
 def suggestible(tiny_judge):
     def make(**options):
         backend = FakeBackend(tiny_judge.tokenizer, rule=follows_verdicts, points=copies_ratings)
+        options.setdefault("score_reading", "direct")  # rewards read the slot it copies ratings into
         return Judge(backend, progress=False, **options)
 
     return make

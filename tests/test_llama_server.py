@@ -149,7 +149,9 @@ def clean_reward(llama_server):
     """The reward of one short answer judged with no faults, and the requests it took: what a retried run must
     reproduce, with at least one request more per fault. One prompt per request, one at a time: llama-server's
     batched and parallel-slot kernels move log-probs (see BATCHED_TOLERANCE), which an exact check must avoid."""
-    judge = load_judge(f"openai:{llama_server}", tokenizer="embedded", progress=False, server_options=SEQUENTIAL)
+    # the score slot: one short prompt per reward, as the 0.75 s timeout of the fault test below was sized for
+    judge = load_judge(f"openai:{llama_server}", tokenizer="embedded", progress=False, server_options=SEQUENTIAL,
+                       score_reading="direct")  # fmt: skip
     (reward,) = JudgeScoreReward(judge)(prompts=["What is the capital of France?"], completions=["Paris."])
     return reward, judge.backend.requests
 
@@ -157,7 +159,8 @@ def clean_reward(llama_server):
 @pytest.mark.parametrize("fault", ["500", "429", "malformed", "nologprobs", "timeout", "drop"])
 def test_each_fault_is_retried_to_the_same_reward(proxy, clean_reward, fault):
     judge = load_judge(f"openai:{proxy.url}", model="judge", tokenizer="embedded", progress=False,
-                       server_options={"timeout": 0.75, "max_retries": 3, **SEQUENTIAL})  # fmt: skip
+                       server_options={"timeout": 0.75, "max_retries": 3, **SEQUENTIAL},
+                       score_reading="direct")  # fmt: skip
     proxy.faults, seen = [fault, fault], proxy.seen  # the first two requests fail, then it recovers
     log = {}
     reward = JudgeScoreReward(judge)
@@ -172,8 +175,9 @@ def test_each_fault_is_retried_to_the_same_reward(proxy, clean_reward, fault):
 
 
 def test_missing_ratings_and_a_dead_server_cost_rewards_not_the_call(proxy):
+    # read at the score slot, where the fault takes the ratings away (the anchored reading reads verdicts)
     judge = load_judge(f"openai:{proxy.url}", model="judge", tokenizer="embedded", progress=False,
-                       server_options={"max_retries": 1, "endpoint": "chat"})  # fmt: skip
+                       server_options={"max_retries": 1, "endpoint": "chat"}, score_reading="direct")  # fmt: skip
     reward = JudgeScoreReward(judge)
     for fault, given_up in (("noratings", 0), ("500", 2)):  # an answer without ratings is not worth asking again
         proxy.always, log = fault, {}
@@ -197,7 +201,7 @@ def test_grpo_recipe_on_the_served_judge_through_faults(tmp_path, tiny_model_dir
     trainer = main([
         "--judge", f"openai:{proxy.url}", "--judge_model", "judge", "--judge_tokenizer", "embedded",
         "--judge_timeout", "30", "--judge_concurrency", "1", "--judge_prompts_per_request", "1",
-        "--reward", "score", "--max_prompts", "2",
+        "--reward", "score", "--judge_score_reading", "direct", "--max_prompts", "2",  # the slot: "noratings" bites
         "--model_name_or_path", tiny_model_dir,
         "--output_dir", str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "4",
         "--num_generations", "4", "--max_completion_length", "6", "--bf16", "false", "--use_cpu", "true",

@@ -119,7 +119,7 @@ def test_a_dead_server_costs_rewards_never_the_run(served, tiny_judge):
     try:
         proxy.always = "500"
         remote = OpenAIBackend(proxy.url, "tiny", tokenizer, top_logprobs=len(tokenizer), max_retries=1)
-        reward = JudgeScoreReward(Judge(remote, progress=False))
+        reward = JudgeScoreReward(Judge(remote, progress=False, score_reading="direct"))  # the slot read
         log = {}
         rewards = reward(prompts=["q1", "q2"], completions=["a", "b"], log_metric=lambda k, v: log.update({k: v}))
         assert rewards == [None, None] and log["judge/failures"] == 2 and remote.failures == 2
@@ -156,7 +156,7 @@ def test_ratings_missing_from_the_top_k_are_failed_judgements(served, endpoint):
     try:
         proxy.always = "noratings"
         remote = OpenAIBackend(proxy.url, "tiny", tokenizer, endpoint=endpoint, top_logprobs=len(tokenizer))
-        reward = JudgeScoreReward(Judge(remote, progress=False))
+        reward = JudgeScoreReward(Judge(remote, progress=False, score_reading="direct"))  # the slot read
         log = {}
         rewards = reward(prompts=["q1", "q2"], completions=["a", "b"], log_metric=lambda k, v: log.update({k: v}))
         assert rewards == [None, None] and log["judge/failures"] == 2

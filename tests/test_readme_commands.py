@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from reward.anchored import reward_scores
+
 ROOT = Path(__file__).resolve().parents[1]
 EXE = shutil.which("trustreward")
 ENV = os.environ | {"PYTHONPATH": f"{ROOT}", "OMP_NUM_THREADS": "2"}
@@ -142,7 +144,10 @@ def test_score_and_compare(work, tiny_model_dir, tiny_judge, compared):
     rows = [{"prompt": r["prompt"], "response": r["response_a"]} for r in PAIRS]
     trustreward("score", "--input", write(work / "points.jsonl", rows), "--output", work / "scored.jsonl",
                 "--judge", tiny_model_dir, "--judge_device", "cpu", "--scale", "10", "--method", "mean")  # fmt: skip
-    want = tiny_judge.score([r["prompt"] for r in rows], [r["response"] for r in rows], scale=10, method="mean")
+    # the pointwise reward's reading (anchored by default: a comparison with reward.anchored.ANCHOR)
+    want = reward_scores(
+        tiny_judge, [r["prompt"] for r in rows], [r["response"] for r in rows], scale=10, method="mean"
+    )
     assert [r["score"] for r in jsonl(work / "scored.jsonl")] == pytest.approx([s.expected for s in want], abs=1e-5)
 
 

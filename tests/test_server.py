@@ -104,7 +104,7 @@ def test_requests_arriving_together_share_a_judge_call_and_each_gets_its_own_rew
         return {k: w / sum(weights.values()) for k, w in weights.items()}
 
     backend = Gated(fake_judge().tokenizer, by_quality, points)
-    judge = Judge(backend, progress=False, batch_size=64)
+    judge = Judge(backend, progress=False, batch_size=64, score_reading="direct")  # `points` by the exact text
     c = TestClient(create_app(judge, reward="score", max_wait_s=0.0))
     prompt = "<|im_start|>user\nSay something.<|im_end|>\n<|im_start|>assistant\n"
     answers = list(QUALITY)

@@ -39,7 +39,8 @@ class Backend(FakeBackend):
 
 
 def expected(judge_of):
-    """The judge's score of any (innocent) row: not the failure stand-in, the scale's midpoint 3.0."""
+    """The judge's score of any (innocent) row: not the failure stand-in, the scale's midpoint 3.0. (The fake
+    judges here are read at the slot, `score_reading="direct"`: an anchored read of their constant verdicts is 3.0.)"""
     (score,) = JudgeScoreReward(judge_of())(prompts=["q"], completions=["innocent"])
     assert abs(score - 3.0) > 0.5
     return score
@@ -47,7 +48,9 @@ def expected(judge_of):
 
 @pytest.fixture
 def judge_of(tiny_judge):
-    return lambda delay=0.0: Judge(Backend(tiny_judge.tokenizer, delay), progress=False, batch_size=64)
+    return lambda delay=0.0: Judge(
+        Backend(tiny_judge.tokenizer, delay), progress=False, batch_size=64, score_reading="direct"
+    )
 
 
 def test_a_poisoned_row_fails_alone_not_its_batch_neighbours(judge_of):
@@ -141,7 +144,7 @@ def test_a_huge_request_does_not_starve_a_small_one_and_is_dropped_when_abandone
     """Fair batching: a 1-row request sent while a 600-row one is being judged goes into the very next judge
     call; the big request's client then goes away and the rest of its rows are never judged."""
     backend = Gated(tiny_judge.tokenizer)  # the first call waits: the small request arrives while it is in flight
-    judge = Judge(backend, progress=False, batch_size=64)
+    judge = Judge(backend, progress=False, batch_size=64, score_reading="direct")
     app = create_app(judge, reward="score", max_batch=32, max_request_items=1000)
     big = {"rows": [{"prompt": "q", "response": f"answer {i}"} for i in range(600)]}
 
@@ -260,7 +263,7 @@ def test_sigterm_mid_request_stops_judging_within_seconds(tiny_model_dir):
 def test_an_abandoned_request_frees_its_queue_places_at_once(tiny_judge):
     """While a call is in flight, the places of a gone client's rows not yet judged are free again."""
     backend = Gated(tiny_judge.tokenizer)
-    judge = Judge(backend, progress=False, batch_size=64)
+    judge = Judge(backend, progress=False, batch_size=64, score_reading="direct")
     app = create_app(judge, reward="score", max_batch=40, max_queue=500, max_request_items=500)
     rows = {"rows": [{"prompt": "q", "response": f"answer {i}"} for i in range(400)]}
 

@@ -19,7 +19,7 @@ class JudgeRewardArguments:
     judge_mode: str = field(default="direct", metadata={"help": "direct | rationale."})
     reference_column: str | None = field(
         default=None,
-        metadata={"help": "Compare with this column's answer (pairwise; rubric_mode pairwise: the anchor)."},
+        metadata={"help": "Compare with this column's answer (pairwise; score and rubric_mode pairwise: the anchor)."},
     )
     rubric_column: str = field(default="rubric", metadata={"help": "rubric: the dataset column holding each rubric."})
     rubric_mode: str = field(
@@ -122,6 +122,7 @@ def build_rewards(args: JudgeRewardArguments, judge, monitor=None, served: bool 
                 scale=args.scale,
                 method=args.score_method,
                 mode=args.judge_mode,
+                reference_column=args.reference_column,  # the anchored reading's anchor
                 metric_prefix=prefix,
                 monitor=monitor,
             )

@@ -14,6 +14,7 @@ from .args import UserError
 
 BACKENDS = ("hf", "deepspeed")  # reward.load.BACKENDS, without importing reward here
 ENDPOINTS = ("completions", "chat")
+SCORE_READINGS = ("anchored", "direct")  # reward.anchored.READINGS, without importing reward here
 LOCAL_ONLY = ("judge_device", "judge_dtype", "judge_ds_config", "judge_tp_size")
 SERVER_OPTIONS = ("endpoint", "concurrency", "prompts_per_request", "requests_per_second", "timeout", "max_retries",
                   "api_key_env")  # `OpenAIBackend` options, `judge_` + name here  # fmt: skip
@@ -69,6 +70,12 @@ class JudgeArguments:
     judge_injection_check: bool = field(
         default=False, metadata={"help": "Judge suspects of prompt injection again without the suspicious text."}
     )
+    judge_score_reading: str = field(
+        default="anchored",
+        metadata={"help": "Pointwise rewards (score reward, serve --reward score, the score command): anchored (a "
+                  "both-order comparison with an anchor answer; 2 prompts per response) | direct (the score slot; "
+                  "1 prompt, but a judge copies ratings written in the answer)."},
+    )  # fmt: skip
     judge_model: str | None = field(
         default=None, metadata={"help": "openai: the served model's name (default: the first at /models)."}
     )
@@ -93,6 +100,9 @@ class JudgeArguments:
             check_judge_spec(self.judge)
         if self.judge_backend not in BACKENDS:
             raise UserError(f"judge_backend must be one of {', '.join(BACKENDS)}, got {self.judge_backend!r}")
+        if self.judge_score_reading not in SCORE_READINGS:
+            raise UserError(f"judge_score_reading must be one of {', '.join(SCORE_READINGS)}, got "
+                            f"{self.judge_score_reading!r}")  # fmt: skip
         if self.judge_endpoint not in ENDPOINTS:
             raise UserError(f"judge_endpoint must be one of {', '.join(ENDPOINTS)}, got {self.judge_endpoint!r}")
         for name in ("judge_batch_size", "judge_max_length", "judge_tp_size", "judge_concurrency",
@@ -123,6 +133,7 @@ class JudgeArguments:
 
         step = self.judge_batch_size or (PROGRESS_STEP if progress else None)
         options = {"batch_size": step, "injection_check": self.judge_injection_check}
+        options["score_reading"] = self.judge_score_reading
         options |= {"max_length": self.judge_max_length, "progress": progress}
         if spec.startswith("openai:"):
             server = {name: getattr(self, f"judge_{name}") for name in SERVER_OPTIONS}

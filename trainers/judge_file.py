@@ -52,6 +52,9 @@ def _columns(command: str) -> tuple[str, ...]:
 def judge_rows(judge, command: str, rows: list[dict], options: dict, shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """The judge's fields for each row of a `score` / `compare` file (rows without usable text get `judge_error`).
 
+    `score` reads the judge as its `score_reading` says (`reward.anchored.reward_scores`); with the anchored
+    reading a row's `reference` text, where it has one, is its anchor.
+
     `shard=(rank, world)`: judge only this rank's contiguous share of the rows and gather the rest from the other
     ranks (rank 0 gets every row's fields, the others an empty list).
     """
@@ -64,7 +67,14 @@ def judge_rows(judge, command: str, rows: list[dict], options: dict, shard: tupl
     rank, world = shard
     mine = ok[rank * len(ok) // world : (rank + 1) * len(ok) // world]
     columns_of_mine = [list(c) for c in zip(*[texts[i] for i in mine])] or [[] for _ in columns]
-    results = _gathered((judge.score if command == "score" else judge.compare)(*columns_of_mine, **options), shard)
+    if command == "score":  # the reward reading the judge was loaded with; a row's `reference` is its anchor
+        from reward.anchored import reward_scores
+
+        anchors = [as_text(rows[i].get("reference")) for i in mine]
+        results = reward_scores(judge, *columns_of_mine, anchors, **options)
+    else:
+        results = judge.compare(*columns_of_mine, **options)
+    results = _gathered(results, shard)
     if results is None:
         return []
     fields: list[dict] = [{"judge_error": f"missing or empty text in {', '.join(columns)}"} for _ in rows]
@@ -77,6 +87,8 @@ def judge_rows(judge, command: str, rows: list[dict], options: dict, shard: tupl
                 "score": out.pop("expected"),
                 "score_probs": {str(k): v for k, v in out.pop("probs").items()},
                 "score_argmax": out.pop("argmax"),
+                "score_reading": judge.score_reading,
+                "score_anchor": out.pop("anchor"),  # the comparison an anchored score was read from
                 **out,
             }
         out["judge_error"] = out.pop("error")

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from transformers import TrainerCallback
 
+from reward.anchored import reward_scores
 from reward.consistency import PreferenceGraph, conflict_ratio, non_transitivity
 from reward.defenses import suspicious_spans
 from reward.rubric_checks import MIN_SPREAD, criterion_stats
@@ -195,7 +196,9 @@ class JudgeMonitor(TrainerCallback):
             if score_reward and score_reward.method in SCORE_METHODS:  # a pairwise reward's method is not one
                 options["method"] = score_reward.method
             try:
-                extra = judge.score([questions[i] for i in want_scores], [answers[i] for i in want_scores], **options)
+                # read as the score reward reads them (`score_reading`), so one graph never mixes two readings
+                extra = reward_scores(judge, [questions[i] for i in want_scores], [answers[i] for i in want_scores],
+                                      **options)  # fmt: skip
                 scores.update(zip(want_scores, extra))
             except Exception as exc:  # a monitoring failure: counted, rewards untouched
                 logger.warning("judge monitor: score call failed: %s", exc)

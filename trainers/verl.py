@@ -111,10 +111,11 @@ def compute_score(
     rubric_mode: str = "explicit",
     **_,
 ) -> float | dict:
-    """One sample's reward: the judge's expected score (1..scale); with `reward="reference"`, P(the sample beats
-    `ground_truth`, a reference answer) + P(tie) / 2, both orders merged; with `reward="rubric"`, its rubric reward
-    on [0, 1] against `extra_info[rubric_key]` (module docstring); with `url`, the reward server's answer
-    (`ground_truth`, or the rubric, sent as the sample's `labels` entry).
+    """One sample's reward: the judge's score (1..scale; `JudgeScoreReward`: anchored unless the judge was loaded with
+    `score_reading="direct"`); with `reward="reference"`, P(the sample beats `ground_truth`, a reference answer) +
+    P(tie) / 2, both orders merged; with `reward="rubric"`, its rubric reward on [0, 1] against
+    `extra_info[rubric_key]` (module docstring); with `url`, the reward server's answer (`ground_truth`, or the
+    rubric, sent as the sample's `labels` entry).
 
     A failure gets `on_failure`'s stand-in (alone, `group_mean` is the scale's midpoint, 0.5 for `reference`);
     `details=True` returns `{"score": reward, "judge_failed": 0.0 | 1.0}` (verl logs the extra keys).

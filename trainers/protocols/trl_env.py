@@ -7,7 +7,8 @@ of the weighted sum), logged under the environment's class name. `judge_environm
 the model submits its answer with the `submit_answer` tool, and `get_reward` judges it against the example's
 prompt.
 
-- `reward="score"`: the judge's expected score rescaled to [0, 1] (the server's lone-sample reward).
+- `reward="score"`: the judge's score (`JudgeScoreReward`: anchored by default, docs/injection.md) rescaled to
+  [0, 1].
   `reward="reference"`: the answer against the example's `reference_column`, both orders merged,
   P(answer wins) + P(tie) / 2 (the server's `--reward reference`).
 - Not pairwise: TRL awaits `get_reward` one rollout after another (`grpo_trainer.py`: `[await e.get_reward() ...
