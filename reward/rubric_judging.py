@@ -8,7 +8,8 @@ Three modes (`judge_rubrics`, also `Judge.rubric`):
 - `"implicit"`: all criteria in one prompt, a 1-10 score read exactly, mapped to [0, 1] as (s - 1) / 9; the
   criteria are listed as given and reversed, both read and their probabilities merged (as a pair's two
   presentation orders are); `RubricScore.order_gap` is how far the two orders' values lie apart.
-- `"pairwise"`: per criterion, which of the answer and an anchor answer (`references`) meets it better, both
+- `"pairwise"`: per criterion, which of the answer and an anchor answer (the row's entry of `references`, else the
+  anchored pointwise reading's `reward.anchored.ANCHOR`) meets it better, both
   presentation orders merged (`reward.scoring.merge_bidirectional`); the reward `reward.rubrics.pairwise_value`
   (0.5: as good as the anchor). Costs two prompts per criterion.
 
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import defenses
+from .anchored import ANCHOR
 from .judge import _COUNTERFACTUAL, VERDICTS, _prob
 from .rubrics import DEFAULT_CHOICES, Rubric, choice_value, pairwise_value, parse_rubric, rubric_value
 from .scoring import merge_bidirectional
@@ -112,7 +114,9 @@ def judge_rubrics(judge, prompts, responses, rubrics, *, mode: str = "explicit",
         prompts, responses: the questions and the answers to judge.
         rubrics: one rubric per answer, in any format `reward.rubrics.parse_rubric` reads.
         mode: "explicit", "implicit" or "pairwise".
-        references: pairwise mode: the anchor answer of each row (e.g. the dataset's reference answer).
+        references: pairwise mode: the anchor answer of each row (e.g. the dataset's reference answer); a row
+            without one (`None`, or no `references` at all) is compared with `reward.anchored.ANCHOR`, the anchored
+            pointwise reading's anchor.
     """
     prompts = check_texts("prompts", prompts)
     responses = check_texts("responses", responses, len(prompts))
@@ -127,9 +131,10 @@ def judge_rubrics(judge, prompts, responses, rubrics, *, mode: str = "explicit",
         except ValueError as exc:
             raise ValueError(f"rubrics[{i}]: {exc}") from None
     if mode == "pairwise":
-        if references is None:
-            raise ValueError('mode="pairwise" compares each answer with an anchor: pass references (one per answer)')
-        references = check_texts("references", references, len(prompts))
+        references = [None] * len(prompts) if references is None else list(references)
+        if len(references) != len(prompts):
+            raise ValueError(f"references has {len(references)} items, expected {len(prompts)}")
+        references = check_texts("references", [ANCHOR if r is None else r for r in references])
     if judge.backend.lockstep and any(c.choices != DEFAULT_CHOICES for r in parsed for c in r.criteria):
         # Every rank must make the same backend calls; custom choice sets would split them differently per rank.
         raise ValueError("a sharded (lockstep) judge reads rubrics with the default choices (no, yes) only")

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import answer_in_slot
 
+from reward.anchored import ANCHOR
 from trainers import JudgeMonitor, JudgeRubricReward
 from trainers.reward_funcs import criterion_key
 
@@ -119,8 +120,12 @@ def test_implicit_and_pairwise_modes_give_the_engines_numbers(fake_judge):
     engine = judge.rubric(prompts, answers, rubrics, mode="pairwise", references=anchors)
     assert got == [r.value for r in engine]
     assert got[0] == pytest.approx(0.1 + 0.1 / 2)  # x against z: z wins every criterion (rank_rule), both orders
-    with pytest.raises(ValueError, match="reference_column"):
-        JudgeRubricReward(judge, mode="pairwise")
+    # A row without a reference (or no reference_column at all): the engine's default anchor, not a failure.
+    anchors[1] = None
+    got = reward(prompts=prompts, completions=completions, rubric=rubrics, reference=anchors)
+    assert got == [r.value for r in judge.rubric(prompts, answers, rubrics, mode="pairwise", references=anchors)]
+    alone = JudgeRubricReward(judge, mode="pairwise")(prompts=prompts, completions=completions, rubric=rubrics)
+    assert alone == [r.value for r in judge.rubric(prompts, answers, rubrics, mode="pairwise")] and None not in alone
     with pytest.raises(ValueError, match="mode must be one of explicit, implicit, pairwise"):
         JudgeRubricReward(judge, mode="likert")
 
@@ -192,8 +197,10 @@ def test_the_rubric_recipe_trains_with_the_engines_numbers(tmp_path, wandb_offli
     args, judge_args = TrlParser((JudgeRewardArguments, JudgeArguments)).parse_args_and_config(
         args=["--config", str(recipe)], return_remaining_strings=True
     )[:2]
-    assert (args.reward, args.rubric_mode, args.dataset, judge_args.judge) == (
-        "rubric", "explicit", "mt_bench_rubrics", "embedded")  # fmt: skip
+    assert (args.reward, args.rubric_mode, args.reference_column, args.dataset, judge_args.judge) == (
+        "rubric", "pairwise", "reference", "mt_bench_rubrics", "embedded")  # fmt: skip
+    # The run below plants per-criterion P(yes) (explicit reads): the recipe's other keys, in explicit mode.
+    args.rubric_mode, args.reference_column = "explicit", None
     judge = Judge(FakeBackend(tiny_judge.tokenizer, rank_rule, flat_if_even), progress=False)
     monitor = args.build_monitor()
     (reward,) = build_rewards(args, judge, monitor)
@@ -203,11 +210,12 @@ def test_the_rubric_recipe_trains_with_the_engines_numbers(tmp_path, wandb_offli
     trainer = GRPOTrainer(model=tiny_model_dir, reward_funcs=[reward], args=config, train_dataset=dataset,
                           callbacks=[monitor])  # fmt: skip
     trainer.train()
-    rubrics = {row["question"]: row["rubric"] for row in rubric_rows()}
+    rows = {row["question"]: row for row in rubric_rows()}
     prompts = [as_text(p) for p in list(trainer._logs["prompt"])[-4:]]
     completions = [as_text(c) for c in list(trainer._logs["completion"])[-4:]]
     logged = list(trainer._logs["rewards"][reward.__name__])[-4:]
-    want = [r.value for r in judge.rubric(prompts, completions, [rubrics[p] for p in prompts])]
+    want = [r.value for r in judge.rubric(prompts, completions, [rows[p]["rubric"] for p in prompts], mode=reward.mode,
+                                          references=[rows[p]["reference"] for p in prompts])]  # fmt: skip
     assert None not in want and logged == pytest.approx(want, abs=1e-6)
     logs = [h for h in trainer.state.log_history if "judge/rubric_conflict_ratio" in h]
     assert len(logs) == 2 and all(h["judge/failures"] == 0 for h in logs)
@@ -277,7 +285,7 @@ def test_score_file_rubric_flags_fail_before_the_judge_loads(tmp_path, capsys):
             "--rubric_mode",
             "x",
         ],
-        "goes with --rubric_mode pairwise": ["--rubric_column", "rubric", "--rubric_mode", "pairwise"],
+        "goes with --rubric_mode pairwise only": ["--rubric_column", "rubric", "--reference_column", "gold"],
         "do not apply to a rubric reward": ["--rubric_column", "rubric", "--scale", "10"],
         "options of --rubric_column": ["--rubric_mode", "implicit"],
     }
@@ -306,7 +314,9 @@ def test_rubric_rows_mark_failed_criteria_and_missing_anchors(fake_judge):
     anchored = [{**rows[1], "anchor": "z"}, rows[1]]
     got = rubric_rows(judge, anchored, "rubric", "pairwise", "anchor")
     assert got[0]["rubric_reward"] == pytest.approx(0.8 + 0.1 / 2)  # y beats z on every criterion (rank_rule)
-    assert got[1]["judge_error"] == "rubric_mode pairwise: no anchor answer in 'anchor'"
+    # no anchor in the row: the engine's default anchor (reward.anchored.ANCHOR), not a failure
+    (want,) = judge.rubric(["q"], ["y"], [SHORT], mode="pairwise", references=[ANCHOR])
+    assert got[1]["judge_error"] is None and got[1]["rubric_reward"] == pytest.approx(want.value)
 
 
 def test_recipe_rubric_options_fail_when_parsed_and_reach_the_reward(fake_judge):
@@ -314,8 +324,7 @@ def test_recipe_rubric_options_fail_when_parsed_and_reach_the_reward(fake_judge)
 
     with pytest.raises(ValueError, match="rubric_mode must be one of explicit, implicit, pairwise"):
         JudgeRewardArguments(reward="rubric", rubric_mode="likert")
-    with pytest.raises(ValueError, match="rubric_mode pairwise compares each criterion with an anchor"):
-        JudgeRewardArguments(reward="rubric", rubric_mode="pairwise")
+    assert JudgeRewardArguments(reward="rubric", rubric_mode="pairwise").reference_column is None  # default anchor
     args = JudgeRewardArguments(reward="rubric", rubric_mode="pairwise", reference_column="gold", rubric_column="r")
     (reward,) = build_rewards(args, fake_judge(), served=True)  # a served judge: TRL awaits it with the others
     assert (reward.mode, reward.reference_column, reward.rubric_column) == ("pairwise", "gold", "r")

@@ -6,6 +6,7 @@ import math
 import pytest
 
 from reward import Judge
+from reward.anchored import ANCHOR
 from reward.backends.hf import HFBackend
 from reward.rubric_judging import judge_rubrics
 from reward.rubrics import CATEGORY_WEIGHTS, Criterion, Rubric, parse_rubric, rubric_value
@@ -147,8 +148,16 @@ def test_pairwise_compares_with_the_anchor_in_both_orders(fake_judge):
     assert [c.value for c in got.criteria] == pytest.approx([p_a + p_tie / 2] * 3)
     assert got.value == pytest.approx(p_a + p_tie / 2)
     assert sum(f"Avoids this mistake: {LYON}" in p for p in judge.backend.prompts) == 2
-    with pytest.raises(ValueError, match="references"):
-        judge.rubric(["Capital?"], ["Paris."], [RUBRIC], mode="pairwise")
+    # No anchor given (for a row, or at all): the anchored pointwise reading's anchor, in both positions.
+    judge.backend.prompts.clear()
+    judge.rubric(
+        ["Capital?", "Capital?"], ["Paris.", "Lyon."], [RUBRIC] * 2, mode="pairwise", references=["Lyon.", None]
+    )
+    judge.rubric(["Capital?"], ["Paris."], [RUBRIC], mode="pairwise")
+    shown = [answer_in_slot(p, "A") for p in judge.backend.prompts] + [
+        answer_in_slot(p, "B") for p in judge.backend.prompts
+    ]
+    assert shown.count(ANCHOR) == 2 * 2 * len(RUBRIC) and shown.count("Lyon.") == 2 * len(RUBRIC) + 2 * len(RUBRIC)
 
 
 class Recording(HFBackend):

@@ -128,10 +128,13 @@ def test_pairwise_rubric_mode_takes_the_anchor_from_the_label(judge):
     label = {"criteria": SUM, "reference": "It is four, because two and two make four."}
     with live(create_app(judge, reward="rubric", rubric_mode="pairwise")) as url:
         body = post(url, [json.dumps(label)]).json()
-        missing = post(url, [json.dumps(SUM)])
+        missing = post(url, [json.dumps(SUM)]).json()
+        broken = post(url, [json.dumps({"criteria": SUM, "reference": ""})])
     (want,) = judge.rubric(["Capital of France?"], ["Paris."], [SUM], mode="pairwise", references=[label["reference"]])
     assert body["rewards"] == [pytest.approx(want.value)] and want.value == pytest.approx(0.2 + 0.2 / 2)
-    assert missing.status_code == 400 and "anchor answer as text under 'reference'" in missing.json()["detail"]
+    (default,) = judge.rubric(["Capital of France?"], ["Paris."], [SUM], mode="pairwise")  # reward.anchored.ANCHOR
+    assert missing["rewards"] == [pytest.approx(default.value)] and missing["extra_logs"]["judge/failures"] == 0
+    assert broken.status_code == 400 and "under 'reference' must be a non-empty text" in broken.json()["detail"]
 
 
 def test_slime_and_nemo_gym_routes_read_the_rubric(judge):

@@ -74,10 +74,6 @@ class JudgeRewardArguments:
             check_choice(name, getattr(self, name), choices)
         if isinstance(self.scale, bool) or not isinstance(self.scale, int) or not 2 <= self.scale <= 100:
             raise ValueError(f"scale must be an integer in [2, 100], got {self.scale!r}")
-        if self.reward == "rubric" and self.rubric_mode == "pairwise" and not self.reference_column:
-            raise ValueError(
-                "rubric_mode pairwise compares each criterion with an anchor answer: set reference_column"
-            )
         if not 0 <= self.monitor_sample_rate <= 1:
             raise ValueError(f"monitor_sample_rate must be in [0, 1], got {self.monitor_sample_rate}")
 

@@ -4,8 +4,8 @@
 instead of a 1..scale score: `rubric_reward` (on [0, 1], `None` when it failed), `rubric_criteria` (per criterion:
 `text`, `weight`, `value`, `valid_mass`, `entropy`, `error`), `rubric_failed`, `rubric_valid_mass`,
 `rubric_entropy` and `rubric_order_gap` (implicit), `truncated`, `judge_error`. A row whose rubric does not parse
-(or, pairwise, without an anchor answer in `--reference_column`) is not judged: its `judge_error` says why, and
-the other rows are judged and written as usual.
+is not judged: its `judge_error` says why, and the other rows are judged and written as usual. Pairwise, a row's
+anchor answer is its `--reference_column` text, else `reward.anchored.ANCHOR`.
 """
 
 from __future__ import annotations
@@ -117,12 +117,12 @@ def rubric_rows(judge, rows: list[dict], column: str, mode: str, reference_colum
     fields, jobs = [], []  # jobs: (row, prompt, response, rubric, anchor)
     for i, row in enumerate(rows):
         texts = [as_text(row.get(c)) for c in ("prompt", "response")]
-        anchor = as_text(row.get(reference_column)) if mode == "pairwise" else None
+        anchor = as_text(row.get(reference_column)) if mode == "pairwise" and reference_column else None
         error = None
         if None in texts or any(lone_surrogate(t) for t in texts):
             error = "missing, empty or broken text in prompt, response"
-        elif mode == "pairwise" and (anchor is None or lone_surrogate(anchor)):
-            error = f"rubric_mode pairwise: no anchor answer in {reference_column!r}"
+        elif anchor is not None and lone_surrogate(anchor):
+            error = f"rubric_mode pairwise: broken text in {reference_column!r}"
         else:
             try:
                 jobs.append((i, *texts, parse_rubric(row.get(column)), anchor))
@@ -193,8 +193,8 @@ def _validate_rubric(command: str, args: JudgeFileArguments) -> None:
         raise UserError("--rubric_column is an option of score")
     if args.method is not None or args.scale != 5 or args.mode != "direct":
         raise UserError("--method, --scale and --mode do not apply to a rubric reward (--rubric_mode does)")
-    if (args.rubric_mode == "pairwise") != (args.reference_column is not None):
-        raise UserError("--reference_column (the anchor answer) goes with --rubric_mode pairwise, and only with it")
+    if args.reference_column is not None and args.rubric_mode != "pairwise":
+        raise UserError("--reference_column (the anchor answer) goes with --rubric_mode pairwise only")
 
 
 def judge_file(command: str, args: JudgeFileArguments, judge_args: JudgeArguments) -> int:

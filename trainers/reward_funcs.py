@@ -255,10 +255,11 @@ class JudgeRubricReward(_JudgeReward):
     `reward.rubrics.parse_rubric` reads, or its JSON text); TRL hands it over as a keyword argument, one entry per
     completion. `mode`: "explicit" (each criterion's choices read exactly, weighted, pitfalls take off),
     "implicit" (one 1-10 score given every criterion, both criterion orders merged) or "pairwise" (each criterion
-    compared with the anchor answer in `reference_column`, both orders merged; 0.5: as good as the anchor).
+    compared with the anchor answer in `reference_column`, both orders merged; 0.5: as good as the anchor; a row
+    without one is compared with `reward.anchored.ANCHOR`, as the anchored pointwise reading is).
 
     `None` (counted in `failures`), never 0: a criterion the judge failed to read, a rubric that does not parse
-    (also counted in `rubric_invalid`, with a warning naming the problem), pairwise without a usable anchor.
+    (also counted in `rubric_invalid`, with a warning naming the problem).
 
     Logs through TRL's `log_metric`: `{prefix}/valid_mass`, `entropy` (explicit and pairwise: means over the
     criteria read; implicit: of the 1-10 read), `criteria_failed`, `rubric_invalid`, `truncated`, `order_gap`
@@ -269,7 +270,8 @@ class JudgeRubricReward(_JudgeReward):
         judge: a `reward.Judge`, or a spec for `reward.load_judge` (loaded on first use).
         rubric_column: the dataset column holding each prompt's rubric.
         mode: one of `reward.rubric_judging.RUBRIC_MODES`.
-        reference_column: pairwise mode: the column holding the anchor answer.
+        reference_column: pairwise mode: the column holding the anchor answer (rows without one, or no column at
+            all: `reward.anchored.ANCHOR`).
         name: the reward's name in TRL's logs (`rewards/<name>/mean`).
         metric_prefix: prefix of the judge metrics it logs.
         monitor: a `trainers.JudgeMonitor` (rubric-vs-pairwise conflict ratio, criteria that never discriminate).
@@ -298,8 +300,6 @@ class JudgeRubricReward(_JudgeReward):
         check_choice("mode", mode, RUBRIC_MODES)
         if not isinstance(rubric_column, str) or not rubric_column:
             raise ValueError("rubric_column must name the dataset column holding the rubrics")
-        if mode == "pairwise" and not reference_column:
-            raise ValueError("mode='pairwise' compares with an anchor answer: set reference_column")
         super().__init__(judge, name, metric_prefix, monitor)
         self.rubric_column, self.mode, self.reference_column = rubric_column, mode, reference_column
         self.rubric_invalid = 0  # rows whose rubric did not parse, over the life of this callable
@@ -311,14 +311,14 @@ class JudgeRubricReward(_JudgeReward):
         questions = [as_text(p) for p in prompts]
         answers = [as_text(c) for c in completions]
         anchors = [None] * len(prompts)
-        if self.mode == "pairwise":
+        if self.mode == "pairwise" and self.reference_column:
             column = kwargs.get(self.reference_column)
             if column is None:
                 raise ValueError(f"JudgeRubricReward: the batch has no column {self.reference_column!r}")
-            anchors = [as_text(a) for a in column]
+            anchors = [as_text(a) for a in column]  # `None` where a row has none: the engine's default anchor
         parsed, invalid = _rubrics(rubrics, self.__name__)
         ok = [i for i in range(len(prompts)) if questions[i] is not None and answers[i] is not None
-              and i not in invalid and (self.mode != "pairwise" or anchors[i] is not None)]  # fmt: skip
+              and i not in invalid]  # fmt: skip
         rewards: list[float | None] = [None] * len(completions)
         results = []
         start = time.perf_counter()

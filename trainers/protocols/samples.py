@@ -5,8 +5,9 @@ prompt groups (held until `group_size` arrived or `group_timeout` passed), `scor
 samples into the batcher. Every outcome is a number unless `on_failure=retry` (then the route answers 503).
 
 `reward="rubric"`: a sample's label is its rubric (`rubric_labels`): a list of criteria in any format
-`reward.rubrics.parse_rubric` reads, or its JSON text; under `rubric_mode="pairwise"` an object holding the
-criteria (`"criteria"` or `"rubric"`) and the anchor answer (`"reference"`). A label that is not one answers 400
+`reward.rubrics.parse_rubric` reads, or its JSON text; under `rubric_mode="pairwise"` also an object holding the
+criteria (`"criteria"` or `"rubric"`) and the anchor answer (`"reference"`; without one the engine's default anchor,
+`reward.anchored.ANCHOR`). A label that is not one answers 400
 naming the sample and the problem: a broken rubric is the caller's error, never a 0.
 """
 
@@ -25,10 +26,10 @@ from reward.text import as_text
 
 
 def rubric_labels(labels: list | None, mode: str, field: str = "labels") -> tuple[list, list | None]:
-    """Each sample's parsed rubric from its label, and under `mode="pairwise"` its anchor answer (else `None`).
+    """Each sample's parsed rubric from its label, and under `mode="pairwise"` its anchor answer (`None` where the
+    label names none: the engine's default anchor), else `None`.
 
-    `field` names the labels in errors (`labels[1]: ...`): an `HTTPException(400)` for a missing, unparsable or
-    (pairwise) anchorless label.
+    `field` names the labels in errors (`labels[1]: ...`): an `HTTPException(400)` for a missing or unparsable label.
     """
     if labels is None or any(label is None for label in labels):
         raise HTTPException(400, f"reward rubric reads each sample's rubric from its {field} entry; the request has "
@@ -41,11 +42,10 @@ def rubric_labels(labels: list | None, mode: str, field: str = "labels") -> tupl
         except json.JSONDecodeError as exc:
             raise HTTPException(400, f"{where}: a rubric given as text must be JSON: {exc}") from None
         if mode == "pairwise":
-            anchor = as_text(value.get("reference")) if isinstance(value, dict) else None
-            if anchor is None:
-                raise HTTPException(400, f"{where}: rubric_mode pairwise needs an object with the criteria and the "
-                                    "anchor answer as text under 'reference'")  # fmt: skip
-            anchors.append(anchor)
+            anchor = value.get("reference") if isinstance(value, dict) else None
+            if anchor is not None and as_text(anchor) is None:
+                raise HTTPException(400, f"{where}: the anchor answer under 'reference' must be a non-empty text")
+            anchors.append(None if anchor is None else as_text(anchor))
         try:
             rubrics.append(parse_rubric(value))
         except (ValueError, TypeError) as exc:

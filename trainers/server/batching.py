@@ -305,8 +305,7 @@ class Batcher:
         """Each sample's rubric reward (`Judge.rubric`), every piece in one call; a sample without usable text, or
         whose reward is `None` (a criterion failed), is a failure."""
         samples = [sample for p in part for sample in zip(*p.payload)]
-        usable = [k for k, (q, r, _, a) in enumerate(samples) if as_text(q) and as_text(r)
-                  and (self.rubric_mode != "pairwise" or as_text(a))]  # fmt: skip
+        usable = [k for k, (q, r, _, _) in enumerate(samples) if as_text(q) and as_text(r)]  # anchor None: the default
         pick = [samples[k] for k in usable]
         results = self.judge.rubric(
             [s[0] for s in pick],
