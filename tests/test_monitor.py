@@ -95,6 +95,17 @@ def test_missing_judgements_are_made_and_their_cost_reported(fake_judge, monkeyp
     assert rewards == JudgePairwiseReward(judge)(prompts=["q"] * 4, completions=ANSWERS)  # rewards unchanged
 
 
+def test_one_conversation_is_one_group_whatever_its_keys_order(fake_judge):
+    # The same chat prompt with its message keys in another order (rows from two sources): one group of 4, its
+    # 6 pairs and 1 bad triple, as the rewards group it; grouping by the raw JSON would see two groups of 2.
+    judge = fake_judge(rule=cyclic, points=POINTS)
+    monitor = JudgeMonitor(sample_rate=1.0)
+    log = Log()
+    conversations = [[{"role": "user", "content": "q"}], [{"content": "q", "role": "user"}]] * 2
+    call([JudgePairwiseReward(judge, monitor=monitor)], log, prompts=conversations)
+    assert log.metrics["judge/monitor_groups"] == 1 and log.metrics["judge/non_transitivity"] == 0.25
+
+
 def test_a_failing_monitor_call_is_counted_and_never_touches_rewards(fake_judge):
     judge = fake_judge(rule=cyclic, points={"7": 1.0})  # no mass on 1..5: every pointwise judgement fails
     monitor = JudgeMonitor(sample_rate=1.0)

@@ -106,6 +106,15 @@ def test_pair_metrics_by_hand():
     assert m["ece"] == pytest.approx(expected) and m["n_judged"] == 3
 
 
+def test_accuracy_judge_leaves_the_judges_ties_out():
+    """A judge tie (p = 0.5) has no side to agree with: left out of accuracy_judge whatever d is (counting it as
+    "chosen loses" would give 3/5 here), while the model's own tie (d = 0) counts as "chosen does not win"."""
+    pairs = [{"label": None, "judge_p": p} for p in (0.9, 0.2, 0.7, 0.5, 0.5)]
+    m = pair_metrics([1.0, 0.0, -2.0, 3.0, -3.0], pairs)
+    assert m["accuracy_judge"] == pytest.approx(2 / 3) and m["n_judged"] == 5  # right, right (d = 0), wrong
+    assert m["accuracy_labels"] is None and m["n_labelled"] == 0
+
+
 def test_ece_averages_within_a_bin_before_taking_the_gap():
     """Two pairs in one bin (sigmoid 0.71 and 0.79, bin 7) with judge p 0.9 and 0.5: ECE is the gap of the bin's
     means, |0.75 - 0.70| = 0.05, not the mean per-pair gap (0.19 + 0.29) / 2 = 0.24."""
