@@ -56,7 +56,9 @@ def test_a_failed_score_gets_the_mean_of_its_own_prompts_samples(client):
         samples = [(one, "a"), (two, "ddddd"), (one, "bbb"), (one, "ccccccc")]
         body = {"query": [p + a + "<|im_end|>" for p, a in samples], "prompts": [p for p, _ in samples]}
         out = c.post("/get_reward", json=body).json()
+        health = c.get("/health").json()
     assert out["rewards"] == pytest.approx([1.0, 5.0, 3.0, 2.0]) and out["extra_logs"]["judge/failures"] == 1
+    assert health["failures"] == 1 and health["items"] == 4  # the server's running count, beside the request's
 
 
 def test_score_and_compare_rows(client):
