@@ -32,11 +32,14 @@ def test_score_file(tmp_path, tiny_model_dir, tiny_judge):
     assert "missing or empty" in out[1]["judge_error"] and "score" not in out[1]
     want = tiny_judge.score(["What is two plus two?", "Hi?"], ["four", "Hello."], scale=10, method="mean")
     assert [out[0]["score"], out[2]["score"]] == pytest.approx([s.expected for s in want], abs=1e-5)
-    for r in (out[0], out[2]):
+    for r, w in zip((out[0], out[2]), want):
         assert r["judge_error"] is None
         probs = {int(k): v for k, v in r["score_probs"].items()}
         assert sum(probs.values()) == pytest.approx(1.0) and set(probs) == set(range(1, 11))
         assert r["score"] == pytest.approx(sum(k * v for k, v in probs.items()))
+        # The most likely rating, as a rating (1..10), not its position in the list
+        assert r["score_argmax"] == w.argmax == max(probs, key=probs.get)
+        assert r["valid_mass"] == pytest.approx(w.valid_mass, abs=1e-5)
 
 
 def test_compare_file(tmp_path, tiny_model_dir, tiny_judge):

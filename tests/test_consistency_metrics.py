@@ -105,6 +105,9 @@ def test_conflict_ratio_by_hand():
         "math": {"ratio": 1 / 3, "conflicts": 1, "pairs": 3},
     }
     assert conflict_ratio([h], delta=0.5)["conflicts"] == 0  # |1.0 - 1.2| < delta: a tie is expected
+    # |1.0 - 1.5| = delta exactly is not below it: the score order is expected, a tie conflicts (0.5: exact in binary)
+    edge = [PreferenceGraph.from_edges(2, [(0, 1, r)], [1.0, 1.5]) for r in (0, -1)]
+    assert [conflict_ratio([e], delta=0.5)["conflicts"] for e in edge] == [1, 0]
     assert conflict_ratio([PreferenceGraph.from_edges(2, [(0, 1, 1)])])["ratio"] is None
 
 

@@ -151,6 +151,23 @@ def test_end_to_end_on_the_tiny_judge_matches_dd6f47c(tiny_model_dir):
     assert spread > 1e-3  # the tolerance is well below the differences between the rewards
 
 
+def test_consistent_pairs_count_peer_pairs_only(fake_judge):
+    """`GroupResult.consistent` (the servers' judge/consistent_pairs, out of `pairs`) counts the peer pairs whose
+    two orders agreed: a completion's comparisons with the reference (`pairing="all"` with references: both)
+    are not peer pairs, even where their orders agree."""
+    from reward.group_judging import Group, GroupJudge
+
+    def biased(prompt):  # the reference loses in both orders; two peers: the first slot wins (orders disagree)
+        a, b = answer_in_slot(prompt, "A"), answer_in_slot(prompt, "B")
+        if "REF" in (a, b):
+            return {"A": 0.1, "B": 0.8, "C": 0.1} if a == "REF" else {"A": 0.8, "B": 0.1, "C": 0.1}
+        return {"A": 0.8, "B": 0.1, "C": 0.1}
+
+    (result,) = GroupJudge(pairing="all")(fake_judge(rule=biased), [Group("q", ["x", "y"], ["REF", "REF"])])
+    assert len(result.against_reference) == 2 and all(p.order_consistent for p in result.against_reference.values())
+    assert result.pairs == 1 and result.consistent == 0
+
+
 def write_swiss_golden(path=SWISS):
     """The `swiss/*` golden values from the engine as it is (see the module docstring)."""
     import tempfile

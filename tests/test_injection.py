@@ -247,7 +247,10 @@ def test_pointwise_reward_warns_and_the_recipes_default_to_pairwise(fake_judge):
         JudgeScoreReward(fake_judge(points=BASE))
     assert JudgeRewardArguments().reward == "pairwise"
     for recipe in sorted((Path(__file__).resolve().parents[1] / "recipes" / "grpo").rglob("*.yaml")):
-        assert yaml.safe_load(recipe.read_text()).get("reward", "pairwise") == "pairwise", recipe
+        config = yaml.safe_load(recipe.read_text())
+        # both-order readings only: the pairwise reward, or a rubric read criterion by criterion against an anchor
+        kind = (config.get("reward", "pairwise"), config.get("rubric_mode") if config.get("reward") == "rubric" else None)
+        assert kind in (("pairwise", None), ("rubric", "pairwise")), recipe
 
 
 def test_injection_check_holds_for_a_thread_while_another_judges_counterfactuals(suggestible):

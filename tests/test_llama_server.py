@@ -15,6 +15,7 @@ from openai_fake import FaultProxy
 
 from reward import Judge, load_judge
 from reward.embedded import gguf_path
+from reward.scoring import expected_score
 from trainers import AsyncJudgeReward, JudgeScoreReward
 from trainers.mt_bench import mt_bench_candidates
 
@@ -31,6 +32,11 @@ EXPECTED_TOLERANCE = 0.4
 # within 0.013 (ratings) and 0.022 (verdicts), valid mass 0.005, expected scores 0.18; asserted at about twice that.
 BATCHED_TOLERANCE = 0.045
 BATCHED_EXPECTED_TOLERANCE = 0.35
+# The same prompt read again (one prompt per request, one at a time): a read that reuses a slot's cached prefix moved
+# by up to 0.009 from the first, cold one (2026-12-07; later reads matched exactly); asserted at about twice that,
+# below what the other order of a pair changes (0.057 in p_a, 0.062 in a label's probability, same items).
+SAME_READ = 0.02
+SAME_READ_EXPECTED = 0.05
 SEQUENTIAL = {"prompts_per_request": 1, "concurrency": 1}  # one prompt per request, one request at a time
 
 
@@ -215,22 +221,42 @@ def test_grpo_recipe_on_the_served_judge_through_faults(tmp_path, tiny_model_dir
 
 
 def test_cli_score_and_compare_files(tmp_path, llama_server):
+    # The files' numbers are the served judge's own reads of the same texts, in the same columns: one prompt per
+    # request, one at a time on both sides, so the reads match to llama-server's run-to-run noise (SAME_READ). The
+    # pair is one the judge tells apart in each order (planted: a gibberish response_b), so a command that swapped
+    # response_a and response_b, or reported another item's read, fails; score_argmax is the probabilities' argmax.
     from trainers.cli import main
 
-    rows = [{"prompt": "What is the capital of France?", "response": "Paris.", "response_a": "Paris.",
-             "response_b": "Berlin is the capital of France."}]  # fmt: skip
+    question, answer = "What is the capital of France?", "Paris."
+    a, b = "The capital of France is Paris.", "asdf qwer zxcv"
+    rows = [{"prompt": question, "response": answer, "response_a": a, "response_b": b}]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    judge = load_judge(f"openai:{llama_server}", tokenizer="embedded", progress=False,
+                       server_options={"endpoint": "chat", **SEQUENTIAL})  # fmt: skip
+    (want_score,), (want_pref,) = judge.score([question], [answer]), judge.compare([question], [a], [b])
+    assert want_pref.error is None and abs(want_pref.p_a - want_pref.p_b) > 2 * SAME_READ
+    assert max(abs(want_pref.order_ab[k] - want_pref.order_ba[k]) for k in "ABC") > 2 * SAME_READ
+    got = {}
     for command in ("score", "compare"):
         out = tmp_path / f"{command}.jsonl"
         assert main([command, "--input", str(tmp_path / "in.jsonl"), "--output", str(out),
-                     "--judge", f"openai:{llama_server}", "--judge_tokenizer", "embedded",
-                     "--judge_endpoint", "chat"]) == 0  # fmt: skip
-        (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-        assert row["judge_error"] is None
-        if command == "score":
-            assert 1 <= row["score"] <= 5 and 0 < row["valid_mass"] <= 1
-        else:
-            assert row["p_a"] + row["p_b"] + row["p_tie"] == pytest.approx(1.0)
+                     "--judge", f"openai:{llama_server}", "--judge_tokenizer", "embedded", "--judge_endpoint", "chat",
+                     "--judge_prompts_per_request", "1", "--judge_concurrency", "1"]) == 0  # fmt: skip
+        (got[command],) = [json.loads(line) for line in out.read_text().splitlines()]
+        assert got[command]["judge_error"] is None
+    row = got["score"]
+    probs = {int(k): v for k, v in row["score_probs"].items()}
+    assert probs.keys() == want_score.probs.keys() and row["score_argmax"] == max(probs, key=probs.get)
+    assert max(abs(probs[k] - want_score.probs[k]) for k in probs) < SAME_READ
+    assert row["valid_mass"] == pytest.approx(want_score.valid_mass, abs=SAME_READ)
+    raw = {k: v * row["valid_mass"] for k, v in probs.items()}  # the slot's probabilities, before renormalising
+    assert row["score"] == pytest.approx(expected_score(raw), abs=1e-9)  # TrustJudge's read of its own probs
+    assert row["score"] == pytest.approx(want_score.expected, abs=SAME_READ_EXPECTED)
+    row = got["compare"]
+    assert max(abs(row[k] - getattr(want_pref, k)) for k in ("p_a", "p_b", "p_tie")) < SAME_READ
+    for order in ("order_ab", "order_ba"):
+        assert max(abs(row[order][k] - getattr(want_pref, order)[k]) for k in "ABC") < SAME_READ
+    assert row["verdict"] == want_pref.verdict
 
 
 def test_judge_rejects_a_server_without_models(llama_server):
@@ -246,13 +272,18 @@ def test_reward_server_in_front_of_a_served_judge(proxy):
     from trainers.server import create_app
 
     judge = load_judge(f"openai:{proxy.url}", model="judge", tokenizer="embedded", progress=False,
-                       server_options={"endpoint": "chat", "max_retries": 1})  # fmt: skip
-    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-    body = {"query": [prompt + a + "<|im_end|>" for a in ("Paris.", "It is Paris, on the Seine.")],
-            "prompts": [prompt] * 2}  # fmt: skip
+                       server_options={"endpoint": "chat", "max_retries": 1, **SEQUENTIAL})  # fmt: skip
+    question, answers = "What is the capital of France?", ("The capital of France is Paris.", "asdf qwer zxcv")
+    # Each answer's reward is its chance to beat the other (mean_win over one pair): the judge's own read of the
+    # question (out of the chat template) and the two answers, in that order; the judge tells these two apart
+    # (planted: a gibberish answer), so a server that read the pair backwards, or judged the templated text, fails.
+    (want,) = judge.compare([question], [answers[0]], [answers[1]])
+    assert want.error is None and abs(want.win - (1 - want.win)) > 2 * SAME_READ
+    prompt = f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    body = {"query": [prompt + a + "<|im_end|>" for a in answers], "prompts": [prompt] * 2}
     with TestClient(create_app(judge)) as client:
         answer = client.post("/get_reward", json=body).json()
-        assert sum(answer["rewards"]) == pytest.approx(1.0)  # two answers: each one's chance to beat the other
+        assert answer["rewards"] == pytest.approx([want.win, 1 - want.win], abs=SAME_READ)
         assert answer["extra_logs"]["judge/failures"] == 0
         proxy.always = "500"
         try:

@@ -101,6 +101,46 @@ def test_missing_judgements_are_made_and_their_cost_reported(fake_judge, monkeyp
     assert rewards == JudgePairwiseReward(judge)(prompts=["q"] * 4, completions=ANSWERS)  # rewards unchanged
 
 
+def test_one_conversation_is_one_group_whatever_its_keys_order(fake_judge):
+    # The same chat prompt with its message keys in another order (rows from two sources): one group of 4, its
+    # 6 pairs and 1 bad triple, as the rewards group it; grouping by the raw JSON would see two groups of 2.
+    judge = fake_judge(rule=cyclic, points=POINTS)
+    monitor = JudgeMonitor(sample_rate=1.0)
+    log = Log()
+    conversations = [[{"role": "user", "content": "q"}], [{"content": "q", "role": "user"}]] * 2
+    call([JudgePairwiseReward(judge, monitor=monitor)], log, prompts=conversations)
+    assert log.metrics["judge/monitor_groups"] == 1 and log.metrics["judge/non_transitivity"] == 0.25
+
+
+STRENGTH = {"w": 0, "x": 1, "y": 2, "z": 3}
+
+
+def first_slot_surer(prompt):
+    """The stronger answer wins in both orders; the weaker one, shown first, gets 0.15 more per step of strength
+    between the two: P(weaker wins) read in its two orders differs by 0.15 x the gap (0.45 for w against z)."""
+    a, b = answer_in_slot(prompt, "A"), answer_in_slot(prompt, "B")
+    gap = STRENGTH[b] - STRENGTH[a]
+    return {"A": 0.1 + 0.15 * gap, "B": 0.8, "C": 0.1} if gap > 0 else {"A": 0.8, "B": 0.1, "C": 0.1}
+
+
+def test_the_table_keeps_the_pairs_whose_orders_differ_most(fake_judge):
+    # Every pair has one problem (a strict verdict against equal scores) and consistent orders: the table's order
+    # is then P(i wins) read in each order (order_ab's A against order_ba's B), largest difference first.
+    monitor = JudgeMonitor(sample_rate=1.0, table_rows=2)
+    call([JudgePairwiseReward(fake_judge(rule=first_slot_surer, points=POINTS), monitor=monitor)], Log())
+    rows = [c[2] for c in monitor._pending["cases"]]
+    assert [(r[2], r[3]) for r in rows] == [("w", "z"), ("w", "y")] and [r[-1] for r in rows] == ["score-conflict"] * 2
+    assert [c[1] for c in monitor._pending["cases"]] == pytest.approx([0.45, 0.3])
+
+
+def test_max_groups_caps_the_groups_checked(fake_judge):
+    monitor = JudgeMonitor(sample_rate=1.0, max_groups=2)
+    log = Log()
+    reward = JudgePairwiseReward(fake_judge(rule=cyclic, points=POINTS), monitor=monitor)
+    reward(prompts=[q for q in "pqrs" for _ in range(2)], completions=ANSWERS * 2, completion_ids=None, log_metric=log)
+    assert log.metrics["judge/monitor_groups"] == 2  # of 4 groups of 2
+
+
 def test_a_failing_monitor_call_is_counted_and_never_touches_rewards(fake_judge):
     judge = fake_judge(rule=cyclic, points={"7": 1.0})  # no mass on 1..5: every pointwise judgement fails
     monitor = JudgeMonitor(sample_rate=1.0)
@@ -108,6 +148,15 @@ def test_a_failing_monitor_call_is_counted_and_never_touches_rewards(fake_judge)
     (rewards,) = call([JudgePairwiseReward(judge, monitor=monitor)], log)
     assert log.metrics["judge/monitor_failures"] == 4 and "judge/conflict_ratio" not in log.metrics
     assert log.metrics["judge/non_transitivity"] == 0.25 and None not in rewards
+
+
+def test_failed_monitor_pairs_are_counted(fake_judge):
+    # A pointwise reward: the check's 6 pairs are the monitor's own calls, and every one fails (no verdict mass).
+    monitor = JudgeMonitor(sample_rate=1.0)
+    log = Log()
+    (rewards,) = call([JudgeScoreReward(fake_judge(rule=lambda prompt: {}, points=POINTS), monitor=monitor)], log)
+    assert log.metrics["judge/monitor_failures"] == 6 and "judge/non_transitivity" not in log.metrics
+    assert None not in rewards
 
 
 def test_sampling_rate_bounds_the_checks(fake_judge):

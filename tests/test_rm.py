@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,6 +106,15 @@ def test_pair_metrics_by_hand():
     assert m["ece"] == pytest.approx(expected) and m["n_judged"] == 3
 
 
+def test_accuracy_judge_leaves_the_judges_ties_out():
+    """A judge tie (p = 0.5) has no side to agree with: left out of accuracy_judge whatever d is (counting it as
+    "chosen loses" would give 3/5 here), while the model's own tie (d = 0) counts as "chosen does not win"."""
+    pairs = [{"label": None, "judge_p": p} for p in (0.9, 0.2, 0.7, 0.5, 0.5)]
+    m = pair_metrics([1.0, 0.0, -2.0, 3.0, -3.0], pairs)
+    assert m["accuracy_judge"] == pytest.approx(2 / 3) and m["n_judged"] == 5  # right, right (d = 0), wrong
+    assert m["accuracy_labels"] is None and m["n_labelled"] == 0
+
+
 def test_ece_averages_within_a_bin_before_taking_the_gap():
     """Two pairs in one bin (sigmoid 0.71 and 0.79, bin 7) with judge p 0.9 and 0.5: ECE is the gap of the bin's
     means, |0.75 - 0.70| = 0.05, not the mean per-pair gap (0.19 + 0.29) / 2 = 0.24."""
@@ -130,22 +140,42 @@ def test_train_rm_two_steps_with_lora(tmp_path, tiny_model_dir):
         for i in range(10)
     ] + [{"prompt": "q", "chosen": "x", "rejected": "x"}]  # fmt: skip
     (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "rm"
+    # Held-out pairs whose judge probabilities lie on both sides of the model's sigmoid(d): the ECE of one bin's
+    # means differs from a per-pair mean error, so the file's ECE must be the binned one of these pairs' scores.
+    held = [
+        ("Q a?", "Yes, a.", "no", 0.9, 0.05),
+        ("Q b?", "Yes, b.", "no", 0.1, 0.8),
+        ("Q c?", "Yes, c.", "no", 0.5, 0.3),
+    ]
+    (tmp_path / "eval.jsonl").write_text("".join(
+        json.dumps({"prompt": q, "response_a": a, "response_b": b, "p_a": pa, "p_b": pb, "p_tie": 1 - pa - pb}) + "\n"
+        for q, a, b, pa, pb in held
+    ))  # fmt: skip
+    out, held_file = tmp_path / "rm", str(tmp_path / "eval.jsonl")
     args = ["--train_file", str(tmp_path / "prefs.jsonl"), "--model_name_or_path", tiny_model_dir, "--output_dir",
             str(out), "--max_steps", "2", "--per_device_train_batch_size", "2", "--bf16", "false", "--use_cpu",
-            "true", "--report_to", "none", "--lora", "on", "--lora_r", "4", "--eval_fraction", "0.2",
+            "true", "--report_to", "none", "--lora", "on", "--lora_r", "4", "--eval_file", held_file,
             "--rejects", str(tmp_path / "rejects.jsonl"), "--save_strategy", "no", "--logging_steps", "1"]  # fmt: skip
     assert main(["train-rm", *args]) == 0
     metrics = json.loads((out / "rm_eval.json").read_text())
-    assert metrics["lora"] is True and metrics["pairs_train"] + metrics["pairs_eval"] == 10
-    assert metrics["n_judged"] == metrics["pairs_eval"] == 2 and 0 <= metrics["ece"] <= 1
+    assert metrics["lora"] is True and metrics["pairs_train"] == 10
+    assert metrics["n_judged"] == metrics["pairs_eval"] == 3
     assert [json.loads(line)["row_index"] for line in (tmp_path / "rejects.jsonl").read_text().splitlines()] == [10]
-    # The adapter loads on the base model and scores exactly as the merged model saved next to it.
+    # ECE recomputed here from the saved model's scores: 10 bins of sigmoid(d), each bin's |mean s - mean p|
+    # weighted by its share of the pairs; p = p_a + p_tie / 2.
     tok = AutoTokenizer.from_pretrained(out)
+    merged = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1)
+    qs = [q for q, *_ in held]
+    d = np.array(reward_scores(merged, tok, qs, [a for _, a, *_ in held])) - reward_scores(merged, tok, qs, ["no"] * 3)
+    s, p = 1 / (1 + np.exp(-d)), np.array([pa + (1 - pa - pb) / 2 for *_, pa, pb in held])
+    bins = np.minimum((s * 10).astype(int), 9)
+    ece = sum((bins == k).mean() * abs(s[bins == k].mean() - p[bins == k].mean()) for k in set(bins.tolist()))
+    assert metrics["ece"] == pytest.approx(ece, abs=1e-5)
+    assert abs(ece - np.abs(s - p).mean()) > 0.05  # the data tells the binned ECE from a per-pair mean error
+    # The adapter loads on the base model and scores exactly as the merged model saved next to it.
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     base.config.pad_token_id = tok.pad_token_id
     adapted = PeftModel.from_pretrained(base, out / "adapter")
-    merged = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1)
     prompts, answers = ["Question 1?", "Question 2?"], ["A good answer 1.", "bad"]
     assert reward_scores(adapted, tok, prompts, answers) == pytest.approx(
         reward_scores(merged, tok, prompts, answers), abs=1e-5
@@ -179,6 +209,7 @@ def test_train_rm_eval_metrics_reach_wandb(tmp_path, wandb_offline, tiny_model_d
     wandb.finish()
     metrics = json.loads((out / "rm_eval.json").read_text())
     assert metrics["lora"] is False  # "auto": a tiny model trains in full
+    assert metrics["pairs_eval"] == 2 and metrics["pairs_train"] == 4  # eval_fraction 0.34 of 6 rows, whole rows
     _, summary = read_run(wandb_offline)
     assert summary["eval/rm/accuracy_judge"] == pytest.approx(metrics["accuracy_judge"])
     assert summary["eval/rm/ece"] == pytest.approx(metrics["ece"])

@@ -106,3 +106,12 @@ def test_trustjudge_with_probabilities_of_exactly_0_and_1():
     assert expected_score({1: 1.0, 5: 0.0}) == pytest.approx(1.0, abs=1e-12)
     # No mass at all: no score, a failure rather than a number.
     assert score_from_probs({1: 0.0, 5: 0.0}).expected is None
+
+
+def test_exact_ties_break_to_the_tie_label_and_to_the_lowest_rating():
+    """Deterministic on exact ties: an order whose A and tie are equal reads as a tie (so it disagrees with the other
+    order's clear "a", not agrees), and equal ratings give the lowest as the argmax (scores, and method="argmax")."""
+    pref = decide_preference({"A": 0.4, "B": 0.2, "C": 0.4}, {"A": 0.2, "B": 0.6, "C": 0.2}, method="baseline")
+    assert pref.order_consistent is False and pref.verdict == "tie"  # A first would make both orders say "a"
+    probs = {1: 0.1, 2: 0.35, 4: 0.35, 5: 0.2}
+    assert score_from_probs(probs).argmax == 2 and expected_score(probs, method="argmax") == 2.0

@@ -45,6 +45,22 @@ def test_get_reward_openrlhf_protocol(client):
         assert c.get("/health").json()["status"] == "ok"
 
 
+def test_a_failed_score_gets_the_mean_of_its_own_prompts_samples(client):
+    """on_failure="group_mean" under `--reward score`: a request holding two prompts' samples fills a failure with
+    the mean of its own prompt's judged rewards (2, from 1 and 3), not of the whole request (3, with the 5)."""
+    c, judge = client(reward="score", on_failure="group_mean")
+    # The rating is the answer's length; 7 characters is off the 1-5 scale: no mass on a valid rating, a failure.
+    judge.backend.points = lambda p: {str(len(p.split("Answer]\n", 1)[1].split("\n[The End", 1)[0])): 1.0}
+    with c:
+        one, two = (f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" for q in ("Q one?", "Q two?"))
+        samples = [(one, "a"), (two, "ddddd"), (one, "bbb"), (one, "ccccccc")]
+        body = {"query": [p + a + "<|im_end|>" for p, a in samples], "prompts": [p for p, _ in samples]}
+        out = c.post("/get_reward", json=body).json()
+        health = c.get("/health").json()
+    assert out["rewards"] == pytest.approx([1.0, 5.0, 3.0, 2.0]) and out["extra_logs"]["judge/failures"] == 1
+    assert health["failures"] == 1 and health["items"] == 4  # the server's running count, beside the request's
+
+
 def test_score_and_compare_rows(client):
     c, judge = client()
     # The rating is the answer's length (1 or 2): rows swapped or judged on another scale would show.

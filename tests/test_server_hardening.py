@@ -180,6 +180,7 @@ def test_a_request_over_the_item_cap_is_413(judge_of):
         rows = [{"prompt": "q", "response": f"a{i}"} for i in range(4)]
         r = c.post("/score", json={"rows": rows})
         assert r.status_code == 413 and "at most 3" in r.text and "split" in r.text
+        assert c.post("/score", json={"rows": rows[:3]}).status_code == 200  # the cap itself is allowed
 
 
 def test_auth_details(judge_of):

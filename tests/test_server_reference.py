@@ -57,6 +57,7 @@ def test_each_sample_is_judged_against_its_own_label(fake_judge):
         no_labels = httpx.post(f"{url}/get_reward", json={"query": [items[0][1]], "prompts": [items[0][0]]})
         health = httpx.get(f"{url}/health").json()
     assert all(a.status_code == 200 for a in answers)
+    consistent = set()
     for k, ((_, _, response), label, answer) in enumerate(zip(items, labels, answers)):
         out = answer.json()
         assert set(out["extra_logs"]) == LOG_KEYS and finite(out["rewards"])
@@ -65,6 +66,11 @@ def test_each_sample_is_judged_against_its_own_label(fake_judge):
         else:
             assert out["rewards"] == [pytest.approx(by_hand(response, label), abs=1e-6)], k
             assert out["extra_logs"]["judge/compared_pairs"] == 1.0 and out["extra_logs"]["judge/failures"] == 0
+            # Whether the sample's two orders agreed: the position bias flips close pairs (green vs dark blue)
+            (pref,) = judge.compare([questions[k]], [response], [label])
+            assert out["extra_logs"]["judge/consistent_pairs"] == float(pref.order_consistent), k
+            consistent.add(pref.order_consistent)
+    assert consistent == {True, False}
     assert no_labels.status_code == 400 and "labels" in no_labels.json()["detail"]
     assert health["judge_calls"] < len(items)  # samples of different prompts share judge calls (no groups)
 
