@@ -249,7 +249,8 @@ def test_pointwise_reward_warns_and_the_recipes_default_to_pairwise(fake_judge):
     for recipe in sorted((Path(__file__).resolve().parents[1] / "recipes" / "grpo").rglob("*.yaml")):
         config = yaml.safe_load(recipe.read_text())
         # both-order readings only: the pairwise reward, or a rubric read criterion by criterion against an anchor
-        kind = (config.get("reward", "pairwise"), config.get("rubric_mode") if config.get("reward") == "rubric" else None)
+        reward = config.get("reward", "pairwise")
+        kind = (reward, config.get("rubric_mode") if reward == "rubric" else None)
         assert kind in (("pairwise", None), ("rubric", "pairwise")), recipe
 
 
