@@ -73,7 +73,8 @@ def top_entries(choice: dict) -> dict | list:
     try:
         logprobs = choice["logprobs"]
         if isinstance(logprobs.get("content"), list):
-            return logprobs["content"][0]["top_logprobs"]
+            first = logprobs["content"][0]  # llama.cpp with `post_sampling_probs`: "top_probs", probabilities
+            return first["top_logprobs"] if "top_logprobs" in first or "top_probs" not in first else first["top_probs"]
         return logprobs["top_logprobs"][0]
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise RetryableError(f"no top logprobs in the response ({type(exc).__name__}: {exc})") from None
@@ -228,6 +229,7 @@ class OpenAIBackend(JudgeBackend):
         self.failures = 0  # items given up on
         self.exact, self.exact_bias, self.inexact = exact, exact_bias, 0
         self._mode = "off" if exact == "off" or self.chat else None if exact == "auto" else exact
+        self._fields: dict | None = None if self._mode == "logit_bias" else {}  # a server's extra read fields
         self._lock = threading.Lock()
         self._loop = None
 
@@ -380,7 +382,9 @@ class OpenAIBackend(JudgeBackend):
         prompt's labels are read to their end (or its request failed). Where the labels have few prefixes, the
         first round reads them all at once (the slot and every label's end: one round trip instead of two; a read
         the labels turn out not to need, e.g. after a label outside the top-k, changes nothing)."""
-        if (self._mode or await self._detect(prompts[0])) != "off":
+        if self._mode is None or self._fields is None:
+            await self._detect(prompts[0])
+        if self._mode != "off":
             return await self._exact_reads(prompts, labels)
         ahead = sorted({label[:n] for label in labels for n in range(len(label) + 1)})
         ahead = ahead if len(ahead) <= READ_AHEAD else [""]
@@ -422,43 +426,56 @@ class OpenAIBackend(JudgeBackend):
         return self._vocab_info
 
     async def _detect(self, prompt) -> str:
-        """The exact read this server supports, probed once on a real prompt (`exact="auto"`): a token outside the
-        top-k listed once lifted by a bias ("logit_bias"), else the whole vocabulary listed ("full"), else "off"."""
+        """The exact read this server supports, probed once on a real prompt (`exact="auto"`, or which fields a
+        chosen "logit_bias" read needs): a token outside the top-k listed once lifted by a bias ("logit_bias"; on
+        llama.cpp, whose entries carry ids, with `served_reads.LLAMA_CPP_FIELDS`), else the whole vocabulary listed
+        ("full"), else "off"."""
         ids_of, _, _, distinct = self._vocab()
-        parse = lambda choice: served_reads.keyed(top_entries(choice), ids_of)  # noqa: E731
+        shapes = []
+        parse = lambda choice: served_reads.keyed(shapes.append(top_entries(choice)) or shapes[-1], ids_of)  # noqa
         vocab, k, bias = len(self.tokenizer), self.top_k, self.exact_bias
 
-        async def listed(read):
-            fields = served_reads.request_fields(read, k, vocab, (), bias)
+        async def listed(read, extra=None):
+            fields = served_reads.request_fields(read, k, vocab, (), bias) | (extra or {})
             (result,) = await self._send([prompt], parse, fields=fields)
             if isinstance(result, Exception):
                 raise result
             return result
 
-        async def lifts() -> bool:
+        async def lifts(extra) -> bool:
             """A token outside the top-k, lifted, is listed above the top-k's last: reported after the bias (vLLM
             by default lists it too, as the token it then samples, but with its unbiased, lower log-prob)."""
-            plain = await listed(served_reads.Read((), "plain"))
+            if extra and not (isinstance(shapes[0], list) and shapes[0] and "id" in shapes[0][0]):
+                return False  # not llama.cpp (its entries carry token ids): no such fields to try
+            plain = await listed(served_reads.Read((), "plain"), extra)
             token = next(t for t in range(vocab) if t not in plain)
-            lifted = await listed(served_reads.Read((), "lift", frozenset([token])))
+            lifted = await listed(served_reads.Read((), "lift", frozenset([token])), extra)
             return lifted.get(token, -math.inf) >= min(plain.values())
 
+        probes = [("logit_bias", {}, lifts), ("logit_bias", served_reads.LLAMA_CPP_FIELDS, lifts),
+                  ("full", {}, lambda _: listed(served_reads.Read((), "full")))]  # fmt: skip
+        # The bias first: its requests carry the bias, where a full read's answers carry the whole vocabulary per read
+        # (on llama.cpp, 4.7 MB of JSON per read of a 49152-token vocabulary: docs/served-judges.md).
         mode = "off"
-        # The bias first: its requests carry the bias, where a full read's answers carry the whole vocabulary per read.
-        for name, probe in (("logit_bias", lifts), ("full", lambda: listed(served_reads.Read((), "full")))):
+        for name, extra, probe in probes if self._mode is None else probes[:2]:
             try:
-                answer = await probe()
+                answer = await probe(extra)
                 if answer is True or (answer and len(answer) >= 0.99 * distinct):  # (texts listed once each)
-                    mode = name
+                    mode, self._fields = name, dict(extra)
                     break
             except Exception as exc:  # e.g. vLLM's HTTP 400 for a count above its --max-logprobs
                 logger.info("%s: %s read refused (%s: %s)", self.base_url, name, type(exc).__name__, exc)
+        if self._mode == "logit_bias" and mode == "off":
+            raise RequestError(f"{self.base_url}: exact='logit_bias', but the server reports log-probs before the "
+                               "bias: use exact='auto' (or 'full')")  # fmt: skip
         if mode == "off":
+            self._fields = {}
             logger.warning("%s: no exact read (exact=%r): labels are read from the top-%d, labels outside it get "
                            "no probability and valid_mass is a lower bound", self.base_url, self.exact,
                            self.top_k)  # fmt: skip
         else:
-            logger.info("%s: labels read exactly (%s)", self.base_url, mode)
+            how = " with llama.cpp's post_sampling_probs" if self._fields else ""
+            logger.info("%s: labels read exactly (%s%s)", self.base_url, mode, how)
         self._mode = mode
         return mode
 
@@ -485,10 +502,12 @@ class OpenAIBackend(JudgeBackend):
                 read = group[0][1]
                 if read.kind != "mask":
                     fields = served_reads.request_fields(read, self.top_k, len(self.tokenizer), (), self.exact_bias)
+                    fields |= self._fields
                 elif "_mask_fields" in self.__dict__:  # the same dict every time: its JSON is kept (`_encode`)
                     fields = self._mask_fields
                 else:
-                    fields = self._mask_fields = served_reads.request_fields(read, self.top_k, 0, mask_ids, 0.0)
+                    fields = served_reads.request_fields(read, self.top_k, 0, mask_ids, 0.0) | self._fields
+                    self._mask_fields = fields
                 texts = [extend(prompts[i], self.tokenizer.decode(list(read.node))) for i, read in group]
                 sends.append(self._batched(texts, parse, fields=fields))
             for group, results in zip(groups.values(), await asyncio.gather(*sends)):
