@@ -13,7 +13,7 @@ pytest.importorskip("httpx")
 from served_fakes import fake_served, full_label_logprobs  # noqa: E402
 
 from reward import Judge  # noqa: E402
-from reward.backends.openai import OpenAIBackend  # noqa: E402
+from reward.backends.openai import OpenAIBackend, RequestError  # noqa: E402
 from reward.backends.served_reads import Plan, label_token_ids, vocab_info  # noqa: E402
 
 PROMPTS = ["What is two plus two? Score: [", "Paris is in France, a b c. Score: ["]
@@ -132,5 +132,9 @@ def test_bad_exact_options(tiny):
             OpenAIBackend(server.url, "m", tiny[1], endpoint="chat", exact="full")
         chat = OpenAIBackend(server.url, "m", tiny[1], endpoint="chat", exact="auto")
         assert chat._mode == "off"  # auto: the chat endpoint reads the top-k
+        # A chosen logit-bias read on a server reporting log-probs before the bias (vLLM's default) would undo a
+        # bias that was never applied: it fails once probed, never reads wrong values.
+        with pytest.raises(RequestError, match="before the bias"):
+            OpenAIBackend(server.url, "m", tiny[1], exact="logit_bias").label_logprobs(PROMPTS[:1], ["1", "2"])
     finally:
         server.close()

@@ -24,10 +24,11 @@ Several judge replicas: `base_url` may be a list; requests go round-robin, a ret
 refuses connections is skipped for `DOWN_S` seconds. A router (vLLM's, SGLang's) is just one URL.
 
 Exact reads (`exact=`, `served_reads`): a label outside the top-k and the unlisted part of a label's end mass are
-read exactly where the server allows it: the whole vocabulary listed ("full": llama.cpp, vLLM with
-`--max-logprobs -1`) or label tokens lifted into the top-k by a logit bias and undone ("logit_bias": servers that
-report log-probs after the bias, e.g. SGLang). Built from the servers' source and tested against fakes that follow
-it, not yet run against the real servers: so opt-in, `exact="off"` (the top-k read) by default.
+read exactly where the server allows it: the whole vocabulary listed ("full": vLLM with `--max-logprobs -1`; on
+llama.cpp megabytes per read) or label tokens lifted into the top-k by a logit bias and undone ("logit_bias":
+servers that report log-probs after the bias: SGLang, llama.cpp with `post_sampling_probs`). Run against the real
+llama-server; the vLLM and SGLang paths only against fakes that follow their source. Opt-in, `exact="off"` (the
+top-k read) by default: the exact read's label-end reads cost several top-k reads (docs/served-judges.md).
 `exact="auto"` probes the server once; where neither works (or on the chat endpoint) it falls back to the top-k
 read above, says so once in the log, and `exact_reads` is False
 (`Judge` then flags `valid_mass` as a lower bound).
@@ -194,7 +195,8 @@ class OpenAIBackend(JudgeBackend):
         max_retries: attempts after the first, with exponential backoff (0.5 s, 1 s, 2 s, ... up to 8 s).
         api_key_env: environment variable holding the API key (sent as a bearer token, never logged).
         exact: how labels are read (`served_reads.EXACT_MODES`): "off" (default: the top-k read), "auto" (probe the
-            server once: "logit_bias", else "full", else "off"), "full" or "logit_bias" (chosen: not probed).
+            server once: "logit_bias", else "full", else "off"), "full" or "logit_bias" (chosen; "logit_bias" still
+            probes which fields the server needs, e.g. llama.cpp's `post_sampling_probs`).
         exact_bias: the lift of "logit_bias" reads, in nats.
 
     `requests` counts requests sent (retries included), `sent` them per URL, `failures` the items given up on,
