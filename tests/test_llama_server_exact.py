@@ -16,8 +16,8 @@ import pytest
 
 from reward import load_judge
 from reward.backends import served_reads
-from reward.backends.openai import extend
 from reward.embedded import gguf_path
+from reward.text import extend
 from trainers.mt_bench import mt_bench_candidates
 
 pytestmark = pytest.mark.slow
