@@ -22,8 +22,9 @@ from trainers.mt_bench import mt_bench_candidates
 
 pytestmark = pytest.mark.slow
 
-# Single-token words at the slot, all outside the top-20 there (asserted), next to two digits inside it.
-CUSTOM = ["Paris", "good", "yes", "4", "1"]
+# Single-token words at the slot, outside the top-20 there (asserted), next to a digit inside it: few reads (each
+# full reference read lists the whole vocabulary, seconds each).
+CUSTOM = ["Paris", "good", "4"]
 SEQUENTIAL = {"prompts_per_request": 1, "concurrency": 1}  # one prompt per request, as the full reads below
 # The local backend runs the Q4_1 weights de-quantised to fp32; llama.cpp runs them quantised: rating probabilities
 # within 0.033 (tests/test_llama_server.py); the bar for labels outside the top-k: as close as those inside.
@@ -110,7 +111,7 @@ def test_labels_outside_the_top_k_read_exactly(server, local, prompt):
     top_k = load_judge(f"openai:{server}", tokenizer="embedded", progress=False,
                        server_options=SEQUENTIAL).backend.label_logprobs([prompt], CUSTOM)[0]  # fmt: skip
     outside = [k for k in CUSTOM if top_k[k] == -math.inf]
-    assert {"Paris", "good", "yes"} <= set(outside) and "4" not in outside  # the top-k read gives them nothing
+    assert {"Paris", "good"} <= set(outside) and "4" not in outside  # the top-k read gives them nothing
     assert max(abs(math.exp(got[k]) - math.exp(want[k])) for k in CUSTOM) < 1e-4
     assert all(want[k] > -30 for k in outside)  # (not all ~0: the comparison above means something)
     here = local.backend.label_logprobs([prompt], CUSTOM)[0]
