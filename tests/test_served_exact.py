@@ -13,7 +13,7 @@ pytest.importorskip("httpx")
 from served_fakes import fake_served, full_label_logprobs  # noqa: E402
 
 from reward import Judge  # noqa: E402
-from reward.backends.openai import OpenAIBackend  # noqa: E402
+from reward.backends.openai import OpenAIBackend, RequestError  # noqa: E402
 from reward.backends.served_reads import Plan, label_token_ids, vocab_info  # noqa: E402
 
 PROMPTS = ["What is two plus two? Score: [", "Paris is in France, a b c. Score: ["]
@@ -132,5 +132,29 @@ def test_bad_exact_options(tiny):
             OpenAIBackend(server.url, "m", tiny[1], endpoint="chat", exact="full")
         chat = OpenAIBackend(server.url, "m", tiny[1], endpoint="chat", exact="auto")
         assert chat._mode == "off"  # auto: the chat endpoint reads the top-k
+        # A chosen logit-bias read on a server reporting log-probs before the bias (vLLM's default) would undo a
+        # bias that was never applied: it fails once probed, never reads wrong values.
+        with pytest.raises(RequestError, match="before the bias"):
+            OpenAIBackend(server.url, "m", tiny[1], exact="logit_bias").label_logprobs(PROMPTS[:1], ["1", "2"])
+    finally:
+        server.close()
+
+
+def test_judge_exact_flag_reaches_the_backend(tiny, tiny_model_dir):
+    # --judge_exact is declared once (trainers/judge_args.py) and passed through load_judge's server_options: a
+    # flag parsed but dropped would leave every served judge on the top-k read; a typo fails when parsed.
+    from trainers.args import UserError, parse
+    from trainers.judge_args import JudgeArguments
+
+    server = fake_served(*tiny, flavor="sglang")
+    try:
+        argv = ["--judge", f"openai:{server.url}", "--judge_model", "m", "--judge_tokenizer", str(tiny_model_dir),
+                "--judge_exact", "auto"]  # fmt: skip
+        (served,) = parse("t", (JudgeArguments,), argv)
+        backend = served.load().backend
+        backend.label_logprobs(PROMPTS[:1], ["2", "3"])
+        assert backend.exact == "auto" and backend._mode == "logit_bias" and backend.exact_reads
+        with pytest.raises(UserError, match="judge_exact must be one of"):
+            parse("t", (JudgeArguments,), argv[:-1] + ["exactly"])
     finally:
         server.close()

@@ -13,11 +13,12 @@ from pathlib import Path
 from .args import UserError
 
 BACKENDS = ("hf", "deepspeed")  # reward.load.BACKENDS, without importing reward here
+EXACT_MODES = ("off", "auto", "full", "logit_bias")  # reward.backends.served_reads.EXACT_MODES, likewise
 ENDPOINTS = ("completions", "chat")
 SCORE_READINGS = ("anchored", "direct")  # reward.anchored.READINGS, without importing reward here
 LOCAL_ONLY = ("judge_device", "judge_dtype", "judge_ds_config", "judge_tp_size")
 SERVER_OPTIONS = ("endpoint", "concurrency", "prompts_per_request", "requests_per_second", "timeout", "max_retries",
-                  "api_key_env")  # `OpenAIBackend` options, `judge_` + name here  # fmt: skip
+                  "api_key_env", "exact")  # `OpenAIBackend` options, `judge_` + name here  # fmt: skip
 
 
 def check_judge_spec(spec: str) -> None:
@@ -93,6 +94,11 @@ class JudgeArguments:
     judge_api_key_env: str = field(
         default="OPENAI_API_KEY", metadata={"help": "openai: environment variable holding the API key."}
     )
+    judge_exact: str = field(
+        default="off",
+        metadata={"help": "openai: label reads beyond the top-k: off | auto (probe the server once) | full | "
+                  "logit_bias (docs/served-judges.md)."},
+    )  # fmt: skip
 
     def __post_init__(self):
         # Checked when parsed, before any data is read or model loaded: a typo must fail in a second.
@@ -103,6 +109,8 @@ class JudgeArguments:
         if self.judge_score_reading not in SCORE_READINGS:
             raise UserError(f"judge_score_reading must be one of {', '.join(SCORE_READINGS)}, got "
                             f"{self.judge_score_reading!r}")  # fmt: skip
+        if self.judge_exact not in EXACT_MODES:
+            raise UserError(f"judge_exact must be one of {', '.join(EXACT_MODES)}, got {self.judge_exact!r}")
         if self.judge_endpoint not in ENDPOINTS:
             raise UserError(f"judge_endpoint must be one of {', '.join(ENDPOINTS)}, got {self.judge_endpoint!r}")
         for name in ("judge_batch_size", "judge_max_length", "judge_tp_size", "judge_concurrency",

@@ -24,10 +24,11 @@ Several judge replicas: `base_url` may be a list; requests go round-robin, a ret
 refuses connections is skipped for `DOWN_S` seconds. A router (vLLM's, SGLang's) is just one URL.
 
 Exact reads (`exact=`, `served_reads`): a label outside the top-k and the unlisted part of a label's end mass are
-read exactly where the server allows it: the whole vocabulary listed ("full": llama.cpp, vLLM with
-`--max-logprobs -1`) or label tokens lifted into the top-k by a logit bias and undone ("logit_bias": servers that
-report log-probs after the bias, e.g. SGLang). Built from the servers' source and tested against fakes that follow
-it, not yet run against the real servers: so opt-in, `exact="off"` (the top-k read) by default.
+read exactly where the server allows it: the whole vocabulary listed ("full": vLLM with `--max-logprobs -1`; on
+llama.cpp megabytes per read) or label tokens lifted into the top-k by a logit bias and undone ("logit_bias":
+servers that report log-probs after the bias: SGLang, llama.cpp with `post_sampling_probs`). Run against the real
+llama-server; the vLLM and SGLang paths only against fakes that follow their source. Opt-in, `exact="off"` (the
+top-k read) by default: the exact read's label-end reads cost several top-k reads (docs/served-judges.md).
 `exact="auto"` probes the server once; where neither works (or on the chat endpoint) it falls back to the top-k
 read above, says so once in the log, and `exact_reads` is False
 (`Judge` then flags `valid_mass` as a lower bound).
@@ -50,6 +51,7 @@ from collections.abc import Callable, Sequence
 
 from ..text import extend
 from . import JudgeBackend, served_reads
+from .responses import RequestError, RetryableError, choices, generation, labels_from_top_k, top_entries, top_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -57,123 +59,6 @@ RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 ENDPOINTS = ("completions", "chat")
 DOWN_S = 10.0  # a replica that refused a connection is skipped this long (while another is up)
 READ_AHEAD = 16  # labels with at most this many prefixes (1-10 scales, verdicts) are read in one round
-
-
-class RetryableError(Exception):
-    """A response worth asking again for (rate limit, server error, malformed or incomplete body)."""
-
-
-class RequestError(Exception):
-    """A response not worth asking again for as it is (e.g. HTTP 400): a smaller batch may still pass."""
-
-
-def top_entries(choice: dict) -> dict | list:
-    """The first generated token's listed top-k as the server wrote them: a {text: logprob} dict (legacy
-    completions) or a list of {token, logprob, ...} (the content shape; llama.cpp adds each token's `id`)."""
-    try:
-        logprobs = choice["logprobs"]
-        if isinstance(logprobs.get("content"), list):
-            return logprobs["content"][0]["top_logprobs"]
-        return logprobs["top_logprobs"][0]
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-        raise RetryableError(f"no top logprobs in the response ({type(exc).__name__}: {exc})") from None
-
-
-def top_logprobs(choice: dict) -> dict[str, float]:
-    """The first generated token's top-k {token text: logprob} of one choice, from either response shape.
-
-    Legacy completions (`logprobs.top_logprobs[0]` a dict, as vLLM returns) or the content list
-    (`logprobs.content[0].top_logprobs` a list of {token, logprob}, as llama.cpp and chat completions return).
-
-    ```python
-    >>> top_logprobs({"index": 0, "logprobs": {"top_logprobs": [{"5": -0.1, "4": -2.3}]}})
-    {'5': -0.1, '4': -2.3}
-
-    ```
-    """
-    entries = top_entries(choice)
-    try:
-        if isinstance(entries, list):
-            return {t["token"]: float(t["logprob"]) for t in entries}
-        return {k: float(v) for k, v in entries.items()}
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-        raise RetryableError(f"no top logprobs in the response ({type(exc).__name__}: {exc})") from None
-
-
-def generation(choice: dict) -> tuple[str, float, int]:
-    """(text, sum of log-probs, token count) of one generated choice, from either response shape.
-
-    ```python
-    >>> generation({"text": " Fine.", "logprobs": {"token_logprobs": [-0.5, -0.25]}})
-    (' Fine.', -0.75, 2)
-
-    ```
-    """
-    try:
-        text = choice["message"]["content"] if "message" in choice else choice["text"]
-        logprobs = choice["logprobs"]
-        if isinstance(logprobs.get("content"), list):
-            values = [float(t["logprob"]) for t in logprobs["content"]]
-        else:
-            values = [float(v) for v in logprobs["token_logprobs"] if v is not None]
-        if not isinstance(text, str):
-            raise TypeError("the text is not a string")
-        return text, sum(values), len(values)
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-        raise RetryableError(
-            f"no generated text with log-probs in the response ({type(exc).__name__}: {exc})"
-        ) from None
-
-
-def choices(body: dict, n: int) -> list[dict]:
-    """The `n` choices of a response in prompt order (by `index` where the server gives one).
-
-    ```python
-    >>> choices({"choices": [{"index": 1, "text": "b"}, {"index": 0, "text": "a"}]}, 2)
-    [{'index': 0, 'text': 'a'}, {'index': 1, 'text': 'b'}]
-
-    ```
-    """
-    try:
-        listed = list(body["choices"])
-        if all("index" in c for c in listed):
-            listed.sort(key=lambda c: c["index"])
-            if [c["index"] for c in listed] != list(range(n)):
-                raise ValueError(f"indices {[c['index'] for c in listed]}")
-        if len(listed) != n:
-            raise ValueError(f"{len(listed)} choices")
-        return listed
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise RetryableError(f"expected {n} choices ({type(exc).__name__}: {exc})") from None
-
-
-def labels_from_top_k(node: Callable[[str], dict | None], labels: Sequence[str]) -> tuple[dict[str, float], set[str]]:
-    """Label log-probs from the top-k after each path, as far as the reads so far (`node(path)`, `None` if not read
-    yet) allow: ({label: log-prob} of the labels read to the end, {paths still to read}).
-
-    ```python
-    >>> tops = {"": {"4": -0.1, "7": -2.0}, "4": {"]": -0.2, "7": -1.0}}
-    >>> labels_from_top_k(tops.get, ["4", "47", "5"])
-    ({'4': -0.30000000000000004, '5': -inf}, {'47'})
-
-    ```
-    """
-    values, wanted = {}, set()
-    for label in labels:
-        total, path = 0.0, ""
-        while (tops := node(path)) is not None:
-            if path == label:  # the end: listed mass on tokens that do not continue the label
-                ends = [lp for t, lp in tops.items() if not t[:1].isalnum()]
-                values[label] = total + (math.log(sum(math.exp(lp) for lp in ends)) if ends else -math.inf)
-                break
-            step = max((t for t in tops if t and label.startswith(path + t)), key=len, default=None)
-            if step is None:
-                values[label] = -math.inf  # outside the top-k: missing mass
-                break
-            total, path = total + tops[step], path + step
-        else:
-            wanted.add(path)
-    return values, wanted
 
 
 class OpenAIBackend(JudgeBackend):
@@ -193,7 +78,8 @@ class OpenAIBackend(JudgeBackend):
         max_retries: attempts after the first, with exponential backoff (0.5 s, 1 s, 2 s, ... up to 8 s).
         api_key_env: environment variable holding the API key (sent as a bearer token, never logged).
         exact: how labels are read (`served_reads.EXACT_MODES`): "off" (default: the top-k read), "auto" (probe the
-            server once: "logit_bias", else "full", else "off"), "full" or "logit_bias" (chosen: not probed).
+            server once: "logit_bias", else "full", else "off"), "full" or "logit_bias" (chosen; "logit_bias" still
+            probes which fields the server needs, e.g. llama.cpp's `post_sampling_probs`).
         exact_bias: the lift of "logit_bias" reads, in nats.
 
     `requests` counts requests sent (retries included), `sent` them per URL, `failures` the items given up on,
@@ -228,6 +114,7 @@ class OpenAIBackend(JudgeBackend):
         self.failures = 0  # items given up on
         self.exact, self.exact_bias, self.inexact = exact, exact_bias, 0
         self._mode = "off" if exact == "off" or self.chat else None if exact == "auto" else exact
+        self._fields: dict | None = None if self._mode == "logit_bias" else {}  # a server's extra read fields
         self._lock = threading.Lock()
         self._loop = None
 
@@ -380,7 +267,9 @@ class OpenAIBackend(JudgeBackend):
         prompt's labels are read to their end (or its request failed). Where the labels have few prefixes, the
         first round reads them all at once (the slot and every label's end: one round trip instead of two; a read
         the labels turn out not to need, e.g. after a label outside the top-k, changes nothing)."""
-        if (self._mode or await self._detect(prompts[0])) != "off":
+        if self._mode is None or self._fields is None:
+            await self._detect(prompts[0])
+        if self._mode != "off":
             return await self._exact_reads(prompts, labels)
         ahead = sorted({label[:n] for label in labels for n in range(len(label) + 1)})
         ahead = ahead if len(ahead) <= READ_AHEAD else [""]
@@ -422,43 +311,56 @@ class OpenAIBackend(JudgeBackend):
         return self._vocab_info
 
     async def _detect(self, prompt) -> str:
-        """The exact read this server supports, probed once on a real prompt (`exact="auto"`): a token outside the
-        top-k listed once lifted by a bias ("logit_bias"), else the whole vocabulary listed ("full"), else "off"."""
+        """The exact read this server supports, probed once on a real prompt (`exact="auto"`, or which fields a
+        chosen "logit_bias" read needs): a token outside the top-k listed once lifted by a bias ("logit_bias"; on
+        llama.cpp, whose entries carry ids, with `served_reads.LLAMA_CPP_FIELDS`), else the whole vocabulary listed
+        ("full"), else "off"."""
         ids_of, _, _, distinct = self._vocab()
-        parse = lambda choice: served_reads.keyed(top_entries(choice), ids_of)  # noqa: E731
+        shapes = []
+        parse = lambda choice: served_reads.keyed(shapes.append(top_entries(choice)) or shapes[-1], ids_of)  # noqa
         vocab, k, bias = len(self.tokenizer), self.top_k, self.exact_bias
 
-        async def listed(read):
-            fields = served_reads.request_fields(read, k, vocab, (), bias)
+        async def listed(read, extra=None):
+            fields = served_reads.request_fields(read, k, vocab, (), bias) | (extra or {})
             (result,) = await self._send([prompt], parse, fields=fields)
             if isinstance(result, Exception):
                 raise result
             return result
 
-        async def lifts() -> bool:
+        async def lifts(extra) -> bool:
             """A token outside the top-k, lifted, is listed above the top-k's last: reported after the bias (vLLM
             by default lists it too, as the token it then samples, but with its unbiased, lower log-prob)."""
-            plain = await listed(served_reads.Read((), "plain"))
+            if extra and not (isinstance(shapes[0], list) and shapes[0] and "id" in shapes[0][0]):
+                return False  # not llama.cpp (its entries carry token ids): no such fields to try
+            plain = await listed(served_reads.Read((), "plain"), extra)
             token = next(t for t in range(vocab) if t not in plain)
-            lifted = await listed(served_reads.Read((), "lift", frozenset([token])))
+            lifted = await listed(served_reads.Read((), "lift", frozenset([token])), extra)
             return lifted.get(token, -math.inf) >= min(plain.values())
 
+        probes = [("logit_bias", {}, lifts), ("logit_bias", served_reads.LLAMA_CPP_FIELDS, lifts),
+                  ("full", {}, lambda _: listed(served_reads.Read((), "full")))]  # fmt: skip
+        # The bias first: its requests carry the bias, where a full read's answers carry the whole vocabulary per read
+        # (on llama.cpp, 4.7 MB of JSON per read of a 49152-token vocabulary: docs/served-judges.md).
         mode = "off"
-        # The bias first: its requests carry the bias, where a full read's answers carry the whole vocabulary per read.
-        for name, probe in (("logit_bias", lifts), ("full", lambda: listed(served_reads.Read((), "full")))):
+        for name, extra, probe in probes if self._mode is None else probes[:2]:
             try:
-                answer = await probe()
+                answer = await probe(extra)
                 if answer is True or (answer and len(answer) >= 0.99 * distinct):  # (texts listed once each)
-                    mode = name
+                    mode, self._fields = name, dict(extra)
                     break
             except Exception as exc:  # e.g. vLLM's HTTP 400 for a count above its --max-logprobs
                 logger.info("%s: %s read refused (%s: %s)", self.base_url, name, type(exc).__name__, exc)
+        if self._mode == "logit_bias" and mode == "off":
+            raise RequestError(f"{self.base_url}: exact='logit_bias', but the server reports log-probs before the "
+                               "bias: use exact='auto' (or 'full')")  # fmt: skip
         if mode == "off":
+            self._fields = {}
             logger.warning("%s: no exact read (exact=%r): labels are read from the top-%d, labels outside it get "
                            "no probability and valid_mass is a lower bound", self.base_url, self.exact,
                            self.top_k)  # fmt: skip
         else:
-            logger.info("%s: labels read exactly (%s)", self.base_url, mode)
+            how = " with llama.cpp's post_sampling_probs" if self._fields else ""
+            logger.info("%s: labels read exactly (%s%s)", self.base_url, mode, how)
         self._mode = mode
         return mode
 
@@ -485,10 +387,12 @@ class OpenAIBackend(JudgeBackend):
                 read = group[0][1]
                 if read.kind != "mask":
                     fields = served_reads.request_fields(read, self.top_k, len(self.tokenizer), (), self.exact_bias)
+                    fields |= self._fields
                 elif "_mask_fields" in self.__dict__:  # the same dict every time: its JSON is kept (`_encode`)
                     fields = self._mask_fields
                 else:
-                    fields = self._mask_fields = served_reads.request_fields(read, self.top_k, 0, mask_ids, 0.0)
+                    fields = served_reads.request_fields(read, self.top_k, 0, mask_ids, 0.0) | self._fields
+                    self._mask_fields = fields
                 texts = [extend(prompts[i], self.tokenizer.decode(list(read.node))) for i, read in group]
                 sends.append(self._batched(texts, parse, fields=fields))
             for group, results in zip(groups.values(), await asyncio.gather(*sends)):

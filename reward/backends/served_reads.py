@@ -10,7 +10,9 @@ lower bound). Two reads are exact (`EXACT_MODES`):
   vLLM when started with `--max-logprobs -1` (vllm/sampling_params.py: -1 means the vocabulary size). Every
   label token and every end token is listed: nothing is missing.
 - "logit_bias": for servers that report log-probs after the bias (SGLang: its sampler adds `logit_bias` to the logits
-  before the log-softmax, python/sglang/srt/layers/sampler.py; vLLM with `--logprobs-mode processed_logprobs`).
+  before the log-softmax, python/sglang/srt/layers/sampler.py; vLLM with `--logprobs-mode processed_logprobs`;
+  llama.cpp's server with `post_sampling_probs` and its samplers made neutral, `LLAMA_CPP_FIELDS`: it then lists
+  the probabilities after its sampler chain, whose first step is the logit bias).
   Three reads per trie node, all in one round, each kind one request for many prompts:
   "plain" (no bias), "lift" (the label tokens biased by +b: all of them enter the top-k; `unbias`) and, at a
   label's end, "mask" (every token that would continue it, i.e. starts with a letter or a digit, biased by -100:
@@ -31,6 +33,13 @@ from typing import NamedTuple
 EXACT_MODES = ("auto", "full", "logit_bias", "off")
 MASK = -100.0  # the OpenAI API's lowest bias: a masked token keeps e^-100 of its weight (1e-44)
 TOLERANCE = 1e-10  # a lifted token still unlisted has at most this probability, else the item is not exact
+# llama.cpp's server lists the probabilities after its sampler chain with `post_sampling_probs` (server-task.cpp
+# `params_from_json_cmpl`, server-context.cpp `populate_token_probs`): the logit bias, then every sampler below set
+# to do nothing (whatever the server was started with), so the listed values are the biased softmax at T = 1.
+LLAMA_CPP_FIELDS = {"post_sampling_probs": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
+                    "typical_p": 1.0, "top_n_sigma": -1.0, "xtc_probability": 0.0, "repeat_penalty": 1.0,
+                    "presence_penalty": 0.0, "frequency_penalty": 0.0, "dry_multiplier": 0.0,
+                    "mirostat": 0}  # fmt: skip
 
 
 def unbias(listed: dict, lifted: set, bias: float, anchor: float | None = None) -> dict:
@@ -59,20 +68,25 @@ def unbias(listed: dict, lifted: set, bias: float, anchor: float | None = None) 
 
 def keyed(entries, ids_of: dict[str, int]) -> dict:
     """{token id (or its text when the text is not one token's): logprob} of one position's listed tokens, from
-    either response shape: llama.cpp's list of {"id", "token", "logprob"}, or a {text: logprob} dict (vLLM, SGLang;
-    vLLM's `return_tokens_as_token_ids` writes "token_id:N"). Tokens listed under one text are summed.
+    either response shape: llama.cpp's list of {"id", "token", "logprob"} (or "prob" with `post_sampling_probs`),
+    or a {text: logprob} dict (vLLM, SGLang; vLLM's `return_tokens_as_token_ids` writes "token_id:N"). Tokens
+    listed under one text are summed.
 
     ```python
     >>> keyed({"token_id:7": -0.5, "]": -1.0, "??": -2.0}, {"]": 3})
     {7: -0.5, 3: -1.0, '??': -2.0}
     >>> keyed([{"id": 5, "token": "4", "logprob": -0.1}], {})
     {5: -0.1}
+    >>> keyed([{"id": 5, "token": "4", "prob": 1.0}, {"id": 6, "token": "5", "prob": 0.0}], {})
+    {5: 0.0, 6: -inf}
 
     ```
     """
     out: dict = {}
     pairs = (
-        ((e.get("id", e["token"]), e["logprob"]) for e in entries) if isinstance(entries, list) else entries.items()
+        ((e.get("id", e["token"]), e["logprob"] if "logprob" in e else _log(e["prob"])) for e in entries)
+        if isinstance(entries, list)
+        else entries.items()
     )
     for key, lp in pairs:
         if isinstance(key, str):
@@ -179,6 +193,10 @@ class Plan:
 
     def _ends(self, token) -> bool:
         return self.is_end(token) if isinstance(token, int) else not token[:1].isalnum()
+
+
+def _log(p) -> float:
+    return math.log(p) if p > 0 else -math.inf
 
 
 def _logsumexp(values: list[float]) -> float:
