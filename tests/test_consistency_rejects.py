@@ -49,11 +49,15 @@ def test_merge_by_known_order_equals_the_line_merge(tmp_path):
         path.write_bytes(b"".join(b'{"row_index": %d, "reason": "x", "row": {"i": %d}}\n' % (i, i) for i in mine))
         paths.append(path)
         indices.append(mine)
+    sizes = [[len(line) for line in path.read_bytes().splitlines(keepends=True)] for path in paths]
     with open(tmp_path / "a.jsonl", "wb") as a, open(tmp_path / "b.jsonl", "wb") as b:
         assert merge_reject_files(paths, a) == merge_reject_files(paths, b, indices) == len(rows)
+    with open(tmp_path / "d.jsonl", "wb") as d:  # runs of lines copied as byte ranges
+        assert merge_reject_files(paths, d, indices, sizes) == len(rows)
     merged = (tmp_path / "b.jsonl").read_bytes()
-    assert merged == (tmp_path / "a.jsonl").read_bytes()
+    assert merged == (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "d.jsonl").read_bytes()
     assert [int(line.split(b",")[0][14:]) for line in merged.splitlines()] == sorted(rows.tolist())
     (tmp_path / "e.jsonl").write_bytes(b"")
     with open(tmp_path / "c.jsonl", "wb") as c:
         assert merge_reject_files([tmp_path / "e.jsonl"] * 2, c, [np.zeros(0, np.int64)] * 2) == 0
+        assert merge_reject_files([tmp_path / "e.jsonl"] * 2, c, [np.zeros(0, np.int64)] * 2, [[], []]) == 0
