@@ -215,7 +215,8 @@ def _bfs_levels(adj: np.ndarray, source: np.ndarray) -> np.ndarray:
             keep = np.flatnonzero(grows)
             if not len(keep):
                 break
-            adj, cand, found, seen, place, live = adj[keep], cand[keep], found[keep], seen[keep], place[keep], live[keep]
+            adj, cand, found, seen, place = adj[keep], cand[keep], found[keep], seen[keep], place[keep]
+            live = live[keep]
         parent = np.where(cand, place[:, :, None], big).argmin(axis=1)
         run, node = np.nonzero(found)
         prev[live[run], node] = parent[run, node]
