@@ -60,8 +60,8 @@ class _Splicer:
         a = np.frombuffer(buf, dtype=np.uint8)
         end = np.flatnonzero(a == 0x0A)  # each line's "\n"
         begin = np.concatenate([[0], end[:-1] + 1])
-        bad = np.cumsum((a < 0x20) | (a == 0x5C))  # control bytes (one: the "\n") and backslashes, so far
-        clean = bad[end] - np.concatenate([[0], bad[end[:-1]]]) == 1
+        bad = np.searchsorted(np.flatnonzero((a < 0x20) | (a == 0x5C)), end, side="right")  # up to each "\n"
+        clean = np.diff(bad, prepend=0) == 1  # control bytes and backslashes: the "\n" only
         quotes = np.flatnonzero(a == 0x22)
         first = np.searchsorted(quotes, begin)
         n_quotes = np.searchsorted(quotes, end) - first
