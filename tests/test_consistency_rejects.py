@@ -100,3 +100,17 @@ def test_bulk_splice_check_accepts_only_lines_the_regex_accepts():
             row = json.loads(line)
             assert json.dumps(row, ensure_ascii=False).encode() == line
     assert 100 < plain.sum() < len(lines) - 100  # both kinds were drawn
+
+
+def test_evidence_text_sliced_per_row_equals_a_join_per_row():
+    # `_joined` formats a chunk's evidence once; each reject's slice must be its own list joined, empty ones too
+    # (an empty first list once sliced the whole text: a negative slice end).
+    from trainers.data.rejects import _joined
+
+    rng = random.Random(2)
+    for _ in range(200):
+        values = [rng.choice([0, 9, 10, 99, 100, 10**12, rng.randrange(10**7)]) for _ in range(rng.randint(0, 12))]
+        text, at = _joined(np.array(values, dtype=np.int64))
+        for i in range(len(values) + 1):
+            for j in range(i, len(values) + 1):
+                assert text[at[i] : at[j] - 2] == ", ".join(map(str, values[i:j])).encode()
