@@ -63,45 +63,6 @@ def test_merge_by_known_order_equals_the_line_merge(tmp_path):
         assert merge_reject_files([tmp_path / "e.jsonl"] * 2, c, [np.zeros(0, np.int64)] * 2, [[], []]) == 0
 
 
-def test_bulk_splice_check_accepts_only_lines_the_regex_accepts():
-    # `_Splicer.plain` (numpy over many lines) must never splice a line `canonical` (the regex) would re-encode,
-    # and must take the plain lines of a learnt layout: random edits of good lines, checked line by line.
-    import json
-
-    from trainers.data.rejects import _Splicer
-
-    rng = random.Random(1)
-    splicer = _Splicer()
-    splicer.learn({"prompt": "p", "response_a": "a", "response_b": "b", "label": "a"})
-    splicer.learn({"k": "v"})
-    alphabet = ['"', "\\", ":", ",", " ", "{", "}", "\t", "é", "x", "\x7f"]
-    good = [b'{"prompt": "p q", "response_a": "caf\xc3\xa9", "response_b": "", "label": "tie"}', b'{"k": "v w"}']
-    lines = list(good) + [None, b""]
-    for _ in range(3000):
-        text = rng.choice(good).decode()
-        for _ in range(rng.randint(1, 3)):
-            at = rng.randrange(len(text) + 1)
-            edit = rng.random()
-            if edit < 0.4:
-                text = text[:at] + rng.choice(alphabet) + text[at:]
-            elif edit < 0.8:
-                text = text[:at] + text[at + 1 :]
-            else:
-                text = text.replace('": "', '":"', 1) if rng.random() < 0.5 else text.replace('"p', '"prompt', 1)
-        lines.append(text.encode())
-    lines.append(b'{"k": "\xff"}')  # not UTF-8: the whole batch goes to the regex
-    plain = splicer.plain(lines)
-    assert not plain[-1]
-    plain = splicer.plain(lines[:-1])
-    assert plain[:2].all() and not plain[2:4].any()
-    for line, fast in zip(lines, plain.tolist()):
-        if fast:
-            assert splicer.canonical(line), line
-            row = json.loads(line)
-            assert json.dumps(row, ensure_ascii=False).encode() == line
-    assert 100 < plain.sum() < len(lines) - 100  # both kinds were drawn
-
-
 def test_evidence_text_sliced_per_row_equals_a_join_per_row():
     # `_joined` formats a chunk's evidence once; each reject's slice must be its own list joined, empty ones too
     # (an empty first list once sliced the whole text: a negative slice end).

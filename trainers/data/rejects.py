@@ -34,54 +34,12 @@ class _Splicer:
 
     def __init__(self):
         self.layouts: dict[tuple, re.Pattern] = {}
-        self.strings: list[list[bytes]] = []  # the layouts learnt from rows of string values: their keys, encoded
 
     def learn(self, row: dict) -> None:
         keys = tuple(row)
         if keys not in self.layouts and len(self.layouts) < _MAX_LAYOUTS:
             pairs = [re.escape(_ENCODER.encode(k).encode()) + rb": " + _FLAT_VALUE for k in keys]
             self.layouts[keys] = re.compile(rb"\{" + rb", ".join(pairs) + rb"\}")
-            if keys and all(type(v) is str for v in row.values()):
-                self.strings.append([_ENCODER.encode(k).encode() for k in keys])
-
-    def plain(self, raws: list) -> np.ndarray:
-        """`canonical` of many lines at once (None: no line), True only where it is cheap to decide: a layout of
-        string values (`self.strings`), no backslash or control byte in the line, the batch valid UTF-8. The regex
-        costs ~20 ns a byte (~7% of a cycle-heavy clean); numpy over the joined lines ~10x less. The quotes then
-        delimit every key and value, so checking where they are and the bytes between them checks the layout."""
-        out = np.zeros(len(raws), dtype=bool)
-        if not self.strings or not raws:
-            return out
-        buf = b"\n".join(r or b"" for r in raws) + b"\n"
-        try:
-            buf.decode("utf-8")
-        except UnicodeDecodeError:
-            return out  # `canonical` decides each line
-        a = np.frombuffer(buf, dtype=np.uint8)
-        end = np.flatnonzero(a == 0x0A)  # each line's "\n"
-        begin = np.concatenate([[0], end[:-1] + 1])
-        bad = np.searchsorted(np.flatnonzero((a < 0x20) | (a == 0x5C)), end, side="right")  # up to each "\n"
-        clean = np.diff(bad, prepend=0) == 1  # control bytes and backslashes: the "\n" only
-        quotes = np.flatnonzero(a == 0x22)
-        first = np.searchsorted(quotes, begin)
-        n_quotes = np.searchsorted(quotes, end) - first
-        for keys in self.strings:
-            lines = np.flatnonzero(clean & (n_quotes == 4 * len(keys)) & ~out)
-            if not len(lines):
-                continue
-            q = quotes[first[lines, None] + np.arange(4 * len(keys))]  # open / close of each key and value
-            b, e = begin[lines], end[lines]
-            ok = (a[b] == 0x7B) & (q[:, 0] == b + 1) & (a[e - 1] == 0x7D) & (q[:, -1] == e - 2)  # {"..."}
-            for i, key in enumerate(keys):
-                name = np.frombuffer(key[1:-1], dtype=np.uint8)
-                ok &= q[:, 4 * i + 1] - q[:, 4 * i] - 1 == len(name)
-                at = np.minimum(q[:, 4 * i, None] + 1 + np.arange(len(name)), len(a) - 1)
-                ok &= (a[at] == name).all(axis=1)
-                for gap, sep in ((1, b": "), (3, b", ")) if i + 1 < len(keys) else ((1, b": "),):
-                    left = q[:, 4 * i + gap]
-                    ok &= (q[:, 4 * i + gap + 1] - left == 3) & (a[left + 1] == sep[0]) & (a[left + 2] == sep[1])
-            out[lines[ok]] = True
-        return out
 
     def canonical(self, raw: bytes) -> bool:
         for pattern in self.layouts.values():
@@ -154,21 +112,16 @@ def _joined(values: np.ndarray) -> tuple[bytes, list[int]]:
 def _with_rows(heads, rows):
     """`head + row + "}\\n"` for each `(head, position)`: the row's raw line where `_Splicer` finds it byte-identical
     to re-encoding (`json.dumps` writes a nested object as it writes it alone), else re-encoded."""
-    splicer, heads = _Splicer(), iter(heads)
-    while batch := list(itertools.islice(heads, _CHUNK)):
-        raws = [rows.raw(r) for _, r in batch]
-        plain, learnt = None, -1  # `splicer.plain` of raws[since:], with the layouts learnt then
-        for k, ((head, r), raw) in enumerate(zip(batch, raws)):
-            if raw is not None:
-                if learnt != len(splicer.layouts):
-                    plain, since, learnt = splicer.plain(raws[k:]), k, len(splicer.layouts)
-                if plain[k - since] or splicer.canonical(raw):
-                    yield b"".join((head, raw, b"}\n"))
-                    continue
-            row = rows.row(r)
-            if isinstance(row, dict):
-                splicer.learn(row)
-            yield b"".join((head, json_line(row)[:-1], b"}\n"))
+    splicer = _Splicer()
+    for head, r in heads:
+        raw = rows.raw(r)
+        if raw is not None and splicer.canonical(raw):
+            yield b"".join((head, raw, b"}\n"))
+            continue
+        row = rows.row(r)
+        if isinstance(row, dict):
+            splicer.learn(row)
+        yield b"".join((head, json_line(row)[:-1], b"}\n"))
 
 
 def _index_of(line: bytes) -> int:
