@@ -49,11 +49,29 @@ def test_merge_by_known_order_equals_the_line_merge(tmp_path):
         path.write_bytes(b"".join(b'{"row_index": %d, "reason": "x", "row": {"i": %d}}\n' % (i, i) for i in mine))
         paths.append(path)
         indices.append(mine)
+    sizes = [[len(line) for line in path.read_bytes().splitlines(keepends=True)] for path in paths]
     with open(tmp_path / "a.jsonl", "wb") as a, open(tmp_path / "b.jsonl", "wb") as b:
         assert merge_reject_files(paths, a) == merge_reject_files(paths, b, indices) == len(rows)
+    with open(tmp_path / "d.jsonl", "wb") as d:  # runs of lines copied as byte ranges
+        assert merge_reject_files(paths, d, indices, sizes) == len(rows)
     merged = (tmp_path / "b.jsonl").read_bytes()
-    assert merged == (tmp_path / "a.jsonl").read_bytes()
+    assert merged == (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "d.jsonl").read_bytes()
     assert [int(line.split(b",")[0][14:]) for line in merged.splitlines()] == sorted(rows.tolist())
     (tmp_path / "e.jsonl").write_bytes(b"")
     with open(tmp_path / "c.jsonl", "wb") as c:
         assert merge_reject_files([tmp_path / "e.jsonl"] * 2, c, [np.zeros(0, np.int64)] * 2) == 0
+        assert merge_reject_files([tmp_path / "e.jsonl"] * 2, c, [np.zeros(0, np.int64)] * 2, [[], []]) == 0
+
+
+def test_evidence_text_sliced_per_row_equals_a_join_per_row():
+    # `_joined` formats a chunk's evidence once; each reject's slice must be its own list joined, empty ones too
+    # (an empty first list once sliced the whole text: a negative slice end).
+    from trainers.data.rejects import _joined
+
+    rng = random.Random(2)
+    for _ in range(200):
+        values = [rng.choice([0, 9, 10, 99, 100, 10**12, rng.randrange(10**7)]) for _ in range(rng.randint(0, 12))]
+        text, at = _joined(np.array(values, dtype=np.int64))
+        for i in range(len(values) + 1):
+            for j in range(i, len(values) + 1):
+                assert text[at[i] : at[j] - 2] == ", ".join(map(str, values[i:j])).encode()

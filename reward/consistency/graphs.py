@@ -196,26 +196,34 @@ def bfs_path_arrays(sizes: np.ndarray, tails: np.ndarray, heads: np.ndarray, sta
 def _bfs_levels(adj: np.ndarray, source: np.ndarray) -> np.ndarray:
     """Predecessors (B, n) of BFS from `source[b]` over adjacency `adj` (B, n, n); -1 where not reached."""
     b, n = adj.shape[:2]
-    rows = np.arange(b)
-    prev = np.full((b, n), -1, dtype=np.int64)
-    seen = np.zeros((b, n), dtype=bool)
-    seen[rows, source] = True
-    frontier = seen.copy()
+    live = np.arange(b)  # the runs still growing, whose state the arrays below hold
+    # The first level without (B, n, n) work: the source's out-neighbours, queued in node order.
+    frontier = adj[live, source]
+    frontier[live, source] = False
+    prev = np.where(frontier, source[:, None], -1)
+    seen = frontier.copy()
+    seen[live, source] = True
     # Queue places and order keys fit int16 (n <= CLOSURE_MAX_NODES): the (B, n, n) temporaries below are 4x
     # smaller than int64 ones, and argmin over them 2-3x faster (this loop is most of drop-cycles' evidence).
-    place = np.zeros((b, n), dtype=np.int16)  # queue place within the frontier's level
+    place = (np.cumsum(frontier, axis=1, dtype=np.int16) - 1).astype(np.int16)  # queue place within the level
     big = np.int16(n * n + n)
-    for _ in range(n):
+    for _ in range(n - 1):
         cand = adj & frontier[:, :, None] & ~seen[:, None, :]
         found = cand.any(axis=1)
-        if not found.any():
-            break
+        grows = found.any(axis=1)
+        if not grows.all():  # finished runs leave the state: on dense graphs half are done after 2 levels
+            keep = np.flatnonzero(grows)
+            if not len(keep):
+                break
+            adj, cand, found, seen, place = adj[keep], cand[keep], found[keep], seen[keep], place[keep]
+            live = live[keep]
         parent = np.where(cand, place[:, :, None], big).argmin(axis=1)
-        prev[found] = parent[found]
+        run, node = np.nonzero(found)
+        prev[live[run], node] = parent[run, node]
         seen |= found
         key = np.take_along_axis(place, parent, 1) * np.int16(n) + np.arange(n, dtype=np.int16)
         order = np.where(found, key, big).argsort(axis=1)
-        place[rows[:, None], order] = np.arange(n, dtype=np.int16)
+        place[np.arange(len(live))[:, None], order] = np.arange(n, dtype=np.int16)
         frontier = found
     return prev
 

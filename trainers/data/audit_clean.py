@@ -165,13 +165,12 @@ def _clean_shard(task):
     parsed = rows.parsed(need_label) if parsed is None else parsed
     reasons, report = clean_parsed(parsed, len(rows), policies, judge, **options)
     lines = rejected_lines(reasons, rows)  # each row spliced in from the input or read there
-    if rejects_path is not None:
-        with open(rejects_path, "wb") as f:
-            f.writelines(lines)
-        lines = None
-    else:
-        lines = list(lines)
-    return report, rows.ids[reasons.rows], lines
+    if rejects_path is None:
+        return report, rows.ids[reasons.rows], None, list(lines)
+    sizes = []  # each line's bytes: the merge then copies runs of lines as byte ranges
+    with open(rejects_path, "wb") as f:
+        f.writelines(sizes.append(len(line)) or line for line in lines)
+    return report, rows.ids[reasons.rows], sizes, None
 
 
 _EQUAL = ("policies", "relations", "margin", "min_feedback_exact_max_nodes")
@@ -244,7 +243,7 @@ def run(command: str, args, judge_args: JudgeArguments | None = None) -> int:
                 results = pool.map(_clean_shard, tasks, chunksize=1)
         else:
             results = [_clean_shard(t) for t in tasks]
-        body = merge_bodies([r for r, _, _ in results])
+        body = merge_bodies([r[0] for r in results])
         header = {"command": command, "input": str(args.input), "input_fingerprint": source.fingerprint()}
         header |= {"input_rows": store.rows_in, "judge": judge_args.judge}
         header["options"] = _options(command, args, judge_args.judge)
@@ -252,14 +251,15 @@ def run(command: str, args, judge_args: JudgeArguments | None = None) -> int:
         rows = {}
         if command == "clean":
             if scratch is None:  # one shard, cleaned in this process: its rejects straight into the output
-                lines = results[0][2]
+                lines = results[0][3]
                 out.open("rejects").writelines(lines)
                 rows["rejects"] = len(lines)
             else:
-                indices = [idx for _, idx, _ in results]  # each shard's rejected rows, in its file's order
-                rows["rejects"] = merge_reject_files(rejects_files, out.open("rejects"), indices)
+                indices = [r[1] for r in results]  # each shard's rejected rows, in its file's order
+                sizes = [r[2] for r in results]
+                rows["rejects"] = merge_reject_files(rejects_files, out.open("rejects"), indices, sizes)
             if not shard:
-                mask = _mask(store.rows_in, [idx for _, idx, _ in results])
+                mask = _mask(store.rows_in, [r[1] for r in results])
                 rows["output"] = write_kept(source, mask, output_format(args.output, args.format), out, "output")
             report = header | body
         else:
