@@ -239,9 +239,11 @@ def test_cli_score_and_compare_files(tmp_path, llama_server):
     got = {}
     for command in ("score", "compare"):
         out = tmp_path / f"{command}.jsonl"
+        # --judge_score_reading direct: the slot read judge.score makes above (the anchored default is tested apart)
         assert main([command, "--input", str(tmp_path / "in.jsonl"), "--output", str(out),
                      "--judge", f"openai:{llama_server}", "--judge_tokenizer", "embedded", "--judge_endpoint", "chat",
-                     "--judge_prompts_per_request", "1", "--judge_concurrency", "1"]) == 0  # fmt: skip
+                     "--judge_prompts_per_request", "1", "--judge_concurrency", "1",
+                     "--judge_score_reading", "direct"]) == 0  # fmt: skip
         (got[command],) = [json.loads(line) for line in out.read_text().splitlines()]
         assert got[command]["judge_error"] is None
     row = got["score"]
