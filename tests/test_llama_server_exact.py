@@ -118,25 +118,3 @@ def test_labels_outside_the_top_k_read_exactly(server, local, prompt):
     inside = max(abs(math.exp(got[k]) - math.exp(here[k])) for k in CUSTOM if k not in outside)
     beyond = max(abs(math.exp(got[k]) - math.exp(here[k])) for k in outside)
     assert beyond <= max(inside, LOCAL_TOLERANCE)
-
-
-@pytest.mark.costly  # ~180 s at load 7 on 2 cores (2026-12-07): 100 label ends, each a mask read; `-m costly`
-def test_exact_scores_on_a_1_to_100_scale(server, local):
-    # Every branch of a 1-100 scale (digit-split: "47" is "4", "7", then an end): the read sums to the local
-    # backend's valid mass and each rating is as close to the local read as the quantised kernels allow, where the
-    # top-k read misses most two-digit branches; the score says its valid mass is exact.
-    judge = load_judge(f"openai:{server}", tokenizer="embedded", progress=False, server_options={"exact": "auto"})
-    scale = [str(s) for s in range(1, 101)]
-    text = rendered(local, 100)
-    (got,) = judge.backend.label_logprobs([text], scale)
-    here = local.backend.label_logprobs([text], scale)[0]
-    assert judge.backend.exact_reads
-    assert max(abs(math.exp(got[k]) - math.exp(here[k])) for k in scale) < LOCAL_TOLERANCE
-    mass, local_mass = sum(map(math.exp, got.values())), sum(map(math.exp, here.values()))
-    assert abs(mass - local_mass) < LOCAL_TOLERANCE
-    top_k = load_judge(f"openai:{server}", tokenizer="embedded", progress=False).backend
-    plain = top_k.label_logprobs([text], scale)[0]
-    assert sum(v == -math.inf for v in plain.values()) > sum(v == -math.inf for v in got.values())
-    c = mt_bench_candidates(max_words=30)[0]
-    (score,) = judge.score([c["question"]], [c["answers"]["reference"]], scale=100)
-    assert score.error is None and score.valid_mass_exact
