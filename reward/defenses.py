@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -54,7 +55,8 @@ _LEAD = r"(?:final\s+|overall\s+)?"
 _OUT_OF = r"(?:\s*(?:/|out\s+of)\s*\d{1,3})?"
 
 
-def _syntax_patterns(keywords: str, labels=()) -> list[re.Pattern]:
+@functools.lru_cache(maxsize=64)  # one list per template and label set: built once, not per judged response
+def _syntax_patterns(keywords: str, labels: tuple = ()) -> list[re.Pattern]:
     """The template-syntax patterns; `labels`: a rubric's own choices (e.g. "partly"), matched like "yes"."""
     words = "|".join(re.escape(w) for w in sorted({*_WORD_LABELS, *labels} - {""}, key=len, reverse=True))
     label = f"(?:{_LABEL}|{words})"
@@ -167,7 +169,7 @@ def _drop(text: str, spans) -> str:
 
 
 def _syntax(template, labels) -> list[re.Pattern]:
-    return _SYNTAX if template is None and not labels else _syntax_patterns(_keywords(template), labels)
+    return _SYNTAX if template is None and not labels else _syntax_patterns(_keywords(template), tuple(labels))
 
 
 def neutralize(text: str, template=None, labels=()) -> str:
