@@ -6,9 +6,11 @@ need that the `dev` extra does not bring (found by importing them in a fresh vir
 from a list fails the test that needs it, naming the list to extend; it never skips.
 
 The installs live in `$TRUSTREWARD_CACHE` (default `~/.cache/trustreward`); a folder is reused only when it was
-completed with exactly the list below, so a changed list is never hidden by an older install.
+completed with exactly the list below, so a changed list is never hidden by an older install. A lock file makes
+the test processes of one run (`pytest -n 2`) install a folder once, one after the other.
 """
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -34,10 +36,13 @@ def install(name: str) -> Path:
     """The folder holding `ASIDE[name]`, installed there first if it is not complete."""
     target = Path(os.environ.get("TRUSTREWARD_CACHE", Path.home() / ".cache" / "trustreward")) / name
     done, wanted = target / ".installed", "\n".join(ASIDE[name])
-    if not done.exists() or done.read_text() != wanted:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade", "--target",
-                        str(target), *ASIDE[name]], check=True)  # fmt: skip
-        done.write_text(wanted)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if pip fails
+        if not done.exists() or done.read_text() != wanted:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade", "--target",
+                            str(target), *ASIDE[name]], check=True)  # fmt: skip
+            done.write_text(wanted)
     return target
 
 

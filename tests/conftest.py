@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -11,6 +12,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from reward import Judge
 from reward.backends import JudgeBackend
 from reward.templates import PAIRWISE_SYSTEM, PAIRWISE_USER, POINTWISE_SYSTEM, POINTWISE_USER
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # `pytest -n 2` on a 2-core machine: one thread per test process (and the processes they start), so the two
+    # workers' OpenMP threads never spin against each other.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
