@@ -136,6 +136,12 @@ def test_clean_to_parquet_of_a_mixed_column_is_a_clear_error(tmp_path, capsys):
     assert main(["clean", *args]) == 2
     err = capsys.readouterr().err
     assert "'extra' mixes types" in err and "Traceback" not in err and not (tmp_path / "rep.json").exists()
+    # With a judge the check comes before it loads (loading from "no-judge" would fail), naming the input's rows.
+    (tmp_path / "no-judge").mkdir()
+    judged = [a for a in args if a != "--labels-only"] + ["--judge", str(tmp_path / "no-judge")]
+    assert main(["clean", *judged]) == 2
+    err = capsys.readouterr().err
+    assert "'extra' mixes types (int in row 0, str in row 1)" in err and "no-judge" not in err
 
 
 # -- finding 3 and 6: files that break readers --------------------------------------------------------------------

@@ -77,8 +77,9 @@ def arrow_rows(rows: list[dict], where: str):
         raise UserError(f"{where}: {column_problem(rows) or exc}") from None
 
 
-def column_problem(rows: list[dict]) -> str | None:
-    """Why Arrow cannot make a table of `rows` (a column whose values differ in type), or None if it can."""
+def column_problem(rows: list[dict], numbers: list[int] | None = None) -> str | None:
+    """Why Arrow cannot make a table of `rows` (a column whose values differ in type), or None if it can;
+    `numbers`: the input row number of each of `rows` (default: its position)."""
     import pyarrow as pa
 
     names = list(dict.fromkeys(k for row in rows for k in row))
@@ -91,7 +92,7 @@ def column_problem(rows: list[dict]) -> str | None:
             for i, v in enumerate(values):
                 if v is not None:
                     kinds.setdefault(type(v).__name__, i)
-            shown = ", ".join(f"{k} in row {i}" for k, i in list(kinds.items())[:2])
+            shown = ", ".join(f"{k} in row {numbers[i] if numbers else i}" for k, i in list(kinds.items())[:2])
             return (f"column {name!r} mixes types ({shown}): Parquet holds one type per column; write JSONL "
                     "(.jsonl) or give the column one type")  # fmt: skip
     return None

@@ -209,12 +209,30 @@ def _audit_layout(body: dict) -> dict:
     return rest | {"rows_usable": body["rows_kept"], "rows_unusable": body["rows_rejected"]} | body["before"]
 
 
+def _check_column_types(source: Source) -> None:
+    """A JSONL column whose values differ in type is an error: one value of each (column, type) is checked by
+    `files.column_problem`, in one pass that holds only those values."""
+    from ..files import column_problem
+
+    seen: dict[tuple[str, str], tuple[int, dict]] = {}
+    for block in source.blocks():
+        for i, row in enumerate(block.dicts()):
+            for k, v in row.items():
+                seen.setdefault((k, type(v).__name__), (block.first_row + i, {k: v}))
+    problem = column_problem([row for _, row in seen.values()], [n for n, _ in seen.values()])
+    if problem:
+        raise UserError(f"{source.path}: {problem}")
+
+
 def run(command: str, args, judge_args: JudgeArguments | None = None) -> int:
     """Runs `audit` / `clean` on `args.input`; the judge (`judge_args.judge`) only labels fresh preferences."""
     judge_args = judge_args or JudgeArguments()
     validate(command, args, judge_args)
     source = Source(args.input, args.split)
     shard = parse_shard_spec(args.shard)
+    typed_output = command == "clean" and output_format(args.output, args.format) != "jsonl"
+    if typed_output and judge_args.judge and source.format == "jsonl":
+        _check_column_types(source)  # what Parquet cannot hold fails before the judge loads, not after it judged
     judge = judge_args.load(default=None, progress=True)
     policies = [p for p in POLICIES if p in args.policy] if command == "clean" else []
     options = {"relations": args.relations, "delta": args.delta, "ks": tuple(args.k)}
