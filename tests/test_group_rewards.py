@@ -533,7 +533,7 @@ def test_a_sharded_judge_makes_the_same_calls_on_every_rank(tiny_judge, pairing)
             self.agreed += 1
             return collective.agree(self.rank, count)
 
-    batches = [  # rank 0: groups of 16 and 3 (4 Swiss rounds, 2 closing); rank 1: a group of 4 (3 rounds); rank 2: none
+    batches = [  # rank 0: groups of 16 and 3 (4 rounds, 2 closing); rank 1: a group of 4 (3 rounds); rank 2: none
         (["a"] * 16 + ["b"] * 3, ["x" * k for k in range(1, 17)] + ["y", "yy", "yyy"]),
         (["c"] * 4, ["z", "zz", "zzz", "zzzz"]),
         (["d", "e"], ["u", "uu"]),
