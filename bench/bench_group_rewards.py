@@ -30,9 +30,9 @@ ratio's standard error (of the per-group tau differences, paired).
     python bench/bench_group_rewards.py [--groups 200] [--sizes 8 16 32] [--sweep] [--quick] [--embedded]
 
 `--quick` (CI): the ranking logic on a planted order (a noiseless judge: every design x aggregate, and the
-defaults, recover it exactly where they must), tau-b against a brute-force count, the merge against
-`merge_bidirectional`, the engine's Swiss pairs against the bench's copy of the design, and the defaults on 24
-groups of 16 per simulator far from the goal fails. Never a time.
+defaults, recover it exactly where they must; the closing calls judge pairs next to each other in it), tau-b
+against a brute-force count, the merge against `merge_bidirectional`, the engine's Swiss pairs against the bench's
+copy of the design, and the defaults on 24 groups of 16 per simulator far from the goal fails. Never a time.
 `--embedded` runs the embedded judge (SmolLM2-135M) on one MT-Bench group of 8 through `JudgePairwiseReward`.
 """
 
@@ -412,6 +412,16 @@ def quick(seed: int) -> int:
             taus.append(tau_b(bradley_terry(17, outcomes, prior=1e-9)[:16], g.quality[:16]))
         check(min(taus) == 1.0, f"noiseless judge, G=16: {design} + Bradley-Terry (no prior) recovers the planted "
               f"order (tau {min(taus):.3f})")  # fmt: skip
+    far = []
+    for k in range(4):  # the closing calls judge where the order is least sure: neighbours in the planted order
+        g = simulate_group(noiseless, 16, np.random.default_rng(seed + k))
+        rank = np.argsort(np.argsort(-g.quality[:16]))
+        outcomes, _ = swiss(g, 16, random.Random(seed + k), closing=None)
+        played = {frozenset((o.a, o.b)) for o in outcomes}
+        gaps = [abs(rank[a] - rank[b]) for a, b in closing_pairs(16, outcomes, played, 5)]
+        far += [int(gap) for gap in gaps if gap > 3]
+    check(not far, "noiseless judge, G=16: after the 4 rounds the closing call's 5 pairs (of 88 unmet) are at most 3 "
+          f"places apart in the planted order {far[:3]}")  # fmt: skip
     same = []
     for judge in SIMULATORS.values():  # the variant rows change the bench's copy of the default design
         for k, n in enumerate((16, 13, 32)):
