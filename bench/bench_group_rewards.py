@@ -16,10 +16,13 @@ For each G it prints, per simulator, the mean Kendall tau (tau-b) of each group'
 for `all` (the best of its aggregates: the reference), then for every design x aggregate that tau as a multiple of
 the reference, with judge prompts per group as a multiple of `all`'s (both orders count; `adaptive` adds its G
 pointwise prompts). The default row `swiss` runs `GroupJudge` itself (the engine TRL, the server and verl run) on a
-stand-in judge answering from the simulation; the other `swiss/...` rows vary the bench's copy of that design. Each
-design draws its random choices from its own stream, so a row does not depend on which rows are picked.
+stand-in judge answering from the simulation; the other `swiss/...` rows vary the bench's copy of that design
+(`swiss/#29`: the default before, closing on G // 8 neighbours, prior 0.1; `swiss/points`, `swiss/no-closing` and
+`swiss/uncertain` spend the default's budget in whole rounds). Each design draws its random choices from its own
+stream, so a row does not depend on which rows are picked.
 
-Goal: with the defaults (`reward.groups.DEFAULT_AGGREGATE`, `SWISS_PAIR_BY`, `swiss_rounds`, the closing round),
+Goal: with the defaults (`reward.groups.DEFAULT_AGGREGATE`, `SWISS_PAIR_BY`, `BT_PRIOR`, `swiss_rounds`, the
+closing calls),
 `swiss` >= 0.95x at <= 0.35x at G=16 on every simulator, the same or better at G=32; the goal line gives each
 ratio's standard error (of the per-group tau differences, paired).
 `--sweep` prints instead the defaults (and the earlier Swiss default) against the `logistic` judge's noise.
@@ -27,9 +30,9 @@ ratio's standard error (of the per-group tau differences, paired).
     python bench/bench_group_rewards.py [--groups 200] [--sizes 8 16 32] [--sweep] [--quick] [--embedded]
 
 `--quick` (CI): the ranking logic on a planted order (a noiseless judge: every design x aggregate, and the
-defaults, recover it exactly where they must), tau-b against a brute-force count, the merge against
-`merge_bidirectional`, the engine's Swiss pairs against the bench's copy of the design, and the defaults on 24
-groups of 16 per simulator far from the goal fails. Never a time.
+defaults, recover it exactly where they must; the closing calls judge pairs next to each other in it), tau-b
+against a brute-force count, the merge against `merge_bidirectional`, the engine's Swiss pairs against the bench's
+copy of the design, and the defaults on 24 groups of 16 per simulator far from the goal fails. Never a time.
 `--embedded` runs the embedded judge (SmolLM2-135M) on one MT-Bench group of 8 through `JudgePairwiseReward`.
 """
 
@@ -52,18 +55,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reward.group_judging import Group as EngineGroup  # noqa: E402
 from reward.group_judging import GroupJudge  # noqa: E402
 from reward.groups import (  # noqa: E402
+    BT_PRIOR,
     DEFAULT_AGGREGATE,
     SWISS_PAIR_BY,
     Outcome,
     all_pairs,
     bradley_terry,
     circular_pairs,
+    closing_counts,
     closing_pairs,
     cycle_free,
     fit_strengths,
     mean_win,
-    swiss_round,
+    swiss_pairs,
     swiss_rounds,
+    swiss_standings,
 )
 from reward.scoring import Preference, merge_bidirectional  # noqa: E402
 
@@ -140,25 +146,49 @@ def merge(a, b, tie):
 # -- designs: which pairs are judged -----------------------------------------------------------------------------
 
 
-def swiss(g: Group, n: int, rng: random.Random, rounds=None, pair_by=SWISS_PAIR_BY, closing=True, uncertain=None):
-    """The Swiss design on one group: `swiss_rounds` rounds of `swiss_round`, then (`closing`) the `closing_pairs`
-    round. `uncertain`: a measured idea, not a default: from the second round on, pairs whose fitted win probability
-    is already beyond 0.5 +- `uncertain` are skipped and rounds go on (up to a round robin) until the rounds' pairs
-    are spent."""
+def whole_rounds(n: int) -> int:
+    """The default Swiss budget in whole rounds: its closing calls (`closing_counts`) spend one round's pairs and
+    G // 8 more, from G = 8 on."""
+    return swiss_rounds(n) + bool(closing_counts(n))
+
+
+def neighbours(n: int, outcomes: list[Outcome], played: set, count: int, prior: float) -> list[tuple[int, int]]:
+    """The closing round before the uncertainty-chosen one (row `swiss/#29`): the `count` unmet neighbours in fitted
+    strength, closest first."""
+    theta = fit_strengths(n, outcomes, prior)
+    order = sorted(range(n), key=lambda k: -theta[k])
+    unmet = [(theta[u] - theta[v], min(u, v), max(u, v)) for u, v in zip(order, order[1:])]
+    chosen = [(a, b) for _, a, b in sorted(p for p in unmet if frozenset(p[1:]) not in played)[:count]]
+    played |= {frozenset(p) for p in chosen}
+    return chosen
+
+
+def swiss(g: Group, n: int, rng: random.Random, rounds=None, pair_by=SWISS_PAIR_BY, closing="uncertain",
+          uncertain=None, prior=BT_PRIOR):  # fmt: skip
+    """The Swiss design on one group: `swiss_rounds` rounds of `swiss_round`, then the closing calls:
+    `closing="uncertain"` the default's (`closing_counts` pairs, `closing_pairs`), `"neighbours"` one call of
+    G // 8 unmet neighbours (the design before), None none. `prior`: the Bradley-Terry prior of the pairing and
+    closing fits. `uncertain`: a measured idea, not a default: from the second round on, pairs whose fitted win
+    probability is already beyond 0.5 +- `uncertain` are skipped and rounds go on (up to a round robin) until the
+    rounds' pairs are spent."""
     total = swiss_rounds(n, rounds)
     budget, limit = total * (n // 2), (n - 1 if n % 2 == 0 else n) if uncertain else total
     played, outcomes, tiebreak = set(), [], rng.sample(range(n), n)
     for r in range(limit):
-        pairs = swiss_round(n, outcomes, played, tiebreak, more_rounds=r + 1 < limit, pair_by=pair_by)
+        order = swiss_standings(n, outcomes, tiebreak, pair_by, prior)
+        pairs = swiss_pairs(order, played, more_rounds=r + 1 < limit)
         if uncertain and outcomes:
-            theta = fit_strengths(n, outcomes)
+            theta = fit_strengths(n, outcomes, prior)
             pairs = [(a, b) for a, b in pairs if abs(sigmoid(theta[a] - theta[b]) - 0.5) < uncertain]
             pairs = pairs[: budget - len(outcomes)]
         outcomes += [g.outcome(a, b) for a, b in pairs]
         if len(outcomes) >= budget:
             break
-    if closing:
-        outcomes += [g.outcome(a, b) for a, b in closing_pairs(n, outcomes, played)]
+    if closing == "neighbours":
+        outcomes += [g.outcome(a, b) for a, b in neighbours(n, outcomes, played, n // 8, prior)]
+    elif closing == "uncertain" and total * (n // 2) < n * (n - 1) // 2:
+        for count in closing_counts(n):
+            outcomes += [g.outcome(a, b) for a, b in closing_pairs(n, outcomes, played, count, prior)]
     return outcomes, 2 * len(outcomes)
 
 
@@ -211,15 +241,22 @@ DESIGNS = {  # name -> (design(group, G, rng) -> (outcomes, judge prompts), aggr
     "anchor": (lambda g, n, rng: judged(g, [(i, n) for i in range(n)]), ("mean_win",)),
     "circular": (lambda g, n, rng: judged(g, circular_pairs(n, rng)), ("mean_win", "bradley_terry")),
     "swiss": (engine, ("mean_win", "bradley_terry", "bt_hard")),  # GroupJudge's Swiss path: the default design
+    "swiss/#29": (  # the default before: all rounds by strength, G // 8 closest unmet neighbours, prior 0.1
+        lambda g, n, rng: swiss(g, n, rng, whole_rounds(n), closing="neighbours", prior=0.1),
+        ("bradley_terry/0.1", "bradley_terry"),
+    ),
     "swiss/points": (
-        lambda g, n, rng: swiss(g, n, rng, pair_by="points", closing=False),
+        lambda g, n, rng: swiss(g, n, rng, whole_rounds(n), pair_by="points", closing=None),
         ("mean_win", "bradley_terry"),
     ),
-    "swiss/no-closing": (lambda g, n, rng: swiss(g, n, rng, closing=False), ("bradley_terry",)),
+    "swiss/no-closing": (lambda g, n, rng: swiss(g, n, rng, whole_rounds(n), closing=None), ("bradley_terry",)),
     "swiss/points+closing": (lambda g, n, rng: swiss(g, n, rng, pair_by="points"), ("bradley_terry",)),
-    "swiss/uncertain": (lambda g, n, rng: swiss(g, n, rng, closing=False, uncertain=0.2), ("bradley_terry",)),
+    "swiss/uncertain": (
+        lambda g, n, rng: swiss(g, n, rng, whole_rounds(n), closing=None, uncertain=0.2),
+        ("bradley_terry",),
+    ),
     "swiss/log": (
-        lambda g, n, rng: swiss(g, n, rng, rounds=math.ceil(math.log2(n)) + 1, pair_by="points", closing=False),
+        lambda g, n, rng: swiss(g, n, rng, rounds=math.ceil(math.log2(n)) + 1, pair_by="points", closing=None),
         ("bradley_terry",),
     ),  # fmt: skip
 }
@@ -232,6 +269,8 @@ def aggregate(name: str, n: int, outcomes: list[Outcome]) -> list[float]:
         return bradley_terry(n, hard)
     if name == "cycle_free":
         return cycle_free(n, outcomes).rewards
+    if name.startswith("bradley_terry/"):  # another prior than the default's
+        return bradley_terry(n, outcomes, float(name.split("/")[1]))
     return {"mean_win": mean_win, "bradley_terry": bradley_terry}[name](n, outcomes)
 
 
@@ -308,8 +347,8 @@ def goal(size: int, results: dict) -> bool:
         ratio, cost = cell.tau / ref.tau, cell.prompts / ref.prompts
         ok &= ratio >= 0.95 and cost <= 0.35
         parts.append(f"{sim} {ratio:.3f}x (+-{standard_error(cell, ref):.3f}) at {cost:.2f}x")
-    print(f"goal at G={size} (defaults: swiss + {DEFAULT[1]}, pair by {SWISS_PAIR_BY}, {swiss_rounds(size)} rounds + "
-          f"{size // 8} closing pairs; "
+    print(f"goal at G={size} (defaults: swiss + {DEFAULT[1]} (prior {BT_PRIOR}), pair by {SWISS_PAIR_BY}, "
+          f"{swiss_rounds(size)} rounds + {'+'.join(map(str, closing_counts(size)))} least-sure closing pairs; "
           f">= 0.95x the tau of `all` at <= 0.35x its prompts): {'met' if ok else 'NOT met'}: "
           + ", ".join(parts))  # fmt: skip
     return ok
@@ -373,6 +412,16 @@ def quick(seed: int) -> int:
             taus.append(tau_b(bradley_terry(17, outcomes, prior=1e-9)[:16], g.quality[:16]))
         check(min(taus) == 1.0, f"noiseless judge, G=16: {design} + Bradley-Terry (no prior) recovers the planted "
               f"order (tau {min(taus):.3f})")  # fmt: skip
+    far = []
+    for k in range(4):  # the closing calls judge where the order is least sure: neighbours in the planted order
+        g = simulate_group(noiseless, 16, np.random.default_rng(seed + k))
+        rank = np.argsort(np.argsort(-g.quality[:16]))
+        outcomes, _ = swiss(g, 16, random.Random(seed + k), closing=None)
+        played = {frozenset((o.a, o.b)) for o in outcomes}
+        gaps = [abs(rank[a] - rank[b]) for a, b in closing_pairs(16, outcomes, played, 5)]
+        far += [int(gap) for gap in gaps if gap > 3]
+    check(not far, "noiseless judge, G=16: after the 4 rounds the closing call's 5 pairs (of 88 unmet) are at most 3 "
+          f"places apart in the planted order {far[:3]}")  # fmt: skip
     same = []
     for judge in SIMULATORS.values():  # the variant rows change the bench's copy of the default design
         for k, n in enumerate((16, 13, 32)):
@@ -385,7 +434,7 @@ def quick(seed: int) -> int:
     exact = measure(noiseless, 16, 4, seed)
     for key in (("all", "mean_win"), ("anchor", "mean_win")):
         check(exact[key].tau == 1.0, f"noiseless judge: {key[0]} + {key[1]} too (tau {exact[key].tau:.3f})")
-    check(exact[DEFAULT].tau >= 0.95, f"noiseless judge: the defaults (swiss + {DEFAULT[1]}, prior 0.1) within "
+    check(exact[DEFAULT].tau >= 0.95, f"noiseless judge: the defaults (swiss + {DEFAULT[1]}, prior {BT_PRIOR}) within "
           f"0.05 of it (tau {exact[DEFAULT].tau:.3f})")  # fmt: skip
     check(exact[("swiss", "mean_win")].tau < 0.9, "...and swiss + mean_win far from it: it ignores who was met (tau "
           f"{exact[('swiss', 'mean_win')].tau:.3f})")  # fmt: skip
@@ -465,8 +514,9 @@ def main() -> int:
         return quick(args.seed)
     start = time.perf_counter()
     print(f"{args.groups} groups per simulator and size, seed {args.seed}; defaults: pairing aggregates "
-          f"{DEFAULT_AGGREGATE}, swiss pairs by {SWISS_PAIR_BY}, max(ceil(log2 G) + 1, (G - 1) // 3) rounds and a "
-          "closing round of G // 8 pairs")  # fmt: skip
+          f"{DEFAULT_AGGREGATE} (Bradley-Terry prior {BT_PRIOR}), swiss pairs by {SWISS_PAIR_BY}, "
+          "max(ceil(log2 G) + 1, (G - 1) // 3) rounds (one less from G = 8 on), then two calls of G // 2 + G // 8 "
+          "least-sure pairs in all")  # fmt: skip
     for size in [] if args.sweep else args.sizes:
         designs = {k: DESIGNS[k] for k in ("all", *args.designs)}
         results = {s: measure(j, size, args.groups, args.seed, designs, args.cycle_free)

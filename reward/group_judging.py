@@ -14,8 +14,9 @@ Pairings (`PAIRINGS`):
 - `anchor`: each completion against its reference answer only (2 prompts each).
 - `circular`: a random cycle through the group, each completion against the next: 2G prompts (2 at G=2).
 - `swiss`: Swiss-system rounds pairing neighbours in the standings by fitted strength, no rematches, a bye for odd
-  G (`reward.groups.swiss_round`), then a closing round of G // 8 unmet neighbours, closest strengths first
-  (`reward.groups.closing_pairs`): per group `swiss_rounds(G) * (G // 2) + G // 8` pairs at most. The rounds are
+  G (`reward.groups.swiss_round`), then from G = 8 on two closing calls of G // 2 + G // 8 unmet pairs in all
+  (`reward.groups.closing_counts`), each the pairs whose fitted order is least sure (`reward.groups.closing_pairs`):
+  per group `swiss_rounds(G) * (G // 2) + sum(closing_counts(G))` pairs at most. The rounds and closing calls are
   successive judge calls shared by all groups of the call (docs/group-pairings.md has the measurements).
 
 A group whose completions all have a reference (`Group.references`) is, with a peer pairing, compared with its
@@ -59,6 +60,7 @@ from .groups import (
     all_pairs,
     bradley_terry,
     circular_pairs,
+    closing_counts,
     closing_pairs,
     cycle_free,
     has_cycle,
@@ -157,8 +159,8 @@ class GroupJudge:
         method: "likelihood", "ppl" or "baseline" (see `Judge.compare`).
         mode: "direct" or "rationale".
         adaptive_margin, max_pairs_per_group, scale: `adaptive`'s score margin, per-group budget, rating scale.
-        swiss_rounds: `swiss`'s rounds before its closing round (default `reward.groups.swiss_rounds`:
-            max(ceil(log2 G) + 1, (G - 1) // 3)).
+        swiss_rounds: `swiss`'s rounds before its closing calls (default `reward.groups.swiss_rounds`:
+            max(ceil(log2 G) + 1, (G - 1) // 3), one less from G = 8 on).
         seed: seed of `circular`'s cycles and `swiss`'s first-round order (one stream over the calls).
     """
 
@@ -264,12 +266,13 @@ class GroupJudge:
                              [j.text for j in jobs], method=self.method, mode=self.mode)  # fmt: skip
 
     def _swiss(self, judge, groups, peers, first, judged) -> None:
-        """Swiss rounds, then the closing round, one judge call each, shared by all groups (round one also holds the
+        """Swiss rounds, then the closing calls, one judge call each, shared by all groups (round one also holds the
         reference jobs); each group's rounds pair on the peer outcomes it has so far."""
         sizes = [len(groups[g].completions) for g in peers]
         rounds = [swiss_rounds(n, self.swiss_rounds) for n in sizes]
-        # The closing round: one more call where the rounds left a pair unmet (not after a full round robin).
-        calls = [r + (n // 8 > 0 and r * (n // 2) < n * (n - 1) // 2) for r, n in zip(rounds, sizes)]
+        # The closing calls, where the rounds left a pair unmet (not after a full round robin).
+        closing = [closing_counts(n) if r * (n // 2) < n * (n - 1) // 2 else [] for r, n in zip(rounds, sizes)]
+        calls = [r + len(c) for r, c in zip(rounds, closing)]
         total = max([*calls, 1 if first else 0])
         if judge.backend.lockstep:  # every rank runs as many rounds as the busiest, judging nothing if it has nothing
             total = judge.backend.agree(total)
@@ -283,7 +286,8 @@ class GroupJudge:
                     more = r + 1 < rounds[p]
                     pairs = swiss_round(sizes[p], outcomes[p], played[p], tiebreak[p], more_rounds=more)
                 else:
-                    pairs = closing_pairs(sizes[p], outcomes[p], played[p]) if r < calls[p] else []
+                    count = closing[p][r - rounds[p]] if r < calls[p] else 0
+                    pairs = closing_pairs(sizes[p], outcomes[p], played[p], count) if count else []
                 jobs += [_Job(g, a, b, groups[g].completions[b]) for a, b in pairs]
             prefs = self._compare(judge, groups, jobs)
             judged += zip(jobs, prefs)

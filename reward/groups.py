@@ -6,8 +6,8 @@ is an `Outcome`: the merged (both orders) probabilities that `a` wins, `b` wins,
 
 Pairings (`pair design` -> pairs per group of n): `all_pairs` n(n-1)/2, `circular_pairs` n (a random cycle; 1 at
 n=2), `swiss_pairs` floor(n/2) per round over `swiss_rounds(n)` rounds (max(ceil(log2 n) + 1, (n - 1) // 3) by
-default, at most a full round robin), then `closing_pairs` n // 8. Each pair costs 2 judge prompts (both orders); a
-bye costs nothing.
+default, one less from n = 8 on; at most a full round robin), then `closing_pairs` n // 2 + n // 8 in two calls
+(`closing_counts`). Each pair costs 2 judge prompts (both orders); a bye costs nothing.
 
 Aggregations: `mean_win` (mean probability of beating the peers met, ties half), `bradley_terry` (strengths fitted
 to the judged pairs with a Gaussian prior; the reward is the fitted win probability against the group),
@@ -25,7 +25,7 @@ import numpy as np
 from .consistency import components, min_feedback
 
 AGGREGATES = ("mean_win", "bradley_terry", "cycle_free")
-BT_PRIOR = 0.1  # precision of the Gaussian prior on strengths: keeps an undefeated completion's strength finite
+BT_PRIOR = 0.03  # precision of the Gaussian prior on strengths: keeps an undefeated completion's strength finite
 # cycle_free solves a cyclic component exactly up to this many completions: the DP costs n 2^n (about 0.1-0.4 s and
 # 30 MB at 16 on this CPU, 16x that at 20); beyond, Eades-Lin-Smyth's greedy order (not minimal).
 EXACT_NODES = 16
@@ -87,22 +87,37 @@ def circular_pairs(n: int, rng: random.Random) -> list[tuple[int, int]]:
 
 
 def swiss_rounds(n: int, rounds: int | None = None) -> int:
-    """Rounds a Swiss design of n completions plays: `rounds`, by default ceil(log2 n) + 1 or a third of a round
-    robin, (n - 1) // 3, whichever is more (from n = 22 on the third: at most a third of `all_pairs`' judge prompts,
-    what 0.95x its Kendall tau needs at n = 32 in bench/bench_group_rewards.py); at most a full round robin (n - 1
-    rounds for even n, n for odd n, where each round someone sits out).
+    """Rounds a Swiss design of n completions plays before its closing calls (`closing_counts`): `rounds`, by default
+    ceil(log2 n) + 1 or a third of a round robin, (n - 1) // 3, whichever is more (from n = 22 on the third: at
+    most a third of `all_pairs`' judge prompts, what 0.95x its Kendall tau needs at n = 32 in
+    bench/bench_group_rewards.py), less one round from n = 8 on, whose pairs the closing calls spend instead; at
+    most a full round robin (n - 1 rounds for even n, n for odd n, where each round someone sits out).
 
     ```python
-    >>> [swiss_rounds(n) for n in (1, 2, 3, 4, 8, 16, 17, 32, 64)]
-    [0, 1, 3, 3, 4, 5, 6, 10, 21]
+    >>> [swiss_rounds(n) for n in (1, 2, 3, 4, 7, 8, 16, 17, 32, 64)]
+    [0, 1, 3, 3, 4, 3, 4, 5, 9, 20]
 
     ```
     """
     if n < 2:
         return 0
     if rounds is None:
-        rounds = max(math.ceil(math.log2(n)) + 1, (n - 1) // 3)
+        rounds = max(math.ceil(math.log2(n)) + 1, (n - 1) // 3) - (n >= 8)
     return max(0, min(rounds, n - 1 if n % 2 == 0 else n))
+
+
+def closing_counts(n: int) -> list[int]:
+    """Pairs of each closing call of a Swiss design of n completions: from n = 8 on, one round's pairs (n // 2) and
+    n // 8 more, over two calls (`closing_pairs` picks them on the outcomes judged before each call); none below.
+
+    ```python
+    >>> [closing_counts(n) for n in (7, 8, 16, 17, 32)]
+    [[], [3, 2], [5, 5], [5, 5], [10, 10]]
+
+    ```
+    """
+    total = n // 2 + n // 8 if n >= 8 else 0
+    return [total - total // 2, total // 2] if total else []
 
 
 def _matchings(order: list[int], played: set, budget: list[int]):
@@ -174,7 +189,7 @@ def swiss_standings(
     >>> outcomes = [Outcome(0, 3, 0.9, 0.1, 0), Outcome(0, 4, 0.9, 0.1, 0), Outcome(0, 1, 0.3, 0.7, 0)]
     >>> outcomes += [Outcome(2, 3, 0.7, 0.3, 0)]  # 1 and 2 won 0.7 each: 1 against the strong 0, 2 against 3
     >>> swiss_standings(5, outcomes, [0, 2, 1, 3, 4], "points"), swiss_standings(5, outcomes, [0, 2, 1, 3, 4])
-    ([0, 2, 1, 3, 4], [1, 0, 2, 4, 3])
+    ([0, 2, 1, 3, 4], [1, 0, 2, 3, 4])
 
     ```
     """
@@ -214,25 +229,31 @@ def swiss_round(
 
 
 def closing_pairs(
-    n: int, outcomes: list[Outcome], played: set, count: int | None = None, prior: float = BT_PRIOR
+    n: int, outcomes: list[Outcome], played: set, count: int, prior: float = BT_PRIOR
 ) -> list[tuple[int, int]]:
-    """A Swiss design's closing round, judged only where the order is least sure: the `count` (default n // 8) pairs
-    of neighbours in fitted strength (`fit_strengths`) that have not met, closest strengths first (a completion may
-    appear twice). The pairs are added to `played`.
+    """A Swiss design's closing call, judged only where the order is least sure: the `count` pairs
+    that have not met whose fitted order (`fit_strengths`) is most likely wrong under the fit's Laplace
+    approximation, i.e. of smallest |t_a - t_b| / sd(t_a - t_b) (a completion may appear in several). The pairs are
+    added to `played`.
 
     ```python
     >>> outcomes = [Outcome(0, 1, 0.9, 0.1, 0), Outcome(2, 3, 0.6, 0.4, 0), Outcome(0, 2, 0.5, 0.5, 0)]
     >>> played = {frozenset((o.a, o.b)) for o in outcomes}
-    >>> closing_pairs(4, outcomes, played, 1)  # order 0, 2, 3, 1: 2-3 met, 3 and 1 are the closest unmet
-    [(1, 3)]
+    >>> closing_pairs(4, outcomes, played, 2)  # unmet: 0-3 close, 1-3 far apart but linked only through 0 and 2
+    [(0, 3), (1, 3)]
 
     ```
     """
-    count = n // 8 if count is None else count
     theta = fit_strengths(n, outcomes, prior)
-    order = sorted(range(n), key=lambda k: -theta[k])
-    unmet = [(theta[u] - theta[v], min(u, v), max(u, v)) for u, v in zip(order, order[1:])]
-    chosen = [(a, b) for _, a, b in sorted(p for p in unmet if frozenset(p[1:]) not in played)[:count]]
+    unmet = [(a, b) for a, b in all_pairs(n) if frozenset((a, b)) not in played]
+    if not unmet or count <= 0:
+        return []
+    a, b = np.array(unmet).T
+    p = 1.0 / (1.0 + np.exp(-(theta[[o.a for o in outcomes]] - theta[[o.b for o in outcomes]])))
+    cov = np.linalg.pinv(_neg_hessian(n, outcomes, p, prior))
+    sd = np.sqrt(np.maximum(cov[a, a] + cov[b, b] - 2 * cov[a, b], 1e-12))
+    z = np.abs(theta[a] - theta[b]) / sd
+    chosen = [unmet[k] for k in np.lexsort((b, a, z))[:count]]  # least sure first, ties by index
     played |= {frozenset(p) for p in chosen}
     return chosen
 
@@ -279,17 +300,24 @@ def fit_strengths(n: int, outcomes: list[Outcome], prior: float = BT_PRIOR) -> n
         grad = -prior * theta
         np.add.at(grad, a, w - p)
         np.add.at(grad, b, p - w)
-        h = p * (1 - p)
-        hess = prior * np.eye(n)  # the negative Hessian
-        np.add.at(hess, (a, a), h)
-        np.add.at(hess, (b, b), h)
-        np.add.at(hess, (a, b), -h)
-        np.add.at(hess, (b, a), -h)
-        step = np.linalg.lstsq(hess, grad, rcond=None)[0]  # singular without a prior: strengths are up to a shift
+        # singular without a prior: strengths are up to a shift
+        step = np.linalg.lstsq(_neg_hessian(n, outcomes, p, prior), grad, rcond=None)[0]
         theta += step
         if np.abs(step).max() < 1e-10:
             break
     return theta - theta.mean()
+
+
+def _neg_hessian(n: int, outcomes: list[Outcome], p: np.ndarray, prior: float) -> np.ndarray:
+    """The negative Hessian of `fit_strengths`' objective where the fitted P(a beats b) is `p` (per outcome): the
+    Newton step's matrix, and the inverse covariance of the Laplace approximation (`closing_pairs`)."""
+    a, b, h = [o.a for o in outcomes], [o.b for o in outcomes], p * (1 - p)
+    hess = prior * np.eye(n)
+    np.add.at(hess, (a, a), h)
+    np.add.at(hess, (b, b), h)
+    np.add.at(hess, (a, b), -h)
+    np.add.at(hess, (b, a), -h)
+    return hess
 
 
 def bradley_terry(n: int, outcomes: list[Outcome], prior: float = BT_PRIOR) -> list[float | None]:
@@ -298,7 +326,7 @@ def bradley_terry(n: int, outcomes: list[Outcome], prior: float = BT_PRIOR) -> l
 
     ```python
     >>> [round(r, 3) for r in bradley_terry(3, [Outcome(0, 1, 0.9, 0.1, 0.0), Outcome(1, 2, 0.9, 0.1, 0.0)])]
-    [0.849, 0.5, 0.151]
+    [0.909, 0.5, 0.091]
 
     ```
     """

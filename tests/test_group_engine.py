@@ -3,13 +3,16 @@ before it moved out of the TRL glue (commit dd6f47c), for every pairing x aggreg
 its design of issue #29 gives, below).
 
 The expected values (tests/golden/group_rewards_dd6f47c.json) were computed once by running `golden_values` below
-against `trainers/reward_funcs.py` at dd6f47c; except `swiss`'s, which issue #29 changed on purpose (its rounds pair
-by fitted Bradley-Terry strength, not points, and a closing round follows: docs/group-pairings.md). Those come from
-tests/golden/group_rewards_swiss_29.json, written by this engine with
+against `trainers/reward_funcs.py` at dd6f47c; except those issue #29 changed on purpose (docs/group-pairings.md):
+`swiss`'s (its rounds pair by fitted Bradley-Terry strength, not points, and least-sure closing pairs follow) and
+every pairing's `bradley_terry` (its prior precision went from 0.1 to 0.03; with 0.1 the dd6f47c values still
+hold). Those come from tests/golden/group_rewards_29_prior003.json (it supersedes group_rewards_swiss_29.json, the
+`swiss/*` values of #29's first design, prior 0.1), written by this engine with
 
     PYTHONPATH=$PWD:$PWD/tests python tests/test_group_engine.py
 
-(it rewrites the `swiss/*` values only; rerun it only for a deliberate change of the Swiss design, and say why).
+(it rewrites the `swiss/*` and `*/bradley_terry` values only; rerun it only for a deliberate change of the Swiss
+design or the Bradley-Terry fit, into a new file, and say why).
 
 The fake judge's preferences are a hash of the two answers in the order shown, so both orders disagree often, cycles
 appear, one answer fails every pair, one group is lone, and a second call continues the seeded random stream
@@ -26,7 +29,7 @@ from reward import Judge
 from reward.groups import AGGREGATES
 from trainers import JudgePairwiseReward
 
-SWISS = Path(__file__).parent / "golden/group_rewards_swiss_29.json"
+SWISS = Path(__file__).parent / "golden/group_rewards_29_prior003.json"
 GOLDEN = json.loads((Path(__file__).parent / "golden/group_rewards_dd6f47c.json").read_text())
 if SWISS.exists():  # absent only before `write_swiss_golden` first wrote it: then the swiss test fails below
     GOLDEN |= json.loads(SWISS.read_text())
@@ -79,7 +82,7 @@ def golden_values(tokenizer, pairing, aggregate):
 @pytest.mark.parametrize("aggregate", AGGREGATES)
 @pytest.mark.parametrize("pairing", ["all", "adaptive", "circular", "swiss", "anchor"])
 def test_every_pairing_and_aggregate_gives_the_old_rewards(tiny_judge, pairing, aggregate):
-    assert pairing != "swiss" or SWISS.exists()
+    assert (pairing != "swiss" and aggregate != "bradley_terry") or SWISS.exists()
     got = golden_values(tiny_judge.tokenizer, pairing, aggregate)
     for new, old in zip(got, GOLDEN[f"{pairing}/{aggregate}"], strict=True):
         assert [r is None for r in new["rewards"]] == [r is None for r in old["rewards"]]
@@ -169,7 +172,7 @@ def test_consistent_pairs_count_peer_pairs_only(fake_judge):
 
 
 def write_swiss_golden(path=SWISS):
-    """The `swiss/*` golden values from the engine as it is (see the module docstring)."""
+    """The `swiss/*` and `*/bradley_terry` golden values from the engine as it is (see the module docstring)."""
     import tempfile
 
     from conftest import build_tiny_model_dir
@@ -179,6 +182,8 @@ def write_swiss_golden(path=SWISS):
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = load_judge(build_tiny_model_dir(tmp), device="cpu", progress=False).tokenizer
     values = {f"swiss/{name}": golden_values(tokenizer, "swiss", name) for name in AGGREGATES}
+    for pairing in ("all", "adaptive", "circular", "anchor"):
+        values[f"{pairing}/bradley_terry"] = golden_values(tokenizer, pairing, "bradley_terry")
     path.write_text(json.dumps(values, indent=1) + "\n")
 
 

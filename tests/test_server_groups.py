@@ -244,7 +244,8 @@ def test_serve_pairing_and_aggregate_reach_the_groups_reward(judge):
         swiss = JudgePairwiseReward(judge, pairing="swiss", aggregate="bradley_terry")
         want = dict(zip(group, swiss(prompts=[prompt] * len(group), completions=group)))
         assert reward == pytest.approx(want[response], abs=1e-6)
-        assert reward != pytest.approx(want_pairwise(judge, prompt, group)[response], abs=1e-3)
+        # (at G = 4 Swiss is a round robin: Bradley-Terry (prior 0.03) and mean win differ by 5e-4 and more here)
+        assert reward != pytest.approx(want_pairwise(judge, prompt, group)[response], abs=1e-4)
 
 
 def test_failure_policies_fill_by_value():

@@ -36,8 +36,10 @@ class JudgeRewardArguments:
                   "for swiss and circular, mean_win for the rest)."},
     )  # fmt: skip
     swiss_rounds: int | None = field(
-        default=None, metadata={"help": "swiss: rounds (default max(ceil(log2 G) + 1, (G - 1) // 3))."}
-    )
+        default=None,
+        metadata={"help": "swiss: rounds before its closing calls (default max(ceil(log2 G) + 1, (G - 1) // 3), one "
+                  "less from G = 8 on)."},
+    )  # fmt: skip
     dataset: str = field(
         default="mt_bench",
         metadata={"help": "'mt_bench', 'mt_bench_rubrics' (12 questions with a rubric column) or a JSONL file with a "

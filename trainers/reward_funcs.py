@@ -172,8 +172,8 @@ class JudgePairwiseReward(_JudgeReward):
         aggregate: one of `reward.groups.AGGREGATES`; default `reward.groups.DEFAULT_AGGREGATE[pairing]`.
         reference_column: dataset column holding the reference answer (needed by `anchor`).
         adaptive_margin, max_pairs_per_group, scale: `adaptive`'s score margin, per-group budget, rating scale.
-        swiss_rounds: `swiss`'s rounds before its closing round (default `reward.groups.swiss_rounds`:
-            max(ceil(log2 G) + 1, (G - 1) // 3)).
+        swiss_rounds: `swiss`'s rounds before its closing calls (default `reward.groups.swiss_rounds`:
+            max(ceil(log2 G) + 1, (G - 1) // 3), one less from G = 8 on).
         seed: seed of `circular`'s cycles and `swiss`'s first-round order.
         name: the reward's name in TRL's logs (`rewards/<name>/mean`).
         metric_prefix: prefix of the judge metrics it logs (`judge/order_consistency`, `judge/cyclic_groups`, ...).
