@@ -159,6 +159,12 @@ def serve(model_dir: str, samples: int):
     raise RuntimeError("the server did not start")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux `/proc/PID/stat`, fields 14-15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_part(prompts: int, samples: int, rounds: int) -> int:
     import tempfile
 
@@ -176,15 +182,20 @@ def server_part(prompts: int, samples: int, rounds: int) -> int:
         try:
             asyncio.run(post_all(url, groups[:1]))  # warm the server the same way
             want, errors, best_direct, best_server, calls = {}, 0, float("inf"), float("inf"), []
+            cpu = {"direct": float("inf"), "server": float("inf"), "client": float("inf")}  # CPU s, best round
             for _ in range(rounds):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 results = engine(judge, groups)
                 best_direct = min(best_direct, time.perf_counter() - start)
+                cpu["direct"] = min(cpu["direct"], time.process_time() - start_cpu)
                 want = {
                     (g.prompt, a): r for g, res in zip(groups, results) for a, r in zip(g.completions, res.rewards)
                 }
                 before = httpx.get(f"{url}/health").json()
+                server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
                 answered, took = asyncio.run(post_all(url, groups))
+                cpu["client"] = min(cpu["client"], time.process_time() - client_cpu)
+                cpu["server"] = min(cpu["server"], cpu_seconds(server.pid) - server_cpu)
                 health = httpx.get(f"{url}/health").json()
                 best_server = min(best_server, took)
                 calls.append(health["judge_calls"] - before["judge_calls"])
@@ -199,6 +210,11 @@ def server_part(prompts: int, samples: int, rounds: int) -> int:
     print(f"direct engine call: {n / best_direct:.1f} samples/s ({best_direct:.2f} s); server, {n} requests in "
           f"flight: {n / best_server:.1f} samples/s ({best_server:.2f} s); ratio {best_direct / best_server:.2f}x "
           f"(goal >= 0.8x); judge calls per run {calls}; {errors} errors")  # fmt: skip
+    # Where the wall time goes on a shared machine: the server's CPU (requests + judging) against the direct
+    # call's, and the client's, which here competes for the same cores (OpenRLHF's runs elsewhere).
+    print(f"CPU seconds (best round): direct call {cpu['direct']:.2f}; server process {cpu['server']:.2f} "
+          f"({cpu['direct'] / cpu['server']:.2f}x the direct call's throughput per CPU second); "
+          f"client {cpu['client']:.2f}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     return errors
 
 
