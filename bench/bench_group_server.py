@@ -6,8 +6,9 @@ measured is the batching and the host work around the forwards, side by side in 
 1. Prompt tokens run (padding included) for a group of 16 MT-Bench answers compared in all pairs (240 prompts),
    on the embedded judge's tokenizer and width with one layer (`shaped_judge`), with `Judge` cutting every call
    into chunks of 32 (before #28) and handing the backend the whole call (after; also with the prefix cache's
-   `min_prefix` at 8 instead of 32, which shares the short answers too), against the radix tree of the same
-   prompts (every shared prefix counted once): goal within 1.1x. One torch thread.
+   `min_prefix` at 16 instead of 32: a cache level must save 16 prompt tokens, not 32, which shares the short
+   answers too), against the radix tree of the same prompts (every shared prefix counted once): goal within 1.1x.
+   One torch thread; the CPU seconds of each run are printed too (finer levels mean more, smaller forwards).
 2. `trustreward serve --group_size 8` (its own process, on loopback): 16 prompts x 8 samples, all in flight, one sample
    per request (OpenRLHF's call pattern), against one direct `GroupJudge` call on the same 16 groups: goal >= 0.8x
    its throughput. The rewards must be the direct call's (within 1e-6) and every answer a number.
@@ -88,18 +89,18 @@ def tokens_part(size: int) -> None:
     question, answers = group(size)
     radix = None
     runs = (("before (chunks of 32)", 32, 32), ("after (whole call)", None, 32),
-            ("after, min_prefix=8", None, 8))  # fmt: skip
+            ("after, min_prefix=16", None, 16))  # fmt: skip
     for label, batch_size, min_prefix in runs:
         judge = shaped_judge(batch_size)
         judge.backend.min_prefix = min_prefix
         seen = recorded(judge)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         GroupJudge()(judge, [Group(question, answers)])
-        took = time.perf_counter() - start
+        took, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         radix = radix or tree_tokens(encode(judge.tokenizer, seen))
         run = judge.backend.forward_tokens
         print(f"group of {size}, all pairs, {label}: {len(seen)} prompts, {run} prompt tokens run, radix tree "
-              f"{radix}: {run / radix:.2f}x (goal <= 1.1x after), {took:.2f} s")  # fmt: skip
+              f"{radix}: {run / radix:.2f}x (goal <= 1.1x after), {took:.2f} s ({cpu:.2f} CPU s)")  # fmt: skip
 
 
 def groups_of(prompts: int, samples: int) -> list[Group]:
