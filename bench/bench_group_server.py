@@ -6,8 +6,9 @@ measured is the batching and the host work around the forwards, side by side in 
 1. Prompt tokens run (padding included) for a group of 16 MT-Bench answers compared in all pairs (240 prompts),
    on the embedded judge's tokenizer and width with one layer (`shaped_judge`), with `Judge` cutting every call
    into chunks of 32 (before #28) and handing the backend the whole call (after; also with the prefix cache's
-   `min_prefix` at 8 instead of 32, which shares the short answers too), against the radix tree of the same
-   prompts (every shared prefix counted once): goal within 1.1x. One torch thread.
+   `min_prefix` at 16 instead of 32: a cache level must save 16 prompt tokens, not 32, which shares the short
+   answers too), against the radix tree of the same prompts (every shared prefix counted once): goal within 1.1x.
+   One torch thread; the CPU seconds of each run are printed too (finer levels mean more, smaller forwards).
 2. `trustreward serve --group_size 8` (its own process, on loopback): 16 prompts x 8 samples, all in flight, one sample
    per request (OpenRLHF's call pattern), against one direct `GroupJudge` call on the same 16 groups: goal >= 0.8x
    its throughput. The rewards must be the direct call's (within 1e-6) and every answer a number.
@@ -88,18 +89,18 @@ def tokens_part(size: int) -> None:
     question, answers = group(size)
     radix = None
     runs = (("before (chunks of 32)", 32, 32), ("after (whole call)", None, 32),
-            ("after, min_prefix=8", None, 8))  # fmt: skip
+            ("after, min_prefix=16", None, 16))  # fmt: skip
     for label, batch_size, min_prefix in runs:
         judge = shaped_judge(batch_size)
         judge.backend.min_prefix = min_prefix
         seen = recorded(judge)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         GroupJudge()(judge, [Group(question, answers)])
-        took = time.perf_counter() - start
+        took, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         radix = radix or tree_tokens(encode(judge.tokenizer, seen))
         run = judge.backend.forward_tokens
         print(f"group of {size}, all pairs, {label}: {len(seen)} prompts, {run} prompt tokens run, radix tree "
-              f"{radix}: {run / radix:.2f}x (goal <= 1.1x after), {took:.2f} s")  # fmt: skip
+              f"{radix}: {run / radix:.2f}x (goal <= 1.1x after), {took:.2f} s ({cpu:.2f} CPU s)")  # fmt: skip
 
 
 def groups_of(prompts: int, samples: int) -> list[Group]:
@@ -159,6 +160,12 @@ def serve(model_dir: str, samples: int):
     raise RuntimeError("the server did not start")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux `/proc/PID/stat`, fields 14-15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_part(prompts: int, samples: int, rounds: int) -> int:
     import tempfile
 
@@ -176,15 +183,20 @@ def server_part(prompts: int, samples: int, rounds: int) -> int:
         try:
             asyncio.run(post_all(url, groups[:1]))  # warm the server the same way
             want, errors, best_direct, best_server, calls = {}, 0, float("inf"), float("inf"), []
+            cpu = {"direct": float("inf"), "server": float("inf"), "client": float("inf")}  # CPU s, best round
             for _ in range(rounds):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 results = engine(judge, groups)
                 best_direct = min(best_direct, time.perf_counter() - start)
+                cpu["direct"] = min(cpu["direct"], time.process_time() - start_cpu)
                 want = {
                     (g.prompt, a): r for g, res in zip(groups, results) for a, r in zip(g.completions, res.rewards)
                 }
                 before = httpx.get(f"{url}/health").json()
+                server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
                 answered, took = asyncio.run(post_all(url, groups))
+                cpu["client"] = min(cpu["client"], time.process_time() - client_cpu)
+                cpu["server"] = min(cpu["server"], cpu_seconds(server.pid) - server_cpu)
                 health = httpx.get(f"{url}/health").json()
                 best_server = min(best_server, took)
                 calls.append(health["judge_calls"] - before["judge_calls"])
@@ -199,6 +211,11 @@ def server_part(prompts: int, samples: int, rounds: int) -> int:
     print(f"direct engine call: {n / best_direct:.1f} samples/s ({best_direct:.2f} s); server, {n} requests in "
           f"flight: {n / best_server:.1f} samples/s ({best_server:.2f} s); ratio {best_direct / best_server:.2f}x "
           f"(goal >= 0.8x); judge calls per run {calls}; {errors} errors")  # fmt: skip
+    # Where the wall time goes on a shared machine: the server's CPU (requests + judging) against the direct
+    # call's, and the client's, which here competes for the same cores (OpenRLHF's runs elsewhere).
+    print(f"CPU seconds (best round): direct call {cpu['direct']:.2f}; server process {cpu['server']:.2f} "
+          f"({cpu['direct'] / cpu['server']:.2f}x the direct call's throughput per CPU second); "
+          f"client {cpu['client']:.2f}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     return errors
 
 

@@ -135,3 +135,31 @@ def test_batches_split_by_length_on_cpu_only(tiny_model_dir, monkeypatch):
     assert backend._batches([600, 500]) == [[0], [1]]  # the token budget splits everywhere
     backend.device = torch.device("cuda")  # (only its type is read) GPU: each forward has a fixed cost
     assert backend._batches([20, 100, 50]) == [[1, 2, 0]] and backend._batches([600, 500]) == [[0], [1]]
+
+
+def test_prefix_cache_shares_a_short_stretch_that_many_prompts_share(tiny_model_dir):
+    """A level is worth what it saves, (prompts - 1) x tokens: 11 prompts sharing a 6-token first answer share it
+    (60 tokens saved) although 6 < min_prefix; the old rule (a stretch of >= min_prefix tokens) ran it 11 times."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    system = "You are a judge. Compare the two answers and say which is better. " * 3
+    answers = [f"It is {w} apples." for w in ("one", "two", "three", "four", "five", "six", "seven", "eight",
+                                               "nine", "ten", "eleven", "twelve")]  # fmt: skip
+    prompts = [f"{system}[A] {a} [B] {b} Verdict: [" for a in answers for b in answers if a != b]
+    prompts += prompts[:2]  # the same prompt twice: each row keeps one token of its own
+    cached = HFBackend(model, tokenizer, min_prefix=32)
+    cached._free_padding = lambda: 0  # as on a real judge's width: the tokens run are then the tokens computed
+    plain = HFBackend(model, tokenizer, prefix_cache=False)
+    got, want = cached.label_logprobs(prompts, ["A", "B", "C"]), plain.label_logprobs(prompts, ["A", "B", "C"])
+    assert max(abs(math.exp(g[k]) - math.exp(w[k])) for g, w in zip(got, want) for k in "ABC") <= 1e-5
+    encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    radix, prev = 0, []  # tokens in the radix tree of the prompts: every shared prefix counted once
+    for ids in sorted(encoded):
+        radix += len(ids) - next((k for k, (a, b) in enumerate(zip(ids, prev)) if a != b), min(len(ids), len(prev)))
+        prev = ids
+    first = len(tokenizer(f"{system}[A] {answers[0]} [B]", add_special_tokens=False).input_ids)
+    first -= len(tokenizer(f"{system}[A]", add_special_tokens=False).input_ids)
+    assert first < 32  # the first answer's stretch is below min_prefix: only its 11 prompts together are worth it
+    assert cached.forward_tokens <= 1.1 * radix  # padding included (1.06x; the old rule: 2.14x)

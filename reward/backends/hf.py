@@ -61,7 +61,8 @@ class HFBackend(JudgeBackend):
             for a CPU, where compute is the cost (2.85x faster, `bench/bench_prefix_cache.py`), off on a GPU, where
             its many small forwards cost more than the compute they save (H100, 2026-11-27, `launch/gpu_check.py`:
             8.1 vs 34.1 items/s at 135M parameters, 14.0 vs 21.2 at 1.1B, fp32).
-        min_prefix: shortest shared stretch (tokens) worth a cache level.
+        min_prefix: fewest prompt tokens a cache level must save: a stretch of s tokens shared by n prompts saves
+            (n - 1) x s (`_levels`).
         max_logits: most vocabulary-wide logits values held at once (rows x vocabulary): the label read's chunks,
             and, when the model's own head writes them, the rows of a micro-batch on large label sets (1-100 has
             ~100 trie nodes per prompt).
@@ -240,45 +241,55 @@ class HFBackend(JudgeBackend):
         return self.model.config.get_text_config().vocab_size
 
     def _shared(self, encoded, members, trie: Trie, start: int, prefix_kv):
-        """Forwards of `members`, whose first `start` tokens are in `prefix_kv`: runs of members sharing a further
-        stretch of >= min_prefix tokens get that stretch run once (a deeper cache level; sibling stretches in one
-        forward), the rest are run in length-sorted micro-batches on top of the current prefix. Yields (indices,
-        `_trie_forward`'s output)."""
-        leaves = members
-        if self.prefix_cache and len(members) > 1:
-            leaves, shared_runs = [], []
-            for run in self._runs(encoded, members, start):
-                if len(run) == 1:
+        """Forwards of `members`, whose first `start` tokens are in `prefix_kv`: each run of members worth a deeper
+        cache level (`_levels`) gets its shared stretch run once (sibling stretches in one forward) and is then
+        handled the same way on top of it; the rest are run in length-sorted micro-batches on top of the current
+        prefix. Yields (indices, `_trie_forward`'s output). A stack, not recursion: a level can be a few tokens
+        deep when many prompts share it, so a chain of levels is bounded by the prompts, not by Python's stack."""
+        own = self._own_head() is not None  # no vocabulary-wide rows in a micro-batch: no cap on them
+        stack = [([(members, start)], start, prefix_kv)]  # (runs and where their shared stretch ends, start, KV)
+        while stack:
+            runs, past, past_kv = stack.pop()
+            stretches = [encoded[run[0]][past:end] for run, end in runs]
+            kvs = self._extend(stretches, past_kv) if stretches[0] else [past_kv]  # (the first: nothing to extend)
+            for (members, start), prefix_kv in zip(runs, kvs):
+                leaves, levels = self._levels(encoded, members, start) if self.prefix_cache else (members, [])
+                for batch in self._batches([len(encoded[i]) - start for i in leaves], len(trie.tokens), not own):
+                    rows = [leaves[b] for b in batch]
+                    yield rows, self._trie_forward([encoded[i][start:] for i in rows], trie, prefix_kv)
+                # Sibling stretches in one forward a batch, run when taken from the stack: one batch's KV cache held
+                # per level, as in a depth-first walk.
+                for batch in self._batches([end - start for _, end in levels]):
+                    stack.append(([levels[b] for b in batch], start, prefix_kv))
+
+    def _levels(self, encoded, members, start: int) -> tuple[list[int], list[tuple[list[int], int]]]:
+        """(leaves, [(run, shared end)]): the members past `start` as a radix tree would share them, keeping the
+        levels that save at least `min_prefix` tokens. A run of n members sharing s more tokens saves (n - 1) x s
+        (a pairwise prompt's first answer and the marker after it: 15 prompts of a group of 16 share them, however
+        short the answer); one that saves less is split where its members part, and its sub-runs judged on the
+        stretch from `start` (they save more: longer, if fewer). Every row keeps >= 1 token of its own."""
+        order = sorted(members, key=lambda i: encoded[i][start:])  # every run below is a contiguous slice of it
+        leaves, levels, todo = [], [], [(order, start)]  # (members sharing tokens start:depth, depth)
+        while todo:
+            part, depth = todo.pop()
+            cut = [k for k in range(1, len(part)) if encoded[part[k - 1]][depth] != encoded[part[k]][depth]]
+            for run in (part[a:b] for a, b in zip([0, *cut], [*cut, len(part)])):
+                if len(run) <= 1:
                     leaves += run
                     continue
                 shared = min(len(encoded[i]) for i in run) - 1  # every row keeps >= 1 token of its own
                 first = encoded[run[0]]
                 for i in run[1:]:
                     shared = min(shared, _common(first, encoded[i], shared))
-                shared_runs.append((run, shared))
-            stretches = [encoded[run[0]][start:shared] for run, shared in shared_runs]
-            for batch in self._batches([len(s) for s in stretches]):
-                kvs = self._extend([stretches[b] for b in batch], prefix_kv)
-                for b, kv in zip(batch, kvs):
-                    run, shared = shared_runs[b]
-                    yield from self._shared(encoded, run, trie, shared, kv)
-        own = self._own_head() is not None  # no vocabulary-wide rows in a micro-batch: no cap on them
-        for batch in self._batches(
-            [len(encoded[i]) - start for i in leaves], label_rows=len(trie.tokens), cap=not own
-        ):
-            rows = [leaves[b] for b in batch]
-            yield rows, self._trie_forward([encoded[i][start:] for i in rows], trie, prefix_kv)
-
-    def _runs(self, encoded, members, start: int) -> list[list[int]]:
-        """Members in token order, split where neighbours share fewer than min_prefix tokens past `start`."""
-        order = sorted(members, key=lambda i: encoded[i][start:])
-        runs = [[order[0]]]
-        for prev, i in zip(order, order[1:]):
-            if _common(encoded[prev], encoded[i], start + self.min_prefix) >= start + self.min_prefix:
-                runs[-1].append(i)
-            else:
-                runs.append([i])
-        return runs
+                if shared > start and (len(run) - 1) * (shared - start) >= self.min_prefix:
+                    levels.append((run, shared))
+                elif shared > depth:  # parts further on: sub-runs save more per member
+                    todo.append((run, shared))
+                else:  # the shortest member ends here: it is a leaf; the others may still share more
+                    ends = [i for i in run if len(encoded[i]) - 1 <= depth]
+                    leaves += ends
+                    todo.append(([i for i in run if len(encoded[i]) - 1 > depth], depth))
+        return leaves, levels
 
     def _cache(self, prefix_kv, batch: int):
         """A transformers cache holding `prefix_kv` for `batch` rows (a view, no copy), or None."""
