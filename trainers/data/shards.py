@@ -61,12 +61,14 @@ def _keys_of_column(column) -> list | None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from reward.consistency.rows import arrow_numpy
+
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) or column.null_count:
         return None
     if hasattr(column, "chunks"):
         column = column.combine_chunks()
     encoded = pc.dictionary_encode(column)
-    return encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False)
+    return encoded.dictionary.to_pylist(), arrow_numpy(encoded.indices)  # not to_numpy: it imports pandas (1 s)
 
 
 def input_format(path: Path) -> str:
