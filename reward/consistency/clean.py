@@ -24,7 +24,7 @@ import numpy as np
 from ..scoring import entropy
 from ..text import text_key
 from .columns import CONSISTENT, NONE, Edges, Graphs, PairColumns, build_columns
-from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_path_arrays, min_feedback, strong_labels
+from .graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT, bfs_arcs_back, min_feedback, strong_labels
 from .metrics import audit_columns
 from .rejected import Rejects
 from .rows import LABELS, BadRow, parse_row
@@ -291,10 +291,10 @@ class _Run:
 
     def paths(self, edges: np.ndarray, starts, goals) -> tuple[np.ndarray, np.ndarray]:
         """The rows along the shortest path start -> goal of each query, over the graph of the edges in `edges`,
-        as `(query, row)` arrays (a path's rows together, in order)."""
+        as `(query, row)` arrays (a path's rows together, from the goal back)."""
         tails, heads, edge_of = self.arcs(edges)
-        path, length = bfs_path_arrays(np.diff(self.graphs.node_start), tails, heads, starts, goals)
-        query, step = np.nonzero(np.arange(path.shape[1]) < length[:, None])
+        path = bfs_arcs_back(np.diff(self.graphs.node_start), tails, heads, starts, goals)
+        query, step = np.nonzero(path >= 0)  # each path's arcs goal first: evidence is sorted per reject anyway
         return query, self.graphs.edges.row[edge_of[path[query, step]]]
 
     def ends(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
