@@ -102,6 +102,7 @@ def test_ntr_by_category_matches_brute_force():
             want = mine["bad"] / mine["subsets"] if mine["subsets"] else None
             assert report["non_transitivity_by_category"][cat][str(k)] == want
     assert 0 < report["non_transitivity"]["6"] < 1
+    assert audit_graphs(graphs, ks=())["non_transitivity"] == {}  # no k: no subsets counted (and no error)
 
 
 def test_ntr_edge_cases():

@@ -271,7 +271,9 @@ def _ntr_counts(c: GraphColumns, ks, code: np.ndarray, n_codes: int, chunk: int 
         edges = np.flatnonzero(edge_size == n)
         edges = edges[np.argsort(local[c.prompt[edges]], kind="stable")]  # by prompt, each prompt's in order
         at = local[c.prompt[edges]]
-        top = max(k for k in ks if k <= n)
+        top = max((k for k in ks if k <= n), default=0)
+        if not top:  # no k asked for (`ks=()`)
+            continue
         step = max(1, chunk // (4 * max(math.comb(n, k) for k in range(3, top + 1))))
         for lo in range(0, len(group), step):
             hi = min(lo + step, len(group))
