@@ -10,6 +10,7 @@ networkx `simple_cycles` for cycle dropping) run on a sample of the same graphs 
     python bench/bench_consistency.py --file --rows 10000000 --clean-only   # peak memory on 10M rows (1.4 GB)
     python bench/bench_consistency.py --cycles           # cycle-heavy files of 1M rows: flip rates 5/25/40%
     python bench/bench_consistency.py --cycles --quick   # the same on 5k rows, CI: checks results, never times
+    python bench/bench_consistency.py --cycles --rows 300000 --answers 20 --flips 25   # one cell
 
 File mode (issue #19's goals): `audit` <= 3x a plain `json.loads` read of the same file, `clean` <= 5x, peak RSS
 <= 4x the file size; four `clean --shard I/4` runs plus `merge` equal the one-shot run exactly. Each command runs
@@ -338,7 +339,7 @@ def cycle_mode(args) -> int:
     }
     print(f"uptime: {os.getloadavg()}  rows per file: {n_rows:,}")
     failed = []
-    for max_answers in CYCLE_ANSWERS:
+    for max_answers in [int(a) for a in args.answers.split(",")] if args.answers else CYCLE_ANSWERS:
         for flip in flips:
             path = folder / f"cycles_{n_rows}_{max_answers}_{round(flip * 100)}.jsonl"
             if not path.exists():
@@ -386,6 +387,7 @@ def main() -> int:
     parser.add_argument("--file", action="store_true", help="end-to-end mode: the CLI on a JSONL file")
     parser.add_argument("--cycles", action="store_true", help="cycle-heavy files (issue #33), the CLI on each")
     parser.add_argument("--flips", help="cycle mode: flip rates in percent, e.g. 25 or 5,40 (default 5,25,40)")
+    parser.add_argument("--answers", help="cycle mode: most answers per prompt, e.g. 20 (default 12,20)")
     parser.add_argument("--keep", action="store_true", help="cycle mode: keep the files written (default: delete)")
     parser.add_argument("--prompts", type=int, default=36_000, help="file mode: prompts (about 28 rows each)")
     parser.add_argument("--rows", type=int, help="file mode: about this many rows (sets --prompts), e.g. 10000000")

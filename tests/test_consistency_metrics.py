@@ -70,15 +70,39 @@ def brute_ntr(graphs, k):
     return out
 
 
-@pytest.mark.parametrize("k", [3, 4, 5])
+@pytest.mark.parametrize("k", [3, 4, 5, 6, 7])  # k > 3 is built from k - 1 (an OR of 4 of its subsets)
 def test_ntr_matches_brute_force_on_random_graphs(k):
     rng = random.Random(k)
     graphs = [random_graph(rng, rng.randint(2, 9)) for _ in range(60)]
+    graphs += [
+        PreferenceGraph.from_edges(n, [(x, y, 1) for x, y in itertools.combinations(range(n), 2)]) for n in (7, 8)
+    ]
     fast, slow = non_transitivity(graphs, k, chunk=500), brute_ntr(graphs, k)  # small chunk: several batches
     assert {key: fast[key] for key in slow} == slow
     assert slow["bad"] > 0 and slow["left_out"] > 0 and slow["subsets"] > slow["bad"]  # a real test case
     assert fast["ratio"] == slow["bad"] / slow["subsets"]
     assert fast["circle_ratio"] == slow["circle"] / slow["subsets"]
+
+
+def test_ntr_by_category_matches_brute_force():
+    # Each category's counts from its own prompts (categories mixed within a chunk), any order of ks, repeats too.
+    from reward.consistency import audit_graphs
+
+    rng = random.Random(7)
+    graphs = [random_graph(rng, rng.randint(3, 8)) for _ in range(80)]
+    order = [(x, y, 1) for x, y in itertools.combinations(range(7), 2)]
+    graphs += [PreferenceGraph.from_edges(7, order, category=cat) for cat in ("math", "writing")]  # good subsets
+    ks = (5, 3, 6, 5)
+    report = audit_graphs(graphs, ks=ks)
+    for k in ks:
+        total = brute_ntr(graphs, k)
+        assert {key: report["non_transitivity_counts"][str(k)][key] for key in total} == total
+        for cat in ("math", "writing"):
+            mine = brute_ntr([g for g in graphs if g.category == cat], k)
+            want = mine["bad"] / mine["subsets"] if mine["subsets"] else None
+            assert report["non_transitivity_by_category"][cat][str(k)] == want
+    assert 0 < report["non_transitivity"]["6"] < 1
+    assert audit_graphs(graphs, ks=())["non_transitivity"] == {}  # no k: no subsets counted (and no error)
 
 
 def test_ntr_edge_cases():

@@ -1,5 +1,7 @@
-"""The rejects store (reward/consistency/rejected.py) and the shard merge by row order (trainers/data/rejects)."""
+"""The rejects store (reward/consistency/rejected.py), reject lines and the shard merge by row order
+(trainers/data/rejects)."""
 
+import json
 import random
 
 import numpy as np
@@ -63,15 +65,36 @@ def test_merge_by_known_order_equals_the_line_merge(tmp_path):
         assert merge_reject_files([tmp_path / "e.jsonl"] * 2, c, [np.zeros(0, np.int64)] * 2, [[], []]) == 0
 
 
-def test_evidence_text_sliced_per_row_equals_a_join_per_row():
-    # `_joined` formats a chunk's evidence once; each reject's slice must be its own list joined, empty ones too
-    # (an empty first list once sliced the whole text: a negative slice end).
-    from trainers.data.rejects import _joined
+def test_reject_chunks_equal_encoding_each_record(monkeypatch):
+    # `rejected_chunks` formats a chunk of rejects in one %-format, values gathered column-wise: each line must be
+    # the record `json.dumps` would write, ids mapped, every evidence count (none too), across chunk bounds, with
+    # the rows spliced in or re-encoded; and the line lengths given must be the lines'.
+    from trainers.data import rejects
+    from trainers.data.shards import ShardRows
 
-    rng = random.Random(2)
-    for _ in range(200):
-        values = [rng.choice([0, 9, 10, 99, 100, 10**12, rng.randrange(10**7)]) for _ in range(rng.randint(0, 12))]
-        text, at = _joined(np.array(values, dtype=np.int64))
-        for i in range(len(values) + 1):
-            for j in range(i, len(values) + 1):
-                assert text[at[i] : at[j] - 2] == ", ".join(map(str, values[i:j])).encode()
+    monkeypatch.setattr(rejects, "_CHUNK", 7)
+    rng = random.Random(3)
+    raw = [b'{"prompt": "p", "response_a": "x%d", "response_b": "y", "label": "a"}' % i for i in range(40)]
+    raw[5] = b'{"prompt":"p","response_a":"\\u00e9","response_b":"y","label":"a"}'  # re-encoded, not spliced
+    raw[9] = b'{"prompt": "p%", "response_a": "%d", "response_b": "%b", "label": 1.5}'
+    ids = np.array(rng.sample(range(10**13), 40), dtype=np.int64)
+    rows = ShardRows("in.jsonl", ids)
+    rows.add("lines", raw)
+    for n in (0, 1, 7, 8, 23):
+        store = Rejects()
+        picked = sorted(rng.sample(range(40), n))
+        for r in picked:
+            reason = rng.choice(["cycle", 'odd "reason" %d', "équivalence"])
+            store.add(r, reason, rng.choice(["", "d\n%s", "detail"]), rng.sample(range(40), rng.randint(0, 12)))
+        done = store.done()
+        chunks = list(rejects.rejected_chunks(done, rows))
+        assert len(chunks) == -(-n // 7)
+        want = [
+            rejects._ENCODER.encode(
+                {"row_index": int(ids[r]), "reason": reason, "detail": detail,
+                 "evidence_rows": [int(ids[e]) for e in evidence], "row": json.loads(raw[r])}
+            ).encode() + b"\n"
+            for r, (reason, detail, evidence) in done.items()
+        ]  # fmt: skip
+        assert b"".join(text for text, _ in chunks) == b"".join(want)
+        assert np.concatenate([np.zeros(0, np.int64)] + [k for _, k in chunks]).tolist() == [len(w) for w in want]

@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from reward.consistency import POLICIES, RELATIONS, audit_graphs
 from reward.consistency.clean import clean_parsed
 from reward.consistency.graphs import EXACT_MAX_NODES, MAX_EXACT_LIMIT
@@ -22,7 +24,7 @@ from reward.consistency.metrics import merge_audits
 from ..args import UserError
 from ..judge_args import JudgeArguments
 from .outputs import OutputSet, check_distinct, check_not_inputs, check_replaceable, file_digest, output_format
-from .rejects import merge_reject_files, rejected_indices, rejected_lines
+from .rejects import merge_reject_files, rejected_chunks, rejected_indices
 from .shards import (
     ShardStore,
     Source,
@@ -164,13 +166,15 @@ def _clean_shard(task):
     parsed = rows.columns(need_label)
     parsed = rows.parsed(need_label) if parsed is None else parsed
     reasons, report = clean_parsed(parsed, len(rows), policies, judge, **options)
-    lines = rejected_lines(reasons, rows)  # each row spliced in from the input or read there
+    chunks = rejected_chunks(reasons, rows)  # each row spliced in from the input or read there
     if rejects_path is None:
-        return report, rows.ids[reasons.rows], None, list(lines)
-    sizes = []  # each line's bytes: the merge then copies runs of lines as byte ranges
+        return report, rows.ids[reasons.rows], None, [text for text, _ in chunks]
+    sizes = [np.zeros(0, np.int64)]  # each line's bytes: the merge then copies runs of lines as byte ranges
     with open(rejects_path, "wb") as f:
-        f.writelines(sizes.append(len(line)) or line for line in lines)
-    return report, rows.ids[reasons.rows], sizes, None
+        for text, lengths in chunks:
+            f.write(text)
+            sizes.append(lengths)
+    return report, rows.ids[reasons.rows], np.concatenate(sizes), None
 
 
 _EQUAL = ("policies", "relations", "margin", "min_feedback_exact_max_nodes")
@@ -269,9 +273,8 @@ def run(command: str, args, judge_args: JudgeArguments | None = None) -> int:
         rows = {}
         if command == "clean":
             if scratch is None:  # one shard, cleaned in this process: its rejects straight into the output
-                lines = results[0][3]
-                out.open("rejects").writelines(lines)
-                rows["rejects"] = len(lines)
+                out.open("rejects").writelines(results[0][3])
+                rows["rejects"] = len(results[0][1])
             else:
                 indices = [r[1] for r in results]  # each shard's rejected rows, in its file's order
                 sizes = [r[2] for r in results]
@@ -290,8 +293,6 @@ def run(command: str, args, judge_args: JudgeArguments | None = None) -> int:
 
 
 def _mask(rows_in: int, index_lists):
-    import numpy as np
-
     mask = np.zeros(rows_in, dtype=bool)
     for idx in index_lists:
         mask[np.asarray(idx, dtype=np.int64)] = True
