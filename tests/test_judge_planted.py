@@ -1,0 +1,44 @@
+"""`Judge` and the backends, checked where a one-line wrong version passed the suite (issue 27's survey, tallied in
+docs/install.md). Fake backends and the tiny tokenizer: each test runs in well under a second once the tiny model
+is built."""
+
+import pytest
+from conftest import FakeBackend, answer_in_slot
+
+from reward import Judge
+from reward.judge import CUT_MARK
+
+
+def test_a_verdict_read_empty_in_one_order_is_a_failure_not_a_one_sided_verdict(tiny_judge):
+    """The merge needs both orders: a pair whose swapped order put no probability on any verdict is a failed
+    judgement (error set, no probabilities), even though the other order is a confident read."""
+
+    def rule(prompt):
+        if answer_in_slot(prompt, "A") == "second":  # the swapped order: nothing on A, B or C
+            return {"A": 0.0, "B": 0.0, "C": 0.0}
+        return {"A": 0.9, "B": 0.05, "C": 0.05}
+
+    judge = Judge(FakeBackend(tiny_judge.tokenizer, rule), progress=False)
+    (pref,) = judge.compare(["q"], ["first"], ["second"])
+    assert pref.error is not None and "no probability" in pref.error
+    assert pref.p_a is None and pref.p_b is None
+
+
+def test_the_cut_mark_counts_the_tokens_cut(tiny_judge):
+    """A response cut to fit says how many tokens were cut: the response's tokens minus those kept (head and
+    tail), not the response's whole length."""
+    backend = FakeBackend(tiny_judge.tokenizer, points={"3": 1.0})
+    backend.max_length = 700
+    judge = Judge(backend, progress=False, score_reading="direct")
+    response = "HEAD" + " x" * 1000 + " TAIL"
+    (score,) = judge.score(["q?"], [response])
+    assert score.truncated and score.expected == pytest.approx(3.0)
+    shown = backend.prompts[0].split("[The Start of Assistant's Answer]\n", 1)[1].split("\n[The End", 1)[0]
+    opening, closing = CUT_MARK.split("{n}")
+    before, rest = shown.split(opening, 1)
+    n, after = rest.split(closing, 1)
+    count = lambda text: len(tiny_judge.tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
+    total, kept = count(response), count(before) + count(after)
+    assert before.startswith("HEAD") and after.endswith("TAIL")
+    assert abs(int(n) - (total - kept)) <= 2, (n, total, kept)  # (a piece may tokenise one token apart)
+    assert int(n) < total - 100
