@@ -42,3 +42,18 @@ def test_the_cut_mark_counts_the_tokens_cut(tiny_judge):
     assert before.startswith("HEAD") and after.endswith("TAIL")
     assert abs(int(n) - (total - kept)) <= 2, (n, total, kept)  # (a piece may tokenise one token apart)
     assert int(n) < total - 100
+
+
+def test_two_long_responses_share_the_context(tiny_judge):
+    """A pairwise prompt holds two responses: each is cut to its half of what the context leaves, so the whole
+    prompt (both orders) fits `max_length` with both heads and tails shown."""
+    backend = FakeBackend(tiny_judge.tokenizer, lambda p: {"A": 0.5, "B": 0.3, "C": 0.2})
+    backend.max_length = 700
+    judge = Judge(backend, progress=False)
+    a, b = "HEADA" + " x" * 1000 + " TAILA", "HEADB" + " y" * 1000 + " TAILB"
+    (pref,) = judge.compare(["q?"], [a], [b])
+    assert pref.error is None and pref.truncated
+    assert len(backend.prompts) == 2
+    for prompt in backend.prompts:
+        assert all(mark in prompt for mark in ("HEADA", "TAILA", "HEADB", "TAILB"))
+        assert len(tiny_judge.tokenizer(prompt, add_special_tokens=False).input_ids) <= backend.max_length

@@ -13,7 +13,7 @@ from conftest import FakeBackend
 from fastapi.testclient import TestClient
 
 from reward import Judge
-from trainers.server import create_app, hosts_for
+from trainers.server import create_app, hosts_for, response_of
 
 POINTS = {"1": 0.1, "2": 0.1, "3": 0.2, "4": 0.4, "5": 0.2}  # expected score 3.5 (slot read)
 ROW = {"rows": [{"prompt": "q", "response": "a"}]}
@@ -58,6 +58,15 @@ def test_a_star_in_the_allowed_hosts_answers_any_host(judge):
     assert hosts_for("127.0.0.1", "*") == ["*"]
     with TestClient(create_app(judge, allowed_hosts=hosts_for("127.0.0.1", "*"))) as c:
         assert c.get("/health", headers={"Host": "judge.internal:8000"}).status_code == 200
+
+
+# -- the app ---------------------------------------------------------------------------------------------------------
+def test_stacked_end_tokens_are_all_stripped_whatever_their_order():
+    """A query may end with several end tokens (EOS then the chat turn's end, with newlines between): all go, in
+    any order, not only those after the last one checked."""
+    stops = ["</s>", "<|im_end|>", "<|endoftext|>"]
+    for end in ("</s><|im_end|>", "<|im_end|>\n</s>", "<|endoftext|><|im_end|></s>\n", "</s></s>"):
+        assert response_of("P: hi A: yes" + end, "P: hi A:", stops) == " yes", end
 
 
 # -- serve's flags ---------------------------------------------------------------------------------------------------
