@@ -1,6 +1,8 @@
 """Cleaning policies and their inputs, checked where a one-line wrong version passed the suite (issue 27's survey,
 tallied in docs/install.md)."""
 
+import json
+
 import pytest
 
 from reward.consistency import clean_dataset, parse_row
@@ -44,3 +46,16 @@ def test_probabilities_whose_largest_is_the_tie_are_a_tie():
     assert relation({"p_a": 0.3, "p_b": 0.2, "p_tie": 0.5}) == 0
     assert relation({"p_a": 0.2, "p_b": 0.5, "p_tie": 0.3}) == -1
     assert relation({"p_a": 0.5, "p_b": 0.2, "p_tie": 0.3}) == 1
+
+
+def test_ndjson_and_json_outputs_are_jsonl(tmp_path):
+    """`clean --output kept.ndjson` (or `.json`) writes JSON Lines, as the docs list, not an error."""
+    from test_cli import write_jsonl
+    from test_consistency_safety import ROWS, clean_args
+
+    from trainers.cli import main
+
+    write_jsonl(tmp_path / "in.jsonl", ROWS)
+    for name in ("kept.ndjson", "kept.json"):
+        assert main(clean_args(tmp_path, out=name)) == 0, name
+        assert [json.loads(line) for line in (tmp_path / name).read_text().splitlines()] == [ROWS[3]]

@@ -69,6 +69,13 @@ def test_stacked_end_tokens_are_all_stripped_whatever_their_order():
         assert response_of("P: hi A: yes" + end, "P: hi A:", stops) == " yes", end
 
 
+def test_a_group_timeout_equal_to_the_deadline_is_refused(judge):
+    """A group must time out before the deadline answers its samples (else every incomplete group is late)."""
+    with pytest.raises(ValueError, match="group_timeout"):
+        create_app(judge, group_size=2, group_timeout=5.0, deadline_s=5.0)
+    create_app(judge, group_size=2, group_timeout=4.5, deadline_s=5.0)
+
+
 # -- serve's flags ---------------------------------------------------------------------------------------------------
 def test_every_loopback_bind_checks_the_host():
     """A server bound to IPv6 loopback is as exposed to DNS rebinding as one on 127.0.0.1: it answers loopback
