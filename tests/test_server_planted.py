@@ -69,6 +69,16 @@ def test_stacked_end_tokens_are_all_stripped_whatever_their_order():
         assert response_of("P: hi A: yes" + end, "P: hi A:", stops) == " yes", end
 
 
+def test_labels_of_another_length_than_the_query_are_400(judge):
+    """More labels than samples is as wrong as fewer: which label belongs to which sample is unknown."""
+    with TestClient(create_app(judge, reward="reference")) as c:
+        for labels in (["ref a", "ref b"], []):
+            body = {"query": ["q a"], "prompts": ["q"], "labels": labels}
+            r = c.post("/get_reward", json=body)
+            assert r.status_code == 400 and f"labels has {len(labels)} items" in r.text, labels
+        assert c.get("/health").json()["requests"] == 0
+
+
 def test_a_group_timeout_equal_to_the_deadline_is_refused(judge):
     """A group must time out before the deadline answers its samples (else every incomplete group is late)."""
     with pytest.raises(ValueError, match="group_timeout"):
