@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import FakeBackend
+from conftest import FakeBackend, answer_in_slot
 from fastapi.testclient import TestClient
 
 from reward import Judge
@@ -77,6 +77,56 @@ def test_labels_of_another_length_than_the_query_are_400(judge):
             r = c.post("/get_reward", json=body)
             assert r.status_code == 400 and f"labels has {len(labels)} items" in r.text, labels
         assert c.get("/health").json()["requests"] == 0
+
+
+def test_a_late_score_gets_the_midpoint_of_its_own_scale(tiny_judge):
+    """`--reward score --scale 10`: a sample not judged by the deadline gets 5.5, the 1-10 scale's midpoint (not
+    the 1-5 scale's 3.0). The judge is held until the answer is in, so the deadline always comes first."""
+
+    class Held(FakeBackend):
+        gate = threading.Event()
+
+        def label_logprobs(self, prompts, labels):
+            assert self.gate.wait(60), "the test never opened the gate"
+            return super().label_logprobs(prompts, labels)
+
+    backend = Held(tiny_judge.tokenizer, points={"10": 1.0})
+    judge = Judge(backend, progress=False, score_reading="direct")
+    with TestClient(create_app(judge, reward="score", scale=10, deadline_s=0.2)) as c:
+        try:
+            r = c.post("/get_reward", json={"query": ["q a"], "prompts": ["q"]})
+        finally:
+            backend.gate.set()
+        health = c.get("/health").json()
+    assert r.status_code == 200 and r.json()["rewards"] == [5.5] and r.json()["extra_logs"]["judge/failures"] == 1
+    assert health["late"] == 1
+
+
+def test_a_huge_sample_keeps_its_head_and_tail_for_the_judge(tiny_judge):
+    """A response over the server's character cap (16 x the judge's context) is cut in the middle on arrival:
+    the judge still sees its end (where an answer's conclusion is), as the judge's own cut keeps it."""
+    backend = FakeBackend(tiny_judge.tokenizer, lambda p: {"A": 0.5, "B": 0.3, "C": 0.2})
+    backend.max_length = 1024  # cap: 16384 characters
+    judge = Judge(backend, progress=False)
+    huge = "HEAD " + "word " * 4000 + "TAIL"
+    with TestClient(create_app(judge)) as c:
+        r = c.post("/get_reward", json={"query": ["q " + huge, "q short"], "prompts": ["q", "q"]})
+    assert r.status_code == 200 and r.json()["extra_logs"]["judge/compared_pairs"] == 1
+    shown = [answer_in_slot(p, "A") for p in backend.prompts] + [answer_in_slot(p, "B") for p in backend.prompts]
+    cut = [text for text in shown if text.lstrip().startswith("HEAD")]
+    assert len(cut) == 2 and all(text.endswith("TAIL") for text in cut)
+
+
+def test_held_bytes_may_reach_the_cap_exactly(judge):
+    """`max_held_bytes`: samples whose bytes fill the cap exactly are held (beyond it: 503)."""
+    size = len("q") + len("aaaa")  # prompt + response bytes per sample (ASCII)
+    with TestClient(create_app(judge, group_size=2, group_timeout=30.0, max_held_bytes=2 * size)) as c:
+        first = threading.Thread(target=lambda: c.post("/get_reward", json={"query": ["qaaaa"], "prompts": ["q"]}))
+        first.start()
+        wait_for(c, lambda h: h["waiting_in_groups"] == 1)
+        second = c.post("/get_reward", json={"query": ["qbbbb"], "prompts": ["q"]})
+        first.join(30)
+    assert second.status_code == 200 and second.json()["extra_logs"]["judge/group_size"] == 2
 
 
 def test_a_group_timeout_equal_to_the_deadline_is_refused(judge):
