@@ -59,3 +59,17 @@ def test_ndjson_and_json_outputs_are_jsonl(tmp_path):
     for name in ("kept.ndjson", "kept.json"):
         assert main(clean_args(tmp_path, out=name)) == 0, name
         assert [json.loads(line) for line in (tmp_path / name).read_text().splitlines()] == [ROWS[3]]
+
+
+def test_a_report_inside_the_output_folder_is_refused(tmp_path, capsys):
+    """`clean --output kept --report kept/report.json`: replacing the saved dataset folder would delete the report
+    (or the report would land inside the dataset): refused before reading, whichever path is named first."""
+    from test_cli import write_jsonl
+    from test_consistency_safety import ROWS, clean_args
+
+    from trainers.cli import main
+
+    write_jsonl(tmp_path / "in.jsonl", ROWS)
+    assert main(clean_args(tmp_path, out="kept", rep="kept/report.json")) == 2
+    assert "inside one another" in capsys.readouterr().err
+    assert not (tmp_path / "kept").exists()
