@@ -57,3 +57,16 @@ def test_two_long_responses_share_the_context(tiny_judge):
     for prompt in backend.prompts:
         assert all(mark in prompt for mark in ("HEADA", "TAILA", "HEADB", "TAILB"))
         assert len(tiny_judge.tokenizer(prompt, add_special_tokens=False).input_ids) <= backend.max_length
+
+
+def test_a_served_read_sums_tokens_listed_under_one_key():
+    """Two listed entries that are one token (its id and its text, or one text twice where ids are not given) hold
+    the sum of their probabilities, not the larger one."""
+    import math
+
+    from reward.backends.served_reads import keyed
+
+    got = keyed({"token_id:7": math.log(0.2), "]": math.log(0.3)}, {"]": 7})
+    assert got.keys() == {7} and math.exp(got[7]) == pytest.approx(0.5)
+    got = keyed([{"token": "4", "logprob": math.log(0.1)}, {"token": "4", "prob": 0.25}], {})
+    assert math.exp(got["4"]) == pytest.approx(0.35)
