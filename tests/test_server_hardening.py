@@ -249,7 +249,9 @@ def test_sigterm_mid_request_stops_judging_within_seconds(tiny_model_dir):
         import threading
 
         threading.Thread(target=send, daemon=True).start()
+        until = time.monotonic() + 60  # a bound, so a server that never judges fails the test instead of hanging it
         while httpx.get(f"{url}/health", timeout=5).json()["judge_calls"] < 1:  # judging has begun
+            assert time.monotonic() < until, "judging never began"
             time.sleep(0.2)
         server.send_signal(signal.SIGTERM)
         start = time.monotonic()
@@ -386,7 +388,9 @@ def test_slow_headers_are_cut_off_and_sigterm_answers_held_samples_503_at_once(t
 
         thread = threading.Thread(target=held, daemon=True)
         thread.start()
+        until = time.monotonic() + 60
         while httpx.get(f"{url}/health", timeout=5).json()["waiting_in_groups"] < 1:
+            assert time.monotonic() < until, "the sample was never held"
             time.sleep(0.1)
         sent = time.monotonic()
         server.send_signal(signal.SIGTERM)
