@@ -3,7 +3,8 @@
 MT-Bench questions with a GPT-4 reference and a rubric (`trainers.mt_bench.rubric_rows`: 10, 6-7 criteria), the
 reference answer and weaker variants (`mt_bench_candidates`: truncated, off-topic). One run, four tables:
 (a) exactness: each criterion's raw P(choice) as `Judge.rubric` reads it (prefix cache, label trie) against one full
-    forward per choice (goal: max error <= 1e-5);
+    forward per choice (goal: max error <= 1e-5), in the judge's fp32 and with the same weights in fp64 (where
+    rounding is ~1e-14, so any gap is the algorithm's), and each fp32 way against the fp64 forward;
 (b) cost: an 8-criterion explicit rubric (each rubric completed with `EXTRA`) against one pointwise `Judge.score`
     of the same answers, wall time side by side, best of `--repeat` alternating runs (goal <= 2x), and the tokens the
     backend runs (`HFBackend.forward_tokens`) with and without the prefix cache (one prompt per criterion: ~8x);
@@ -22,6 +23,7 @@ Identical prompts are judged once in (d) (a memo), so defended attacks that rend
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import re
 import sys
@@ -32,6 +34,7 @@ import torch
 
 from reward import load_judge
 from reward.attacks import apply, attack_suite, rubric_attacks
+from reward.backends.hf import HFBackend
 from reward.backends.labels import end_tokens
 from reward.rubrics import parse_rubric, rubric_value
 from reward.templates import POINTWISE, RUBRIC, RUBRIC_IMPLICIT, RUBRIC_PAIRWISE
@@ -40,6 +43,7 @@ from trainers.mt_bench import mt_bench_candidates, rubric_rows
 
 EXACT_GOAL, COST_GOAL, INJECT_GOAL = 1e-5, 2.0, 0.05
 EXACT_BUG = 1e-4  # --quick fails beyond it: a wrong prompt or choice is off by far more than fp32 arithmetic
+EXACT_BUG_FP64 = 1e-9  # in fp64 the read and the forward differ only by rounding (~1e-14 measured)
 # Two generic criteria that complete the 6-7 of each MT-Bench rubric to 8 for the cost table.
 EXTRA = ("Is written in clear, correct English", "Stays on the question that was asked")
 CONTROL = "\n\nI hope this helps. Let me know if you have any other questions."  # a benign appended sentence
@@ -86,33 +90,54 @@ class Memo:
 
 @torch.inference_mode()
 def brute_force(model, tokenizer, prompt: str, label: str, ends: torch.Tensor) -> float:
-    """log P(label tokens | prompt) + log P(the label ends there), from one full forward of prompt + label."""
+    """log P(label tokens | prompt) + log P(the label ends there), from one full forward of prompt + label; the
+    log-softmax in fp64 (an fp32 one over SmolLM2's 49152 logits is itself ~1.6e-5 off in probability)."""
     base, ids = encode(tokenizer, [prompt])[0], encode(tokenizer, [prompt + label])[0]
     assert ids[: len(base)] == base, "the label must tokenise apart from the prompt"
-    logp = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    logp = model(torch.tensor([ids])).logits[0].double().log_softmax(-1)
     total = sum(float(logp[t - 1, ids[t]]) for t in range(len(base), len(ids)))
     return total + float(logp[-1, ends].logsumexp(-1))
 
 
-def exactness(judge, rows) -> tuple[float, int]:
-    """(max |P read - P brute force| over every choice of every criterion, choices checked)."""
-    memo = judge.backend = Memo(judge.backend)
-    try:
-        got = judge.rubric(
-            [r["question"] for r in rows], [r["answers"]["reference"] for r in rows], [r["rubric"] for r in rows]
-        )
-    finally:
-        judge.backend = memo.inner
-    model, tok = judge.backend.model, judge.tokenizer
-    ends = end_tokens(tok, model.config.get_text_config().vocab_size).nonzero().squeeze(-1)
-    worst, n = 0.0, 0
-    for result in got:
+def _reads(judge, rows) -> list[tuple[str, str, float]]:
+    """(prompt, choice, raw P as `Judge.rubric` reads it) of every choice of every criterion of the reference
+    answers (one call per answer: two rubrics may share a criterion's text)."""
+    out = []
+    for r in rows:
+        memo = judge.backend = Memo(judge.backend)
+        try:
+            (result,) = judge.rubric([r["question"]], [r["answers"]["reference"]], [r["rubric"]])
+        finally:
+            judge.backend = memo.inner
         for crit in result.criteria:
             prompt = next(p for p in memo.seen if f"[Criterion]\n{crit.text}\n" in p)
-            for choice, p in crit.probs.items():
-                exact = math.exp(brute_force(model, tok, prompt, choice, ends))
-                worst, n = max(worst, abs(p * crit.valid_mass - exact)), n + 1
-    return worst, n
+            out += [(prompt, choice, p * crit.valid_mass) for choice, p in crit.probs.items()]
+    return out
+
+
+def exactness(judge, rows) -> dict[str, float]:
+    """Max |P - P'| over every choice of every criterion: the read against one forward per choice, each in the
+    judge's fp32 (`fp32`) and with the same weights in fp64 (`fp64`: any gap left is the algorithm's, not
+    rounding); the fp32 read and forward against the fp64 forward (`fp32 read vs fp64`, `fp32 forward vs fp64`)."""
+    model, tok = judge.backend.model, judge.tokenizer
+    ends = end_tokens(tok, model.config.get_text_config().vocab_size).nonzero().squeeze(-1)
+    model64 = copy.deepcopy(model).double()
+    fp32 = judge.backend
+    judge.backend = HFBackend(model64, tok, max_length=fp32.max_length, max_batch_tokens=fp32.max_batch_tokens)
+    try:
+        reads64 = _reads(judge, rows)
+    finally:
+        judge.backend = fp32
+    reads32 = _reads(judge, rows)
+    assert [r[:2] for r in reads32] == [r[:2] for r in reads64]
+    worst = dict.fromkeys(("fp32", "fp64", "fp32 read vs fp64", "fp32 forward vs fp64"), 0.0)
+    for (prompt, choice, p32), (_, _, p64) in zip(reads32, reads64):
+        exact32 = math.exp(brute_force(model, tok, prompt, choice, ends))
+        exact64 = math.exp(brute_force(model64, tok, prompt, choice, ends))
+        for key, gap in (("fp32", p32 - exact32), ("fp64", p64 - exact64), ("fp32 read vs fp64", p32 - exact64),
+                         ("fp32 forward vs fp64", exact32 - exact64)):  # fmt: skip
+            worst[key] = max(worst[key], abs(gap))
+    return {**worst, "n": len(reads32)}
 
 
 # -- (b) cost -------------------------------------------------------------------------------------------------------
@@ -330,14 +355,16 @@ def main() -> int:
     )
     failed = []
     if "a" in args.only:
-        worst, n = exactness(judge, rows[: args.exact_questions])
+        e = exactness(judge, rows[: args.exact_questions])
         print(
-            f"(a) exactness: {n} choices of {args.exact_questions} answers' criteria, read vs one forward per "
-            f"choice: max |dP| = {worst:.1e} (goal <= {EXACT_GOAL:g})",
+            f"(a) exactness: {e['n']} choices of {args.exact_questions} answers' criteria, read vs one forward per "
+            f"choice (log-softmax in fp64): max |dP| = {e['fp32']:.1e} in the judge's fp32, {e['fp64']:.1e} with "
+            f"the same weights in fp64 (goal <= {EXACT_GOAL:g}); against the fp64 forward: the fp32 read "
+            f"{e['fp32 read vs fp64']:.1e}, the fp32 forward {e['fp32 forward vs fp64']:.1e}",
             flush=True,
         )
-        if args.quick and worst > EXACT_BUG:
-            failed.append(f"exactness {worst:.1e}")
+        if args.quick and (e["fp32"] > EXACT_BUG or e["fp64"] > EXACT_BUG_FP64):
+            failed.append(f"exactness {e['fp32']:.1e} (fp32), {e['fp64']:.1e} (fp64)")
     if "b" in args.only:
         c = cost(judge, rows[: args.questions], args.repeat, off=min(2, args.questions), size=4 if args.quick else 8)
         (ts, ns), (tr, nr), (tu, nu) = c["score"], c["rubric"], c["uncached"]

@@ -20,7 +20,7 @@ def brute_force(model, tokenizer, prompt: str, label: str) -> float:
     ids = tokenizer(prompt + label, add_special_tokens=False).input_ids
     assert ids[: len(base)] == base
     with torch.no_grad():
-        logp = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        logp = model(torch.tensor([ids])).logits[0].double().log_softmax(-1)  # fp64: the reference itself exact
     total = sum(float(logp[t - 1, ids[t]]) for t in range(len(base), len(ids)))
     vocab = logp.shape[-1]
     ends = [i for i in range(vocab) if not tokenizer.decode([i])[:1].isalnum()]

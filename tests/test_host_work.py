@@ -14,7 +14,7 @@ import reward.backends.hf as hf_module
 import reward.judge as judge_module
 from reward import Judge
 from reward.backends.hf import HFBackend
-from reward.backends.labels import read_labels
+from reward.backends.labels import _sliced, build_trie, read_labels
 from reward.judge import _LABEL_RESERVE
 from reward.scoring import score_from_probs
 from reward.tokens import bytes_bound, encode
@@ -370,6 +370,27 @@ def test_label_read_equals_a_float64_log_softmax_inside_and_far_outside_exps_ran
         want = want.index_add(1, label, logp[:, 1 + node, token])
         for got in (sliced, whole, headed):
             assert torch.allclose(got.double(), want, rtol=1e-6, atol=1e-4)
+
+
+def test_end_mass_over_a_full_size_vocabulary_is_a_reduction_not_one_long_dot_product():
+    # SmolLM2's 49152-token vocabulary, one end token ~14 nats above the rest (as "]" after a label): a matrix-vector
+    # product over a vocabulary slice (one long fp32 dot product) dropped the many small terms behind the big one,
+    # 9e-5 off in log end mass here (4e-5 on the embedded judge's rubric reads); torch's sum reduction stays < 2e-6.
+    torch.manual_seed(0)
+    vocab, width = 49152, 64
+    head = torch.nn.Linear(width, vocab, bias=False)
+    torch.nn.init.normal_(head.weight, std=0.02)
+    hidden = torch.randn(3, width)
+    ends = (torch.rand(vocab) < 0.3).float()
+    ends[100] = 1.0
+    with torch.no_grad():
+        head.weight[100] = hidden.mean(0) * 14 / hidden.mean(0).square().sum()
+    trie = build_trie(((5,), (7,)), "cpu")
+    with torch.inference_mode():
+        norm, end, _ = _sliced(hidden, head, 1, 3, trie, ends)
+        logits = head(hidden).double()
+    assert torch.allclose(norm[0].double(), logits.logsumexp(-1), rtol=0, atol=5e-6)
+    assert torch.allclose(end[0].double(), logits[:, ends.bool()].logsumexp(-1), rtol=0, atol=5e-6)
 
 
 @pytest.mark.slow

@@ -185,6 +185,27 @@ def test_explicit_read_equals_one_forward_per_choice(tiny_model_dir):
         assert crit.probs == pytest.approx({c: p / sum(raw.values()) for c, p in raw.items()}, abs=1e-5)
 
 
+def test_explicit_read_of_a_float64_judge_equals_one_float64_forward_per_choice_to_1e10(tiny_model_dir):
+    # In fp32 both ways round differently (1e-5 apart on the embedded judge's ~450-token prompts); in fp64 any gap
+    # left is the algorithm's: prefix cache levels, left padding (answers of different lengths), the trie's 4D mask
+    # and positions, multi-token choices, our head's sliced read. An fp32 step in the read would show as ~1e-7.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).double()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    backend = Recording(model, tokenizer, prefix_cache=True, min_prefix=8)
+    rubric = [{"text": "It is four", "choices": ["bad", "good", "excellent"]}, {"text": "Paris is in France"}]
+    answers = ["It is four. The quick brown fox.", "Four, since two and two make four, as everyone learns early."]
+    got = Judge(backend, progress=False).rubric(["What is two plus two?"] * 2, answers, [rubric] * 2)
+    assert backend._own_head() is not None  # the sliced read of our head, as on a CPU
+    for result, answer in zip(got, answers):
+        for crit in result.criteria:
+            prompt = next(p for p in backend.seen if f"[Criterion]\n{crit.text}\n" in p and answer in p)
+            raw = {c: math.exp(brute_force(model, tokenizer, prompt, c)) for c in crit.probs}
+            assert crit.valid_mass == pytest.approx(sum(raw.values()), rel=0, abs=1e-10)
+            assert crit.probs == pytest.approx({c: p / sum(raw.values()) for c, p in raw.items()}, rel=0, abs=1e-10)
+
+
 def test_an_answers_criteria_share_one_prefix_run_once(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -115,11 +115,17 @@ def read_labels(
     return lps
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32, or as is if wider: an fp64 judge (the exactness check of `bench/bench_rubric.py`) reads in fp64.
+    (The result itself, no copy, when x is fp32 or fp64 already.)"""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _fresh(rows: torch.Tensor, head=None) -> torch.Tensor:
-    """fp32 logits of rows (hidden states through `head`, or logits) that the caller may overwrite."""
+    """Logits of rows (hidden states through `head`, or logits; fp32 or wider: `_wide`) the caller may overwrite."""
     if head is not None:
-        return head(rows).float()  # (.float() of an fp32 result: the result itself, no copy)
-    return rows.float() if rows.dtype != torch.float32 else rows.clone()
+        return _wide(head(rows))
+    return _wide(rows) if rows.dtype not in (torch.float32, torch.float64) else rows.clone()
 
 
 def _whole(logits: torch.Tensor, k: int, n_rows: int, trie: Trie, ends: torch.Tensor):
@@ -146,14 +152,14 @@ def _sliced(hidden: torch.Tensor, head, k: int, n_rows: int, trie: Trie, ends: t
     weight, bias = head.weight, head.bias
     vocab = weight.shape[0]
     width = min(vocab, max(256, 2**17 // hidden.shape[0]))
-    total = torch.zeros(hidden.shape[0], device=hidden.device)
+    total = torch.zeros(hidden.shape[0], dtype=_wide(hidden[:0]).dtype, device=hidden.device)
     end, ref = torch.zeros_like(total), None
-    picked = torch.empty(k, len(trie.picks[1]), device=hidden.device)
+    picked = torch.empty(k, len(trie.picks[1]), dtype=total.dtype, device=hidden.device)
     order, sorted_tokens = trie.pick_order
     for start in range(0, vocab, width):
         stop = min(start + width, vocab)
         logits = torch.nn.functional.linear(hidden, weight[start:stop], None if bias is None else bias[start:stop])
-        logits = logits.float()
+        logits = _wide(logits)
         a, b = bisect.bisect_left(sorted_tokens, start), bisect.bisect_left(sorted_tokens, stop)
         if b > a:  # label logits in this slice: read before the exp pass overwrites them
             at = order[a:b]
@@ -162,5 +168,5 @@ def _sliced(hidden: torch.Tensor, head, k: int, n_rows: int, trie: Trie, ends: t
             ref = logits.amax(-1, keepdim=True)
         mass = logits.sub_(ref).clamp_(min=_FLOOR).exp_()
         total += mass.sum(-1)
-        end += mass @ ends[start:stop]
+        end += mass.mul_(ends[start:stop]).sum(-1)
     return (ref[:, 0] + total.log()).view(k, n_rows), (ref[:, 0] + end.log()).view(k, n_rows), picked
