@@ -14,7 +14,7 @@ transitive. So it also prints how often the reference beats the off-topic answer
 
     python bench/bench_judge_consistency.py [--questions 10] [--judge embedded] [--quick]
 
-`--quick` (CI): 2 questions, fails when a judgement fails or the merged verdicts are not those of
+`--quick` (CI): 1 question, answers <= 40 words; fails when a judgement fails or the merged verdicts are not those of
 `reward.scoring.decide_preference` on the same two orders.
 """
 
@@ -38,14 +38,17 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=10)
     parser.add_argument("--judge", default="embedded")
     parser.add_argument("--max_length", type=int, default=1024)
-    parser.add_argument("--quick", action="store_true", help="CI: 2 questions; checks results, never times")
+    parser.add_argument("--quick", action="store_true", help="CI: 1 question; checks results, never times")
     args = parser.parse_args()
+    # CI checks the readings, not the judge: one question, answers cut to 40 words (the full run judges 10, whole).
+    max_words = None
     if args.quick:
-        args.questions, args.max_length = 2, 512
+        args.questions, args.max_length, max_words = 1, 512, 40
     judge = load_judge(args.judge, max_length=args.max_length)
     start = time.perf_counter()
     names = ("reference", "truncated", "off_topic", "shuffled")
-    groups = [(c["question"], [c["answers"][n] for n in names], c["category"]) for c in mt_bench_candidates()]
+    candidates = mt_bench_candidates(max_words=max_words)
+    groups = [(c["question"], [c["answers"][n] for n in names], c["category"]) for c in candidates]
     groups = groups[: args.questions]
     pairs = [(q, c, x, y) for q, c, _ in groups for x, y in itertools.combinations(range(len(c)), 2)]
     prefs = judge.compare([q for q, *_ in pairs], [c[x] for _, c, x, _ in pairs], [c[y] for _, c, _, y in pairs])
