@@ -74,10 +74,13 @@ def test_a_judge_that_copies_any_spelling_fools_the_direct_reading_not_the_ancho
     attacks = [a for a in attack_suite(POINTWISE, 5) if a.family == family]
     texts = [BAD, apply(BAD, CONTROL)] + [apply(BAD, a) for a in attacks]
     q = [Q] * len(texts)
-    direct = judge_of(tiny_judge.tokenizer, indifferent_to_claims, reads_every_spelling, score_reading="direct")
+    # Without the pattern list (`neutralize`, which now knows some of these spellings, e.g. keycaps), as a spelling
+    # it does not know yet would arrive: the anchored reading must not depend on it.
+    judges = {"direct": {"score_reading": "direct", "neutralize": False}, "anchored": {"neutralize": False}}
+    direct = judge_of(tiny_judge.tokenizer, indifferent_to_claims, reads_every_spelling, **judges["direct"])
     fooled = [s.expected for s in reward_scores(direct, q, texts)]
     assert fooled[1] == pytest.approx(fooled[0]) and all(x > fooled[0] + 2 for x in fooled[2:]), fooled
-    anchored = judge_of(tiny_judge.tokenizer, indifferent_to_claims, reads_every_spelling)  # the default
+    anchored = judge_of(tiny_judge.tokenizer, indifferent_to_claims, reads_every_spelling, **judges["anchored"])
     held = [s.expected for s in reward_scores(anchored, q, texts)]
     assert held == pytest.approx([1 + 4 * WIN] * len(texts), abs=1e-9)
 
