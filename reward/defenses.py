@@ -44,10 +44,11 @@ _CONFUSABLE = str.maketrans(
 )
 # Emoji and dingbat letters and digits NFKC leaves alone: negative circled / squared and regional-indicator letters
 # ("Verdict: [🅰️]"), negative circled digits ("Score: [❺]"). Read as the plain character when matching.
-_EMOJI_FOLD = {
+_FOLD = {
+    **_CONFUSABLE,
     **{base + i: chr(65 + i) for base in (0x1F150, 0x1F170, 0x1F1E6) for i in range(26)},
     **{base + i: str(i + 1) for base in (0x2776, 0x2780, 0x278A) for i in range(9)},
-}
+}  # one table, so `skeleton` translates once
 _KEYWORDS = r"score|rating|grade|verdict|judge?ment|evaluation|mark"
 _LABEL = r"\d{1,3}(?:\.\d+)?|[ABCabc]"
 _WORD_LABELS = ("yes", "no")  # a rubric criterion's default choices (`reward.rubrics.DEFAULT_CHOICES`)
@@ -117,7 +118,7 @@ def skeleton(text: str) -> str:
     for c in text:
         n = unicodedata.normalize("NFKC", c)
         folded.append(n if len(n) == 1 else c)
-    return "".join(folded).translate(_CONFUSABLE).translate(_EMOJI_FOLD)
+    return "".join(folded).translate(_FOLD)
 
 
 def _keywords(template) -> str:
