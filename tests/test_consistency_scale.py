@@ -293,7 +293,7 @@ _REJECT_LINES = [
 
 
 def test_spliced_reject_lines_are_byte_identical_to_re_encoded_ones():
-    from trainers.data.rejects import _ENCODER, reject_lines
+    from trainers.data.rejects import _ENCODER, _Splicer, reject_lines
     from trainers.data.shards import ShardRows, UserError
 
     rows = ShardRows("in.jsonl", np.arange(len(_REJECT_LINES)))
@@ -314,10 +314,21 @@ def test_spliced_reject_lines_are_byte_identical_to_re_encoded_ones():
         # Learnt from line 0 first, as a shard's rejects are written: line i then takes the fast path if it can.
         assert reject_lines([records[0], record], rows)[1] == expected, _REJECT_LINES[i]
     # The splice did run (the first line's layout, the last line), and bytes the encoder would change did not.
-    splice = __import__("trainers.data.rejects", fromlist=["_Splicer"])._Splicer()
+    splice = _Splicer()
     splice.learn(json.loads(_REJECT_LINES[0]))
     spliced = [i for i, line in enumerate(_REJECT_LINES) if splice.canonical(line)]
     assert spliced == [0, 1, 3, 5, 10, 11, len(_REJECT_LINES) - 1]
+    # The batch check (pyarrow's RE2 over a chunk's lines, what a clean runs first) splices exactly those; a line
+    # that is not UTF-8 but fits the layout is spliced by neither, nor does it let the others through unchecked.
+    assert splice.canonical_many([*_REJECT_LINES, None]) == [i in spliced for i in range(len(_REJECT_LINES) + 1)]
+    broken = _REJECT_LINES[0].replace(b'"a"}', b'"\xe9"}')
+    assert not splice.canonical(broken) and splice.canonical_many([_REJECT_LINES[0], broken]) == [False, False]
+    # Layouts too large for one RE2 pattern (rows of thousands of keys) are left to `canonical`, not an error.
+    wide = _Splicer()
+    for layout in range(2):
+        wide.learn({f"k{layout}_{i}": "v" for i in range(5_000)})
+    line = json.dumps({f"k1_{i}": "v" for i in range(5_000)}).encode()
+    assert wide.canonical(line) and wide.canonical_many([line]) == [False]
 
 
 def test_rejects_of_a_file_with_awkward_rows_equal_re_encoding(tmp_path):

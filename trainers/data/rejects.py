@@ -21,6 +21,9 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # json.dumps(..., 
 _STRING = rb'"[^"\\\x00-\x1f]*+(?:\\["\\bfnrt][^"\\\x00-\x1f]*+)*+"'  # unrolled, possessive: 4x faster in `re`
 _FLAT_VALUE = rb"(?:" + _STRING + rb"|0|-?[1-9][0-9]{0,17}|true|false|null)"
 _MAX_LAYOUTS = 16  # key orders tried per shard: beyond this, rows are re-encoded as before
+# The same for pyarrow's RE2, which has no possessive quantifiers (and needs none: it never backtracks).
+_STRING_RE2 = r'"[^"\\\x00-\x1f]*(?:\\["\\bfnrt][^"\\\x00-\x1f]*)*"'
+_FLAT_VALUE_RE2 = "(?:" + _STRING_RE2 + "|0|-?[1-9][0-9]{0,17}|true|false|null)"
 
 
 class _Splicer:
@@ -35,11 +38,45 @@ class _Splicer:
     def __init__(self):
         self.layouts: dict[tuple, re.Pattern] = {}
 
-    def learn(self, row: dict) -> None:
+    def learn(self, row: dict) -> bool:
+        """Adds the layout of `row` (re-encoded already); True if it is new."""
         keys = tuple(row)
-        if keys not in self.layouts and len(self.layouts) < _MAX_LAYOUTS:
-            pairs = [re.escape(_ENCODER.encode(k).encode()) + rb": " + _FLAT_VALUE for k in keys]
-            self.layouts[keys] = re.compile(rb"\{" + rb", ".join(pairs) + rb"\}")
+        if keys in self.layouts or len(self.layouts) >= _MAX_LAYOUTS:
+            return False
+        pairs = [re.escape(_ENCODER.encode(k).encode()) + rb": " + _FLAT_VALUE for k in keys]
+        self.layouts[keys] = re.compile(rb"\{" + rb", ".join(pairs) + rb"\}")
+        return True
+
+    def canonical_many(self, raws: list) -> list[bool]:
+        """`canonical` of each line (None: no line) in one pass of pyarrow's RE2 over all of them, the layouts as
+        one alternation and the UTF-8 check done for all at once: `re` line by line was a tenth of a cycle-heavy
+        clean, where most rows are rejects. Any line it leaves out still gets `canonical`."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from reward.consistency.rows import arrow_numpy
+
+        have = [i for i, raw in enumerate(raws) if raw is not None]
+        out = [False] * len(raws)
+        if not self.layouts or not have:
+            return out
+        lines = [raws[i] for i in have]
+        offsets = np.zeros(len(lines) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, lines), dtype=np.int64, count=len(lines)), out=offsets[1:])
+        data = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(lines))]
+        array = pa.Array.from_buffers(pa.large_string(), len(lines), data)
+        layouts = [
+            r"\{" + ", ".join(re.escape(_ENCODER.encode(k)) + ": " + _FLAT_VALUE_RE2 for k in keys) + r"\}"
+            for keys in self.layouts
+        ]
+        try:
+            array.validate(full=True)  # UTF-8
+            match = arrow_numpy(pc.match_substring_regex(array, "^(?:" + "|".join(layouts) + ")$"))
+        except pa.ArrowInvalid:  # not UTF-8, or a pattern too large for RE2 (thousands of keys): `canonical` checks
+            return out
+        for i, m in zip(have, match.tolist()):
+            out[i] = m
+        return out
 
     def canonical(self, raw: bytes) -> bool:
         for pattern in self.layouts.values():
@@ -109,15 +146,15 @@ _LINE = b'{"row_index": %%d, "reason": %%b, "detail": %%b, "evidence_rows": [%b]
 def _row_bytes(positions, rows, splicer) -> list[bytes]:
     """Each row's JSON: its raw line where `splicer` finds it byte-identical to re-encoding (`json.dumps` writes a
     nested object as it writes it alone), else read and re-encoded."""
-    out = []
-    for r in positions:
-        raw = rows.raw(r)
-        if raw is not None and splicer.canonical(raw):
+    raws, out = rows.raw_lines(positions), []
+    known = splicer.canonical_many(raws)
+    for k, (r, raw) in enumerate(zip(positions, raws)):
+        if known[k] or (raw is not None and splicer.canonical(raw)):
             out.append(raw)
             continue
         row = rows.row(r)
-        if isinstance(row, dict):
-            splicer.learn(row)
+        if isinstance(row, dict) and splicer.learn(row):  # a new layout (16 at most): the rest checked again
+            known[k + 1 :] = splicer.canonical_many(raws[k + 1 :])
         out.append(json_line(row)[:-1])
     return out
 
