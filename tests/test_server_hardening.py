@@ -375,6 +375,15 @@ def test_slow_headers_are_cut_off_and_sigterm_answers_held_samples_503_at_once(t
                 pass
             s.close()
         assert closed == len(slow)
+        # Only the headers are timed: a body that arrives after --header_timeout_s is still read and answered.
+        body = b'{"query": [], "prompts": []}'
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /get_reward HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])  # fmt: skip
+            time.sleep(2)
+            s.sendall(body[5:])
+            s.settimeout(10)
+            assert s.recv(64).startswith(b"HTTP/1.1 400")  # "empty request", not a closed connection
         limits = Path(f"/proc/{server.pid}/limits")
         if limits.exists():  # the soft open-file limit raised towards the hard one
             soft, hard = next(line for line in limits.read_text().splitlines() if "open files" in line).split()[3:5]
@@ -392,6 +401,7 @@ def test_slow_headers_are_cut_off_and_sigterm_answers_held_samples_503_at_once(t
         while httpx.get(f"{url}/health", timeout=5).json()["waiting_in_groups"] < 1:
             assert time.monotonic() < until, "the sample was never held"
             time.sleep(0.1)
+        time.sleep(1.5)  # held past --header_timeout_s: only unfinished headers are timed, not a request in flight
         sent = time.monotonic()
         server.send_signal(signal.SIGTERM)
         thread.join(20)

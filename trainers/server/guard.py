@@ -134,13 +134,15 @@ def _replay(body: bytes, receive):
 
 
 def header_timeout_protocol(seconds: float):
-    """uvicorn's h11 protocol, closing a connection whose request headers take over `seconds` to arrive (uvicorn
-    times only idle keep-alive connections: a client that sent a byte now and then held its socket for good)."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    """uvicorn's httptools protocol (the C parser: h11, pure Python, took most of the server's request handling and
+    held the GIL the judging thread needs), closing a connection whose request headers take over `seconds` to
+    arrive (uvicorn times only idle keep-alive connections: a client that sent a byte now and then held its socket
+    for good)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class HeaderTimeout(H11Protocol):
+    class HeaderTimeout(HttpToolsProtocol):
         _deadline = None
+        _awaiting_headers = True  # from the connection's start, and again once each response is sent
 
         def connection_made(self, transport):
             super().connection_made(transport)
@@ -150,13 +152,23 @@ def header_timeout_protocol(seconds: float):
             super().data_received(data)
             self._arm()
 
+        def on_headers_complete(self) -> None:
+            self._awaiting_headers = False
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            # Not at the request's end: a request being judged is not waiting for headers (a pipelined one that
+            # is in already has its headers).
+            self._awaiting_headers = not self.pipeline
+            super().on_response_complete()
+
         def connection_lost(self, exc):
             if self._deadline is not None:
                 self._deadline.cancel()
             super().connection_lost(exc)
 
         def _arm(self) -> None:
-            if self.conn.their_state is not h11.IDLE:  # the request's headers are in
+            if not self._awaiting_headers:  # the request's headers are in
                 if self._deadline is not None:
                     self._deadline.cancel()
                     self._deadline = None
@@ -165,7 +177,7 @@ def header_timeout_protocol(seconds: float):
 
         def _late(self) -> None:
             self._deadline = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self._awaiting_headers and not self.transport.is_closing():
                 self.transport.close()
 
     return HeaderTimeout
