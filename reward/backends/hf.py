@@ -60,9 +60,13 @@ class HFBackend(JudgeBackend):
             the template's instructions, then each question, then a pairwise prompt's first answer). Default: on
             for a CPU, where compute is the cost (2.85x faster, `bench/bench_prefix_cache.py`), off on a GPU, where
             its many small forwards cost more than the compute they save (H100, 2026-11-27, `launch/gpu_check.py`:
-            8.1 vs 34.1 items/s at 135M parameters, 14.0 vs 21.2 at 1.1B, fp32).
+            8.1 vs 34.1 items/s at 135M parameters, 14.0 vs 21.2 at 1.1B, fp32; measured before the rows of
+            different cache levels shared forwards, `_shared`).
         min_prefix: fewest prompt tokens a cache level must save: a stretch of s tokens shared by n prompts saves
-            (n - 1) x s (`_levels`).
+            (n - 1) x s (`_levels`). Rows of any level share forwards (`_shared`), so a finer level adds only its
+            stretch's forward; at 16 a group of MT-Bench answers judged in all pairs runs within 1.1x the radix
+            tree's tokens, at no more CPU than 32 on the embedded judge (`bench/bench_group_server.py`; figures in
+            docs/benchmarks.md).
         max_logits: most vocabulary-wide logits values held at once (rows x vocabulary): the label read's chunks,
             and, when the model's own head writes them, the rows of a micro-batch on large label sets (1-100 has
             ~100 trie nodes per prompt).
@@ -76,7 +80,7 @@ class HFBackend(JudgeBackend):
         max_length: int | None = None,
         max_batch_tokens: int = 8192,
         prefix_cache: bool | None = None,
-        min_prefix: int = 32,
+        min_prefix: int = 16,
         max_logits: int = 2**25,
     ):
         self.model = model.eval()
