@@ -104,7 +104,9 @@ def backend_at(commit: str):
     return module.HFBackend
 
 
-def tokens_part(size: int, rounds: int, prefixes: list[int], embedded: bool = False, against: str | None = None):
+def tokens_part(
+    size: int, rounds: int, prefixes: list[int] | None, embedded: bool = False, against: str | None = None
+):
     """Prompt tokens, forwards and CPU seconds (best of `rounds`, the runs interleaved) of one group judged in
     all pairs, on `shaped_backend` or the embedded judge itself (30 layers): `Judge` cutting the call into chunks of
     32 (before #28), then the whole call at each `min_prefix`, with today's backend and (`against`) a commit's."""
@@ -116,6 +118,7 @@ def tokens_part(size: int, rounds: int, prefixes: list[int], embedded: bool = Fa
     question, answers = group(size)
     base = load_judge("embedded", device="cpu").backend if embedded else shaped_backend()  # the model, loaded once
     default = inspect.signature(HFBackend).parameters["min_prefix"].default
+    prefixes = prefixes or sorted({32, default}, reverse=True)  # before #28's default and today's
     runs = [("before #28: chunks of 32, min_prefix=32", 32, HFBackend, 32)]
     runs += [(f"whole call, min_prefix={m}{' (default)' * (m == default)}", None, HFBackend, m) for m in prefixes]
     if against:
@@ -303,7 +306,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--embedded", action="store_true", help="the tokens part on the embedded judge too")
     parser.add_argument("--embedded_size", type=int, default=8, help="its group size")
-    parser.add_argument("--min_prefix", type=int, nargs="+", default=[32, 16], help="the tokens part's values")
+    parser.add_argument("--min_prefix", type=int, nargs="+", help="the tokens part's (default: 32 and today's)")
     parser.add_argument("--against", metavar="COMMIT", help="also the tokens part with HFBackend as of COMMIT")
     parser.add_argument("--tokens_only", action="store_true", help="skip the server part")
     parser.add_argument("--quick", action="store_true")
