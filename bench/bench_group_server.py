@@ -4,11 +4,12 @@ On a near-zero-FLOP judge (`bench_host.tiny_judge`: the embedded judge's tokeniz
 measured is the batching and the host work around the forwards, side by side in one run:
 
 1. Prompt tokens run (padding included) for a group of 16 MT-Bench answers compared in all pairs (240 prompts),
-   on the embedded judge's tokenizer and width with one layer (`shaped_judge`), with `Judge` cutting every call
-   into chunks of 32 (before #28) and handing the backend the whole call (after; also with the prefix cache's
-   `min_prefix` at 16 instead of 32: a cache level must save 16 prompt tokens, not 32, which shares the short
-   answers too), against the radix tree of the same prompts (every shared prefix counted once): goal within 1.1x.
-   One torch thread; the CPU seconds of each run are printed too (finer levels mean more, smaller forwards).
+   on the embedded judge's tokenizer and width with one layer (`shaped_backend`), with `Judge` cutting every call
+   into chunks of 32 (before #28) and handing the backend the whole call, at each `--min_prefix` (a prefix-cache
+   level must save that many prompt tokens), against the radix tree of the same prompts (every shared prefix
+   counted once): goal within 1.1x at the default. One torch thread; each run's forwards and CPU seconds (best
+   of `--rounds`, the runs interleaved) are printed too. `--embedded`: the same on the embedded judge itself (30
+   layers, a group of `--embedded_size`); `--against COMMIT`: also with `HFBackend` as of COMMIT, in the same run.
 2. `trustreward serve --group_size 8` (its own process, on loopback): 16 prompts x 8 samples, all in flight, one sample
    per request (OpenRLHF's call pattern), against one direct `GroupJudge` call on the same 16 groups: goal >= 0.8x
    its throughput. The rewards must be the direct call's (within 1e-6) and every answer a number. Two clients,
@@ -17,6 +18,7 @@ measured is the batching and the host work around the forwards, side by side in 
    shares the server's two cores here.
 
     python bench/bench_group_server.py [--prompts 16] [--samples 8] [--rounds 3] [--quick]
+    python bench/bench_group_server.py --tokens_only --embedded --against COMMIT [--min_prefix 32 16]
 
 `--quick` (CI): a group of 8 for the tokens, 4 prompts x 4 samples, one round; fails on wrong rewards, errors,
 or groups judged other than once; never on a time or a token ratio.
@@ -72,7 +74,7 @@ def recorded(judge):
     return seen
 
 
-def shaped_judge(batch_size: int | None) -> Judge:
+def shaped_backend():
     """The embedded judge's tokenizer and width (SmolLM2-135M: 576 wide, 9 heads) with 1 layer, random weights: its
     batching decisions are the real judge's (no padding is free at this width, `HFBackend._free_padding`)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -86,25 +88,70 @@ def shaped_judge(batch_size: int | None) -> Judge:
                          tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
-    return Judge(HFBackend(model, tokenizer), progress=False, batch_size=batch_size)
+    return HFBackend(model, tokenizer)
 
 
-def tokens_part(size: int) -> None:
+def backend_at(commit: str):
+    """`HFBackend` as it was at a git commit, loaded beside today's (its relative imports resolve to today's
+    package): the old batching measured in the same run as the new."""
+    import types
+
+    source = subprocess.run(["git", "show", f"{commit}:reward/backends/hf.py"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout  # fmt: skip
+    module = types.ModuleType("reward.backends._hf_at")
+    module.__package__ = "reward.backends"
+    exec(compile(source, f"{commit}:reward/backends/hf.py", "exec"), module.__dict__)
+    return module.HFBackend
+
+
+def tokens_part(
+    size: int, rounds: int, prefixes: list[int] | None, embedded: bool = False, against: str | None = None
+):
+    """Prompt tokens, forwards and CPU seconds (best of `rounds`, the runs interleaved) of one group judged in
+    all pairs, on `shaped_backend` or the embedded judge itself (30 layers): `Judge` cutting the call into chunks of
+    32 (before #28), then the whole call at each `min_prefix`, with today's backend and (`against`) a commit's."""
+    import inspect
+
+    from reward import load_judge
+    from reward.backends.hf import HFBackend
+
     question, answers = group(size)
-    radix = None
-    runs = (("before (chunks of 32)", 32, 32), ("after (whole call)", None, 32),
-            ("after, min_prefix=16", None, 16))  # fmt: skip
-    for label, batch_size, min_prefix in runs:
-        judge = shaped_judge(batch_size)
-        judge.backend.min_prefix = min_prefix
-        seen = recorded(judge)
-        start, start_cpu = time.perf_counter(), time.process_time()
-        GroupJudge()(judge, [Group(question, answers)])
-        took, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-        radix = radix or tree_tokens(encode(judge.tokenizer, seen))
-        run = judge.backend.forward_tokens
-        print(f"group of {size}, all pairs, {label}: {len(seen)} prompts, {run} prompt tokens run, radix tree "
-              f"{radix}: {run / radix:.2f}x (goal <= 1.1x after), {took:.2f} s ({cpu:.2f} CPU s)")  # fmt: skip
+    base = load_judge("embedded", device="cpu").backend if embedded else shaped_backend()  # the model, loaded once
+    default = inspect.signature(HFBackend).parameters["min_prefix"].default
+    prefixes = prefixes or sorted({32, default}, reverse=True)  # before #28's default and today's
+    runs = [("before #28: chunks of 32, min_prefix=32", 32, HFBackend, 32)]
+    runs += [(f"whole call, min_prefix={m}{' (default)' * (m == default)}", None, HFBackend, m) for m in prefixes]
+    if against:
+        old = backend_at(against)
+        runs += [(f"{against}'s backend, whole call, min_prefix={m}", None, old, m) for m in prefixes]
+    forwards = []  # one entry per forward: the embedding runs once in each (lean or transformers')
+    base.model.get_input_embeddings().register_forward_hook(lambda *_: forwards.append(1))
+    judges = []
+    for _, batch_size, backend, min_prefix in runs:
+        judge = Judge(
+            backend(base.model, base.tokenizer, min_prefix=min_prefix), progress=False, batch_size=batch_size
+        )
+        GroupJudge()(judge, [Group(question, answers[:2])])  # warm: the head check, the label tokenisation
+        judges.append(judge)
+    cpu, counts = {}, {}
+    for _ in range(rounds):
+        for (label, *_), judge in zip(runs, judges):
+            seen = recorded(judge)
+            forwards.clear()
+            start = time.process_time()
+            GroupJudge()(judge, [Group(question, answers)])
+            cpu[label] = min(cpu.get(label, float("inf")), time.process_time() - start)
+            del judge.backend.label_logprobs  # (`recorded`'s)
+            counts[label] = (seen, judge.backend.forward_tokens, len(forwards))
+    prompts = [seen for seen, _, _ in counts.values()]
+    assert all(seen == prompts[0] for seen in prompts), "the runs judged different prompts"
+    radix = tree_tokens(encode(base.tokenizer, prompts[0]))
+    name = "the embedded judge (30 layers)" if embedded else "the shaped judge (1 layer)"
+    print(f"{name}, group of {size}, all pairs: {len(prompts[0])} prompts, radix tree {radix} tokens; CPU s best "
+          f"of {rounds}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    for label, (_, run, n) in counts.items():
+        print(f"  {label}: {run} prompt tokens run, {run / radix:.3f}x the radix tree (goal <= 1.1x at the default), "
+              f"{n} forwards, {cpu[label]:.2f} CPU s")  # fmt: skip
 
 
 def groups_of(prompts: int, samples: int) -> list[Group]:
@@ -257,13 +304,22 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--size", type=int, default=16, help="group size of the token count")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--embedded", action="store_true", help="the tokens part on the embedded judge too")
+    parser.add_argument("--embedded_size", type=int, default=8, help="its group size")
+    parser.add_argument("--min_prefix", type=int, nargs="+", help="the tokens part's (default: 32 and today's)")
+    parser.add_argument("--against", metavar="COMMIT", help="also the tokens part with HFBackend as of COMMIT")
+    parser.add_argument("--tokens_only", action="store_true", help="skip the server part")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.prompts, args.samples, args.size, args.rounds = 4, 4, 8, 1
     torch.set_num_threads(1)  # on a shared machine two OpenMP threads mostly wait for each other (bench_host.py)
     print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs, 1 torch thread")
-    tokens_part(args.size)
+    tokens_part(args.size, args.rounds, args.min_prefix, against=args.against)
+    if args.embedded:
+        tokens_part(args.embedded_size, args.rounds, args.min_prefix, embedded=True, against=args.against)
+    if args.tokens_only:
+        return 0
     return 1 if server_part(args.prompts, args.samples, args.rounds) else 0
 
 

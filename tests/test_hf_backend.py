@@ -163,3 +163,78 @@ def test_prefix_cache_shares_a_short_stretch_that_many_prompts_share(tiny_model_
     first -= len(tokenizer(f"{system}[A]", add_special_tokens=False).input_ids)
     assert first < 32  # the first answer's stretch is below min_prefix: only its 11 prompts together are worth it
     assert cached.forward_tokens <= 1.1 * radix  # padding included (1.06x; the old rule: 2.14x)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("own_head", [True, False])
+def test_rows_on_different_cached_prefixes_in_one_forward_equal_uncached(tiny_model_dir, attn, own_head):
+    """One forward of rows that each continue a cached prefix of their own (three lengths, and none) gives each
+    row's label log-probs of its uncached full prompt; so does a stretch extended on different parents at once.
+    Wrong positions (the longest prefix's for all), an unmasked padded past or a cache cut in the wrong place
+    each move them by far more than 1e-5."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn, dtype=torch.float32)
+    backend = HFBackend(model, tokenizer)
+    if not own_head:  # the model's head and transformers' forward on the padded past, not the lean decoder
+        backend._head_checked = True
+    assert (backend._own_head() is not None) == own_head
+
+    def enc(text):
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    system = enc("You are a judge. The quick brown fox jumps over the lazy dog.")
+    stems = [enc(" [Q] What is two plus two?"), enc(" [Q] Where is Paris, the capital of France? a b c d")]
+    tails = [enc(" It is four. Score: ["), enc(" Paris. Score: ["), enc(" In France, a b c d e f. Score: [")]
+    with torch.inference_mode():
+        (root,) = backend._extend([system], [None])
+        parents = backend._extend(stems, [root, root])  # one parent, two lengths
+        assert parents[0][0][0].shape[-2] != parents[1][0][0].shape[-2]
+        deeper = backend._extend([tails[0][:3], tails[1][:2]], parents)  # two parents of different lengths
+        label_ids = backend._label_tokens("Score: [", [str(s) for s in range(1, 101)])
+        trie = backend._trie(label_ids)
+        rows = [tails[0], tails[1], tails[2], system + stems[0] + tails[2], tails[0][3:], tails[1][2:]]
+        prefixes = [parents[0], parents[1], root, None, deeper[0], deeper[1]]
+        full = [system + stems[0] + tails[0], system + stems[1] + tails[1], system + tails[2], rows[3],
+                system + stems[0] + tails[0], system + stems[1] + tails[1]]  # fmt: skip
+        got = torch.cat(backend._read([backend._trie_forward(rows, trie, prefixes)], trie))
+        want = torch.cat([torch.cat(backend._read([backend._trie_forward([r], trie)], trie)) for r in full])
+    assert (got - want).abs().max() <= 1e-5
+    assert (want[0] - want[1]).abs().max() > 1e-3  # (the rows differ: a mix-up of rows would show)
+
+
+def test_leaves_of_different_cache_levels_share_forwards(tiny_model_dir):
+    """The group of 12 answers in all pairs: each first answer is a cache level, and its 11 prompts' second
+    answers are leaves on it. Batched per level (before #28), the leaves took a forward per level at least (12)
+    and the stretches a forward per parent at least; here leaves of different levels share forwards, and the
+    label reads equal the uncached forwards."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    system = "You are a judge. Compare the two answers and say which is better. " * 3
+    answers = [f"It is {w} apples." for w in ("one", "two", "three", "four", "five", "six", "seven", "eight",
+                                               "nine", "ten", "eleven", "twelve")]  # fmt: skip
+    prompts = [f"{system}[A] {a} [B] {b} Verdict: [" for a in answers for b in answers if a != b]
+    cached = HFBackend(model, tokenizer, min_prefix=8)
+    leaf_calls, extend_calls, alive = [], [], []  # the prefixes' ids per forward (kept alive: ids stay unique)
+    trie_forward, extend = cached._trie_forward, cached._extend
+
+    def recording(calls, forward):
+        def record(rows, *args):
+            alive.append(args[-1])
+            calls.append([id(kv) for kv in args[-1]])
+            return forward(rows, *args)
+
+        return record
+
+    cached._trie_forward, cached._extend = recording(leaf_calls, trie_forward), recording(extend_calls, extend)
+    got = cached.label_logprobs(prompts, ["A", "B", "C"])
+    want = HFBackend(model, tokenizer, prefix_cache=False).label_logprobs(prompts, ["A", "B", "C"])
+    assert max(abs(g[k] - w[k]) for g, w in zip(got, want) for k in "ABC") <= 1e-5
+    levels = len({kv for prefixes in leaf_calls for kv in prefixes})  # the cached prefixes leaves ran on
+    parents = len({kv for prefixes in extend_calls for kv in prefixes})  # the prefixes stretches were run on
+    assert levels >= 12 and sum(map(len, leaf_calls)) == len(prompts)
+    assert len(leaf_calls) < levels and len(extend_calls) < parents
+    assert max(len(set(prefixes)) for prefixes in leaf_calls) >= 6  # one forward, >= 6 levels

@@ -269,8 +269,9 @@ def test_one_forward_per_micro_batch_and_sibling_stretches_together(tiny_model_d
     assert got[1]["47"] == pytest.approx(brute_force(model, tokenizer, prompts[1], "47"), abs=1e-5)
     calls.clear()
     # Three questions of the same length after one shared instruction: the instruction, then the three
-    # questions' stretches side by side in one forward, then each question's two answers: together on this
-    # 64-wide judge (padding ~10 tokens is cheaper than a forward), one forward each where padding is compute.
+    # questions' stretches side by side in one forward, then the six answers, each row on its own question's
+    # cache: all together on this 64-wide judge (padding ~10 tokens is cheaper than a forward), one forward per
+    # answer length where padding is compute. (Batched per cache level, as before #28: 3 and 6 forwards.)
     system = "You are a judge. The quick brown fox jumps over the lazy dog. " * 2
     questions = [f"[Q] What is {x} plus two? a b c d e f g h" for x in ("two", "three", "over")]
     answers = ["It is four.", "The answer is 42, accurate and relevant. Paris."]
@@ -278,12 +279,12 @@ def test_one_forward_per_micro_batch_and_sibling_stretches_together(tiny_model_d
     lengths = {len(tokenizer(system + q, add_special_tokens=False).input_ids) for q in questions}
     assert len(lengths) == 1
     want = HFBackend(model, tokenizer, prefix_cache=False).label_logprobs(prompts, ["A", "B", "C"])
-    for free, forwards in ((cached._free_padding(), 1 + 1 + 3), (0, 1 + 1 + 6)):
+    for free, forwards in ((cached._free_padding(), 1 + 1 + 1), (0, 1 + 1 + 2)):
         cached._free_padding = lambda free=free: free
         calls.clear()
         got = cached.label_logprobs(prompts, ["A", "B", "C"])
-        extends = [shape for shape in calls if shape[0] == 3 and shape[1] < 30]  # the question stretches
-        assert len(calls) == forwards and len(extends) == 1
+        assert len(calls) == forwards and calls[1][0] == 3  # (the instruction, then the 3 question stretches)
+        assert sum(shape[0] for shape in calls[2:]) == 6  # each answer in one forward, once
         assert max(abs(math.exp(g[k]) - math.exp(w[k])) for g, w in zip(got, want) for k in "ABC") <= 1e-5
 
 

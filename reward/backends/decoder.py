@@ -18,6 +18,37 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, 
 _KNOWN = ("llama",)  # decoders whose forward is exactly the loop below (Mistral/Qwen2: sliding windows, not here)
 
 
+class RowsPast:
+    """The past of rows that each have a prefix of their own (a KV of batch 1, or None), as the decoders take it
+    (`past[i]`: layer i's keys and values [B, kv heads, P, head dim]), each row's left-padded with zeros to the
+    longest, P: the caller masks the padding out. A layer is built when asked for, so one layer's padded copy is
+    held at a time, not the whole model's."""
+
+    def __init__(self, rows: list[KV | None]):
+        self.lengths = [0 if kv is None else kv[0][0].shape[-2] for kv in rows]
+        self.groups: dict[int, tuple[KV, list[int]]] = {}  # rows that share one prefix: copied together
+        for r, kv in enumerate(rows):
+            if kv is not None:
+                self.groups.setdefault(id(kv), (kv, []))[1].append(r)
+        self.rows, self.longest = len(rows), max(self.lengths)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.groups.values()))[0])
+
+    def __getitem__(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= layer < len(self):
+            raise IndexError(layer)  # (ends iteration)
+        out = []
+        for t in (0, 1):  # keys, values; zeros where padded (masked, yet a NaN there would survive a 0 weight)
+            like = next(iter(self.groups.values()))[0][layer][t]
+            full = like.new_zeros(self.rows, like.shape[1], self.longest, like.shape[3])
+            for kv, members in self.groups.values():
+                part = kv[layer][t]
+                full[members, :, self.longest - part.shape[-2] :] = part
+            out.append(full)
+        return out[0], out[1]
+
+
 def model_mask(mask: torch.Tensor, model) -> torch.Tensor:
     """A boolean attention mask [B, 1, T, S] (True: may attend) in the form the model's attention takes: as is for
     sdpa, added to the scores (0 or the dtype's min) for eager attention."""

@@ -20,7 +20,7 @@ import torch
 
 from ..tokens import encode
 from . import JudgeBackend
-from .decoder import lean_decoder, model_mask
+from .decoder import RowsPast, lean_decoder, model_mask
 from .labels import Trie, build_trie, end_tokens, read_labels
 
 
@@ -60,9 +60,13 @@ class HFBackend(JudgeBackend):
             the template's instructions, then each question, then a pairwise prompt's first answer). Default: on
             for a CPU, where compute is the cost (2.85x faster, `bench/bench_prefix_cache.py`), off on a GPU, where
             its many small forwards cost more than the compute they save (H100, 2026-11-27, `launch/gpu_check.py`:
-            8.1 vs 34.1 items/s at 135M parameters, 14.0 vs 21.2 at 1.1B, fp32).
+            8.1 vs 34.1 items/s at 135M parameters, 14.0 vs 21.2 at 1.1B, fp32; measured before the rows of
+            different cache levels shared forwards, `_shared`).
         min_prefix: fewest prompt tokens a cache level must save: a stretch of s tokens shared by n prompts saves
-            (n - 1) x s (`_levels`).
+            (n - 1) x s (`_levels`). Rows of any level share forwards (`_shared`), so a finer level adds only its
+            stretch's forward; at 16 a group of MT-Bench answers judged in all pairs runs within 1.1x the radix
+            tree's tokens, at no more CPU than 32 on the embedded judge (`bench/bench_group_server.py`; figures in
+            docs/benchmarks.md).
         max_logits: most vocabulary-wide logits values held at once (rows x vocabulary): the label read's chunks,
             and, when the model's own head writes them, the rows of a micro-batch on large label sets (1-100 has
             ~100 trie nodes per prompt).
@@ -76,7 +80,7 @@ class HFBackend(JudgeBackend):
         max_length: int | None = None,
         max_batch_tokens: int = 8192,
         prefix_cache: bool | None = None,
-        min_prefix: int = 32,
+        min_prefix: int = 16,
         max_logits: int = 2**25,
     ):
         self.model = model.eval()
@@ -227,7 +231,7 @@ class HFBackend(JudgeBackend):
             by_labels.setdefault(self._label_tokens(prompts[i], labels), []).append(i)
         for label_ids, members in by_labels.items():
             trie, rows, outs = self._trie(label_ids), [], []
-            for batch, out in self._shared(encoded, members, trie, 0, None):
+            for batch, out in self._shared(encoded, members, trie):
                 rows += batch
                 outs.append(out)
             # Hidden states (our head): read all together; logits (the model's head): one micro-batch at a time.
@@ -240,27 +244,46 @@ class HFBackend(JudgeBackend):
     def _vocab(self) -> int:
         return self.model.config.get_text_config().vocab_size
 
-    def _shared(self, encoded, members, trie: Trie, start: int, prefix_kv):
-        """Forwards of `members`, whose first `start` tokens are in `prefix_kv`: each run of members worth a deeper
-        cache level (`_levels`) gets its shared stretch run once (sibling stretches in one forward) and is then
-        handled the same way on top of it; the rest are run in length-sorted micro-batches on top of the current
-        prefix. Yields (indices, `_trie_forward`'s output). A stack, not recursion: a level can be a few tokens
-        deep when many prompts share it, so a chain of levels is bounded by the prompts, not by Python's stack."""
+    def _shared(self, encoded, members, trie: Trie):
+        """Forwards of `members` over the prefix cache. Each run of members worth a cache level (`_levels`) gets
+        its shared stretch run once and is then handled the same way on top of it; the rest (leaves) are run in
+        length-sorted micro-batches. A forward takes rows of any level, each row on its own cached prefix
+        (`_past`): stretches of different parents together, leaves of different levels together, so finer levels
+        mean fewer tokens, not more and smaller forwards. Yields (indices, `_trie_forward`'s output).
+
+        Memory: the newest levels are extended first (depth first; a list, not recursion: a chain of levels is
+        bounded by the prompts, not by Python's stack), as many at a time as hold a forward's token budget of
+        cached tokens; leaves wait until they and the prefixes they keep alive reach that budget, or nothing is
+        left to extend."""
         own = self._own_head() is not None  # no vocabulary-wide rows in a micro-batch: no cap on them
-        stack = [([(members, start)], start, prefix_kv)]  # (runs and where their shared stretch ends, start, KV)
-        while stack:
-            runs, past, past_kv = stack.pop()
-            stretches = [encoded[run[0]][past:end] for run, end in runs]
-            kvs = self._extend(stretches, past_kv) if stretches[0] else [past_kv]  # (the first: nothing to extend)
-            for (members, start), prefix_kv in zip(runs, kvs):
-                leaves, levels = self._levels(encoded, members, start) if self.prefix_cache else (members, [])
-                for batch in self._batches([len(encoded[i]) - start for i in leaves], len(trie.tokens), not own):
-                    rows = [leaves[b] for b in batch]
-                    yield rows, self._trie_forward([encoded[i][start:] for i in rows], trie, prefix_kv)
-                # Sibling stretches in one forward a batch, run when taken from the stack: one batch's KV cache held
-                # per level, as in a depth-first walk.
-                for batch in self._batches([end - start for _, end in levels]):
-                    stack.append(([levels[b] for b in batch], start, prefix_kv))
+        n_nodes, budget = len(trie.tokens), self.max_batch_tokens
+        todo, pool = [], []  # levels to extend (run, start, end, parent KV); leaves waiting (index, start, KV)
+
+        def expand(members, start, kv):
+            leaves, levels = self._levels(encoded, members, start) if self.prefix_cache else (members, [])
+            pool.extend((i, start, kv) for i in leaves)
+            todo.extend((run, start, end, kv) for run, end in levels)
+
+        expand(members, 0, None)
+        while todo or pool:
+            taken, held = [], 0
+            while todo and (not taken or held + todo[-1][2] <= budget):  # a level's cache holds `end` tokens
+                taken.append(todo.pop())
+                held += taken[-1][2]
+            for batch in self._batches([end - start for _, start, end, _ in taken]):
+                tasks = [taken[b] for b in batch]
+                kvs = self._extend([encoded[run[0]][start:end] for run, start, end, _ in tasks], [t[3] for t in tasks])
+                for (run, _, end, _), kv in zip(tasks, kvs):
+                    expand(run, end, kv)
+            waiting = sum(len(encoded[i]) - start + n_nodes for i, start, _ in pool)
+            waiting += sum({id(kv): start for _, start, kv in pool}.values())  # the cached prefixes kept alive
+            if todo and waiting < budget:
+                continue
+            for batch in self._batches([len(encoded[i]) - start for i, start, _ in pool], n_nodes, not own):
+                rows = [pool[b] for b in batch]
+                yield [i for i, _, _ in rows], self._trie_forward([encoded[i][s:] for i, s, _ in rows], trie,
+                                                                   [kv for _, _, kv in rows])  # fmt: skip
+            pool.clear()
 
     def _levels(self, encoded, members, start: int) -> tuple[list[int], list[tuple[list[int], int]]]:
         """(leaves, [(run, shared end)]): the members past `start` as a radix tree would share them, keeping the
@@ -300,26 +323,42 @@ class HFBackend(JudgeBackend):
         expanded = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix_kv]
         return DynamicCache(ddp_cache_data=expanded, config=self.model.config)
 
-    def _extend(self, stretches: list[list[int]], prefix_kv) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """The KV cache of the current prefix plus each stretch (one row each), from one forward: the stretches
-        are right-padded, which a causal model never attends to, and each row's cache is cut at its own end."""
-        past = 0 if prefix_kv is None else prefix_kv[0][0].shape[-2]
-        width = max(map(len, stretches))
+    def _past(self, prefixes: list | None, batch: int):
+        """(the past for a forward of rows on `prefixes`, each row's prefix length [B, 1], the mask columns of the
+        past [B, P] or None): one prefix shared by all rows (or none) as it is, a view; different prefixes
+        left-padded to the longest (`RowsPast`), each row seeing the last `length` columns only."""
+        prefixes = prefixes or [None] * batch
+        if all(kv is prefixes[0] for kv in prefixes):
+            length = 0 if prefixes[0] is None else prefixes[0][0][0].shape[-2]
+            seen = torch.ones(batch, length, dtype=torch.bool, device=self.device) if length else None
+            return prefixes[0], torch.full((batch, 1), length, device=self.device), seen
+        past = RowsPast(prefixes)
+        lengths = torch.tensor(past.lengths, device=self.device)[:, None]
+        return past, lengths, torch.arange(past.longest, device=self.device)[None] >= past.longest - lengths
+
+    def _extend(self, stretches: list[list[int]], prefixes: list) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The KV cache of each stretch on its own prefix (one row each; `_past`), from one forward: the stretches
+        are right-padded, which a causal model never attends to, and each row's cache is cut to its prefix and
+        stretch."""
+        past_kv, lengths, seen = self._past(prefixes, len(stretches))
+        past, width = 0 if seen is None else seen.shape[1], max(map(len, stretches))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in stretches], device=self.device)
-        mask = torch.ones(width, past + width, dtype=torch.bool, device=self.device).tril(past)  # causal after past
-        mask = model_mask(mask[None, None].expand(len(stretches), -1, -1, -1), self.model)
-        positions = torch.arange(past, past + width, device=self.device)[None].expand(len(stretches), -1)
+        mask = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()[None].expand(len(ids), -1, -1)
+        if seen is not None:
+            mask = torch.cat([seen[:, None].expand(-1, width, -1), mask], -1)
+        mask = model_mask(mask[:, None], self.model)
+        positions = lengths + torch.arange(width, device=self.device)[None]
         self.forward_tokens += int(ids.numel())
         if self._own_head() is not None:  # only the cache is wanted: the base model, no head
-            _, layers = self._base(ids, positions, mask, prefix_kv, keep=True, start=width)  # no hidden rows read
+            _, layers = self._base(ids, positions, mask, past_kv, keep=True, start=width)  # no hidden rows read
         else:
             none = torch.arange(0, device=self.device)  # no logits: only the cache is wanted
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                             cache=self._cache(prefix_kv, len(stretches)), logits_to_keep=none)  # fmt: skip
+                             cache=self._cache(past_kv, len(stretches)), logits_to_keep=none)  # fmt: skip
             layers = [(layer.keys, layer.values) for layer in out.cache.layers]
-        return [[(k[r : r + 1, :, : past + len(s)], v[r : r + 1, :, : past + len(s)]) for k, v in layers]
-                for r, s in enumerate(stretches)]  # fmt: skip
+        cuts = [(past - int(n), past + len(s)) for n, s in zip(lengths[:, 0], stretches)]
+        return [[(k[r : r + 1, :, a:b], v[r : r + 1, :, a:b]) for k, v in layers] for r, (a, b) in enumerate(cuts)]
 
     def _base(self, ids, positions, mask, prefix_kv, keep: bool, start: int = 0):
         """(final hidden states of the rows from `start` on, the KV cache with these tokens if `keep`) of the base
@@ -331,13 +370,14 @@ class HFBackend(JudgeBackend):
         kv = [(layer.keys, layer.values) for layer in out.cache.layers] if keep else None
         return out.last_hidden_state[:, start:], kv
 
-    def _trie_forward(self, rows: list[list[int]], trie: Trie, prefix_kv=None) -> torch.Tensor:
-        """One forward of the rows (their tokens past `prefix_kv`), then every trie node as one more token that
-        attends to its row and to its own ancestors (a 4D mask). Returns, per row, the root (its last token) and
-        each node: final hidden states [B, 1 + Q, d] if the head is ours (`_own_head`), else logits [B, 1 + Q, V]."""
+    def _trie_forward(self, rows: list[list[int]], trie: Trie, prefixes: list | None = None) -> torch.Tensor:
+        """One forward of the rows (their tokens past their prefix: per row a cached KV of batch 1, or None; rows
+        of different prefixes together, `_past`), then every trie node as one more token that attends to its row
+        and to its own ancestors (a 4D mask). Returns, per row, the root (its last token) and each node: final
+        hidden states [B, 1 + Q, d] if the head is ours (`_own_head`), else logits [B, 1 + Q, V]."""
         ids, pad = self._pad_left(rows)
         batch, width, n_nodes, dev = len(rows), ids.shape[1], len(trie.tokens), self.device
-        past = 0 if prefix_kv is None else prefix_kv[0][0].shape[-2]
+        prefix_kv, lengths, seen = self._past(prefixes, batch)
         valid = pad.bool()
         positions = torch.cat([(pad.cumsum(-1) - 1).clamp(min=0), pad.sum(-1, keepdim=True) + trie.depth[None]], -1)
         # Prompt rows: causal over the row's real tokens (a padding row sees itself: an empty row would be NaN).
@@ -346,10 +386,10 @@ class HFBackend(JudgeBackend):
         prompt = torch.cat([prompt, torch.zeros(batch, width, n_nodes, dtype=torch.bool, device=dev)], -1)
         nodes = torch.cat([valid[:, None].expand(-1, n_nodes, -1), trie.ancestor[None].expand(batch, -1, -1)], -1)
         mask = torch.cat([prompt, nodes], 1)  # [B, T + Q, T + Q]
-        if past:
-            mask = torch.cat([torch.ones(batch, width + n_nodes, past, dtype=torch.bool, device=dev), mask], -1)
+        if seen is not None:  # each row sees its own prefix's columns of the past
+            mask = torch.cat([seen[:, None].expand(-1, width + n_nodes, -1), mask], -1)
         mask = model_mask(mask[:, None], self.model)
-        ids, positions = torch.cat([ids, trie.tokens[None].expand(batch, -1)], -1), past + positions
+        ids, positions = torch.cat([ids, trie.tokens[None].expand(batch, -1)], -1), lengths + positions
         self.forward_tokens += batch * width  # prompt tokens, padding included (not the label step)
         if self._own_head() is not None:
             return self._base(ids, positions, mask, prefix_kv, keep=False, start=width - 1)[0]
@@ -370,13 +410,11 @@ class HFBackend(JudgeBackend):
         ends = self._ends()
         return read_labels(out, trie, ends, self._end_ids, head, sliced, max(1, most // out.shape[1]))
 
-    def _trie_logprobs(
-        self, rows: list[list[int]], label_ids: tuple[tuple[int, ...], ...], prefix_kv=None
-    ) -> list[list[float]]:
-        """Label log-probs of each row (its tokens past `prefix_kv`), from one forward (`_trie_forward`) and its
-        head, before the next forward (a sharded judge keeps its forwards in step this way)."""
+    def _trie_logprobs(self, rows: list[list[int]], label_ids: tuple[tuple[int, ...], ...]) -> list[list[float]]:
+        """Label log-probs of each row, from one forward (`_trie_forward`, no cache) and its head, before the next
+        forward (a sharded judge keeps its forwards in step this way)."""
         trie = self._trie(label_ids)
-        return torch.cat(self._read([self._trie_forward(rows, trie, prefix_kv)], trie)).tolist()
+        return torch.cat(self._read([self._trie_forward(rows, trie)], trie)).tolist()
 
     # -- generation (rationale mode) --------------------------------------------------------------------------------
 
