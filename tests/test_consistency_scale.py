@@ -318,17 +318,17 @@ def test_spliced_reject_lines_are_byte_identical_to_re_encoded_ones():
     splice.learn(json.loads(_REJECT_LINES[0]))
     spliced = [i for i, line in enumerate(_REJECT_LINES) if splice.canonical(line)]
     assert spliced == [0, 1, 3, 5, 10, 11, len(_REJECT_LINES) - 1]
-    # The batch check (pyarrow's RE2 over a chunk's lines, what a clean runs first) splices exactly those; a line
-    # that is not UTF-8 but fits the layout is spliced by neither, nor does it let the others through unchecked.
+    # The batch check (pyarrow's RE2 over a chunk's lines, what a clean runs) splices exactly those; a line that is
+    # not UTF-8 but fits the layout is spliced by neither, and the chunk's other lines are checked one by one.
     assert splice.canonical_many([*_REJECT_LINES, None]) == [i in spliced for i in range(len(_REJECT_LINES) + 1)]
     broken = _REJECT_LINES[0].replace(b'"a"}', b'"\xe9"}')
-    assert not splice.canonical(broken) and splice.canonical_many([_REJECT_LINES[0], broken]) == [False, False]
-    # Layouts too large for one RE2 pattern (rows of thousands of keys) are left to `canonical`, not an error.
+    assert not splice.canonical(broken) and splice.canonical_many([_REJECT_LINES[0], broken]) == [True, False]
+    # Layouts too large for one RE2 pattern (rows of thousands of keys) are checked by `canonical`, not an error.
     wide = _Splicer()
     for layout in range(2):
         wide.learn({f"k{layout}_{i}": "v" for i in range(5_000)})
     line = json.dumps({f"k1_{i}": "v" for i in range(5_000)}).encode()
-    assert wide.canonical(line) and wide.canonical_many([line]) == [False]
+    assert wide.canonical(line) and wide.canonical_many([line]) == [True]
 
 
 def test_rejects_of_a_file_with_awkward_rows_equal_re_encoding(tmp_path):

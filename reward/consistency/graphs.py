@@ -299,8 +299,8 @@ def _exact_order(nodes: list[int], weight: dict) -> list[int]:
     for (u, v), w in weight.items():
         W[pos[u], pos[v]] = w
     layers = _layers(n)
-    # cost[S * n + v] = sum_{u in S} W[v, u], added in node order as `bits @ W.T` did; that int-by-float matmul
-    # missed BLAS and was 60% of a min-feedback clean. S = 2^k + R (R < 2^k) costs R's sum plus W[:, k].
+    # cost[S * n + v] = sum_{u in S} W[v, u], added in node order as `bits @ W.T` did (numpy's int-by-float matmul
+    # was most of a min-feedback clean: docs/benchmarks.md). S = 2^k + R (R < 2^k) costs R's sum plus W[:, k].
     cost = np.zeros((1 << n, n))
     for k in range(n):
         cost[1 << k : 2 << k] = cost[: 1 << k] + W[:, k]
